@@ -1,0 +1,135 @@
+//! Budgets and their periods. Periods are UTC calendar periods (day, ISO week starting Monday,
+//! month) or `total`; a period is identified by a key string so that spend rows of an old
+//! period simply stop counting when the next one starts — nothing has to be "reset".
+//!
+//! Core module: no pingora, no tokio, no I/O, no clock: callers pass `now` as Unix seconds.
+
+use crate::pricing::Nanos;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Period {
+    Day,
+    Week,
+    Month,
+    Total,
+}
+
+impl Period {
+    pub fn parse(s: &str) -> Option<Period> {
+        match s {
+            "day" => Some(Period::Day),
+            "week" => Some(Period::Week),
+            "month" => Some(Period::Month),
+            "total" => Some(Period::Total),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Day => "day",
+            Period::Week => "week",
+            Period::Month => "month",
+            Period::Total => "total",
+        }
+    }
+
+    /// The key of the period containing `now` (Unix seconds, UTC): `2026-11-22`, `2026-W47`
+    /// (the Monday-based week, keyed by the date of its Monday: `2026-11-16`), `2026-11`, `total`.
+    pub fn key(self, now_unix: i64) -> String {
+        let days = now_unix.div_euclid(86_400);
+        match self {
+            Period::Day => {
+                let (y, m, d) = civil_from_days(days);
+                format!("{y:04}-{m:02}-{d:02}")
+            }
+            Period::Week => {
+                // 1970-01-01 was a Thursday: Monday-based weekday index is (days + 3) mod 7.
+                let monday = days - (days + 3).rem_euclid(7);
+                let (y, m, d) = civil_from_days(monday);
+                format!("week-of-{y:04}-{m:02}-{d:02}")
+            }
+            Period::Month => {
+                let (y, m, _) = civil_from_days(days);
+                format!("{y:04}-{m:02}")
+            }
+            Period::Total => "total".to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub limit: Nanos,
+    pub period: Period,
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's
+/// algorithm), so no date crate is needed for three calendar keys.
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// RFC 3339 UTC timestamp with milliseconds, for decision records.
+pub fn rfc3339_millis(unix_ms: i64) -> String {
+    let secs = unix_ms.div_euclid(1000);
+    let ms = unix_ms.rem_euclid(1000);
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        s / 3600,
+        (s / 60) % 60,
+        s % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // 2026-11-22T10:00:00Z, a Sunday.
+    const NOW: i64 = 1_795_341_600;
+
+    #[test]
+    fn calendar_keys_follow_utc() {
+        assert_eq!(Period::Day.key(NOW), "2026-11-22");
+        assert_eq!(Period::Month.key(NOW), "2026-11");
+        assert_eq!(Period::Week.key(NOW), "week-of-2026-11-16", "weeks start on Monday");
+        assert_eq!(Period::Total.key(NOW), "total");
+    }
+
+    #[test]
+    fn period_boundaries_switch_at_midnight_utc() {
+        let midnight = 1_795_392_000; // 2026-11-23T00:00:00Z, a Monday
+        assert_eq!(Period::Day.key(midnight - 1), "2026-11-22");
+        assert_eq!(Period::Day.key(midnight), "2026-11-23");
+        assert_eq!(Period::Week.key(midnight - 1), "week-of-2026-11-16");
+        assert_eq!(Period::Week.key(midnight), "week-of-2026-11-23");
+        let dec = 1_796_083_200; // 2026-12-01T00:00:00Z
+        assert_eq!(Period::Month.key(dec - 1), "2026-11");
+        assert_eq!(Period::Month.key(dec), "2026-12");
+    }
+
+    #[test]
+    fn leap_days_and_year_ends_are_right() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(20_818), (2026, 12, 31));
+        assert_eq!(Period::Week.key(0), "week-of-1969-12-29");
+    }
+
+    #[test]
+    fn timestamps_render_as_rfc3339() {
+        assert_eq!(rfc3339_millis(NOW * 1000 + 5), "2026-11-22T10:00:00.005Z");
+    }
+}

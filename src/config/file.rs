@@ -1,0 +1,128 @@
+//! The TOML file schema, exactly as users write it. Strict: an unknown field is an error (a
+//! typo must never be silently ignored in a file that guards money). `Spanned` fields let the
+//! validator name the line and column of a bad value.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: FileServer,
+    #[serde(default)]
+    pub store: FileStore,
+    #[serde(default)]
+    pub providers: Vec<Spanned<FileProvider>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<FileRoute>>,
+    #[serde(default)]
+    pub prices: BTreeMap<Spanned<String>, Spanned<FilePrice>>,
+    #[serde(default)]
+    pub projects: Vec<Spanned<FileProject>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    pub listen: Option<Spanned<String>>,
+    pub admin_listen: Option<Spanned<String>>,
+    pub admin_token_env: Option<Spanned<String>>,
+    pub max_body_bytes: Option<Spanned<i64>>,
+    pub threads: Option<Spanned<i64>>,
+    pub grace_period_s: Option<Spanned<i64>>,
+    /// Pingora's graceful-upgrade socket and pid file (see README "Operating Tollgate").
+    pub upgrade_sock: Option<String>,
+    pub pid_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStore {
+    pub path: Option<Spanned<String>>,
+    /// How often the ledger batcher writes to SQLite (milliseconds).
+    pub flush_interval_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProvider {
+    pub name: Spanned<String>,
+    pub kind: Spanned<String>,
+    pub base_url: Spanned<String>,
+    pub api_key_env: Option<Spanned<String>>,
+    pub connect_timeout_ms: Option<Spanned<i64>>,
+    pub read_timeout_ms: Option<Spanned<i64>>,
+    /// Anthropic only: the `anthropic-version` header added when the client sent none.
+    pub anthropic_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTarget {
+    pub provider: Spanned<String>,
+    #[serde(default = "one")]
+    pub weight: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    pub prefix: Spanned<String>,
+    pub provider: Option<Spanned<String>>,
+    pub targets: Option<Spanned<Vec<FileTarget>>>,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default)]
+    pub fallbacks: Vec<Spanned<String>>,
+    pub retries: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePrice {
+    pub input: f64,
+    pub output: f64,
+    pub cache_read: Option<f64>,
+    pub cache_write: Option<f64>,
+    pub max_output_tokens: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBudget {
+    pub limit_usd: f64,
+    pub period: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRateLimit {
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProject {
+    pub id: Spanned<String>,
+    #[serde(default)]
+    pub keys: Vec<Spanned<String>>,
+    pub budget: Option<Spanned<FileBudget>>,
+    pub rate_limit: Option<Spanned<FileRateLimit>>,
+    pub allow_models: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub deny_models: Vec<Spanned<String>>,
+    pub max_tokens: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub block_secrets: bool,
+    #[serde(default)]
+    pub block_patterns: Vec<Spanned<String>>,
+    pub unpriced: Option<Spanned<String>>,
+}

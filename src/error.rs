@@ -1,0 +1,232 @@
+//! Every error Tollgate itself answers with: one enum whose variant decides the HTTP status,
+//! the SPEC's `type`, the reason `code` (shared by the error body, the `reason` metric label and
+//! the decision record) and the JSON body in the OpenAI or the Anthropic shape.
+//!
+//! Core module: no pingora, no tokio, no I/O. Provider errors are not represented here; they
+//! pass through to the client unchanged.
+
+use std::fmt::Write as _;
+
+/// Which SDK family will read the error body: the Anthropic SDK only surfaces errors in its
+/// own `{"type":"error","error":{...}}` shape, every other SDK reads the OpenAI shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorShape {
+    OpenAi,
+    Anthropic,
+}
+
+/// Why a control blocked a request (the 403 `code`s of the SPEC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PolicyCode {
+    ModelNotAllowed,
+    MaxTokensExceeded,
+    SecretDetected,
+    PatternBlocked,
+    ProjectFrozen,
+    UnpricedModel,
+}
+
+impl PolicyCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyCode::ModelNotAllowed => "model_not_allowed",
+            PolicyCode::MaxTokensExceeded => "max_tokens_exceeded",
+            PolicyCode::SecretDetected => "secret_detected",
+            PolicyCode::PatternBlocked => "pattern_blocked",
+            PolicyCode::ProjectFrozen => "project_frozen",
+            PolicyCode::UnpricedModel => "unpriced_model",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum GatewayError {
+    InvalidRequest(String),
+    Unauthorized(String),
+    BudgetExceeded(String),
+    PolicyBlocked(PolicyCode, String),
+    NotFound(String),
+    MethodNotAllowed(String),
+    RequestTooLarge(String),
+    /// `retry_after_s` becomes the `Retry-After` header.
+    RateLimited {
+        message: String,
+        retry_after_s: u64,
+    },
+    UpstreamUnavailable(String),
+    UpstreamTimeout(String),
+    /// A fault of Tollgate itself; the message is generic on purpose (details go to the log).
+    Internal(String),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::InvalidRequest(_) => 400,
+            GatewayError::Unauthorized(_) => 401,
+            GatewayError::BudgetExceeded(_) => 402,
+            GatewayError::PolicyBlocked(..) => 403,
+            GatewayError::NotFound(_) => 404,
+            GatewayError::MethodNotAllowed(_) => 405,
+            GatewayError::RequestTooLarge(_) => 413,
+            GatewayError::RateLimited { .. } => 429,
+            GatewayError::UpstreamUnavailable(_) => 502,
+            GatewayError::UpstreamTimeout(_) => 504,
+            GatewayError::Internal(_) => 500,
+        }
+    }
+
+    /// The SPEC's `type` column.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            GatewayError::InvalidRequest(_) => "invalid_request",
+            GatewayError::Unauthorized(_) => "unauthorized",
+            GatewayError::BudgetExceeded(_) => "budget_exceeded",
+            GatewayError::PolicyBlocked(..) => "policy_blocked",
+            GatewayError::NotFound(_) => "not_found",
+            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
+            GatewayError::RequestTooLarge(_) => "request_too_large",
+            GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
+            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The reason code: the finer policy code where there is one, else the type.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::PolicyBlocked(c, _) => c.as_str(),
+            other => other.error_type(),
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            GatewayError::InvalidRequest(m)
+            | GatewayError::Unauthorized(m)
+            | GatewayError::BudgetExceeded(m)
+            | GatewayError::PolicyBlocked(_, m)
+            | GatewayError::NotFound(m)
+            | GatewayError::MethodNotAllowed(m)
+            | GatewayError::RequestTooLarge(m)
+            | GatewayError::UpstreamUnavailable(m)
+            | GatewayError::UpstreamTimeout(m)
+            | GatewayError::Internal(m) => m,
+            GatewayError::RateLimited { message, .. } => message,
+        }
+    }
+
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            GatewayError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
+            _ => None,
+        }
+    }
+
+    /// The JSON body in the shape the client's SDK surfaces.
+    pub fn body(&self, shape: ErrorShape) -> String {
+        let msg = json_string(self.message());
+        let ty = self.error_type();
+        let code = self.code();
+        match shape {
+            ErrorShape::OpenAi => format!(
+                r#"{{"error":{{"message":{msg},"type":"{ty}","param":null,"code":"{code}"}}}}"#
+            ),
+            ErrorShape::Anthropic => {
+                format!(r#"{{"type":"error","error":{{"type":"{ty}","message":{msg},"code":"{code}"}}}}"#)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status(), self.code(), self.message())
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+/// A JSON string literal for `s`; never fails, unlike going through a serializer.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn budget_error_in_openai_shape_matches_the_spec_example() {
+        let e = GatewayError::BudgetExceeded(
+            "Project checkout-bot has spent its month budget of $50.00".into(),
+        );
+        let v: Value = serde_json::from_str(&e.body(ErrorShape::OpenAi)).unwrap();
+        assert_eq!(e.status(), 402);
+        assert_eq!(v["error"]["type"], "budget_exceeded");
+        assert_eq!(v["error"]["code"], "budget_exceeded");
+        assert_eq!(
+            v["error"]["message"],
+            "Project checkout-bot has spent its month budget of $50.00"
+        );
+    }
+
+    #[test]
+    fn policy_block_carries_the_finer_code_in_both_shapes() {
+        let e = GatewayError::PolicyBlocked(PolicyCode::SecretDetected, "no".into());
+        let o: Value = serde_json::from_str(&e.body(ErrorShape::OpenAi)).unwrap();
+        let a: Value = serde_json::from_str(&e.body(ErrorShape::Anthropic)).unwrap();
+        assert_eq!(o["error"]["type"], "policy_blocked");
+        assert_eq!(o["error"]["code"], "secret_detected");
+        assert_eq!(a["type"], "error");
+        assert_eq!(a["error"]["type"], "policy_blocked");
+        assert_eq!(a["error"]["code"], "secret_detected");
+        assert_eq!(e.status(), 403);
+    }
+
+    #[test]
+    fn messages_with_quotes_and_control_characters_stay_valid_json() {
+        let e = GatewayError::InvalidRequest("bad \"model\"\n\u{1}\\".into());
+        let v: Value = serde_json::from_str(&e.body(ErrorShape::OpenAi)).unwrap();
+        assert_eq!(v["error"]["message"], "bad \"model\"\n\u{1}\\");
+    }
+
+    #[test]
+    fn every_status_row_of_the_spec_is_mapped() {
+        let rows = [
+            (GatewayError::InvalidRequest(String::new()), 400, "invalid_request"),
+            (GatewayError::Unauthorized(String::new()), 401, "unauthorized"),
+            (GatewayError::NotFound(String::new()), 404, "not_found"),
+            (GatewayError::MethodNotAllowed(String::new()), 405, "method_not_allowed"),
+            (GatewayError::RequestTooLarge(String::new()), 413, "request_too_large"),
+            (
+                GatewayError::RateLimited { message: String::new(), retry_after_s: 3 },
+                429,
+                "rate_limited",
+            ),
+            (GatewayError::UpstreamUnavailable(String::new()), 502, "upstream_unavailable"),
+            (GatewayError::UpstreamTimeout(String::new()), 504, "upstream_timeout"),
+        ];
+        for (e, status, ty) in rows {
+            assert_eq!((e.status(), e.error_type(), e.code()), (status, ty, ty));
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Prices and money. Prices are read once at load (US dollars per million tokens, as humans and
+//! provider price pages write them) and normalised to integer pico-dollars per token; every
+//! cost is integer nano-dollars, so sums never drift the way `f64` sums do.
+//!
+//! Core module: no pingora, no tokio, no I/O.
+
+use crate::usage::Usage;
+
+/// Money in nano-dollars (1e-9 USD). `u64` holds $18 billion, far past any budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Nanos(pub u64);
+
+impl Nanos {
+    pub const ZERO: Nanos = Nanos(0);
+
+    /// Dollars from a config value; `None` for negative, NaN or absurd (> $1e9) amounts.
+    pub fn from_usd(usd: f64) -> Option<Nanos> {
+        if !usd.is_finite() || !(0.0..=1e9).contains(&usd) {
+            return None;
+        }
+        Some(Nanos((usd * 1e9).round() as u64))
+    }
+
+    /// For display and JSON only; arithmetic stays in integers.
+    pub fn as_usd(self) -> f64 {
+        self.0 as f64 / 1e9
+    }
+
+    pub fn saturating_add(self, o: Nanos) -> Nanos {
+        Nanos(self.0.saturating_add(o.0))
+    }
+
+    pub fn saturating_sub(self, o: Nanos) -> Nanos {
+        Nanos(self.0.saturating_sub(o.0))
+    }
+}
+
+/// One model's prices, in pico-dollars (1e-12 USD) per token: `$/Mtok × 1e6`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Price {
+    pub input: u64,
+    pub output: u64,
+    /// Cache reads; defaults to the input price when the config gives none.
+    pub cache_read: u64,
+    /// Cache writes (Anthropic); defaults to the input price.
+    pub cache_write: u64,
+    /// The model's largest possible output: the worst case reserved when a request sets no
+    /// `max_tokens`.
+    pub max_output_tokens: Option<u64>,
+}
+
+/// Dollars per million tokens → pico-dollars per token; `None` for negative, NaN or absurd.
+pub fn per_mtok_to_pico(usd_per_mtok: f64) -> Option<u64> {
+    if !usd_per_mtok.is_finite() || !(0.0..=1e6).contains(&usd_per_mtok) {
+        return None;
+    }
+    Some((usd_per_mtok * 1e6).round() as u64)
+}
+
+/// `tokens × pico` in nano-dollars, rounded up so that a charge is never below the truth.
+pub fn cost_of(tokens: u64, pico_per_token: u64) -> Nanos {
+    let pico = tokens as u128 * pico_per_token as u128;
+    let nanos = pico.div_ceil(1000);
+    Nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+impl Price {
+    /// The cost of a reported (or estimated) usage. Provider semantics differ: OpenAI's cached
+    /// tokens are a subset of `prompt_tokens`, Anthropic's cache reads and writes come on top of
+    /// `input_tokens`; `openai_style_cache` tells which one `usage` follows.
+    pub fn cost(&self, usage: &Usage, openai_style_cache: bool) -> Nanos {
+        let prompt = usage.prompt_tokens.unwrap_or(0);
+        let cache_read = usage.cache_read_tokens.unwrap_or(0);
+        let cache_write = usage.cache_write_tokens.unwrap_or(0);
+        let completion = usage.completion_tokens.unwrap_or(0);
+        let uncached_prompt = if openai_style_cache {
+            prompt.saturating_sub(cache_read)
+        } else {
+            prompt
+        };
+        cost_of(uncached_prompt, self.input)
+            .saturating_add(cost_of(cache_read, self.cache_read))
+            .saturating_add(cost_of(cache_write, self.cache_write))
+            .saturating_add(cost_of(completion, self.output))
+    }
+
+    /// Worst case of a request before it runs: every prompt token at the full input price (a
+    /// cache can only make it cheaper) plus every allowed output token.
+    pub fn worst_case(&self, prompt_tokens_upper: u64, output_tokens: u64) -> Nanos {
+        cost_of(prompt_tokens_upper, self.input.max(self.cache_write))
+            .saturating_add(cost_of(output_tokens, self.output))
+    }
+}
+
+/// Prices keyed by the model name the provider sees; longest matching prefix wins, so
+/// `gpt-4o-mini` beats `gpt-4o` for `gpt-4o-mini-2024-07-18`.
+#[derive(Clone, Debug, Default)]
+pub struct PriceTable {
+    /// Sorted by key length, longest first.
+    entries: Vec<(String, Price)>,
+}
+
+impl PriceTable {
+    pub fn new(mut entries: Vec<(String, Price)>) -> Self {
+        entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        PriceTable { entries }
+    }
+
+    /// The price and the key that matched it (the key is the bounded `model` metric label).
+    pub fn lookup(&self, model: &str) -> Option<(&str, &Price)> {
+        self.entries
+            .iter()
+            .find(|(k, _)| model.starts_with(k.as_str()))
+            .map(|(k, p)| (k.as_str(), p))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(k, _)| k.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn price(input: f64, output: f64) -> Price {
+        Price {
+            input: per_mtok_to_pico(input).unwrap(),
+            output: per_mtok_to_pico(output).unwrap(),
+            cache_read: per_mtok_to_pico(input / 10.0).unwrap(),
+            cache_write: per_mtok_to_pico(input * 1.25).unwrap(),
+            max_output_tokens: None,
+        }
+    }
+
+    #[test]
+    fn a_million_tokens_cost_exactly_the_listed_price() {
+        let p = price(0.15, 0.60);
+        let u = Usage {
+            prompt_tokens: Some(1_000_000),
+            completion_tokens: Some(1_000_000),
+            ..Usage::default()
+        };
+        assert_eq!(p.cost(&u, true), Nanos::from_usd(0.75).unwrap());
+    }
+
+    #[test]
+    fn tiny_costs_round_up_never_to_zero() {
+        // 1 token at $0.0001/Mtok is 0.1 nano-dollars: charged as 1, not lost.
+        assert_eq!(cost_of(1, per_mtok_to_pico(0.0001).unwrap()), Nanos(1));
+        assert_eq!(cost_of(1, per_mtok_to_pico(0.15).unwrap()), Nanos(150));
+        assert_eq!(cost_of(0, 150_000), Nanos(0));
+    }
+
+    #[test]
+    fn openai_cached_tokens_are_a_discounted_subset_of_the_prompt() {
+        let p = price(1.0, 0.0);
+        let u = Usage {
+            prompt_tokens: Some(1000),
+            cache_read_tokens: Some(400),
+            ..Usage::default()
+        };
+        // 1 token at $1/Mtok is 1000 nano-dollars: 600 uncached at $1/M, 400 cached at $0.1/M.
+        assert_eq!(p.cost(&u, true), Nanos(600 * 1000 + 400 * 100));
+    }
+
+    #[test]
+    fn anthropic_cache_tokens_come_on_top_of_input_tokens() {
+        let p = price(3.0, 15.0);
+        let u = Usage {
+            prompt_tokens: Some(100),
+            cache_read_tokens: Some(1000),
+            cache_write_tokens: Some(200),
+            completion_tokens: Some(10),
+        };
+        let expected = 100 * 3000 + 1000 * 300 + 200 * 3750 + 10 * 15000;
+        assert_eq!(p.cost(&u, false), Nanos(expected));
+    }
+
+    #[test]
+    fn unknown_usage_costs_nothing_rather_than_guessing() {
+        assert_eq!(price(3.0, 15.0).cost(&Usage::default(), true), Nanos::ZERO);
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let t = PriceTable::new(vec![
+            ("gpt-4o".into(), price(2.5, 10.0)),
+            ("gpt-4o-mini".into(), price(0.15, 0.6)),
+        ]);
+        assert_eq!(t.lookup("gpt-4o-mini-2024-07-18").unwrap().0, "gpt-4o-mini");
+        assert_eq!(t.lookup("gpt-4o-2024-08-06").unwrap().0, "gpt-4o");
+        assert!(t.lookup("claude-3").is_none());
+    }
+
+    #[test]
+    fn bad_amounts_are_rejected() {
+        assert!(Nanos::from_usd(-1.0).is_none());
+        assert!(Nanos::from_usd(f64::NAN).is_none());
+        assert!(per_mtok_to_pico(f64::INFINITY).is_none());
+        assert_eq!(Nanos::from_usd(50.0), Some(Nanos(50_000_000_000)));
+    }
+
+    #[test]
+    fn huge_products_saturate_instead_of_overflowing() {
+        assert_eq!(cost_of(u64::MAX, u64::MAX), Nanos(u64::MAX));
+    }
+}

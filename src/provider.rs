@@ -1,0 +1,268 @@
+//! Providers and their wire formats: where a provider lives (`base_url` split into scheme, host,
+//! port and path prefix), how it wants its credential, and which usage format each endpoint
+//! speaks.
+//!
+//! Core module: no pingora, no tokio, no I/O. The credential is read from the environment by
+//! `config` and kept in a [`Secret`], whose `Debug` never prints it.
+
+use std::time::Duration;
+
+use crate::usage::WireFormat;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// OpenAI or any server that speaks its API (Azure-style proxies, vLLM, partner gateways).
+    OpenAi,
+    Anthropic,
+}
+
+impl ProviderKind {
+    pub fn parse(s: &str) -> Option<ProviderKind> {
+        match s {
+            "openai" => Some(ProviderKind::OpenAi),
+            "anthropic" => Some(ProviderKind::Anthropic),
+            _ => None,
+        }
+    }
+}
+
+/// A provider credential. Deliberately no `Display` and a redacting `Debug`, so it cannot end
+/// up in a log line, an error or a metric by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The parts of a `base_url`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash ("" for none).
+    pub path: String,
+}
+
+impl BaseUrl {
+    pub fn parse(url: &str) -> Result<BaseUrl, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(format!("base_url {url:?} must start with http:// or https://"));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() || authority.contains('@') {
+            return Err(format!("base_url {url:?} needs a host (and no user info)"));
+        }
+        if path.contains(['?', '#']) {
+            return Err(format!("base_url {url:?} must not have a query or fragment"));
+        }
+        let (host, port) = split_host_port(authority)
+            .ok_or_else(|| format!("base_url {url:?} has a bad host or port"))?;
+        let port = port.unwrap_or(if tls { 443 } else { 80 });
+        Ok(BaseUrl {
+            tls,
+            host: host.to_string(),
+            port,
+            path: path.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The `Host` header value: the port only when it is not the scheme's default.
+    pub fn host_header(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let host = &rest[..end];
+        let after = &rest[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p.parse().ok()?),
+            None if after.is_empty() => None,
+            None => return None,
+        };
+        return Some((host, port));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p.parse().ok()?)),
+        None => (authority, None),
+    };
+    let ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    ok.then_some((host, port))
+}
+
+#[derive(Clone, Debug)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base: BaseUrl,
+    pub host_header: String,
+    /// `None` when the config names no `api_key_env` (a local server that needs no key).
+    pub credential: Option<Secret>,
+    pub anthropic_version: String,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+impl Provider {
+    /// The path to request upstream: the base URL's path prefix, then the client's path.
+    pub fn upstream_path(&self, path_and_query: &str) -> String {
+        let mut p = String::with_capacity(self.base.path.len() + path_and_query.len());
+        p.push_str(&self.base.path);
+        p.push_str(path_and_query);
+        p
+    }
+}
+
+/// The endpoints Tollgate serves, each with the wire format its responses come in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    Responses,
+    Messages,
+    Models,
+    Healthz,
+}
+
+impl Endpoint {
+    /// Path (without query) → endpoint. A trailing slash is tolerated because some clients add
+    /// one.
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        let path = path.strip_suffix('/').unwrap_or(path);
+        Some(match path {
+            "/v1/chat/completions" => Endpoint::ChatCompletions,
+            "/v1/completions" => Endpoint::Completions,
+            "/v1/embeddings" => Endpoint::Embeddings,
+            "/v1/responses" => Endpoint::Responses,
+            "/v1/messages" => Endpoint::Messages,
+            "/v1/models" => Endpoint::Models,
+            "/healthz" => Endpoint::Healthz,
+            _ => return None,
+        })
+    }
+
+    pub fn method(self) -> &'static str {
+        match self {
+            Endpoint::Models | Endpoint::Healthz => "GET",
+            _ => "POST",
+        }
+    }
+
+    pub fn wire_format(self) -> Option<WireFormat> {
+        Some(match self {
+            Endpoint::ChatCompletions => WireFormat::OpenAiChat,
+            Endpoint::Completions => WireFormat::OpenAiCompletions,
+            Endpoint::Embeddings => WireFormat::OpenAiEmbeddings,
+            Endpoint::Responses => WireFormat::OpenAiResponses,
+            Endpoint::Messages => WireFormat::AnthropicMessages,
+            Endpoint::Models | Endpoint::Healthz => return None,
+        })
+    }
+
+    /// Only these accept `stream_options.include_usage`.
+    pub fn supports_stream_options(self) -> bool {
+        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
+    }
+
+    /// Bounded label value for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Responses => "responses",
+            Endpoint::Messages => "messages",
+            Endpoint::Models => "models",
+            Endpoint::Healthz => "healthz",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_split_into_scheme_host_port_and_path() {
+        let b = BaseUrl::parse("https://api.openai.com").unwrap();
+        assert_eq!((b.tls, b.host.as_str(), b.port, b.path.as_str()), (true, "api.openai.com", 443, ""));
+        assert_eq!(b.host_header(), "api.openai.com");
+        let b = BaseUrl::parse("http://127.0.0.1:8000/openai/").unwrap();
+        assert_eq!((b.tls, b.host.as_str(), b.port, b.path.as_str()), (false, "127.0.0.1", 8000, "/openai"));
+        assert_eq!(b.host_header(), "127.0.0.1:8000");
+        let b = BaseUrl::parse("http://[::1]:9000").unwrap();
+        assert_eq!((b.host.as_str(), b.port), ("::1", 9000));
+        assert_eq!(b.host_header(), "[::1]:9000");
+    }
+
+    #[test]
+    fn bad_base_urls_are_rejected_with_a_reason() {
+        for bad in ["api.openai.com", "ftp://x", "https://", "https://h:99999", "https://u@h", "https://h/?q=1", "https://a b"] {
+            assert!(BaseUrl::parse(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let s = Secret::new("sk-live-123".into());
+        assert!(!format!("{s:?}").contains("sk-live"));
+    }
+
+    #[test]
+    fn upstream_path_keeps_the_base_prefix() {
+        let p = Provider {
+            name: "x".into(),
+            kind: ProviderKind::OpenAi,
+            base: BaseUrl::parse("http://h/api").unwrap(),
+            host_header: "h".into(),
+            credential: None,
+            anthropic_version: String::new(),
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+        };
+        assert_eq!(p.upstream_path("/v1/chat/completions?x=1"), "/api/v1/chat/completions?x=1");
+    }
+
+    #[test]
+    fn endpoints_are_recognised_with_or_without_trailing_slash() {
+        assert_eq!(Endpoint::from_path("/v1/messages/"), Some(Endpoint::Messages));
+        assert_eq!(Endpoint::from_path("/v1/chat/completions"), Some(Endpoint::ChatCompletions));
+        assert_eq!(Endpoint::from_path("/v2/chat"), None);
+    }
+}
