@@ -25,5 +25,6 @@ pub mod error;
 pub mod policy;
 pub mod pricing;
 pub mod provider;
+pub mod request;
 pub mod route;
 pub mod usage;

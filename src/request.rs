@@ -1,0 +1,343 @@
+//! The few request fields Tollgate acts on, and the byte-level body rewrites it makes.
+//!
+//! Reading: `serde_json` deserialises into a small struct of borrowed fields, skipping every
+//! other value without building a tree. Rewriting: a top-level member scanner finds the byte
+//! ranges of `model` and `stream_options` and splices new bytes in, so every other byte of the
+//! client's body (unknown fields, key order, number formatting) reaches the provider exactly as
+//! sent.
+//!
+//! Core module: no pingora, no tokio, no I/O.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use serde::Deserialize;
+
+use crate::error::{json_string, GatewayError};
+use crate::provider::Endpoint;
+
+/// What the gateway needs to know about a request body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestFacts {
+    pub model: String,
+    pub stream: bool,
+    /// The output cap the client asked for (`max_tokens`, `max_completion_tokens` or
+    /// `max_output_tokens`); the largest if several are given.
+    pub max_output_tokens: Option<u64>,
+    /// `stream_options.include_usage` as the client sent it.
+    pub include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+/// Parse and check the fields Tollgate needs; every failure is a 400 naming the problem.
+pub fn parse(body: &[u8]) -> Result<RequestFacts, GatewayError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(GatewayError::InvalidRequest(if body.is_empty() {
+            "The request body is empty; expected a JSON object".into()
+        } else {
+            "The request body must be a JSON object".into()
+        }));
+    }
+    let peek: Peek = serde_json::from_slice(body)
+        .map_err(|e| GatewayError::InvalidRequest(format!("The request body is not valid: {e}")))?;
+    let model = match peek.model {
+        Some(m) if !m.trim().is_empty() => m.into_owned(),
+        Some(_) => return Err(GatewayError::InvalidRequest("`model` must not be empty".into())),
+        None => return Err(GatewayError::InvalidRequest("`model` is required".into())),
+    };
+    let max_output_tokens = [peek.max_tokens, peek.max_completion_tokens, peek.max_output_tokens]
+        .into_iter()
+        .flatten()
+        .max();
+    Ok(RequestFacts {
+        model,
+        stream: peek.stream.unwrap_or(false),
+        max_output_tokens,
+        include_usage: peek.stream_options.and_then(|s| s.include_usage),
+    })
+}
+
+/// One `"key": value` member of a JSON object, as byte ranges of the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The key's raw bytes between the quotes.
+    pub key: Range<usize>,
+    pub value: Range<usize>,
+}
+
+/// The members of the object starting at `start` (which must be `{`), for a body that is
+/// already known to be valid JSON. Returns `None` on anything unexpected rather than guessing.
+pub fn object_members(body: &[u8], start: usize) -> Option<(Vec<Member>, usize)> {
+    let mut i = start;
+    if body.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    let mut out = Vec::new();
+    loop {
+        i = skip_ws(body, i);
+        match body.get(i)? {
+            b'}' => return Some((out, i + 1)),
+            b',' => {
+                i += 1;
+                continue;
+            }
+            b'"' => {
+                let key_end = string_end(body, i)?;
+                let key = i + 1..key_end - 1;
+                i = skip_ws(body, key_end);
+                if body.get(i) != Some(&b':') {
+                    return None;
+                }
+                let vstart = skip_ws(body, i + 1);
+                let vend = value_end(body, vstart)?;
+                out.push(Member { key, value: vstart..vend });
+                i = vend;
+            }
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && b[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    i
+}
+
+/// `i` is at an opening quote; returns the index just past the closing quote.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    while j < b.len() {
+        match b[j] {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+    None
+}
+
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => {
+                        j = string_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']') && !b[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
+    }
+}
+
+fn find<'m>(body: &[u8], members: &'m [Member], key: &str) -> Option<&'m Member> {
+    members.iter().find(|m| &body[m.key.clone()] == key.as_bytes())
+}
+
+/// What to change in a body before it goes upstream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rewrite<'a> {
+    /// Replace the `model` value (prefix stripping).
+    pub model: Option<&'a str>,
+    /// Make sure `stream_options.include_usage` is `true`.
+    pub include_usage: bool,
+}
+
+/// The body with `rw` applied, or `None` when nothing needs to change (the original bytes are
+/// forwarded as they are).
+pub fn rewrite(body: &[u8], rw: &Rewrite) -> Option<Vec<u8>> {
+    if rw.model.is_none() && !rw.include_usage {
+        return None;
+    }
+    let start = skip_ws(body, 0);
+    let (members, _) = object_members(body, start)?;
+    // (range to replace, replacement); applied back to front so ranges stay valid.
+    let mut edits: Vec<(Range<usize>, String)> = Vec::new();
+    if let Some(m) = rw.model {
+        let member = find(body, &members, "model")?;
+        edits.push((member.value.clone(), json_string(m)));
+    }
+    if rw.include_usage {
+        match find(body, &members, "stream_options") {
+            None => edits.push((start + 1..start + 1, r#""stream_options":{"include_usage":true},"#.into())),
+            Some(so) if body.get(so.value.start) == Some(&b'{') => {
+                let (inner, _) = object_members(body, so.value.start)?;
+                match find(body, &inner, "include_usage") {
+                    Some(iu) => edits.push((iu.value.clone(), "true".into())),
+                    None => {
+                        let at = so.value.start + 1;
+                        let sep = if inner.is_empty() { "" } else { "," };
+                        edits.push((at..at, format!(r#""include_usage":true{sep}"#)));
+                    }
+                }
+            }
+            // `null`: replace it with the object we need.
+            Some(so) => edits.push((so.value.clone(), r#"{"include_usage":true}"#.into())),
+        }
+    }
+    edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
+    let mut out = body.to_vec();
+    for (r, s) in edits {
+        out.splice(r, s.into_bytes());
+    }
+    Some(out)
+}
+
+/// Whether a streaming request to this endpoint should have usage injected, and whether the
+/// usage chunk must then be removed from what the client receives.
+pub fn usage_injection(endpoint: Endpoint, facts: &RequestFacts) -> (bool, bool) {
+    if !(facts.stream && endpoint.supports_stream_options()) {
+        return (false, false);
+    }
+    let client_asked = facts.include_usage == Some(true);
+    (!client_asked, !client_asked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn extracts_only_the_needed_fields() {
+        let f = parse(br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"stream":true,"max_completion_tokens":50,"stream_options":{"include_usage":false}}"#).unwrap();
+        assert_eq!(f.model, "gpt-4o");
+        assert!(f.stream);
+        assert_eq!(f.max_output_tokens, Some(50));
+        assert_eq!(f.include_usage, Some(false));
+    }
+
+    #[test]
+    fn bad_bodies_are_400_with_a_reason() {
+        for (body, needle) in [
+            (&b""[..], "empty"),
+            (b"not json", "JSON object"),
+            (b"[1,2]", "JSON object"),
+            (br#"{"messages":[]}"#, "`model` is required"),
+            (br#"{"model":""}"#, "must not be empty"),
+            (br#"{"model":42}"#, "not valid"),
+            (br#"{"model":"m","max_tokens":-1}"#, "not valid"),
+            (br#"{"model":"m","stream":"yes"}"#, "not valid"),
+            (br#"{"model":"m""#, "not valid"),
+            (br#"{"model":"a","model":"b"}"#, "not valid"),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert_eq!(e.status(), 400);
+            assert!(e.message().contains(needle), "{:?}: {}", String::from_utf8_lossy(body), e.message());
+        }
+    }
+
+    #[test]
+    fn null_optional_fields_are_treated_as_absent() {
+        let f = parse(br#"{"model":"m","max_tokens":null,"stream":null,"stream_options":null}"#).unwrap();
+        assert_eq!((f.stream, f.max_output_tokens, f.include_usage), (false, None, None));
+    }
+
+    #[test]
+    fn model_rewrite_changes_only_the_model_bytes() {
+        let body = br#"{ "model" : "openai/gpt-4o", "x_unknown": {"a":[1,2.50,"}"]}, "n": 1e3 }"#;
+        let out = rewrite(body, &Rewrite { model: Some("gpt-4o"), include_usage: false }).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{ "model" : "gpt-4o", "x_unknown": {"a":[1,2.50,"}"]}, "n": 1e3 }"#
+        );
+    }
+
+    #[test]
+    fn include_usage_is_added_in_every_starting_state() {
+        let cases: [(&[u8], &str); 5] = [
+            (br#"{"model":"m","stream":true}"#, "absent"),
+            (br#"{"model":"m","stream":true,"stream_options":null}"#, "null"),
+            (br#"{"model":"m","stream":true,"stream_options":{}}"#, "empty"),
+            (br#"{"model":"m","stream":true,"stream_options":{"include_obfuscation":false}}"#, "other"),
+            (br#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#, "false"),
+        ];
+        for (body, what) in cases {
+            let out = rewrite(body, &Rewrite { model: None, include_usage: true }).unwrap();
+            let v: Value = serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(v["stream_options"]["include_usage"], true, "{what}");
+            assert_eq!(v["model"], "m", "{what}");
+        }
+        let out = rewrite(
+            br#"{"model":"m","stream_options":{"include_obfuscation":false}}"#,
+            &Rewrite { model: None, include_usage: true },
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_obfuscation"], false, "other options survive");
+    }
+
+    #[test]
+    fn both_rewrites_together_stay_valid() {
+        let body = br#"{"stream":true,"model":"openai/gpt-4o-mini","messages":[{"role":"user","content":"\"model\": x"}]}"#;
+        let out = rewrite(body, &Rewrite { model: Some("gpt-4o-mini"), include_usage: true }).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "gpt-4o-mini");
+        assert_eq!(v["messages"][0]["content"], "\"model\": x");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn nothing_to_do_means_no_copy() {
+        assert_eq!(rewrite(br#"{"model":"m"}"#, &Rewrite::default()), None);
+    }
+
+    #[test]
+    fn injection_only_for_streams_of_endpoints_that_accept_it() {
+        let mut f = parse(br#"{"model":"m","stream":true}"#).unwrap();
+        assert_eq!(usage_injection(Endpoint::ChatCompletions, &f), (true, true));
+        assert_eq!(usage_injection(Endpoint::Messages, &f), (false, false));
+        assert_eq!(usage_injection(Endpoint::Responses, &f), (false, false));
+        f.include_usage = Some(true);
+        assert_eq!(usage_injection(Endpoint::ChatCompletions, &f), (false, false));
+        f.stream = false;
+        f.include_usage = None;
+        assert_eq!(usage_injection(Endpoint::Completions, &f), (false, false));
+    }
+}
