@@ -62,8 +62,14 @@ pub fn presented_key<'a>(get: impl Fn(&str) -> Option<&'a [u8]>) -> Option<&'a [
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
-    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &v[start..end]
 }
 
@@ -77,24 +83,47 @@ mod tests {
     use super::*;
 
     fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a [u8]> + 'a {
-        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_bytes())
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.as_bytes())
+        }
     }
 
     #[test]
     fn each_of_the_three_headers_carries_a_key() {
-        assert_eq!(presented_key(headers(&[("authorization", "Bearer abc")])), Some(&b"abc"[..]));
-        assert_eq!(presented_key(headers(&[("authorization", "bearer  abc ")])), Some(&b"abc"[..]));
-        assert_eq!(presented_key(headers(&[("x-api-key", "k1")])), Some(&b"k1"[..]));
-        assert_eq!(presented_key(headers(&[("x-tollgate-key", "k2")])), Some(&b"k2"[..]));
+        assert_eq!(
+            presented_key(headers(&[("authorization", "Bearer abc")])),
+            Some(&b"abc"[..])
+        );
+        assert_eq!(
+            presented_key(headers(&[("authorization", "bearer  abc ")])),
+            Some(&b"abc"[..])
+        );
+        assert_eq!(
+            presented_key(headers(&[("x-api-key", "k1")])),
+            Some(&b"k1"[..])
+        );
+        assert_eq!(
+            presented_key(headers(&[("x-tollgate-key", "k2")])),
+            Some(&b"k2"[..])
+        );
     }
 
     #[test]
     fn non_bearer_or_empty_authorization_falls_through_to_the_other_headers() {
         assert_eq!(
-            presented_key(headers(&[("authorization", "Basic xyz"), ("x-api-key", "k")])),
+            presented_key(headers(&[
+                ("authorization", "Basic xyz"),
+                ("x-api-key", "k")
+            ])),
             Some(&b"k"[..])
         );
-        assert_eq!(presented_key(headers(&[("authorization", "Bearer   ")])), None);
+        assert_eq!(
+            presented_key(headers(&[("authorization", "Bearer   ")])),
+            None
+        );
         assert_eq!(presented_key(headers(&[])), None);
     }
 

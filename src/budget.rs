@@ -104,7 +104,11 @@ mod tests {
     fn calendar_keys_follow_utc() {
         assert_eq!(Period::Day.key(NOW), "2026-11-22");
         assert_eq!(Period::Month.key(NOW), "2026-11");
-        assert_eq!(Period::Week.key(NOW), "week-of-2026-11-16", "weeks start on Monday");
+        assert_eq!(
+            Period::Week.key(NOW),
+            "week-of-2026-11-16",
+            "weeks start on Monday"
+        );
         assert_eq!(Period::Total.key(NOW), "total");
     }
 

@@ -134,7 +134,9 @@ impl GatewayError {
                 r#"{{"error":{{"message":{msg},"type":"{ty}","param":null,"code":"{code}"}}}}"#
             ),
             ErrorShape::Anthropic => {
-                format!(r#"{{"type":"error","error":{{"type":"{ty}","message":{msg},"code":"{code}"}}}}"#)
+                format!(
+                    r#"{{"type":"error","error":{{"type":"{ty}","message":{msg},"code":"{code}"}}}}"#
+                )
             }
         }
     }
@@ -212,18 +214,45 @@ mod tests {
     #[test]
     fn every_status_row_of_the_spec_is_mapped() {
         let rows = [
-            (GatewayError::InvalidRequest(String::new()), 400, "invalid_request"),
-            (GatewayError::Unauthorized(String::new()), 401, "unauthorized"),
-            (GatewayError::NotFound(String::new()), 404, "not_found"),
-            (GatewayError::MethodNotAllowed(String::new()), 405, "method_not_allowed"),
-            (GatewayError::RequestTooLarge(String::new()), 413, "request_too_large"),
             (
-                GatewayError::RateLimited { message: String::new(), retry_after_s: 3 },
+                GatewayError::InvalidRequest(String::new()),
+                400,
+                "invalid_request",
+            ),
+            (
+                GatewayError::Unauthorized(String::new()),
+                401,
+                "unauthorized",
+            ),
+            (GatewayError::NotFound(String::new()), 404, "not_found"),
+            (
+                GatewayError::MethodNotAllowed(String::new()),
+                405,
+                "method_not_allowed",
+            ),
+            (
+                GatewayError::RequestTooLarge(String::new()),
+                413,
+                "request_too_large",
+            ),
+            (
+                GatewayError::RateLimited {
+                    message: String::new(),
+                    retry_after_s: 3,
+                },
                 429,
                 "rate_limited",
             ),
-            (GatewayError::UpstreamUnavailable(String::new()), 502, "upstream_unavailable"),
-            (GatewayError::UpstreamTimeout(String::new()), 504, "upstream_timeout"),
+            (
+                GatewayError::UpstreamUnavailable(String::new()),
+                502,
+                "upstream_unavailable",
+            ),
+            (
+                GatewayError::UpstreamTimeout(String::new()),
+                504,
+                "upstream_timeout",
+            ),
         ];
         for (e, status, ty) in rows {
             assert_eq!((e.status(), e.error_type(), e.code()), (status, ty, ty));

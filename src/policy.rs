@@ -64,7 +64,11 @@ pub fn model_allowed(project: &Project, client_model: &str, upstream_model: &str
     }
 }
 
-pub fn check_model(project: &Project, client_model: &str, upstream_model: &str) -> Result<(), GatewayError> {
+pub fn check_model(
+    project: &Project,
+    client_model: &str,
+    upstream_model: &str,
+) -> Result<(), GatewayError> {
     if model_allowed(project, client_model, upstream_model) {
         Ok(())
     } else {

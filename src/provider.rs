@@ -63,7 +63,9 @@ impl BaseUrl {
         } else if let Some(r) = url.strip_prefix("http://") {
             (false, r)
         } else {
-            return Err(format!("base_url {url:?} must start with http:// or https://"));
+            return Err(format!(
+                "base_url {url:?} must start with http:// or https://"
+            ));
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -73,7 +75,9 @@ impl BaseUrl {
             return Err(format!("base_url {url:?} needs a host (and no user info)"));
         }
         if path.contains(['?', '#']) {
-            return Err(format!("base_url {url:?} must not have a query or fragment"));
+            return Err(format!(
+                "base_url {url:?} must not have a query or fragment"
+            ));
         }
         let (host, port) = split_host_port(authority)
             .ok_or_else(|| format!("base_url {url:?} has a bad host or port"))?;
@@ -221,10 +225,16 @@ mod tests {
     #[test]
     fn base_urls_split_into_scheme_host_port_and_path() {
         let b = BaseUrl::parse("https://api.openai.com").unwrap();
-        assert_eq!((b.tls, b.host.as_str(), b.port, b.path.as_str()), (true, "api.openai.com", 443, ""));
+        assert_eq!(
+            (b.tls, b.host.as_str(), b.port, b.path.as_str()),
+            (true, "api.openai.com", 443, "")
+        );
         assert_eq!(b.host_header(), "api.openai.com");
         let b = BaseUrl::parse("http://127.0.0.1:8000/openai/").unwrap();
-        assert_eq!((b.tls, b.host.as_str(), b.port, b.path.as_str()), (false, "127.0.0.1", 8000, "/openai"));
+        assert_eq!(
+            (b.tls, b.host.as_str(), b.port, b.path.as_str()),
+            (false, "127.0.0.1", 8000, "/openai")
+        );
         assert_eq!(b.host_header(), "127.0.0.1:8000");
         let b = BaseUrl::parse("http://[::1]:9000").unwrap();
         assert_eq!((b.host.as_str(), b.port), ("::1", 9000));
@@ -233,7 +243,15 @@ mod tests {
 
     #[test]
     fn bad_base_urls_are_rejected_with_a_reason() {
-        for bad in ["api.openai.com", "ftp://x", "https://", "https://h:99999", "https://u@h", "https://h/?q=1", "https://a b"] {
+        for bad in [
+            "api.openai.com",
+            "ftp://x",
+            "https://",
+            "https://h:99999",
+            "https://u@h",
+            "https://h/?q=1",
+            "https://a b",
+        ] {
             assert!(BaseUrl::parse(bad).is_err(), "{bad} should be rejected");
         }
     }
@@ -256,13 +274,22 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
         };
-        assert_eq!(p.upstream_path("/v1/chat/completions?x=1"), "/api/v1/chat/completions?x=1");
+        assert_eq!(
+            p.upstream_path("/v1/chat/completions?x=1"),
+            "/api/v1/chat/completions?x=1"
+        );
     }
 
     #[test]
     fn endpoints_are_recognised_with_or_without_trailing_slash() {
-        assert_eq!(Endpoint::from_path("/v1/messages/"), Some(Endpoint::Messages));
-        assert_eq!(Endpoint::from_path("/v1/chat/completions"), Some(Endpoint::ChatCompletions));
+        assert_eq!(
+            Endpoint::from_path("/v1/messages/"),
+            Some(Endpoint::Messages)
+        );
+        assert_eq!(
+            Endpoint::from_path("/v1/chat/completions"),
+            Some(Endpoint::ChatCompletions)
+        );
         assert_eq!(Endpoint::from_path("/v2/chat"), None);
     }
 }

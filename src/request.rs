@@ -64,13 +64,21 @@ pub fn parse(body: &[u8]) -> Result<RequestFacts, GatewayError> {
         .map_err(|e| GatewayError::InvalidRequest(format!("The request body is not valid: {e}")))?;
     let model = match peek.model {
         Some(m) if !m.trim().is_empty() => m.into_owned(),
-        Some(_) => return Err(GatewayError::InvalidRequest("`model` must not be empty".into())),
+        Some(_) => {
+            return Err(GatewayError::InvalidRequest(
+                "`model` must not be empty".into(),
+            ))
+        }
         None => return Err(GatewayError::InvalidRequest("`model` is required".into())),
     };
-    let max_output_tokens = [peek.max_tokens, peek.max_completion_tokens, peek.max_output_tokens]
-        .into_iter()
-        .flatten()
-        .max();
+    let max_output_tokens = [
+        peek.max_tokens,
+        peek.max_completion_tokens,
+        peek.max_output_tokens,
+    ]
+    .into_iter()
+    .flatten()
+    .max();
     Ok(RequestFacts {
         model,
         stream: peek.stream.unwrap_or(false),
@@ -113,7 +121,10 @@ pub fn object_members(body: &[u8], start: usize) -> Option<(Vec<Member>, usize)>
                 }
                 let vstart = skip_ws(body, i + 1);
                 let vend = value_end(body, vstart)?;
-                out.push(Member { key, value: vstart..vend });
+                out.push(Member {
+                    key,
+                    value: vstart..vend,
+                });
                 i = vend;
             }
             _ => return None,
@@ -168,7 +179,8 @@ fn value_end(b: &[u8], i: usize) -> Option<usize> {
         }
         _ => {
             let mut j = i;
-            while j < b.len() && !matches!(b[j], b',' | b'}' | b']') && !b[j].is_ascii_whitespace() {
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']') && !b[j].is_ascii_whitespace()
+            {
                 j += 1;
             }
             (j > i).then_some(j)
@@ -177,7 +189,9 @@ fn value_end(b: &[u8], i: usize) -> Option<usize> {
 }
 
 fn find<'m>(body: &[u8], members: &'m [Member], key: &str) -> Option<&'m Member> {
-    members.iter().find(|m| &body[m.key.clone()] == key.as_bytes())
+    members
+        .iter()
+        .find(|m| &body[m.key.clone()] == key.as_bytes())
 }
 
 /// What to change in a body before it goes upstream.
@@ -205,7 +219,10 @@ pub fn rewrite(body: &[u8], rw: &Rewrite) -> Option<Vec<u8>> {
     }
     if rw.include_usage {
         match find(body, &members, "stream_options") {
-            None => edits.push((start + 1..start + 1, r#""stream_options":{"include_usage":true},"#.into())),
+            None => edits.push((
+                start + 1..start + 1,
+                r#""stream_options":{"include_usage":true},"#.into(),
+            )),
             Some(so) if body.get(so.value.start) == Some(&b'{') => {
                 let (inner, _) = object_members(body, so.value.start)?;
                 match find(body, &inner, "include_usage") {
@@ -269,20 +286,36 @@ mod tests {
         ] {
             let e = parse(body).unwrap_err();
             assert_eq!(e.status(), 400);
-            assert!(e.message().contains(needle), "{:?}: {}", String::from_utf8_lossy(body), e.message());
+            assert!(
+                e.message().contains(needle),
+                "{:?}: {}",
+                String::from_utf8_lossy(body),
+                e.message()
+            );
         }
     }
 
     #[test]
     fn null_optional_fields_are_treated_as_absent() {
-        let f = parse(br#"{"model":"m","max_tokens":null,"stream":null,"stream_options":null}"#).unwrap();
-        assert_eq!((f.stream, f.max_output_tokens, f.include_usage), (false, None, None));
+        let f = parse(br#"{"model":"m","max_tokens":null,"stream":null,"stream_options":null}"#)
+            .unwrap();
+        assert_eq!(
+            (f.stream, f.max_output_tokens, f.include_usage),
+            (false, None, None)
+        );
     }
 
     #[test]
     fn model_rewrite_changes_only_the_model_bytes() {
         let body = br#"{ "model" : "openai/gpt-4o", "x_unknown": {"a":[1,2.50,"}"]}, "n": 1e3 }"#;
-        let out = rewrite(body, &Rewrite { model: Some("gpt-4o"), include_usage: false }).unwrap();
+        let out = rewrite(
+            body,
+            &Rewrite {
+                model: Some("gpt-4o"),
+                include_usage: false,
+            },
+        )
+        .unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{ "model" : "gpt-4o", "x_unknown": {"a":[1,2.50,"}"]}, "n": 1e3 }"#
@@ -293,30 +326,62 @@ mod tests {
     fn include_usage_is_added_in_every_starting_state() {
         let cases: [(&[u8], &str); 5] = [
             (br#"{"model":"m","stream":true}"#, "absent"),
-            (br#"{"model":"m","stream":true,"stream_options":null}"#, "null"),
-            (br#"{"model":"m","stream":true,"stream_options":{}}"#, "empty"),
-            (br#"{"model":"m","stream":true,"stream_options":{"include_obfuscation":false}}"#, "other"),
-            (br#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#, "false"),
+            (
+                br#"{"model":"m","stream":true,"stream_options":null}"#,
+                "null",
+            ),
+            (
+                br#"{"model":"m","stream":true,"stream_options":{}}"#,
+                "empty",
+            ),
+            (
+                br#"{"model":"m","stream":true,"stream_options":{"include_obfuscation":false}}"#,
+                "other",
+            ),
+            (
+                br#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#,
+                "false",
+            ),
         ];
         for (body, what) in cases {
-            let out = rewrite(body, &Rewrite { model: None, include_usage: true }).unwrap();
+            let out = rewrite(
+                body,
+                &Rewrite {
+                    model: None,
+                    include_usage: true,
+                },
+            )
+            .unwrap();
             let v: Value = serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{what}: {e}"));
             assert_eq!(v["stream_options"]["include_usage"], true, "{what}");
             assert_eq!(v["model"], "m", "{what}");
         }
         let out = rewrite(
             br#"{"model":"m","stream_options":{"include_obfuscation":false}}"#,
-            &Rewrite { model: None, include_usage: true },
+            &Rewrite {
+                model: None,
+                include_usage: true,
+            },
         )
         .unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["stream_options"]["include_obfuscation"], false, "other options survive");
+        assert_eq!(
+            v["stream_options"]["include_obfuscation"], false,
+            "other options survive"
+        );
     }
 
     #[test]
     fn both_rewrites_together_stay_valid() {
         let body = br#"{"stream":true,"model":"openai/gpt-4o-mini","messages":[{"role":"user","content":"\"model\": x"}]}"#;
-        let out = rewrite(body, &Rewrite { model: Some("gpt-4o-mini"), include_usage: true }).unwrap();
+        let out = rewrite(
+            body,
+            &Rewrite {
+                model: Some("gpt-4o-mini"),
+                include_usage: true,
+            },
+        )
+        .unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["model"], "gpt-4o-mini");
         assert_eq!(v["messages"][0]["content"], "\"model\": x");
@@ -335,7 +400,10 @@ mod tests {
         assert_eq!(usage_injection(Endpoint::Messages, &f), (false, false));
         assert_eq!(usage_injection(Endpoint::Responses, &f), (false, false));
         f.include_usage = Some(true);
-        assert_eq!(usage_injection(Endpoint::ChatCompletions, &f), (false, false));
+        assert_eq!(
+            usage_injection(Endpoint::ChatCompletions, &f),
+            (false, false)
+        );
         f.stream = false;
         f.include_usage = None;
         assert_eq!(usage_injection(Endpoint::Completions, &f), (false, false));

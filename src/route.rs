@@ -83,7 +83,9 @@ impl RouteTable {
     }
 
     pub fn lookup(&self, model: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| model.starts_with(r.prefix.as_str()))
+        self.routes
+            .iter()
+            .find(|r| model.starts_with(r.prefix.as_str()))
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -99,7 +101,10 @@ mod tests {
         Route {
             prefix: prefix.into(),
             strip_prefix: strip,
-            targets: vec![Target { provider, weight: 1 }],
+            targets: vec![Target {
+                provider,
+                weight: 1,
+            }],
             fallbacks: vec![],
             retries: 0,
         }
@@ -115,7 +120,10 @@ mod tests {
 
     #[test]
     fn strip_prefix_rewrites_only_when_asked() {
-        assert_eq!(route("openai/", true, 0).upstream_model("openai/gpt-4o"), "gpt-4o");
+        assert_eq!(
+            route("openai/", true, 0).upstream_model("openai/gpt-4o"),
+            "gpt-4o"
+        );
         assert_eq!(route("gpt-", false, 0).upstream_model("gpt-4o"), "gpt-4o");
     }
 
@@ -124,12 +132,25 @@ mod tests {
         let r = Route {
             prefix: "x/".into(),
             strip_prefix: true,
-            targets: vec![Target { provider: 0, weight: 3 }, Target { provider: 1, weight: 1 }],
+            targets: vec![
+                Target {
+                    provider: 0,
+                    weight: 3,
+                },
+                Target {
+                    provider: 1,
+                    weight: 1,
+                },
+            ],
             fallbacks: vec![2],
             retries: 1,
         };
         let firsts: Vec<usize> = (0..4).map(|p| r.candidates(p)[0]).collect();
         assert_eq!(firsts, vec![0, 0, 0, 1]);
-        assert_eq!(r.candidates(3), vec![1, 0, 2], "chosen, other targets, fallbacks");
+        assert_eq!(
+            r.candidates(3),
+            vec![1, 0, 2],
+            "chosen, other targets, fallbacks"
+        );
     }
 }

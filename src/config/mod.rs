@@ -240,7 +240,11 @@ impl Validator<'_> {
     fn positive(&mut self, v: &toml::Spanned<i64>, field: &str, max: i64) -> Option<u64> {
         let n = *v.get_ref();
         if n <= 0 || n > max {
-            self.err(Some(v.span()), field, format!("must be between 1 and {max}, got {n}"));
+            self.err(
+                Some(v.span()),
+                field,
+                format!("must be between 1 and {max}, got {n}"),
+            );
             None
         } else {
             Some(n as u64)
@@ -254,7 +258,10 @@ impl Validator<'_> {
                 self.err(
                     Some(v.span()),
                     field,
-                    format!("{:?} is not an IP:port address (e.g. \"127.0.0.1:8080\")", v.get_ref()),
+                    format!(
+                        "{:?} is not an IP:port address (e.g. \"127.0.0.1:8080\")",
+                        v.get_ref()
+                    ),
                 );
                 None
             }
@@ -270,7 +277,11 @@ impl Validator<'_> {
         let server = self.server(&raw, env);
         let store = self.store(&raw);
         let providers = self.providers(&raw, env);
-        let names: Vec<&str> = raw.providers.iter().map(|p| p.get_ref().name.get_ref().as_str()).collect();
+        let names: Vec<&str> = raw
+            .providers
+            .iter()
+            .map(|p| p.get_ref().name.get_ref().as_str())
+            .collect();
         let routes = self.routes(&raw, &names);
         let prices = self.prices(&raw);
         let (projects, keys) = self.projects(&raw);
@@ -286,7 +297,11 @@ impl Validator<'_> {
         })
     }
 
-    fn server(&mut self, raw: &FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Option<ServerConfig> {
+    fn server(
+        &mut self,
+        raw: &FileConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<ServerConfig> {
         let s = &raw.server;
         let listen = match &s.listen {
             Some(l) => self.addr(l, "server.listen"),
@@ -300,7 +315,11 @@ impl Validator<'_> {
             Some(var) => {
                 let name = var.get_ref().clone();
                 if name.is_empty() {
-                    self.err(Some(var.span()), "server.admin_token_env", "must name an environment variable");
+                    self.err(
+                        Some(var.span()),
+                        "server.admin_token_env",
+                        "must name an environment variable",
+                    );
                 }
                 // Unset is allowed: the admin API is then disabled, as the SPEC says.
                 let token = env(&name).filter(|t| !t.is_empty()).map(Secret::new);
@@ -309,7 +328,9 @@ impl Validator<'_> {
             None => (None, None),
         };
         let max_body_bytes = match &s.max_body_bytes {
-            Some(v) => self.positive(v, "server.max_body_bytes", 1 << 30).map(|n| n as usize),
+            Some(v) => self
+                .positive(v, "server.max_body_bytes", 1 << 30)
+                .map(|n| n as usize),
             None => Some(DEFAULT_MAX_BODY_BYTES),
         };
         let threads = match &s.threads {
@@ -333,7 +354,10 @@ impl Validator<'_> {
                 .upgrade_sock
                 .clone()
                 .unwrap_or_else(|| "/tmp/tollgate_upgrade.sock".into()),
-            pid_file: s.pid_file.clone().unwrap_or_else(|| "/tmp/tollgate.pid".into()),
+            pid_file: s
+                .pid_file
+                .clone()
+                .unwrap_or_else(|| "/tmp/tollgate.pid".into()),
         })
     }
 
@@ -356,7 +380,11 @@ impl Validator<'_> {
         })
     }
 
-    fn providers(&mut self, raw: &FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Vec<Provider> {
+    fn providers(
+        &mut self,
+        raw: &FileConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Vec<Provider> {
         let mut out = Vec::new();
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, p) in raw.providers.iter().enumerate() {
@@ -365,7 +393,11 @@ impl Validator<'_> {
             let at = format!("providers[{i}]");
             let name = p.name.get_ref();
             if name.is_empty() {
-                self.err(Some(p.name.span()), format!("{at}.name"), "must not be empty");
+                self.err(
+                    Some(p.name.span()),
+                    format!("{at}.name"),
+                    "must not be empty",
+                );
             }
             if let Some(first) = seen.insert(name.as_str(), i) {
                 self.err(
@@ -379,7 +411,10 @@ impl Validator<'_> {
                 self.err(
                     Some(p.kind.span()),
                     format!("{at}.kind"),
-                    format!("unknown kind {:?} (expected \"openai\" or \"anthropic\")", p.kind.get_ref()),
+                    format!(
+                        "unknown kind {:?} (expected \"openai\" or \"anthropic\")",
+                        p.kind.get_ref()
+                    ),
                 );
             }
             let base = match BaseUrl::parse(p.base_url.get_ref()) {
@@ -415,14 +450,18 @@ impl Validator<'_> {
                 None => Some(120_000),
             };
             let _ = span;
-            if let (Some(kind), Some(base), Some(connect), Some(read)) = (kind, base, connect, read) {
+            if let (Some(kind), Some(base), Some(connect), Some(read)) = (kind, base, connect, read)
+            {
                 out.push(Provider {
                     name: name.clone(),
                     kind,
                     host_header: base.host_header(),
                     base,
                     credential,
-                    anthropic_version: p.anthropic_version.clone().unwrap_or_else(|| "2023-06-01".into()),
+                    anthropic_version: p
+                        .anthropic_version
+                        .clone()
+                        .unwrap_or_else(|| "2023-06-01".into()),
                     connect_timeout: Duration::from_millis(connect),
                     read_timeout: Duration::from_millis(read),
                 });
@@ -431,10 +470,19 @@ impl Validator<'_> {
         out
     }
 
-    fn provider_ref(&mut self, names: &[&str], v: &toml::Spanned<String>, field: String) -> Option<usize> {
+    fn provider_ref(
+        &mut self,
+        names: &[&str],
+        v: &toml::Spanned<String>,
+        field: String,
+    ) -> Option<usize> {
         let idx = names.iter().position(|n| *n == v.get_ref().as_str());
         if idx.is_none() {
-            let known = if names.is_empty() { "none defined".to_string() } else { names.join(", ") };
+            let known = if names.is_empty() {
+                "none defined".to_string()
+            } else {
+                names.join(", ")
+            };
             self.err(
                 Some(v.span()),
                 field,
@@ -453,7 +501,11 @@ impl Validator<'_> {
             let at = format!("routes[{i}]");
             let prefix = r.prefix.get_ref();
             if prefix.is_empty() {
-                self.err(Some(r.prefix.span()), format!("{at}.prefix"), "must not be empty");
+                self.err(
+                    Some(r.prefix.span()),
+                    format!("{at}.prefix"),
+                    "must not be empty",
+                );
             }
             if let Some(first) = seen.insert(prefix.as_str(), i) {
                 self.err(
@@ -466,16 +518,27 @@ impl Validator<'_> {
             let mut targets = Vec::new();
             match (&r.provider, &r.targets) {
                 (Some(p), None) => match self.provider_ref(names, p, format!("{at}.provider")) {
-                    Some(provider) => targets.push(Target { provider, weight: 1 }),
+                    Some(provider) => targets.push(Target {
+                        provider,
+                        weight: 1,
+                    }),
                     None => ok = false,
                 },
                 (None, Some(ts)) => {
                     if ts.get_ref().is_empty() {
-                        self.err(Some(ts.span()), format!("{at}.targets"), "must name at least one provider");
+                        self.err(
+                            Some(ts.span()),
+                            format!("{at}.targets"),
+                            "must name at least one provider",
+                        );
                         ok = false;
                     }
                     for (j, t) in ts.get_ref().iter().enumerate() {
-                        let provider = self.provider_ref(names, &t.provider, format!("{at}.targets[{j}].provider"));
+                        let provider = self.provider_ref(
+                            names,
+                            &t.provider,
+                            format!("{at}.targets[{j}].provider"),
+                        );
                         if !(1..=1_000_000).contains(&t.weight) {
                             self.err(
                                 Some(t.provider.span()),
@@ -485,17 +548,28 @@ impl Validator<'_> {
                             ok = false;
                         }
                         match provider {
-                            Some(provider) => targets.push(Target { provider, weight: t.weight as u32 }),
+                            Some(provider) => targets.push(Target {
+                                provider,
+                                weight: t.weight as u32,
+                            }),
                             None => ok = false,
                         }
                     }
                 }
                 (Some(p), Some(_)) => {
-                    self.err(Some(p.span()), format!("{at}"), "give either `provider` or `targets`, not both");
+                    self.err(
+                        Some(p.span()),
+                        format!("{at}"),
+                        "give either `provider` or `targets`, not both",
+                    );
                     ok = false;
                 }
                 (None, None) => {
-                    self.err(Some(route_span), format!("{at}"), "needs `provider` or `targets`");
+                    self.err(
+                        Some(route_span),
+                        format!("{at}"),
+                        "needs `provider` or `targets`",
+                    );
                     ok = false;
                 }
             }
@@ -572,7 +646,13 @@ impl Validator<'_> {
                 if let (Some(cache_read), Some(cache_write)) = (cache_read, cache_write) {
                     out.push((
                         model.get_ref().clone(),
-                        Price { input, output, cache_read, cache_write, max_output_tokens },
+                        Price {
+                            input,
+                            output,
+                            cache_read,
+                            cache_write,
+                            max_output_tokens,
+                        },
                     ));
                 }
             }
@@ -588,11 +668,17 @@ impl Validator<'_> {
             let p = p.get_ref();
             let at = format!("projects[{i}]");
             let id = p.id.get_ref();
-            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            if id.is_empty()
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
                 self.err(
                     Some(p.id.span()),
                     format!("{at}.id"),
-                    format!("{id:?} must be non-empty and use only letters, digits, '-', '_' and '.'"),
+                    format!(
+                        "{id:?} must be non-empty and use only letters, digits, '-', '_' and '.'"
+                    ),
                 );
             }
             if let Some(first) = ids.insert(id.as_str(), i) {
@@ -627,7 +713,10 @@ impl Validator<'_> {
                     self.err(
                         Some(span),
                         format!("{at}.budget.limit_usd"),
-                        format!("must be between 0 and 1000000000 dollars, got {}", b.limit_usd),
+                        format!(
+                            "must be between 0 and 1000000000 dollars, got {}",
+                            b.limit_usd
+                        ),
                     );
                 }
                 let period = Period::parse(b.period.get_ref());
@@ -635,30 +724,47 @@ impl Validator<'_> {
                     self.err(
                         Some(b.period.span()),
                         format!("{at}.budget.period"),
-                        format!("unknown period {:?} (expected day, week, month or total)", b.period.get_ref()),
+                        format!(
+                            "unknown period {:?} (expected day, week, month or total)",
+                            b.period.get_ref()
+                        ),
                     );
                 }
-                Some(Budget { limit: limit?, period: period? })
+                Some(Budget {
+                    limit: limit?,
+                    period: period?,
+                })
             });
             let rate_limit = p.rate_limit.as_ref().and_then(|r| {
                 let span = r.span();
                 let r = r.get_ref();
                 let mut check = |v: Option<i64>, what: &str| match v {
                     Some(n) if n <= 0 => {
-                        self.err(Some(span.clone()), format!("{at}.rate_limit.{what}"), format!("must be positive, got {n}"));
+                        self.err(
+                            Some(span.clone()),
+                            format!("{at}.rate_limit.{what}"),
+                            format!("must be positive, got {n}"),
+                        );
                         Err(())
                     }
                     other => Ok(other.map(|n| n as u64)),
                 };
                 let rpm = check(r.rpm, "rpm");
                 let tpm = check(r.tpm, "tpm");
-                Some(RateLimit { rpm: rpm.ok()?, tpm: tpm.ok()? })
+                Some(RateLimit {
+                    rpm: rpm.ok()?,
+                    tpm: tpm.ok()?,
+                })
             });
             let mut globs = |list: &[toml::Spanned<String>], what: &str| -> Vec<Glob> {
                 let mut g = Vec::new();
                 for (j, s) in list.iter().enumerate() {
                     if s.get_ref().is_empty() {
-                        self.err(Some(s.span()), format!("{at}.{what}[{j}]"), "must not be empty");
+                        self.err(
+                            Some(s.span()),
+                            format!("{at}.{what}[{j}]"),
+                            "must not be empty",
+                        );
                     } else {
                         g.push(Glob::new(s.get_ref()));
                     }
@@ -685,7 +791,9 @@ impl Validator<'_> {
                 if bad {
                     None
                 } else {
-                    RegexSet::new(p.block_patterns.iter().map(|p| p.get_ref().as_str())).ok().map(Some)
+                    RegexSet::new(p.block_patterns.iter().map(|p| p.get_ref().as_str()))
+                        .ok()
+                        .map(Some)
                 }
             };
             let unpriced = match &p.unpriced {
@@ -715,21 +823,30 @@ impl Validator<'_> {
                 unpriced: unpriced.unwrap_or(Unpriced::Block),
             });
         }
-        (out, keys.into_iter().map(|(k, (idx, _))| (k, idx)).collect())
+        (
+            out,
+            keys.into_iter().map(|(k, (idx, _))| (k, idx)).collect(),
+        )
     }
 }
 
 /// A `keys` entry: `sha256:<64 hex>` is the digest of a key; anything else is the key itself.
 fn parse_key_entry(s: &str) -> Result<KeyDigest, String> {
     if let Some(hex) = s.strip_prefix("sha256:") {
-        return crate::auth::parse_hex_digest(hex)
-            .ok_or_else(|| "a sha256: entry needs exactly 64 hex digits (see `tollgate key new`)".to_string());
+        return crate::auth::parse_hex_digest(hex).ok_or_else(|| {
+            "a sha256: entry needs exactly 64 hex digits (see `tollgate key new`)".to_string()
+        });
     }
     if s.len() < 16 {
-        return Err(format!("a plaintext key must be at least 16 characters, this one has {}", s.len()));
+        return Err(format!(
+            "a plaintext key must be at least 16 characters, this one has {}",
+            s.len()
+        ));
     }
     if s.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
-        return Err("a key must be printable ASCII without spaces (it travels in an HTTP header)".into());
+        return Err(
+            "a key must be printable ASCII without spaces (it travels in an HTTP header)".into(),
+        );
     }
     Ok(key_digest(s.as_bytes()))
 }

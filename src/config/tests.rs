@@ -4,7 +4,9 @@ const SPEC_EXAMPLE: &str = include_str!("../../tests/fixtures/spec-example.toml"
 
 fn env_all(k: &str) -> Option<String> {
     match k {
-        "OPENAI_API_KEY" | "ANTHROPIC_API_KEY" | "OPENAI_BACKUP_KEY" => Some(format!("secret-of-{k}")),
+        "OPENAI_API_KEY" | "ANTHROPIC_API_KEY" | "OPENAI_BACKUP_KEY" => {
+            Some(format!("secret-of-{k}"))
+        }
         "TOLLGATE_ADMIN_TOKEN" => Some("admin".into()),
         _ => None,
     }
@@ -29,9 +31,15 @@ fn the_spec_example_loads_unchanged() {
     assert_eq!(c.key_count(), 2);
     let ha = c.routes.lookup("openai-ha/gpt-4o").unwrap();
     assert_eq!(ha.targets.len(), 2);
-    assert_eq!(ha.fallbacks, vec![c.provider_index("openai-backup").unwrap()]);
+    assert_eq!(
+        ha.fallbacks,
+        vec![c.provider_index("openai-backup").unwrap()]
+    );
     assert_eq!(ha.retries, 1);
-    assert_eq!(c.prices.lookup("gpt-4o-mini").unwrap().1.max_output_tokens, Some(16384));
+    assert_eq!(
+        c.prices.lookup("gpt-4o-mini").unwrap().1.max_output_tokens,
+        Some(16384)
+    );
 }
 
 #[test]
@@ -55,8 +63,14 @@ fn the_sha256_form_and_the_plaintext_form_both_find_the_project() {
 fn provider_secrets_come_from_the_environment_and_never_print() {
     let c = parse(SPEC_EXAMPLE, "spec.toml", &env_all).unwrap();
     let openai = &c.providers[c.provider_index("openai").unwrap()];
-    assert_eq!(openai.credential.as_ref().unwrap().expose(), "secret-of-OPENAI_API_KEY");
-    assert!(!format!("{c:?}").contains("secret-of-"), "Debug must redact secrets");
+    assert_eq!(
+        openai.credential.as_ref().unwrap().expose(),
+        "secret-of-OPENAI_API_KEY"
+    );
+    assert!(
+        !format!("{c:?}").contains("secret-of-"),
+        "Debug must redact secrets"
+    );
 }
 
 #[test]
@@ -82,9 +96,19 @@ block_patterns = ["(unclosed"]
     assert!(fields.contains(&"providers[0].api_key_env"), "{errs:?}");
     assert!(fields.contains(&"routes[0].provider"), "{errs:?}");
     assert!(fields.contains(&"projects[0].keys[1]"), "{errs:?}");
-    assert!(fields.contains(&"projects[0].block_patterns[0]"), "{errs:?}");
-    let route_err = errs.iter().find(|e| e.field == "routes[0].provider").unwrap();
-    assert_eq!(route_err.line, Some(10), "the line of `provider = \"opena\"`");
+    assert!(
+        fields.contains(&"projects[0].block_patterns[0]"),
+        "{errs:?}"
+    );
+    let route_err = errs
+        .iter()
+        .find(|e| e.field == "routes[0].provider")
+        .unwrap();
+    assert_eq!(
+        route_err.line,
+        Some(10),
+        "the line of `provider = \"opena\"`"
+    );
     assert!(route_err.message.contains("known: openai"));
 }
 
@@ -104,7 +128,10 @@ fn a_key_listed_in_plaintext_and_as_its_digest_is_a_duplicate() {
 fn unknown_fields_are_errors_with_a_place() {
     let errs = errors_of("[server]\nlisten = \"127.0.0.1:1\"\nlistne = \"x\"\n");
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].message.contains("unknown field `listne`"), "{errs:?}");
+    assert!(
+        errs[0].message.contains("unknown field `listne`"),
+        "{errs:?}"
+    );
     assert_eq!(errs[0].line, Some(3));
 }
 
@@ -157,14 +184,22 @@ unpriced = "maybe"
     ] {
         assert!(fields.contains(&f), "missing {f} in {fields:?}");
     }
-    assert!(errs.iter().all(|e| e.line.is_some()), "every error has a line: {errs:?}");
+    assert!(
+        errs.iter().all(|e| e.line.is_some()),
+        "every error has a line: {errs:?}"
+    );
 }
 
 #[test]
 fn an_unset_admin_token_variable_disables_admin_instead_of_failing() {
     let c = parse("[server]\nadmin_token_env = \"NOPE\"\n", "t", &env_all).unwrap();
     assert!(c.server.admin_token.is_none());
-    let c = parse("[server]\nadmin_token_env = \"TOLLGATE_ADMIN_TOKEN\"\n", "t", &env_all).unwrap();
+    let c = parse(
+        "[server]\nadmin_token_env = \"TOLLGATE_ADMIN_TOKEN\"\n",
+        "t",
+        &env_all,
+    )
+    .unwrap();
     assert_eq!(c.server.admin_token.unwrap().expose(), "admin");
 }
 
@@ -178,7 +213,15 @@ fn an_empty_file_gives_the_defaults() {
 
 #[test]
 fn the_error_report_names_file_line_and_field() {
-    let e = parse("[[routes]]\nprefix = \"x\"\nprovider = \"y\"\n", "conf.toml", &env_all).unwrap_err();
+    let e = parse(
+        "[[routes]]\nprefix = \"x\"\nprovider = \"y\"\n",
+        "conf.toml",
+        &env_all,
+    )
+    .unwrap_err();
     let s = e.to_string();
-    assert!(s.contains("conf.toml:3:12: routes[0].provider: unknown provider \"y\""), "{s}");
+    assert!(
+        s.contains("conf.toml:3:12: routes[0].provider: unknown provider \"y\""),
+        "{s}"
+    );
 }

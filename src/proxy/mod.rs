@@ -1,0 +1,626 @@
+//! The Pingora `ProxyHttp` implementation: a few lines of glue per phase around the pure core.
+//!
+//! | phase | here |
+//! |---|---|
+//! | `request_filter` | load the config snapshot once; route by path; authenticate; read the size-capped body; parse; route by model; policy; prepare the upstream body. Blocks are answered here and never reach a provider. |
+//! | `upstream_peer` | the chosen provider's address from the resolver cache, timeouts, TLS with SNI |
+//! | `upstream_request_filter` | path prefix, `Host`, project key out, provider credential in, identity encoding, exact `Content-Length` |
+//! | `request_body_filter` | put the prepared body in place of the replayed one |
+//! | `response_filter` | request id header; pick the usage scanner |
+//! | `response_body_filter` | feed the scanner; bytes pass untouched unless the injected usage chunk must go |
+//! | `fail_to_proxy` | the one place an upstream failure becomes a SPEC JSON error |
+//! | `logging` | always runs once: usage, cost, access log line |
+//!
+//! Every response Tollgate writes itself goes through [`respond`]. Must not hold a lock across
+//! a phase or do blocking I/O.
+
+mod body_replay;
+mod respond;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::auth;
+use crate::config::{Config, ProjectIdx};
+use crate::error::{ErrorShape, GatewayError};
+use crate::policy;
+use crate::provider::{Endpoint, ProviderKind};
+use crate::request::{self, Rewrite};
+use crate::resolver::Resolver;
+use crate::route::ProviderIdx;
+use crate::usage::{Feed, Usage, UsageScanner};
+
+pub use respond::respond;
+
+/// Pingora replays a consumed body from its retry buffer only up to this size; larger bodies
+/// go through [`body_replay`].
+const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// Idle upstream connections are dropped before providers drop them (OpenAI and Anthropic
+/// close idle keep-alive connections after about a minute), so a POST is never sent on a
+/// connection the provider is closing.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(30);
+
+pub struct Gateway {
+    pub config: Arc<ArcSwap<Config>>,
+    pub resolver: Arc<Resolver>,
+    ids: RequestIds,
+}
+
+impl Gateway {
+    pub fn new(config: Arc<ArcSwap<Config>>, resolver: Arc<Resolver>) -> Gateway {
+        Gateway {
+            config,
+            resolver,
+            ids: RequestIds::new(),
+        }
+    }
+}
+
+/// Request ids: a random per-process prefix and a counter, unique across restarts and cheap.
+struct RequestIds {
+    prefix: u32,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        let mut b = [0u8; 4];
+        let _ = getrandom::getrandom(&mut b);
+        RequestIds {
+            prefix: u32::from_le_bytes(b),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{n:012x}", self.prefix)
+    }
+}
+
+/// Per-request state, alive from `new_ctx` to the end of `logging`.
+pub struct Ctx {
+    pub request_id: String,
+    started: Instant,
+    /// The config snapshot this request lives on, whatever reloads happen meanwhile.
+    cfg: Option<Arc<Config>>,
+    endpoint: Option<Endpoint>,
+    shape: ErrorShape,
+    project: Option<ProjectIdx>,
+    model: Option<String>,
+    upstream_model: Option<String>,
+    provider: Option<ProviderIdx>,
+    /// The exact body to send upstream.
+    body: Option<Bytes>,
+    request_bytes: usize,
+    stream: bool,
+    strip_usage_chunk: bool,
+    scanner: Option<UsageScanner>,
+    upstream_status: Option<u16>,
+    first_byte: Option<Instant>,
+    /// What Tollgate answered itself (a block or an upstream failure), for the log.
+    error: Option<GatewayError>,
+}
+
+impl Ctx {
+    fn shape(&self) -> ErrorShape {
+        self.shape
+    }
+}
+
+fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
+    req.headers.get(name).map(|v| v.as_bytes())
+}
+
+impl Gateway {
+    /// Everything `request_filter` decides; `Err` is answered to the client as is.
+    async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Admit, GatewayError> {
+        let cfg = self.config.load_full();
+        ctx.cfg = Some(cfg.clone());
+        let req = session.req_header();
+        let path = req.uri.path();
+        let endpoint = Endpoint::from_path(path).ok_or_else(|| {
+            GatewayError::NotFound(format!("Unknown path {}", truncate(path, 200)))
+        })?;
+        ctx.endpoint = Some(endpoint);
+        if endpoint == Endpoint::Messages {
+            ctx.shape = ErrorShape::Anthropic;
+        }
+        if req.method.as_str() != endpoint.method() {
+            return Err(GatewayError::MethodNotAllowed(format!(
+                "{} {} is not supported; use {}",
+                req.method,
+                truncate(path, 200),
+                endpoint.method()
+            )));
+        }
+        if endpoint == Endpoint::Healthz {
+            return Ok(Admit::Local(
+                200,
+                Bytes::from_static(b"{\"status\":\"ok\"}"),
+            ));
+        }
+
+        let key = auth::presented_key(|h| header(req, h)).ok_or_else(|| {
+            GatewayError::Unauthorized(
+                "Missing project key: send `Authorization: Bearer KEY`, `x-api-key` or `x-tollgate-key`".into(),
+            )
+        })?;
+        let project_idx = cfg
+            .project_for_digest(&auth::key_digest(key))
+            .ok_or_else(|| GatewayError::Unauthorized("Unknown project key".into()))?;
+        ctx.project = Some(project_idx);
+        let project = &cfg.projects[project_idx];
+
+        if endpoint == Endpoint::Models {
+            return Ok(Admit::Local(
+                200,
+                Bytes::from(models_list(&cfg, project_idx)),
+            ));
+        }
+
+        let max = cfg.server.max_body_bytes;
+        let declared = header(req, "content-length")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max as u64) {
+            return Err(too_large(max));
+        }
+        session.enable_retry_buffering();
+        let mut buf: Vec<u8> = Vec::with_capacity(declared.map_or(4096, |n| n as usize));
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if buf.len() + chunk.len() > max {
+                        return Err(too_large(max));
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(GatewayError::InvalidRequest(format!(
+                        "Could not read the request body: {}",
+                        e.etype().as_str()
+                    )))
+                }
+            }
+        }
+        ctx.request_bytes = buf.len();
+
+        let facts = request::parse(&buf)?;
+        ctx.model = Some(facts.model.clone());
+        ctx.stream = facts.stream;
+        let route = cfg.routes.lookup(&facts.model).ok_or_else(|| {
+            GatewayError::NotFound(format!(
+                "No route for model {}",
+                truncate(&facts.model, 200)
+            ))
+        })?;
+        let upstream_model = route.upstream_model(&facts.model);
+        ctx.upstream_model = Some(upstream_model.to_string());
+        policy::check_model(project, &facts.model, upstream_model)?;
+
+        let (inject, strip) = request::usage_injection(endpoint, &facts);
+        ctx.strip_usage_chunk = strip;
+        let rw = Rewrite {
+            model: (upstream_model != facts.model).then_some(upstream_model),
+            include_usage: inject,
+        };
+        let body = match request::rewrite(&buf, &rw) {
+            Some(new) => Bytes::from(new),
+            None => Bytes::from(buf),
+        };
+        let candidates = route.candidates(self.ids.counter.load(Ordering::Relaxed));
+        ctx.provider = candidates.first().copied();
+        Ok(Admit::Forward(body))
+    }
+}
+
+enum Admit {
+    /// Answer locally with this status and JSON body.
+    Local(u16, Bytes),
+    /// Forward upstream with this body.
+    Forward(Bytes),
+}
+
+fn too_large(max: usize) -> GatewayError {
+    GatewayError::RequestTooLarge(format!(
+        "The request body is larger than the limit of {max} bytes"
+    ))
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// `GET /v1/models`: the priced models this project may use and that have a route, in the
+/// names a client would send (bare, and with each stripping route's prefix).
+fn models_list(cfg: &Config, project: ProjectIdx) -> String {
+    let p = &cfg.projects[project];
+    let mut names: Vec<String> = Vec::new();
+    let mut consider = |name: String| {
+        if let Some(route) = cfg.routes.lookup(&name) {
+            if policy::model_allowed(p, &name, route.upstream_model(&name))
+                && !names.contains(&name)
+            {
+                names.push(name);
+            }
+        }
+    };
+    for model in cfg.prices.keys() {
+        consider(model.to_string());
+        for r in cfg.routes.routes().iter().filter(|r| r.strip_prefix) {
+            consider(format!("{}{model}", r.prefix));
+        }
+    }
+    if let Some(allow) = &p.allow_models {
+        for g in allow.iter().filter(|g| !g.as_str().contains(['*', '?'])) {
+            consider(g.as_str().to_string());
+        }
+    }
+    names.sort();
+    let data: Vec<String> = names
+        .iter()
+        .map(|n| {
+            let owner = cfg
+                .routes
+                .lookup(n)
+                .and_then(|r| r.targets.first())
+                .map_or("tollgate", |t| cfg.providers[t.provider].name.as_str());
+            format!(
+                r#"{{"id":{},"object":"model","created":0,"owned_by":{}}}"#,
+                crate::error::json_string(n),
+                crate::error::json_string(owner)
+            )
+        })
+        .collect();
+    format!(r#"{{"object":"list","data":[{}]}}"#, data.join(","))
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            request_id: self.ids.next(),
+            started: Instant::now(),
+            cfg: None,
+            endpoint: None,
+            shape: ErrorShape::OpenAi,
+            project: None,
+            model: None,
+            upstream_model: None,
+            provider: None,
+            body: None,
+            request_bytes: 0,
+            stream: false,
+            strip_usage_chunk: false,
+            scanner: None,
+            upstream_status: None,
+            first_byte: None,
+            error: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        match self.admit(session, ctx).await {
+            Ok(Admit::Local(status, body)) => {
+                respond::json(session, &ctx.request_id, status, body, None).await?;
+                Ok(true)
+            }
+            Ok(Admit::Forward(body)) => {
+                if body.len() > RETRY_BUFFER_LIMIT || session.retry_buffer_truncated() {
+                    body_replay::install(&mut session.downstream_session, body.clone())?;
+                }
+                ctx.body = Some(body);
+                Ok(false)
+            }
+            Err(e) => {
+                respond(session, ctx, &e).await?;
+                ctx.error = Some(e);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let (Some(cfg), Some(p)) = (ctx.cfg.clone(), ctx.provider) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no provider chosen",
+            ));
+        };
+        let provider = &cfg.providers[p];
+        let addr = match self
+            .resolver
+            .resolve(&provider.base.host, provider.base.port)
+            .await
+        {
+            Ok(a) => a,
+            Err(msg) => {
+                ctx.error = Some(GatewayError::UpstreamUnavailable(format!(
+                    "Provider {} is unreachable: {msg}",
+                    provider.name
+                )));
+                return Err(Error::explain(ErrorType::HTTPStatus(502), "dns"));
+            }
+        };
+        // SNI is always the host name: pingora skips certificate verification on empty SNI.
+        let sni = if provider.base.tls {
+            provider.base.host.clone()
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(addr, provider.base.tls, sni);
+        let o = &mut peer.options;
+        o.connection_timeout = Some(provider.connect_timeout);
+        o.total_connection_timeout = Some(provider.connect_timeout);
+        o.read_timeout = Some(provider.read_timeout);
+        o.write_timeout = Some(provider.read_timeout);
+        o.idle_timeout = Some(UPSTREAM_IDLE);
+        o.verify_cert = true;
+        o.verify_hostname = true;
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let (Some(cfg), Some(p)) = (ctx.cfg.as_ref(), ctx.provider) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no provider chosen",
+            ));
+        };
+        let provider = &cfg.providers[p];
+        let pq = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string();
+        let path = provider.upstream_path(&pq);
+        let uri = path
+            .parse::<http::Uri>()
+            .map_err(|_| Error::explain(ErrorType::InternalError, "bad upstream path"))?;
+        req.set_uri(uri);
+        req.insert_header("host", provider.host_header.as_str())?;
+        for h in auth::KEY_HEADERS {
+            req.remove_header(h);
+        }
+        if let Some(cred) = &provider.credential {
+            match provider.kind {
+                ProviderKind::OpenAi => {
+                    req.insert_header("authorization", format!("Bearer {}", cred.expose()))?
+                }
+                ProviderKind::Anthropic => req.insert_header("x-api-key", cred.expose())?,
+            }
+        }
+        if provider.kind == ProviderKind::Anthropic
+            && req.headers.get("anthropic-version").is_none()
+        {
+            req.insert_header("anthropic-version", provider.anthropic_version.as_str())?;
+        }
+        // Usage is read from the response bytes, so they must arrive uncompressed.
+        req.remove_header("accept-encoding");
+        req.remove_header("x-tollgate-request-id");
+        req.insert_header("x-tollgate-request-id", ctx.request_id.as_str())?;
+        if let Some(b) = &ctx.body {
+            req.remove_header("transfer-encoding");
+            req.insert_header("content-length", b.len().to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(prepared) = &ctx.body {
+            // Pingora replays what it buffered; send the prepared body instead, once, at the end.
+            *body = if end_of_stream {
+                Some(prepared.clone())
+            } else {
+                None
+            };
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.first_byte.get_or_insert_with(Instant::now);
+        let status = resp.status.as_u16();
+        ctx.upstream_status = Some(status);
+        resp.insert_header("x-tollgate-request-id", ctx.request_id.as_str())?;
+        if let (Some(cfg), Some(p)) = (ctx.cfg.as_ref(), ctx.provider) {
+            resp.insert_header("x-tollgate-provider", cfg.providers[p].name.as_str())?;
+        }
+        let format = ctx.endpoint.and_then(|e| e.wire_format());
+        if let (Some(format), true) = (format, (200..300).contains(&status)) {
+            let sse = resp
+                .headers
+                .get("content-type")
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            let strip = sse && ctx.strip_usage_chunk;
+            if strip {
+                // The body shrinks by the usage chunk; let pingora frame it.
+                resp.remove_header("content-length");
+            }
+            ctx.scanner = Some(UsageScanner::new(format, sse, strip));
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        let Some(scanner) = ctx.scanner.as_mut() else {
+            return Ok(None);
+        };
+        if let Some(chunk) = body.as_ref() {
+            if let Feed::Replace(b) = scanner.feed(chunk) {
+                *body = Some(b);
+            }
+        }
+        if end_of_stream {
+            if let Some(rest) = scanner.finish() {
+                *body = Some(match body.take() {
+                    Some(b) if !b.is_empty() => {
+                        let mut v = Vec::with_capacity(b.len() + rest.len());
+                        v.extend_from_slice(&b);
+                        v.extend_from_slice(&rest);
+                        Bytes::from(v)
+                    }
+                    _ => rest,
+                });
+            }
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let err = ctx.error.clone().unwrap_or_else(|| classify(e, ctx));
+        let code = match e.esource() {
+            // The client went away: nobody to answer.
+            ErrorSource::Downstream if !matches!(e.etype(), ErrorType::HTTPStatus(_)) => 0,
+            _ => err.status(),
+        };
+        if code > 0 && session.response_written().is_none() {
+            if let Err(w) = respond(session, ctx, &err).await {
+                log::debug!("{}: could not write error response: {w}", ctx.request_id);
+            }
+        }
+        ctx.error = Some(err);
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or_else(|| ctx.error.as_ref().map(|e| e.status()))
+            .unwrap_or(0);
+        let (usage, source) = final_usage(ctx);
+        let cfg = ctx.cfg.as_deref();
+        let project = cfg
+            .zip(ctx.project)
+            .map_or("-", |(c, p)| c.projects[p].id.as_str());
+        let provider = cfg
+            .zip(ctx.provider)
+            .map_or("-", |(c, p)| c.providers[p].name.as_str());
+        let reason = ctx.error.as_ref().map_or("-", |e| e.code());
+        log::info!(
+            target: "tollgate::access",
+            "id={} project={} endpoint={} model={} provider={} status={} reason={} stream={} prompt_tokens={} completion_tokens={} usage={} latency_ms={:.1}{}",
+            ctx.request_id,
+            project,
+            ctx.endpoint.map_or("-", |e| e.as_str()),
+            ctx.model.as_deref().map_or("-", |m| truncate(m, 100)),
+            if ctx.upstream_status.is_some() || ctx.error.as_ref().is_some_and(|e| e.status() >= 500) { provider } else { "-" },
+            status,
+            reason,
+            ctx.stream,
+            usage.prompt_tokens.map_or("-".to_string(), |n| n.to_string()),
+            usage.completion_tokens.map_or("-".to_string(), |n| n.to_string()),
+            source,
+            ctx.started.elapsed().as_secs_f64() * 1000.0,
+            match e {
+                Some(e) if ctx.error.is_none() => format!(" error={}", e.etype().as_str()),
+                _ => String::new(),
+            }
+        );
+    }
+}
+
+/// Usage as reported by the provider, or estimated from what was delivered, and which.
+fn final_usage(ctx: &Ctx) -> (Usage, &'static str) {
+    let Some(scanner) = ctx.scanner.as_ref() else {
+        return (Usage::default(), "none");
+    };
+    if scanner.reported() {
+        let mut u = scanner.usage();
+        if u.completion_tokens.is_none() {
+            u.completion_tokens = Some(scanner.estimated_completion_tokens());
+        }
+        return (u, "reported");
+    }
+    let u = Usage {
+        // An upper bound: no tokenizer turns fewer than 4 bytes of JSON into more than 1 token
+        // often enough to matter, and the body includes every prompt byte.
+        prompt_tokens: Some(ctx.request_bytes.div_ceil(4) as u64),
+        completion_tokens: Some(scanner.estimated_completion_tokens()),
+        ..Usage::default()
+    };
+    (u, "estimated")
+}
+
+/// A pingora error (connect, timeout, broken stream) as the SPEC error the client gets.
+fn classify(e: &Error, ctx: &Ctx) -> GatewayError {
+    let provider = ctx
+        .cfg
+        .as_ref()
+        .zip(ctx.provider)
+        .map_or("the provider".to_string(), |(c, p)| {
+            format!("provider {}", c.providers[p].name)
+        });
+    use ErrorType::*;
+    match e.etype() {
+        ReadTimedout | WriteTimedout => {
+            GatewayError::UpstreamTimeout(format!("Timed out waiting for {provider}"))
+        }
+        ConnectTimedout => {
+            GatewayError::UpstreamUnavailable(format!("Could not connect to {provider} in time"))
+        }
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
+        | BindError => {
+            GatewayError::UpstreamUnavailable(format!("Could not connect to {provider}"))
+        }
+        TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError
+        | TLSWantX509Lookup => GatewayError::UpstreamUnavailable(format!(
+            "TLS with {provider} failed: {}",
+            e.etype().as_str()
+        )),
+        HTTPStatus(c) if *c == 504 => {
+            GatewayError::UpstreamTimeout(format!("Timed out waiting for {provider}"))
+        }
+        _ if e.esource() == &ErrorSource::Upstream => {
+            GatewayError::UpstreamUnavailable(format!("The connection to {provider} broke off"))
+        }
+        _ if e.esource() == &ErrorSource::Downstream => {
+            GatewayError::InvalidRequest(format!("Bad request: {}", e.etype().as_str()))
+        }
+        _ => GatewayError::Internal("Internal gateway error".into()),
+    }
+}
