@@ -559,7 +559,7 @@ impl Validator<'_> {
                 (Some(p), Some(_)) => {
                     self.err(
                         Some(p.span()),
-                        format!("{at}"),
+                        at.to_string(),
                         "give either `provider` or `targets`, not both",
                     );
                     ok = false;
@@ -567,7 +567,7 @@ impl Validator<'_> {
                 (None, None) => {
                     self.err(
                         Some(route_span),
-                        format!("{at}"),
+                        at.to_string(),
                         "needs `provider` or `targets`",
                     );
                     ok = false;

@@ -37,7 +37,7 @@ use crate::provider::{Endpoint, ProviderKind};
 use crate::request::{self, Rewrite};
 use crate::resolver::Resolver;
 use crate::route::ProviderIdx;
-use crate::usage::{Feed, Usage, UsageScanner};
+use crate::usage::{Feed, Usage, UsageScanner, WireFormat};
 
 pub use respond::respond;
 
@@ -262,8 +262,18 @@ fn models_list(cfg: &Config, project: ProjectIdx) -> String {
     };
     for model in cfg.prices.keys() {
         consider(model.to_string());
+        // `openai/gpt-4o-mini` is listed when the bare name would not reach the same
+        // provider anyway; `openai/claude-sonnet-4` is not a model anyone serves.
+        let bare_provider = cfg
+            .routes
+            .lookup(model)
+            .and_then(|r| r.targets.first())
+            .map(|t| t.provider);
         for r in cfg.routes.routes().iter().filter(|r| r.strip_prefix) {
-            consider(format!("{}{model}", r.prefix));
+            let via = r.targets.first().map(|t| t.provider);
+            if bare_provider.is_none() || bare_provider == via {
+                consider(format!("{}{model}", r.prefix));
+            }
         }
     }
     if let Some(allow) = &p.allow_models {
@@ -487,7 +497,7 @@ impl ProxyHttp for Gateway {
             return Ok(None);
         };
         if let Some(chunk) = body.as_ref() {
-            if let Feed::Replace(b) = scanner.feed(chunk) {
+            if let Feed::Replace(b) = scanner.feed_bytes(chunk) {
                 *body = Some(b);
             }
         }
@@ -571,8 +581,24 @@ fn final_usage(ctx: &Ctx) -> (Usage, &'static str) {
     };
     if scanner.reported() {
         let mut u = scanner.usage();
+        let estimate = scanner.estimated_completion_tokens();
         if u.completion_tokens.is_none() {
-            u.completion_tokens = Some(scanner.estimated_completion_tokens());
+            if scanner.format() == WireFormat::OpenAiEmbeddings {
+                // Embeddings produce no output tokens; the provider reports only the input.
+                u.completion_tokens = Some(0);
+                return (u, "reported");
+            }
+            u.completion_tokens = Some(estimate);
+            return (u, "estimated");
+        }
+        if !scanner.stream_complete() {
+            // Cut off before the final count (Anthropic's message_start says output_tokens: 1):
+            // charge what was visibly delivered if that is more.
+            let reported = u.completion_tokens.unwrap_or(0);
+            if estimate > reported {
+                u.completion_tokens = Some(estimate);
+                return (u, "estimated");
+            }
         }
         return (u, "reported");
     }

@@ -1,44 +1,647 @@
-//! Placeholder until the incremental usage scanner lands (helper work in progress).
+//! Token usage from upstream response bodies, found while the bytes stream past.
+//!
+//! # What this module owns
+//!
+//! [`UsageScanner`] watches one response body, chunk by chunk as Pingora's
+//! `response_body_filter` hands it over, and extracts the token usage the provider reported
+//! ([`Usage`]), the volume of output text actually delivered (for an estimate when usage is
+//! missing or the stream was cut), and any error event. It passes the bytes through untouched;
+//! the one exception is removing the OpenAI usage-only chunk that the gateway itself asked for
+//! (see [`UsageScanner::new`]).
+//!
+//! This is core code: it must not import pingora or tokio, do I/O, read a clock, or panic on
+//! any input. Every function here is pure state-machine work over byte slices, which is what
+//! lets the tests below feed every fixture split at every byte offset.
+//!
+//! # How the incremental parsing works
+//!
+//! Chunks split the body anywhere: inside a UTF-8 sequence, between `\r` and `\n`, inside a
+//! JSON key. Nothing here assumes otherwise; "need more bytes" is the normal state.
+//!
+//! * **SSE** (`text/event-stream`): `sse.rs` is a line state machine per the WHATWG spec
+//!   (`\n`, `\r\n` or `\r` line ends; `data:` with one optional space; several `data:` lines
+//!   joined by `\n`; comments and `id:`/`retry:` ignored; an event ends at a blank line). A data
+//!   line that lies wholly inside one chunk is handed over as a slice of that chunk, without a
+//!   copy; one that spans chunks is accumulated in a reused per-event buffer capped at
+//!   [`DEFAULT_MAX_EVENT_BYTES`] (16 MiB, sized for the Responses API's `response.completed`,
+//!   which repeats the whole output). An event over the cap is dropped — its usage is lost,
+//!   [`UsageScanner::dropped_events`] counts it — and scanning carries on with the next one.
+//!   Each complete event is then read by serde into small borrowed structs that name only the
+//!   fields we need (`wire.rs`); everything else is skipped without being built. Events whose
+//!   `event:` name says they carry nothing for us (`ping`, `response.output_item.done`, ...) are
+//!   not parsed at all.
+//! * **JSON** (non-streamed): `json.rs` runs a tiny tokenizer (in string / after backslash /
+//!   depth / object-or-array per level) over the body without buffering it, copies only the value
+//!   of the top-level `usage` key (at most 64 KiB) and parses that. An embeddings body of many
+//!   megabytes costs a scan, not a copy.
+//!
+//! Streamed usage is merged field by field by maximum ([`Usage::merge_max`]): Anthropic's
+//! `message_start` says `output_tokens: 1` and each `message_delta` gives the cumulative count.
+//!
+//! Memory per scanner is bounded: the SSE event buffer (≤ 16 MiB, released after an event that
+//! grew it past 64 KiB), the JSON capture (≤ 64 KiB), the strip hold-back (≤ 64 KiB) and at
+//! most 1 KiB of error text. The stream itself is never stored.
+
+mod json;
+mod sse;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use bytes::Bytes;
+
+use json::JsonScanner;
+use sse::{Dispatch, SseParser};
+use wire::{AnthropicEvent, ChatChunk, ResponsesEvent, WireError, WireUsage};
+
+/// Cap on one SSE event's data. Sized for the Responses API's `response.completed`, which
+/// repeats the full output; a bigger event is dropped (see the module doc).
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// In strip mode an incomplete event is held back only while it is this small: the usage-only
+/// chunk is a few hundred bytes, so a bigger event cannot be it and is forwarded as it comes.
+const STRIP_HOLD_MAX: usize = 64 * 1024;
+
+/// Appends `bytes` unless that would take `buf` past `cap` bytes (then returns false and
+/// leaves it alone). Growth is clamped to `cap`, so capacity never overshoots the cap the way
+/// plain doubling would.
+fn extend_capped(buf: &mut Vec<u8>, bytes: &[u8], cap: usize) -> bool {
+    let need = buf.len().saturating_add(bytes.len());
+    if need > cap {
+        return false;
+    }
+    if need > buf.capacity() {
+        let target = buf.capacity().saturating_mul(2).clamp(need, cap);
+        buf.reserve_exact(target - buf.len());
+    }
+    buf.extend_from_slice(bytes);
+    true
+}
+
+/// Which API's response body is being scanned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WireFormat {
+    /// `POST /v1/chat/completions`.
     OpenAiChat,
+    /// `POST /v1/completions` (legacy).
     OpenAiCompletions,
+    /// `POST /v1/embeddings`: JSON only, reports no completion tokens.
     OpenAiEmbeddings,
+    /// `POST /v1/responses`.
     OpenAiResponses,
+    /// Anthropic `POST /v1/messages`.
     AnthropicMessages,
 }
+
+impl WireFormat {
+    /// True when `cache_read_tokens` is part of `prompt_tokens` (OpenAI), false when cache
+    /// tokens come on top of it (Anthropic). Pricing needs this; see [`Usage`].
+    pub fn cache_is_subset_of_prompt(self) -> bool {
+        !matches!(self, WireFormat::AnthropicMessages)
+    }
+
+    /// Keys whose string values are output text in a non-streamed body of this format.
+    fn json_text_keys(self) -> &'static [&'static [u8]] {
+        match self {
+            WireFormat::OpenAiChat => &[b"content", b"refusal", b"arguments", b"reasoning_content"],
+            WireFormat::OpenAiCompletions => &[b"text"],
+            WireFormat::OpenAiEmbeddings => &[],
+            WireFormat::OpenAiResponses => &[b"text", b"arguments"],
+            WireFormat::AnthropicMessages => &[b"text", b"thinking"],
+        }
+    }
+}
+
+/// Token usage as the provider reported it. `None` means "not reported", never a silent 0.
+///
+/// The providers count differently, and pricing must follow them:
+///
+/// | field | OpenAI (chat, completions, embeddings, Responses) | Anthropic Messages |
+/// |---|---|---|
+/// | `prompt_tokens` | `prompt_tokens` / `input_tokens`: **all** input tokens, cached ones included | `input_tokens`: only the **uncached** input tokens |
+/// | `completion_tokens` | `completion_tokens` / `output_tokens`, reasoning tokens included | `output_tokens`, thinking included |
+/// | `cache_read_tokens` | `prompt_tokens_details.cached_tokens` / `input_tokens_details.cached_tokens`: a **subset** of `prompt_tokens` | `cache_read_input_tokens`: **in addition to** `input_tokens` |
+/// | `cache_write_tokens` | never reported (`None`) | `cache_creation_input_tokens`: **in addition to** `input_tokens` |
+///
+/// So OpenAI's full-price input is `prompt_tokens - cache_read_tokens`, while Anthropic's total
+/// input is `prompt_tokens + cache_read_tokens + cache_write_tokens`.
+/// [`WireFormat::cache_is_subset_of_prompt`] tells which rule applies.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// OpenAI `prompt_tokens` / `input_tokens` (cached included); Anthropic `input_tokens`
+    /// (uncached part only, as Anthropic reports it).
     pub prompt_tokens: Option<u64>,
+    /// Output tokens, reasoning/thinking included, as the providers bill them.
     pub completion_tokens: Option<u64>,
+    /// OpenAI `cached_tokens` (a subset of `prompt_tokens`); Anthropic
+    /// `cache_read_input_tokens` (separate from `input_tokens`).
     pub cache_read_tokens: Option<u64>,
+    /// Anthropic `cache_creation_input_tokens` (separate from `input_tokens`).
     pub cache_write_tokens: Option<u64>,
 }
-pub enum Feed {
-    Pass,
-    Replace(bytes::Bytes),
+
+fn max_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
 }
-pub struct UsageScanner;
+
+impl Usage {
+    /// Field-wise maximum; a field reported by either side stays reported. Streams report
+    /// cumulative counts (Anthropic `message_delta`) or repeat them, so the maximum is the total.
+    pub fn merge_max(&mut self, other: &Usage) {
+        self.prompt_tokens = max_opt(self.prompt_tokens, other.prompt_tokens);
+        self.completion_tokens = max_opt(self.completion_tokens, other.completion_tokens);
+        self.cache_read_tokens = max_opt(self.cache_read_tokens, other.cache_read_tokens);
+        self.cache_write_tokens = max_opt(self.cache_write_tokens, other.cache_write_tokens);
+    }
+
+    /// No field was reported.
+    pub fn is_empty(&self) -> bool {
+        self.prompt_tokens.is_none()
+            && self.completion_tokens.is_none()
+            && self.cache_read_tokens.is_none()
+            && self.cache_write_tokens.is_none()
+    }
+}
+
+/// What the caller does with the chunk it just fed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Feed {
+    /// Forward the chunk unchanged.
+    Pass,
+    /// Forward these bytes instead (possibly empty: everything was held back or removed).
+    Replace(Bytes),
+}
+
+/// What the scanner found so far; shared by the SSE and JSON paths.
+struct Extract {
+    format: WireFormat,
+    usage: Usage,
+    reasoning_tokens: Option<u64>,
+    text_bytes: u64,
+    events: u64,
+    error: Option<String>,
+    complete: bool,
+    dropped: u64,
+}
+
+impl Extract {
+    fn merge(&mut self, u: &WireUsage) {
+        let (usage, reasoning) = u.to_usage(self.format);
+        self.usage.merge_max(&usage);
+        self.reasoning_tokens = max_opt(self.reasoning_tokens, reasoning);
+    }
+
+    fn set_error(&mut self, e: impl FnOnce() -> String) {
+        // The first error is the cause; later ones tend to be consequences.
+        if self.error.is_none() {
+            self.error = Some(e());
+        }
+    }
+
+    fn delta(&mut self, bytes: u64) {
+        if bytes > 0 {
+            self.text_bytes = self.text_bytes.saturating_add(bytes);
+            self.events += 1;
+        }
+    }
+
+    fn json_usage(&mut self, value: &[u8]) {
+        if let Ok(Some(u)) = serde_json::from_slice::<Option<WireUsage>>(value) {
+            self.merge(&u);
+        }
+    }
+
+    fn json_error(&mut self, value: &[u8]) {
+        if let Ok(Some(e)) = serde_json::from_slice::<Option<WireError>>(value) {
+            self.set_error(|| e.describe());
+        }
+    }
+
+    /// Reads one SSE event; true when it is an OpenAI usage-only chunk.
+    fn on_sse(&mut self, d: &Dispatch<'_>) -> bool {
+        match *d {
+            Dispatch::Empty => false,
+            Dispatch::Overflow => {
+                self.dropped += 1;
+                false
+            }
+            Dispatch::Event { name, data } => match self.format {
+                WireFormat::OpenAiChat
+                | WireFormat::OpenAiCompletions
+                | WireFormat::OpenAiEmbeddings => self.openai_chunk(data),
+                WireFormat::OpenAiResponses => {
+                    self.responses_event(name, data);
+                    false
+                }
+                WireFormat::AnthropicMessages => {
+                    self.anthropic_event(name, data);
+                    false
+                }
+            },
+        }
+    }
+
+    fn openai_chunk(&mut self, data: &[u8]) -> bool {
+        let data = data.trim_ascii();
+        if data == b"[DONE]" {
+            self.complete = true;
+            return false;
+        }
+        let Ok(c) = serde_json::from_slice::<ChatChunk>(data) else {
+            return false;
+        };
+        if let Some(e) = &c.error.0 {
+            self.set_error(|| e.describe());
+        }
+        self.delta(c.choices.text);
+        match &c.usage.0 {
+            Some(u) => {
+                self.merge(u);
+                // `"choices":[]` plus usage: the chunk include_usage adds, and nothing else.
+                c.choices.is_array && c.choices.count == 0
+            }
+            None => false,
+        }
+    }
+
+    fn responses_event(&mut self, name: Option<&[u8]>, data: &[u8]) {
+        if let Some(name) = name {
+            if !responses_event_matters(name) {
+                return;
+            }
+        }
+        let Ok(ev) = serde_json::from_slice::<ResponsesEvent>(data) else {
+            return;
+        };
+        let kind = ev.kind();
+        if is_text_delta(kind.as_bytes()) {
+            self.delta(ev.delta.0);
+        }
+        match kind {
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                self.complete = true
+            }
+            "error" => self.set_error(|| ev.top_level_error()),
+            _ => {}
+        }
+        if let Some(e) = &ev.error.0 {
+            self.set_error(|| e.describe());
+        }
+        if let Some(r) = &ev.response.0 {
+            if let Some(u) = &r.usage.0 {
+                self.merge(u);
+            }
+            if let Some(e) = &r.error.0 {
+                self.set_error(|| e.describe());
+            }
+        }
+    }
+
+    fn anthropic_event(&mut self, name: Option<&[u8]>, data: &[u8]) {
+        match name {
+            Some(b"ping" | b"content_block_start" | b"content_block_stop") => return,
+            Some(b"message_stop") => {
+                self.complete = true;
+                return;
+            }
+            _ => {}
+        }
+        let Ok(ev) = serde_json::from_slice::<AnthropicEvent>(data) else {
+            return;
+        };
+        match ev.kind() {
+            "content_block_delta" => {
+                if let Some(d) = &ev.delta.0 {
+                    self.delta(wire::Text::text_bytes(d));
+                }
+            }
+            "message_stop" => self.complete = true,
+            _ => {}
+        }
+        if let Some(m) = &ev.message.0 {
+            if let Some(u) = &m.usage.0 {
+                self.merge(u);
+            }
+        }
+        if let Some(u) = &ev.usage.0 {
+            self.merge(u);
+        }
+        if let Some(e) = &ev.error.0 {
+            self.set_error(|| e.describe());
+        }
+    }
+}
+
+/// Output deltas of the Responses API: text, refusals, reasoning text and summaries, tool
+/// arguments and code. Audio deltas are base64 and billed as audio tokens, so they are left out.
+fn is_text_delta(kind: &[u8]) -> bool {
+    kind.ends_with(b".delta") && memchr::memmem::find(kind, b"audio").is_none()
+}
+
+/// Responses events worth parsing: the output deltas, the terminal events (they carry usage)
+/// and errors. The rest (`response.created`, `*.done`, ...) can be big and carry nothing new.
+fn responses_event_matters(name: &[u8]) -> bool {
+    is_text_delta(name)
+        || matches!(
+            name,
+            b"response.completed" | b"response.incomplete" | b"response.failed" | b"error"
+        )
+}
+
+/// Bytes to hand the client for one fed chunk, built without copying while they are one
+/// contiguous range of it.
+enum Out {
+    Range(usize, usize),
+    Owned(Vec<u8>),
+}
+
+impl Out {
+    fn push_range(&mut self, chunk: &[u8], a: usize, b: usize) {
+        if a >= b {
+            return;
+        }
+        match self {
+            Out::Range(s, e) if s == e => {
+                *s = a;
+                *e = b;
+            }
+            Out::Range(_, e) if *e == a => *e = b,
+            Out::Range(s, e) => {
+                let mut v = Vec::with_capacity(*e - *s + b - a);
+                v.extend_from_slice(&chunk[*s..*e]);
+                v.extend_from_slice(&chunk[a..b]);
+                *self = Out::Owned(v);
+            }
+            Out::Owned(v) => v.extend_from_slice(&chunk[a..b]),
+        }
+    }
+
+    fn push_bytes(&mut self, chunk: &[u8], bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if let Out::Range(s, e) = *self {
+            *self = Out::Owned(chunk[s..e].to_vec());
+        }
+        if let Out::Owned(v) = self {
+            v.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// What `feed` decided, before it is turned into a [`Feed`].
+enum Emit {
+    Pass,
+    Range(usize, usize),
+    Owned(Vec<u8>),
+}
+
+/// Hold-back state for removing the usage-only chunk.
+struct Strip {
+    /// Raw bytes of the current, still incomplete event.
+    held: Vec<u8>,
+    /// The current event outgrew the hold-back and is being forwarded as it arrives.
+    passthrough: bool,
+    /// The last complete event was removed: a `\n` completing its `\r\n` goes with it.
+    last_dropped: bool,
+}
+
+enum Mode {
+    Sse(SseParser),
+    Json(JsonScanner),
+}
+
+/// Incremental usage extraction for one response body. See the module doc.
+pub struct UsageScanner {
+    mode: Mode,
+    strip: Option<Strip>,
+    ex: Extract,
+}
+
 impl UsageScanner {
-    pub fn new(_f: WireFormat, _sse: bool, _strip: bool) -> Self {
-        UsageScanner
+    /// `sse`: the response content-type is `text/event-stream`.
+    ///
+    /// `strip_usage_chunk` only applies to OpenAI chat and legacy completions streams (it is
+    /// ignored otherwise): the gateway injected `stream_options.include_usage` that the client
+    /// did not ask for, so the usage-only chunk (a chunk object whose `choices` is an empty array
+    /// and which carries `usage`) is removed from what the client receives. The other chunks
+    /// still carry the `"usage":null` that include_usage adds to them; clients ignore it.
+    pub fn new(format: WireFormat, sse: bool, strip_usage_chunk: bool) -> Self {
+        let mode = if sse {
+            Mode::Sse(SseParser::new(DEFAULT_MAX_EVENT_BYTES))
+        } else {
+            Mode::Json(JsonScanner::new(format.json_text_keys()))
+        };
+        let strippable = matches!(
+            format,
+            WireFormat::OpenAiChat | WireFormat::OpenAiCompletions
+        );
+        UsageScanner {
+            mode,
+            strip: (sse && strip_usage_chunk && strippable).then(|| Strip {
+                held: Vec::new(),
+                passthrough: false,
+                last_dropped: false,
+            }),
+            ex: Extract {
+                format,
+                usage: Usage::default(),
+                reasoning_tokens: None,
+                text_bytes: 0,
+                events: 0,
+                error: None,
+                complete: false,
+                dropped: 0,
+            },
+        }
     }
-    pub fn feed(&mut self, _c: &[u8]) -> Feed {
-        Feed::Pass
+
+    /// Changes the per-event cap of an SSE stream ([`DEFAULT_MAX_EVENT_BYTES`] by default).
+    pub fn with_max_event_bytes(mut self, max: usize) -> Self {
+        if let Mode::Sse(p) = &mut self.mode {
+            p.set_max_event(max);
+        }
+        self
     }
-    pub fn finish(&mut self) -> Option<bytes::Bytes> {
-        None
+
+    /// Feeds the next chunk of the body. Without stripping this always returns
+    /// [`Feed::Pass`] and never copies. With stripping, an incomplete trailing event is held
+    /// back (a client cannot use half an event anyway) and `Replace` carries the complete
+    /// events of (held-back + chunk) minus the usage-only one; `Pass` when nothing changed and
+    /// nothing is held back, which is the common case.
+    pub fn feed(&mut self, chunk: &[u8]) -> Feed {
+        match self.feed_inner(chunk) {
+            Emit::Pass => Feed::Pass,
+            Emit::Range(a, b) => Feed::Replace(Bytes::copy_from_slice(&chunk[a..b])),
+            Emit::Owned(v) => Feed::Replace(Bytes::from(v)),
+        }
     }
+
+    /// [`feed`](Self::feed) for a chunk already in a `Bytes`: when the output is one contiguous
+    /// part of the chunk (the usage chunk was first or last in it) it is a zero-copy slice.
+    pub fn feed_bytes(&mut self, chunk: &Bytes) -> Feed {
+        match self.feed_inner(chunk) {
+            Emit::Pass => Feed::Pass,
+            Emit::Range(a, b) => Feed::Replace(chunk.slice(a..b)),
+            Emit::Owned(v) => Feed::Replace(Bytes::from(v)),
+        }
+    }
+
+    fn feed_inner(&mut self, chunk: &[u8]) -> Emit {
+        let parser = match &mut self.mode {
+            Mode::Json(j) => {
+                j.feed(chunk, &mut self.ex);
+                return Emit::Pass;
+            }
+            Mode::Sse(p) => p,
+        };
+        let ex = &mut self.ex;
+        let Some(strip) = &mut self.strip else {
+            parser.feed(chunk, |d, _| {
+                ex.on_sse(&d);
+            });
+            return Emit::Pass;
+        };
+        let n = chunk.len();
+        let mut out = Out::Range(0, 0);
+        // Start of the current event's bytes in this chunk.
+        let mut seg = 0;
+        if parser.pending_cr()
+            && strip.held.is_empty()
+            && !strip.passthrough
+            && chunk.first() == Some(&b'\n')
+        {
+            // The `\n` of a `\r\n` that ended the previous event in the previous chunk: it
+            // shares that event's fate, not the next one's.
+            if !strip.last_dropped {
+                out.push_range(chunk, 0, 1);
+            }
+            seg = 1;
+        }
+        parser.feed(chunk, |d, end| {
+            let drop = ex.on_sse(&d) && !strip.passthrough;
+            if !drop {
+                out.push_bytes(chunk, &strip.held);
+                out.push_range(chunk, seg, end);
+            }
+            strip.last_dropped = drop;
+            strip.held.clear();
+            strip.passthrough = false;
+            seg = end;
+        });
+        if strip.passthrough {
+            out.push_range(chunk, seg, n);
+        } else if seg < n && !extend_capped(&mut strip.held, &chunk[seg..], STRIP_HOLD_MAX) {
+            out.push_bytes(chunk, &strip.held);
+            strip.held = Vec::new();
+            out.push_range(chunk, seg, n);
+            strip.passthrough = true;
+        }
+        match out {
+            Out::Range(0, e) if e == n && strip.held.is_empty() => Emit::Pass,
+            Out::Range(a, b) => Emit::Range(a, b),
+            Out::Owned(v) => Emit::Owned(v),
+        }
+    }
+
+    /// End of body. Returns held-back bytes that must still be delivered (strip mode only),
+    /// e.g. a final event without its trailing blank line. An unterminated last event is still
+    /// read for usage, though the SSE spec would not dispatch it. Idempotent.
+    pub fn finish(&mut self) -> Option<Bytes> {
+        let ex = &mut self.ex;
+        match &mut self.mode {
+            Mode::Json(j) => {
+                j.finish(ex);
+                None
+            }
+            Mode::Sse(p) => {
+                let mut usage_only = false;
+                p.finish(|d, _| usage_only |= ex.on_sse(&d));
+                let strip = self.strip.as_mut()?;
+                let held = std::mem::take(&mut strip.held);
+                let drop = usage_only && !strip.passthrough;
+                strip.passthrough = false;
+                (!held.is_empty() && !drop).then(|| Bytes::from(held))
+            }
+        }
+    }
+
+    /// The format this scanner was made for.
+    pub fn format(&self) -> WireFormat {
+        self.ex.format
+    }
+
+    /// Reported usage so far, merged by maximum.
     pub fn usage(&self) -> Usage {
-        Usage::default()
+        self.ex.usage
     }
+
+    /// Any usage field was reported.
     pub fn reported(&self) -> bool {
-        false
+        !self.ex.usage.is_empty()
     }
+
+    /// Reasoning tokens when the provider reports them (OpenAI `reasoning_tokens`). Already
+    /// included in `completion_tokens`: for logging only, never bill them on top.
+    pub fn reasoning_tokens(&self) -> Option<u64> {
+        self.ex.reasoning_tokens
+    }
+
+    /// Output text bytes actually seen: streamed delta text (content, refusals, tool-call
+    /// arguments, reasoning text), or, for a JSON body, the string values of the format's
+    /// content keys (escapes counted roughly). Embeddings have none.
+    pub fn output_text_bytes(&self) -> u64 {
+        self.ex.text_bytes
+    }
+
+    /// Stream events that carried output text. 0 for a JSON body.
+    pub fn output_events(&self) -> u64 {
+        self.ex.events
+    }
+
+    /// An estimate of completion tokens for when none was reported (or the stream was cut):
+    /// `max(ceil(output_text_bytes / 4), output_events)`.
+    ///
+    /// About 4 bytes per token is the usual figure for English text with OpenAI's and
+    /// Anthropic's tokenizers; it undercounts text that tokenizes densely (code, CJK at ~3 bytes
+    /// per character and often a token each). OpenAI streams about one token per chunk, so the
+    /// number of content-bearing events is a floor that catches that case. Hidden reasoning
+    /// tokens (OpenAI o-series) are never streamed, so this can only undercount them.
     pub fn estimated_completion_tokens(&self) -> u64 {
-        0
+        self.ex.text_bytes.div_ceil(4).max(self.ex.events)
     }
+
+    /// The first error the body reported: an Anthropic `event: error`, an OpenAI
+    /// `{"error":...}` chunk, a Responses `error` / `response.failed`, or a top-level `error`
+    /// object in a JSON body. For logging; at most 1 KiB.
     pub fn stream_error(&self) -> Option<&str> {
-        None
+        self.ex.error.as_deref()
+    }
+
+    /// The body ended the way the provider ends a finished response: `data: [DONE]` (OpenAI),
+    /// `message_stop` (Anthropic), a terminal `response.*` event (Responses), or the closing
+    /// brace of a JSON body. False for a stream cut short, where reported usage (Anthropic's
+    /// `message_start` count) can lag behind what was delivered.
+    pub fn stream_complete(&self) -> bool {
+        self.ex.complete
+    }
+
+    /// SSE events dropped for exceeding the per-event cap.
+    pub fn dropped_events(&self) -> u64 {
+        self.ex.dropped
+    }
+
+    /// Bytes of buffer capacity this scanner holds right now (for memory accounting).
+    pub fn buffered_bytes(&self) -> usize {
+        let mode = match &self.mode {
+            Mode::Sse(p) => p.buffered_bytes(),
+            Mode::Json(j) => j.buffered_bytes(),
+        };
+        mode + self.strip.as_ref().map_or(0, |s| s.held.capacity())
     }
 }

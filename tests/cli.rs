@@ -1,0 +1,112 @@
+//! The command line: check, serve's refusal of a bad config, key new, --version.
+
+mod common;
+
+use std::process::Command;
+
+fn tollgate(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut c = Command::new(common::bin());
+    c.args(args)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().expect("run tollgate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const KEYS: [(&str, &str); 3] = [
+    ("OPENAI_API_KEY", "sk-x"),
+    ("ANTHROPIC_API_KEY", "sk-ant-x"),
+    ("OPENAI_BACKUP_KEY", "sk-b"),
+];
+
+fn repo(path: &str) -> String {
+    format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn the_shipped_example_config_passes_check() {
+    let (code, out, err) = tollgate(&["check", "--config", &repo("conf/tollgate.toml")], &KEYS);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("OK"), "{out}");
+}
+
+#[test]
+fn the_spec_example_passes_check_unchanged() {
+    let (code, out, err) = tollgate(
+        &[
+            "check",
+            "--config",
+            &repo("tests/fixtures/spec-example.toml"),
+        ],
+        &KEYS,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn check_reports_every_error_with_its_place_and_serve_refuses_with_the_same_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"https://api.openai.com\"\napi_key_env = \"OPENAI_API_KEY\"\n\n[[routes]]\nprefix = \"gpt-\"\nprovider = \"opena\"\n",
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let (code, out, err) = tollgate(&["check", "--config", p], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("bad.toml:5:15: providers[0].api_key_env: environment variable OPENAI_API_KEY is not set"), "{err}");
+    assert!(
+        err.contains("bad.toml:9:12: routes[0].provider: unknown provider \"opena\""),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+
+    let (scode, _, serr) = tollgate(&["serve", "--config", p], &[]);
+    assert_eq!(scode, 1);
+    assert_eq!(serr, err, "serve gives the message check gives");
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let (code, _, err) = tollgate(&["check", "--config", "/nonexistent/tollgate.toml"], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read the file"), "{err}");
+}
+
+#[test]
+fn key_new_prints_a_key_and_its_matching_digest() {
+    let (code, out, _) = tollgate(&["key", "new"], &[]);
+    assert_eq!(code, 0);
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("key:"))
+        .unwrap()
+        .trim();
+    let cfg = out
+        .lines()
+        .find_map(|l| l.strip_prefix("config:"))
+        .unwrap()
+        .trim();
+    let digest = tollgate::auth::hex(&tollgate::auth::key_digest(key.as_bytes()));
+    assert_eq!(cfg, format!("\"sha256:{digest}\""));
+    let (_, again, _) = tollgate(&["key", "new"], &[]);
+    assert_ne!(out, again, "keys are random");
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let (code, out, _) = tollgate(&["--version"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains(env!("CARGO_PKG_VERSION")));
+}

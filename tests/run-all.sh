@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Tollgate's whole test suite on a fresh Debian machine: installs what the build and the tests
+# need (apt: cmake for pingora's zlib-ng, redis-server and sqlite3 for the store tests,
+# python3-venv for the SDK tests; PyPI: the official openai and anthropic SDKs), then runs the
+# Rust unit and integration tests and the SDK end-to-end tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v cc >/dev/null || need_apt+=(build-essential)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "== installing with apt: ${need_apt[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: install Rust 1.85 or newer with rustup (https://rustup.rs), then re-run" >&2
+  exit 1
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt
+
+echo "== cargo test"
+cargo build --bins
+cargo test --all-targets
+
+echo "== SDK end-to-end tests (official openai and anthropic Python SDKs)"
+.venv/bin/python -m pytest -q tests/sdk
