@@ -358,7 +358,16 @@ fn error_of(r: &Resp, shape_anthropic: bool) -> (String, String) {
 #[test]
 fn bad_requests_get_spec_errors_in_both_shapes_and_never_reach_the_provider() {
     let (mock, gw) = setup();
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, &str, u16, &str)> = vec![
+    // (method, path, headers, body, status, type)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        &'a str,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/v1/chat/completions",
