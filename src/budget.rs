@@ -64,6 +64,94 @@ pub struct Budget {
     pub period: Period,
 }
 
+/// Live spend of one project in its current period. Admission and settlement are plain
+/// arithmetic here; the shell holds each `Account` behind its own per-project lock so that
+/// check-and-reserve is one atomic step.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Account {
+    /// The period `spent` belongs to (`Period::key`).
+    pub period_key: String,
+    /// Settled spend in that period.
+    pub spent: Nanos,
+    /// Worst cases of requests admitted and not yet settled.
+    pub reserved: Nanos,
+}
+
+/// Why a request was refused: the numbers the 402 message shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub spent: Nanos,
+    pub reserved: Nanos,
+    pub limit: Nanos,
+    pub needed: Nanos,
+}
+
+impl Account {
+    /// Move to the period `key` if time has moved on: the new period starts at `stored` spend
+    /// (what the ledger has for it, normally 0). Reservations in flight carry over; they are
+    /// charged to the period in which they settle.
+    pub fn roll(&mut self, key: &str, stored: Nanos) {
+        if self.period_key != key {
+            self.period_key = key.to_string();
+            self.spent = stored;
+        }
+    }
+
+    /// Reserve `amount` if `spent + reserved + amount <= limit`. This is the invariant that
+    /// keeps recorded spend under the limit however many requests race: every admitted
+    /// request's worst case is already counted when the next one is checked.
+    pub fn admit(&mut self, limit: Nanos, amount: Nanos) -> Result<(), Refusal> {
+        let committed = self.spent.0.checked_add(self.reserved.0);
+        match committed.and_then(|c| c.checked_add(amount.0)) {
+            Some(total) if total <= limit.0 => {
+                self.reserved = Nanos(self.reserved.0 + amount.0);
+                Ok(())
+            }
+            _ => Err(Refusal {
+                spent: self.spent,
+                reserved: self.reserved,
+                limit,
+                needed: amount,
+            }),
+        }
+    }
+
+    /// Release a reservation and charge what the request really cost.
+    pub fn settle(&mut self, reserved: Nanos, actual: Nanos) {
+        self.reserved = self.reserved.saturating_sub(reserved);
+        self.spent = self.spent.saturating_add(actual);
+    }
+
+    pub fn remaining(&self, limit: Nanos) -> Nanos {
+        limit
+            .saturating_sub(self.spent)
+            .saturating_sub(self.reserved)
+    }
+}
+
+/// The 402 message: what was spent, the limit, the period.
+pub fn refusal_message(project: &str, period: Period, r: &Refusal) -> String {
+    let what = match period {
+        Period::Total => "total budget".to_string(),
+        p => format!("{} budget", p.as_str()),
+    };
+    if r.spent >= r.limit {
+        format!(
+            "Project {project} has spent its {what} of ${:.2} (spent ${:.4})",
+            r.limit.as_usd(),
+            r.spent.as_usd()
+        )
+    } else {
+        format!(
+            "Project {project} cannot cover this request within its {what} of ${:.2}: spent ${:.4}, reserved by requests in flight ${:.4}, this request may cost up to ${:.4}",
+            r.limit.as_usd(),
+            r.spent.as_usd(),
+            r.reserved.as_usd(),
+            r.needed.as_usd()
+        )
+    }
+}
+
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's
 /// algorithm), so no date crate is needed for three calendar keys.
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -130,6 +218,76 @@ mod tests {
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
         assert_eq!(civil_from_days(20_818), (2026, 12, 31));
         assert_eq!(Period::Week.key(0), "week-of-1969-12-29");
+    }
+
+    #[test]
+    fn admission_never_lets_spent_plus_reserved_pass_the_limit() {
+        let limit = Nanos(100);
+        let mut a = Account::default();
+        assert!(a.admit(limit, Nanos(60)).is_ok());
+        assert!(
+            a.admit(limit, Nanos(40)).is_ok(),
+            "exactly the limit is allowed"
+        );
+        let r = a.admit(limit, Nanos(1)).unwrap_err();
+        assert_eq!(
+            (r.spent, r.reserved, r.needed),
+            (Nanos(0), Nanos(100), Nanos(1))
+        );
+        a.settle(Nanos(60), Nanos(10));
+        assert_eq!((a.spent, a.reserved), (Nanos(10), Nanos(40)));
+        assert_eq!(a.remaining(limit), Nanos(50));
+        assert!(
+            a.admit(limit, Nanos(50)).is_ok(),
+            "settling below the worst case frees room"
+        );
+    }
+
+    #[test]
+    fn overflowing_amounts_are_refused_not_wrapped() {
+        let mut a = Account {
+            spent: Nanos(u64::MAX - 1),
+            ..Account::default()
+        };
+        assert!(a.admit(Nanos(u64::MAX), Nanos(5)).is_err());
+    }
+
+    #[test]
+    fn a_new_period_starts_from_its_stored_spend_and_keeps_reservations() {
+        let mut a = Account {
+            period_key: "2026-11".into(),
+            spent: Nanos(90),
+            reserved: Nanos(5),
+        };
+        a.roll("2026-11", Nanos(0));
+        assert_eq!(a.spent, Nanos(90), "same period: unchanged");
+        a.roll("2026-12", Nanos(0));
+        assert_eq!((a.spent, a.reserved), (Nanos(0), Nanos(5)));
+    }
+
+    #[test]
+    fn the_402_message_names_spend_limit_and_period() {
+        let r = Refusal {
+            spent: Nanos(50_000_000_000),
+            reserved: Nanos(0),
+            limit: Nanos(50_000_000_000),
+            needed: Nanos(1),
+        };
+        assert_eq!(
+            refusal_message("checkout-bot", Period::Month, &r),
+            "Project checkout-bot has spent its month budget of $50.00 (spent $50.0000)"
+        );
+        let r = Refusal {
+            spent: Nanos(1_000_000_000),
+            reserved: Nanos(0),
+            limit: Nanos(2_000_000_000),
+            needed: Nanos(1_500_000_000),
+        };
+        let m = refusal_message("p", Period::Day, &r);
+        assert!(
+            m.contains("day budget of $2.00") && m.contains("up to $1.5000"),
+            "{m}"
+        );
     }
 
     #[test]

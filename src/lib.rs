@@ -13,21 +13,34 @@
 //! - [`pricing`]: prices normalised to integers; usage → cost.
 //! - [`budget`]: periods and budgets.
 //! - [`usage`]: the incremental response scanner that finds token usage.
+//! - [`prompt`]: the text a user sent, for every request format; prompt token upper bounds.
+//! - [`secrets`]: the built-in credential detectors behind `block_secrets`.
 //!
-//! Shell (Pingora glue and process):
-//! - `proxy`: the `ProxyHttp` implementation and the per-request context.
-//! - `server`: the Pingora server, listeners and background services.
+//! Shell (Pingora glue, shared state and process):
+//! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/admin/*`.
+//! - [`metrics`]: the Prometheus families, with bounded labels.
+//! - [`proxy`]: the `ProxyHttp` implementation and the per-request context.
+//! - [`ledger`]: live per-project spend, reservations, freezes; the SQLite store and its batcher.
+//! - [`ratelimit`]: per-project rpm and tpm.
+//! - [`resolver`]: provider DNS, off the request path.
+//! - [`server`]: the Pingora server, listeners and background services.
 
+pub mod admin;
 pub mod auth;
 pub mod budget;
 pub mod config;
 pub mod error;
+pub mod ledger;
+pub mod metrics;
 pub mod policy;
 pub mod pricing;
+pub mod prompt;
 pub mod provider;
 pub mod proxy;
+pub mod ratelimit;
 pub mod request;
 pub mod resolver;
 pub mod route;
+pub mod secrets;
 pub mod server;
 pub mod usage;

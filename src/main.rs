@@ -25,9 +25,6 @@ enum Command {
         /// Take the listening sockets over from a running instance (graceful binary upgrade).
         #[arg(long, short = 'u')]
         upgrade: bool,
-        /// Fork into the background (for Type=forking units; Type=notify/simple need not).
-        #[arg(long, short = 'd')]
-        daemon: bool,
     },
     /// Validate a config file: exit 0 with a summary, or exit 1 with every error and its place.
     Check {
@@ -69,19 +66,14 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve {
-            config,
-            upgrade,
-            daemon,
-        } => match tollgate::config::load_file(&config) {
-            Ok(c) => tollgate::server::run(
-                c,
-                tollgate::server::RunOptions {
+        Command::Serve { config, upgrade } => match tollgate::config::load_file(&config) {
+            Ok(c) => {
+                let opts = tollgate::server::RunOptions {
                     config_path: config,
                     upgrade,
-                    daemon,
-                },
-            ),
+                };
+                ExitCode::from(tollgate::server::run(c, opts).clamp(0, 255) as u8)
+            }
             Err(e) => {
                 eprint!("{e}");
                 ExitCode::FAILURE

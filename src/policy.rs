@@ -79,9 +79,192 @@ pub fn check_model(
     }
 }
 
+/// Scan the prompt text for credentials (`block_secrets`) and the project's `block_patterns`.
+/// Texts are visited one by one, so a pattern never matches across two messages.
+pub fn check_prompt(
+    project: &Project,
+    format: crate::prompt::Format,
+    body: &[u8],
+) -> Result<(), GatewayError> {
+    if !project.block_secrets && project.block_patterns.is_none() {
+        return Ok(());
+    }
+    let mut hit: Option<GatewayError> = None;
+    crate::prompt::for_each_text(format, body, &mut |text| {
+        if hit.is_some() {
+            return;
+        }
+        if project.block_secrets {
+            if let Some(kind) = crate::secrets::find_secret(text) {
+                hit = Some(GatewayError::PolicyBlocked(
+                    PolicyCode::SecretDetected,
+                    format!(
+                        "The prompt contains {}; project {} blocks credentials in prompts",
+                        kind.description(),
+                        project.id
+                    ),
+                ));
+                return;
+            }
+        }
+        if let Some(set) = &project.block_patterns {
+            if set.is_match(text) {
+                hit = Some(GatewayError::PolicyBlocked(
+                    PolicyCode::PatternBlocked,
+                    format!("The prompt matches a pattern project {} blocks", project.id),
+                ));
+            }
+        }
+    });
+    hit.map_or(Ok(()), Err)
+}
+
+/// When nothing bounds a request's output (no `max_tokens` from the client, no project cap,
+/// no `max_output_tokens` in the price) a budgeted request gets this cap injected, so its
+/// worst case is known. Set `max_output_tokens` in the price to allow more.
+pub const DEFAULT_OUTPUT_CAP: u64 = 4096;
+
+/// How many output tokens a request may produce, and whether Tollgate must write that cap into
+/// the body for it to hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutputBound {
+    pub tokens: u64,
+    pub inject: bool,
+}
+
+/// The output bound of a request: the client's ask, checked against the project's cap, or the
+/// cap (injected), or the model's maximum.
+pub fn output_bound(
+    project: &Project,
+    requested: Option<u64>,
+    model_max: Option<u64>,
+    produces_output: bool,
+    budgeted: bool,
+) -> Result<OutputBound, GatewayError> {
+    if !produces_output {
+        return Ok(OutputBound {
+            tokens: 0,
+            inject: false,
+        });
+    }
+    let clamp = |n: u64| model_max.map_or(n, |m| n.min(m));
+    match (requested, project.max_tokens) {
+        (Some(n), Some(cap)) if n > cap => Err(GatewayError::PolicyBlocked(
+            PolicyCode::MaxTokensExceeded,
+            format!(
+                "Project {} allows at most {cap} output tokens per request; this one asks for {n}",
+                project.id
+            ),
+        )),
+        (Some(n), _) => Ok(OutputBound {
+            tokens: clamp(n),
+            inject: false,
+        }),
+        (None, Some(cap)) => Ok(OutputBound {
+            tokens: clamp(cap),
+            inject: true,
+        }),
+        (None, None) => match model_max {
+            Some(m) => Ok(OutputBound {
+                tokens: m,
+                inject: false,
+            }),
+            None => Ok(OutputBound {
+                tokens: DEFAULT_OUTPUT_CAP,
+                inject: budgeted,
+            }),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Unpriced;
+
+    fn project(max_tokens: Option<u64>) -> Project {
+        Project {
+            id: "p".into(),
+            budget: None,
+            rate_limit: None,
+            allow_models: Some(vec![Glob::new("gpt-4o-mini"), Glob::new("claude-*")]),
+            deny_models: vec![Glob::new("claude-opus-*")],
+            max_tokens,
+            block_secrets: false,
+            block_patterns: None,
+            unpriced: Unpriced::Block,
+        }
+    }
+
+    #[test]
+    fn deny_wins_over_allow_and_either_name_form_matches() {
+        let p = project(None);
+        assert!(model_allowed(&p, "openai/gpt-4o-mini", "gpt-4o-mini"));
+        assert!(model_allowed(&p, "claude-sonnet-4", "claude-sonnet-4"));
+        assert!(
+            !model_allowed(&p, "claude-opus-4", "claude-opus-4"),
+            "deny wins"
+        );
+        assert!(!model_allowed(&p, "gpt-4o", "gpt-4o"));
+        let e = check_model(&p, "gpt-4o", "gpt-4o").unwrap_err();
+        assert_eq!(e.code(), "model_not_allowed");
+    }
+
+    #[test]
+    fn asking_for_more_than_the_cap_is_blocked_and_asking_for_nothing_gets_the_cap() {
+        let p = project(Some(100));
+        let e = output_bound(&p, Some(101), None, true, true).unwrap_err();
+        assert_eq!(e.code(), "max_tokens_exceeded");
+        assert_eq!(
+            output_bound(&p, Some(100), None, true, true).unwrap(),
+            OutputBound {
+                tokens: 100,
+                inject: false
+            }
+        );
+        assert_eq!(
+            output_bound(&p, None, None, true, true).unwrap(),
+            OutputBound {
+                tokens: 100,
+                inject: true
+            }
+        );
+    }
+
+    #[test]
+    fn without_a_cap_the_model_maximum_bounds_the_output() {
+        let p = project(None);
+        assert_eq!(
+            output_bound(&p, None, Some(16384), true, true).unwrap(),
+            OutputBound {
+                tokens: 16384,
+                inject: false
+            }
+        );
+        assert_eq!(
+            output_bound(&p, Some(50_000), Some(16384), true, true)
+                .unwrap()
+                .tokens,
+            16384
+        );
+        assert_eq!(
+            output_bound(&p, None, None, true, true).unwrap(),
+            OutputBound {
+                tokens: DEFAULT_OUTPUT_CAP,
+                inject: true
+            },
+            "a budget needs a bound: one is injected"
+        );
+        assert!(
+            !output_bound(&p, None, None, true, false).unwrap().inject,
+            "no budget, no rewrite"
+        );
+        assert_eq!(
+            output_bound(&p, Some(5), None, false, true).unwrap().tokens,
+            0,
+            "embeddings"
+        );
+    }
 
     #[test]
     fn globs_match_like_shell_wildcards() {

@@ -199,9 +199,33 @@ impl Endpoint {
         })
     }
 
+    /// The request format whose prompt text policy scans.
+    pub fn prompt_format(self) -> Option<crate::prompt::Format> {
+        use crate::prompt::Format;
+        Some(match self {
+            Endpoint::ChatCompletions => Format::Chat,
+            Endpoint::Completions => Format::Completions,
+            Endpoint::Embeddings => Format::Embeddings,
+            Endpoint::Responses => Format::Responses,
+            Endpoint::Messages => Format::Messages,
+            Endpoint::Models | Endpoint::Healthz => return None,
+        })
+    }
+
     /// Only these accept `stream_options.include_usage`.
     pub fn supports_stream_options(self) -> bool {
         matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
+    }
+
+    /// The body field that caps output tokens, where Tollgate injects a cap. OpenAI chat uses
+    /// `max_completion_tokens` (`max_tokens` is refused by reasoning models).
+    pub fn max_tokens_field(self) -> Option<&'static str> {
+        match self {
+            Endpoint::ChatCompletions => Some("max_completion_tokens"),
+            Endpoint::Completions | Endpoint::Messages => Some("max_tokens"),
+            Endpoint::Responses => Some("max_output_tokens"),
+            _ => None,
+        }
     }
 
     /// Bounded label value for logs and metrics.

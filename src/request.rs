@@ -201,12 +201,14 @@ pub struct Rewrite<'a> {
     pub model: Option<&'a str>,
     /// Make sure `stream_options.include_usage` is `true`.
     pub include_usage: bool,
+    /// Add this output cap under this field name (the request has none).
+    pub max_tokens: Option<(&'static str, u64)>,
 }
 
 /// The body with `rw` applied, or `None` when nothing needs to change (the original bytes are
 /// forwarded as they are).
 pub fn rewrite(body: &[u8], rw: &Rewrite) -> Option<Vec<u8>> {
-    if rw.model.is_none() && !rw.include_usage {
+    if rw.model.is_none() && !rw.include_usage && rw.max_tokens.is_none() {
         return None;
     }
     let start = skip_ws(body, 0);
@@ -237,6 +239,9 @@ pub fn rewrite(body: &[u8], rw: &Rewrite) -> Option<Vec<u8>> {
             // `null`: replace it with the object we need.
             Some(so) => edits.push((so.value.clone(), r#"{"include_usage":true}"#.into())),
         }
+    }
+    if let Some((field, n)) = rw.max_tokens {
+        edits.push((start + 1..start + 1, format!(r#""{field}":{n},"#)));
     }
     edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
     let mut out = body.to_vec();
@@ -386,6 +391,7 @@ mod tests {
         assert_eq!(v["model"], "gpt-4o-mini");
         assert_eq!(v["messages"][0]["content"], "\"model\": x");
         assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["max_completion_tokens"], 7);
     }
 
     #[test]

@@ -30,10 +30,13 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::auth;
-use crate::config::{Config, ProjectIdx};
+use crate::config::{Config, ProjectIdx, Unpriced};
 use crate::error::{ErrorShape, GatewayError};
+use crate::ledger::{DecisionRecord, Ledger, Reservation};
 use crate::policy;
+use crate::pricing::{Nanos, Price};
 use crate::provider::{Endpoint, ProviderKind};
+use crate::ratelimit::RateLimiter;
 use crate::request::{self, Rewrite};
 use crate::resolver::Resolver;
 use crate::route::ProviderIdx;
@@ -53,14 +56,23 @@ const UPSTREAM_IDLE: Duration = Duration::from_secs(30);
 pub struct Gateway {
     pub config: Arc<ArcSwap<Config>>,
     pub resolver: Arc<Resolver>,
+    pub ledger: Arc<Ledger>,
+    pub limits: Arc<RateLimiter>,
     ids: RequestIds,
 }
 
 impl Gateway {
-    pub fn new(config: Arc<ArcSwap<Config>>, resolver: Arc<Resolver>) -> Gateway {
+    pub fn new(
+        config: Arc<ArcSwap<Config>>,
+        resolver: Arc<Resolver>,
+        ledger: Arc<Ledger>,
+        limits: Arc<RateLimiter>,
+    ) -> Gateway {
         Gateway {
             config,
             resolver,
+            ledger,
+            limits,
             ids: RequestIds::new(),
         }
     }
@@ -110,6 +122,33 @@ pub struct Ctx {
     first_byte: Option<Instant>,
     /// What Tollgate answered itself (a block or an upstream failure), for the log.
     error: Option<GatewayError>,
+    /// First 8 hex digits of the key's SHA-256: identifies the key in records, reveals nothing.
+    key_id: Option<String>,
+    /// Money held for this request until `logging` settles it (or drop releases it).
+    reservation: Option<Reservation>,
+    /// The matched price (None: unpriced model, cost unknown).
+    price: Option<Price>,
+    /// The bounded `model` label: the matched price key.
+    price_key: Option<String>,
+    /// Remaining budget after this request's reservation, for the response header.
+    remaining: Option<Nanos>,
+    _in_flight: InFlight,
+}
+
+/// Counts the request in `tollgate_requests_in_flight` for exactly as long as its ctx lives.
+struct InFlight;
+
+impl InFlight {
+    fn new() -> InFlight {
+        crate::metrics::METRICS.in_flight.inc();
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        crate::metrics::METRICS.in_flight.dec();
+    }
 }
 
 impl Ctx {
@@ -156,11 +195,14 @@ impl Gateway {
                 "Missing project key: send `Authorization: Bearer KEY`, `x-api-key` or `x-tollgate-key`".into(),
             )
         })?;
+        let digest = auth::key_digest(key);
         let project_idx = cfg
-            .project_for_digest(&auth::key_digest(key))
+            .project_for_digest(&digest)
             .ok_or_else(|| GatewayError::Unauthorized("Unknown project key".into()))?;
         ctx.project = Some(project_idx);
+        ctx.key_id = Some(auth::hex(&digest[..4]));
         let project = &cfg.projects[project_idx];
+        self.ledger.check_frozen(project)?;
 
         if endpoint == Endpoint::Models {
             return Ok(Admit::Local(
@@ -168,6 +210,8 @@ impl Gateway {
                 Bytes::from(models_list(&cfg, project_idx)),
             ));
         }
+
+        self.limits.admit(project)?;
 
         let max = cfg.server.max_body_bytes;
         let declared = header(req, "content-length")
@@ -209,12 +253,53 @@ impl Gateway {
         let upstream_model = route.upstream_model(&facts.model);
         ctx.upstream_model = Some(upstream_model.to_string());
         policy::check_model(project, &facts.model, upstream_model)?;
+        if let Some(format) = endpoint.prompt_format() {
+            policy::check_prompt(project, format, &buf)?;
+        }
+
+        let price = cfg.prices.lookup(upstream_model);
+        if price.is_none() && project.unpriced == Unpriced::Block {
+            return Err(GatewayError::PolicyBlocked(
+                crate::error::PolicyCode::UnpricedModel,
+                format!(
+                    "Model {} has no price, and project {} blocks unpriced models",
+                    truncate(upstream_model, 200),
+                    project.id
+                ),
+            ));
+        }
+        let produces_output = endpoint != Endpoint::Embeddings;
+        let bound = policy::output_bound(
+            project,
+            facts.max_output_tokens,
+            price.and_then(|(_, p)| p.max_output_tokens),
+            produces_output,
+            project.budget.is_some(),
+        )?;
+        let worst = match (price, endpoint.prompt_format()) {
+            (Some((_, p)), Some(format)) => p.worst_case(
+                crate::prompt::prompt_tokens_upper_bound(format, &buf),
+                bound.tokens,
+            ),
+            _ => Nanos::ZERO,
+        };
+        let reservation = self.ledger.reserve(project, worst)?;
+        ctx.remaining = project
+            .budget
+            .map(|_| self.ledger.status(project).remaining.unwrap_or(Nanos::ZERO));
+        ctx.reservation = Some(reservation);
+        ctx.price = price.map(|(_, p)| p.clone());
+        ctx.price_key = price.map(|(k, _)| k.to_string());
 
         let (inject, strip) = request::usage_injection(endpoint, &facts);
         ctx.strip_usage_chunk = strip;
         let rw = Rewrite {
             model: (upstream_model != facts.model).then_some(upstream_model),
             include_usage: inject,
+            max_tokens: endpoint
+                .max_tokens_field()
+                .filter(|_| bound.inject)
+                .map(|f| (f, bound.tokens)),
         };
         let body = match request::rewrite(&buf, &rw) {
             Some(new) => Bytes::from(new),
@@ -323,6 +408,12 @@ impl ProxyHttp for Gateway {
             upstream_status: None,
             first_byte: None,
             error: None,
+            key_id: None,
+            reservation: None,
+            price: None,
+            price_key: None,
+            remaining: None,
+            _in_flight: InFlight::new(),
         }
     }
 
@@ -470,6 +561,12 @@ impl ProxyHttp for Gateway {
         if let (Some(cfg), Some(p)) = (ctx.cfg.as_ref(), ctx.provider) {
             resp.insert_header("x-tollgate-provider", cfg.providers[p].name.as_str())?;
         }
+        if let Some(rem) = ctx.remaining {
+            resp.insert_header(
+                "x-tollgate-budget-remaining-usd",
+                format!("{:.6}", rem.as_usd()),
+            )?;
+        }
         let format = ctx.endpoint.and_then(|e| e.wire_format());
         if let (Some(format), true) = (format, (200..300).contains(&status)) {
             let sse = resp
@@ -543,7 +640,23 @@ impl ProxyHttp for Gateway {
             .or_else(|| ctx.error.as_ref().map(|e| e.status()))
             .unwrap_or(0);
         let (usage, source) = final_usage(ctx);
+        let format = ctx.endpoint.and_then(|e| e.wire_format());
+        let cost = match (&ctx.price, format) {
+            (Some(p), Some(f)) => Some(p.cost(&usage, f.cache_is_subset_of_prompt())),
+            _ => None,
+        };
+        if let Some(r) = ctx.reservation.take() {
+            r.settle(cost.unwrap_or(Nanos::ZERO));
+        }
+        if let (Some(cfg), Some(p)) = (ctx.cfg.as_deref(), ctx.project) {
+            let tokens = usage.prompt_tokens.unwrap_or(0)
+                + usage.cache_read_tokens.unwrap_or(0)
+                + usage.cache_write_tokens.unwrap_or(0)
+                + usage.completion_tokens.unwrap_or(0);
+            self.limits.add_tokens(&cfg.projects[p], tokens);
+        }
         let cfg = ctx.cfg.as_deref();
+        self.observe(ctx, status, &usage, source, cost);
         let project = cfg
             .zip(ctx.project)
             .map_or("-", |(c, p)| c.projects[p].id.as_str());
@@ -551,9 +664,38 @@ impl ProxyHttp for Gateway {
             .zip(ctx.provider)
             .map_or("-", |(c, p)| c.providers[p].name.as_str());
         let reason = ctx.error.as_ref().map_or("-", |e| e.code());
+        let latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
+        if ctx.endpoint.is_some_and(|e| e.wire_format().is_some()) {
+            let blocked = ctx.error.as_ref().is_some_and(|e| e.status() < 500)
+                && ctx.upstream_status.is_none();
+            self.ledger.record(DecisionRecord {
+                id: ctx.request_id.clone(),
+                time_ms: crate::ledger::unix_now_ms(),
+                project: cfg.zip(ctx.project).map(|(c, p)| c.projects[p].id.clone()),
+                key_id: ctx.key_id.clone(),
+                endpoint: ctx.endpoint.map(|e| e.as_str().to_string()),
+                model: ctx.model.as_deref().map(|m| truncate(m, 200).to_string()),
+                provider: ctx
+                    .provider
+                    .and_then(|p| cfg.map(|c| c.providers[p].name.clone())),
+                decision: if blocked { "block" } else { "allow" }.to_string(),
+                reason: if blocked || ctx.error.is_some() {
+                    reason.to_string()
+                } else {
+                    "ok".to_string()
+                },
+                status,
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                usage_source: source.to_string(),
+                cost_nanos: cost.map(|c| c.0),
+                latency_ms,
+                stream: ctx.stream,
+            });
+        }
         log::info!(
             target: "tollgate::access",
-            "id={} project={} endpoint={} model={} provider={} status={} reason={} stream={} prompt_tokens={} completion_tokens={} usage={} latency_ms={:.1}{}",
+            "id={} project={} endpoint={} model={} provider={} status={} reason={} stream={} prompt_tokens={} completion_tokens={} usage={} cost_usd={} latency_ms={:.1}{}",
             ctx.request_id,
             project,
             ctx.endpoint.map_or("-", |e| e.as_str()),
@@ -565,12 +707,91 @@ impl ProxyHttp for Gateway {
             usage.prompt_tokens.map_or("-".to_string(), |n| n.to_string()),
             usage.completion_tokens.map_or("-".to_string(), |n| n.to_string()),
             source,
-            ctx.started.elapsed().as_secs_f64() * 1000.0,
+            cost.map_or("-".to_string(), |c| format!("{:.9}", c.as_usd())),
+            latency_ms,
             match e {
                 Some(e) if ctx.error.is_none() => format!(" error={}", e.etype().as_str()),
                 _ => String::new(),
             }
         );
+    }
+}
+
+impl Gateway {
+    /// Metrics for one finished request. Label values come only from the config or fixed sets.
+    fn observe(
+        &self,
+        ctx: &Ctx,
+        status: u16,
+        usage: &Usage,
+        source: &'static str,
+        cost: Option<Nanos>,
+    ) {
+        use crate::metrics::{status_label, METRICS};
+        let m = &*METRICS;
+        let cfg = ctx.cfg.as_deref();
+        let project_cfg = cfg.zip(ctx.project).map(|(c, p)| &c.projects[p]);
+        let project = project_cfg.map_or("other", |p| p.id.as_str());
+        let model = ctx.price_key.as_deref().unwrap_or("other");
+        let provider = cfg
+            .zip(ctx.provider)
+            .map_or("other", |(c, p)| c.providers[p].name.as_str());
+        m.requests
+            .with_label_values(&[project, model, status_label(status)])
+            .inc();
+        if ctx.endpoint.is_some_and(|e| e.wire_format().is_some()) {
+            let blocked = ctx.upstream_status.is_none()
+                && ctx.error.as_ref().is_some_and(|e| e.status() < 500);
+            let reason = match &ctx.error {
+                Some(e) if blocked => e.code(),
+                _ => "ok",
+            };
+            m.decisions
+                .with_label_values(&[project, if blocked { "block" } else { "allow" }, reason])
+                .inc();
+            m.usage_source.with_label_values(&[project, source]).inc();
+        }
+        if let Some(n) = usage.prompt_tokens {
+            let n =
+                n + usage.cache_read_tokens.unwrap_or(0) + usage.cache_write_tokens.unwrap_or(0);
+            m.tokens
+                .with_label_values(&[project, model, "prompt"])
+                .inc_by(n);
+        }
+        if let Some(n) = usage.completion_tokens {
+            m.tokens
+                .with_label_values(&[project, model, "completion"])
+                .inc_by(n);
+        }
+        if let Some(c) = cost.filter(|c| c.0 > 0) {
+            m.spend
+                .with_label_values(&[project, model])
+                .inc_by(c.as_usd());
+        }
+        if let Some(p) = project_cfg.filter(|p| p.budget.is_some()) {
+            if let Some(rem) = self.ledger.status(p).remaining {
+                m.budget_remaining
+                    .with_label_values(&[project])
+                    .set(rem.as_usd());
+            }
+        }
+        let reached =
+            ctx.upstream_status.is_some() || ctx.error.as_ref().is_some_and(|e| e.status() >= 500);
+        if ctx.provider.is_some() && reached {
+            m.request_duration
+                .with_label_values(&[provider])
+                .observe(ctx.started.elapsed().as_secs_f64());
+            if let Some(fb) = ctx.first_byte {
+                m.first_byte
+                    .with_label_values(&[provider])
+                    .observe((fb - ctx.started).as_secs_f64());
+            }
+            if let Some(e) = ctx.error.as_ref().filter(|e| e.status() >= 500) {
+                m.upstream_errors
+                    .with_label_values(&[provider, e.code()])
+                    .inc();
+            }
+        }
     }
 }
 

@@ -1,0 +1,1497 @@
+//! Durable store of the ledger: one SQLite file holding per-project spend,
+//! project freezes and the decision log (one row per request decision).
+//!
+//! # Who owns what
+//! The store owns the SQLite file, its schema, and the connection that writes
+//! to it. Request handlers never touch the disk: they call
+//! [`StoreHandle::send`], which pushes a [`Write`] onto an in-memory channel
+//! and returns at once. A dedicated std thread ("tollgate-store") drains the
+//! channel into a batch and commits the batch as ONE transaction when the
+//! flush interval (default 200 ms) has passed since the oldest uncommitted
+//! write, when [`FLUSH_AT_WRITES`] writes are pending, on [`StoreHandle::flush`],
+//! and on [`StoreHandle::shutdown`]. Spend writes for the same
+//! (project, period) are summed in memory before they reach SQLite, so a busy
+//! project costs one UPSERT per flush, not one per request.
+//! [`Reader`] is a second, read-only connection for the (blocking) start-up
+//! restore and the admin API; WAL lets it read while the writer commits.
+//!
+//! # Durability guarantee
+//! * Committed means durable against process death: the file is in WAL mode
+//!   with `synchronous=NORMAL`, under which a committed transaction survives
+//!   `kill -9` (it is in the OS page cache / WAL file); only a power loss or OS
+//!   crash may roll back the last transactions (never corrupt the file).
+//! * `kill -9` therefore loses at most the writes of one flush interval (plus
+//!   the time a flush takes). Graceful stop ([`StoreHandle::shutdown`]) loses
+//!   nothing. Dropping every handle without `shutdown` makes the writer do a
+//!   last flush on its own, best effort.
+//! * A failed transaction (disk full, lock held past `busy_timeout`, I/O
+//!   error) is rolled back and the whole batch is kept and retried with
+//!   back-off, so spend is never counted twice or half. Spend and freezes are
+//!   kept however long the failure lasts (they are coalesced, so their size is
+//!   bounded by projects x periods); decisions beyond
+//!   [`MAX_RETAINED_DECISIONS`] are discarded and counted in `failed`, because
+//!   the audit log must not grow memory without bound.
+//! * Nothing here panics on input from callers or from disk: errors are
+//!   logged with `log::error!`, counted in [`StoreStats`] and returned as
+//!   `Err(String)` where the API has a result.
+//!
+//! # Memory trade-off
+//! The channel is an unbounded `std::sync::mpsc` channel: `send` can never
+//! block or fail a request, at the price that a stalled disk lets the queue
+//! grow without limit. `StoreStats::queued` exposes the backlog so it can be
+//! alerted on; at a few hundred bytes a write, a minute of backlog at 1k req/s
+//! is tens of MB.
+//!
+//! # Schema (`PRAGMA user_version` = 1)
+//! ```sql
+//! CREATE TABLE spend(
+//!   project TEXT NOT NULL, period TEXT NOT NULL,  -- period: "2026-11", "2026-11-22", "week-of-2026-11-16", "total"
+//!   spent_nanos INTEGER NOT NULL,                 -- nano-dollars, saturates at i64::MAX
+//!   updated_ms INTEGER,                           -- unix ms of the last flush that touched the row
+//!   PRIMARY KEY(project, period));
+//! CREATE TABLE freezes(
+//!   project TEXT PRIMARY KEY, frozen INTEGER NOT NULL, updated_ms INTEGER);
+//! CREATE TABLE decisions(
+//!   id TEXT NOT NULL, time_ms INTEGER NOT NULL,
+//!   time TEXT NOT NULL,                           -- RFC 3339 UTC with ms, for people using the sqlite3 CLI
+//!   project TEXT, key_id TEXT, endpoint TEXT, model TEXT, provider TEXT,
+//!   decision TEXT NOT NULL, reason TEXT NOT NULL, status INTEGER NOT NULL,
+//!   prompt_tokens INTEGER, completion_tokens INTEGER, usage_source TEXT NOT NULL,
+//!   cost_nanos INTEGER, cost_usd REAL,            -- cost_usd = cost_nanos / 1e9, for people
+//!   latency_ms REAL,                              -- NULL only if the gateway sent NaN
+//!   stream INTEGER NOT NULL);
+//! CREATE INDEX decisions_time ON decisions(time_ms DESC, id DESC);
+//! CREATE INDEX decisions_project_time ON decisions(project, time_ms DESC, id DESC);
+//! ```
+//! `decisions` has no uniqueness on `id`: a unique index would slow every
+//! insert for a property the gateway already guarantees (request ids are
+//! unique); the paging cursor is (time_ms, id).
+//! A file whose `user_version` is newer than this build is refused rather than
+//! written with an old idea of the schema.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+/// Schema version written to `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+/// A batch this large is committed without waiting for the timer, so a burst
+/// becomes several medium transactions instead of one huge one.
+pub const FLUSH_AT_WRITES: u64 = 5_000;
+
+/// While the database keeps failing, decisions beyond this many are dropped
+/// (and counted as failed) so that a dead disk cannot exhaust memory.
+pub const MAX_RETAINED_DECISIONS: usize = 100_000;
+
+/// How long a statement waits for a lock held by another connection (e.g. a
+/// person running the sqlite3 CLI, or a second gateway process) before failing.
+#[cfg(not(test))]
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+// Tests provoke lock failures on purpose; waiting 5 s each time buys nothing.
+#[cfg(test)]
+const BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// After a failed flush, retries back off up to this delay so a persistent
+/// failure logs a few lines a minute, not five a second.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+
+/// One request's decision, as shown in the decision log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionRecord {
+    pub id: String,
+    pub time_ms: i64,
+    pub project: Option<String>,
+    /// First 8 hex digits of the key's sha256, never the key.
+    pub key_id: Option<String>,
+    pub endpoint: Option<String>,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    /// "allow" | "block"
+    pub decision: String,
+    /// "ok" when allowed, else a reason code ("budget_exceeded", ...).
+    pub reason: String,
+    pub status: u16,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    /// "reported" | "estimated" | "none"
+    pub usage_source: String,
+    /// None = unknown (unpriced model).
+    pub cost_nanos: Option<u64>,
+    pub latency_ms: f64,
+    pub stream: bool,
+}
+
+/// (project, period), as used by [`Reader::all_spend_for`].
+pub type SpendKey = (String, String);
+
+/// A change to persist.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Add to a project's spend in a period (period key strings like "2026-11", "2026-11-22", "week-of-2026-11-16", "total").
+    Spend {
+        project: String,
+        period: String,
+        add_nanos: u64,
+    },
+    /// Set a project's freeze flag; writes are applied in the order sent, so
+    /// the last one sent wins (`time_ms` is recorded, not compared, so a clock
+    /// step cannot reorder them).
+    Freeze {
+        project: String,
+        frozen: bool,
+        time_ms: i64,
+    },
+    Decision(Box<DecisionRecord>),
+}
+
+/// Counters for metrics. `queued + committed + dropped + failed` = writes sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Writes sent but not yet committed (in the channel or the pending batch).
+    pub queued: u64,
+    /// Writes committed to SQLite since open (a coalesced spend write counts once per `send`).
+    pub committed: u64,
+    /// Writes that never reached the writer (sent after shutdown, or the writer thread is gone).
+    pub dropped: u64,
+    /// Writes that reached the writer but were discarded after SQLite failures.
+    pub failed: u64,
+    /// Transactions that failed (each is retried; see the module doc).
+    pub flush_errors: u64,
+    /// Unix ms at the end of the last successful commit; 0 = none yet.
+    pub last_flush_ms: i64,
+    /// Duration of the last successful commit, in µs.
+    pub last_flush_us: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    queued: AtomicU64,
+    committed: AtomicU64,
+    dropped: AtomicU64,
+    failed: AtomicU64,
+    flush_errors: AtomicU64,
+    last_flush_ms: AtomicI64,
+    last_flush_us: AtomicU64,
+    /// So that a gateway sending thousands of writes after the writer died
+    /// logs one line, not thousands.
+    drop_logged: AtomicBool,
+}
+
+enum Msg {
+    Write(Write),
+    Flush(Sender<Result<(), String>>),
+    Shutdown(Sender<Result<(), String>>),
+}
+
+struct Inner {
+    /// Behind a lock only so that `shutdown` can take the sender out: after
+    /// that no write can slip into the channel behind the Shutdown message and
+    /// be lost uncounted. Sends take the read side, which never waits except
+    /// during the moment shutdown swaps it.
+    tx: RwLock<Option<Sender<Msg>>>,
+    join: Mutex<Option<JoinHandle<()>>>,
+    shared: Arc<Shared>,
+}
+
+/// Cheap to clone; every clone feeds the same writer thread.
+#[derive(Clone)]
+pub struct StoreHandle {
+    inner: Arc<Inner>,
+}
+
+impl StoreHandle {
+    /// Non-blocking; never fails the caller (if the writer thread is gone, log once and count as dropped).
+    pub fn send(&self, w: Write) {
+        let shared = &self.inner.shared;
+        // Counted before the send so the writer can never decrement first.
+        shared.queued.fetch_add(1, Ordering::Relaxed);
+        let guard = self.inner.tx.read().unwrap_or_else(PoisonError::into_inner);
+        let sent = match guard.as_ref() {
+            Some(tx) => tx.send(Msg::Write(w)).is_ok(),
+            None => false,
+        };
+        drop(guard);
+        if !sent {
+            shared.queued.fetch_sub(1, Ordering::Relaxed);
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            if !shared.drop_logged.swap(true, Ordering::Relaxed) {
+                log::error!("ledger store: writer is not running (shut down or died); dropping writes from now on (see dropped count)");
+            }
+        }
+    }
+
+    /// Block until everything sent before this call is committed (for graceful stop and tests). Returns Err(String) on a SQLite failure.
+    pub fn flush(&self) -> Result<(), String> {
+        let (reply_tx, reply_rx) = mpsc::channel();
+        {
+            let guard = self.inner.tx.read().unwrap_or_else(PoisonError::into_inner);
+            let tx = guard
+                .as_ref()
+                .ok_or_else(|| "ledger store: flush after shutdown".to_string())?;
+            tx.send(Msg::Flush(reply_tx))
+                .map_err(|_| "ledger store: writer thread is not running".to_string())?;
+        }
+        reply_rx.recv().map_err(|_| {
+            "ledger store: writer thread stopped before confirming the flush".to_string()
+        })?
+    }
+
+    /// Flush, stop the writer thread and join it. Idempotent.
+    pub fn shutdown(&self) -> Result<(), String> {
+        let tx = self
+            .inner
+            .tx
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let mut result = Ok(());
+        if let Some(tx) = tx {
+            let (reply_tx, reply_rx) = mpsc::channel();
+            result = match tx.send(Msg::Shutdown(reply_tx)) {
+                Ok(()) => reply_rx.recv().unwrap_or_else(|_| {
+                    Err(
+                        "ledger store: writer thread stopped before confirming shutdown"
+                            .to_string(),
+                    )
+                }),
+                Err(_) => Err("ledger store: writer thread is not running".to_string()),
+            };
+        }
+        let handle = self
+            .inner
+            .join
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                log::error!("ledger store: writer thread panicked");
+                if result.is_ok() {
+                    result = Err("ledger store: writer thread panicked".to_string());
+                }
+            }
+        }
+        result
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let s = &self.inner.shared;
+        StoreStats {
+            queued: s.queued.load(Ordering::Relaxed),
+            committed: s.committed.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed),
+            failed: s.failed.load(Ordering::Relaxed),
+            flush_errors: s.flush_errors.load(Ordering::Relaxed),
+            last_flush_ms: s.last_flush_ms.load(Ordering::Relaxed),
+            last_flush_us: s.last_flush_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
+pub struct Store;
+
+impl Store {
+    /// Open (creating parent dirs and the file), set WAL + synchronous=NORMAL + busy_timeout, create/migrate the schema (PRAGMA user_version), start the writer thread. Returns the handle and a Reader.
+    pub fn open(path: &Path, flush_interval: Duration) -> Result<(StoreHandle, Reader), String> {
+        let shown = path.display();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                format!(
+                    "ledger store: cannot create directory {}: {e}",
+                    parent.display()
+                )
+            })?;
+        }
+        let mut conn = open_connection(path)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(|e| format!("ledger store: cannot use {shown} as a SQLite database: {e}"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(format!(
+                "ledger store: {shown} cannot be put in WAL mode (journal_mode is {mode}); refusing, durability would not hold"
+            ));
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| format!("ledger store: {shown}: set synchronous: {e}"))?;
+        migrate(&mut conn).map_err(|e| format!("ledger store: {shown}: {e}"))?;
+
+        let read_conn = open_connection(path)?;
+        // A guard, not a permission: the Reader must never be able to write.
+        read_conn
+            .pragma_update(None, "query_only", "ON")
+            .map_err(|e| format!("ledger store: {shown}: reader: {e}"))?;
+
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            conn,
+            shared: Arc::clone(&shared),
+            pending: Batch::default(),
+            interval: flush_interval,
+            failures: 0,
+        };
+        let join = std::thread::Builder::new()
+            .name("tollgate-store".to_string())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| format!("ledger store: cannot start writer thread: {e}"))?;
+        let handle = StoreHandle {
+            inner: Arc::new(Inner {
+                tx: RwLock::new(Some(tx)),
+                join: Mutex::new(Some(join)),
+                shared,
+            }),
+        };
+        Ok((
+            handle,
+            Reader {
+                conn: Mutex::new(read_conn),
+            },
+        ))
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, String> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| format!("ledger store: cannot open {}: {e}", path.display()))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| format!("ledger store: {}: set busy_timeout: {e}", path.display()))?;
+    Ok(conn)
+}
+
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS spend(
+  project TEXT NOT NULL,
+  period TEXT NOT NULL,
+  spent_nanos INTEGER NOT NULL,
+  updated_ms INTEGER,
+  PRIMARY KEY(project, period)
+);
+CREATE TABLE IF NOT EXISTS freezes(
+  project TEXT PRIMARY KEY,
+  frozen INTEGER NOT NULL,
+  updated_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS decisions(
+  id TEXT NOT NULL,
+  time_ms INTEGER NOT NULL,
+  time TEXT NOT NULL,
+  project TEXT,
+  key_id TEXT,
+  endpoint TEXT,
+  model TEXT,
+  provider TEXT,
+  decision TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  status INTEGER NOT NULL,
+  prompt_tokens INTEGER,
+  completion_tokens INTEGER,
+  usage_source TEXT NOT NULL,
+  cost_nanos INTEGER,
+  cost_usd REAL,
+  latency_ms REAL,
+  stream INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_time ON decisions(time_ms DESC, id DESC);
+CREATE INDEX IF NOT EXISTS decisions_project_time ON decisions(project, time_ms DESC, id DESC);
+";
+
+fn migrate(conn: &mut Connection) -> Result<(), String> {
+    // IMMEDIATE: two processes opening a fresh file at once must not both
+    // decide to create the schema from the same old version.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| format!("schema migration: {e}"))?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| format!("read user_version: {e}"))?;
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "schema version {version} is newer than this build supports ({SCHEMA_VERSION}); refusing to write to it"
+        ));
+    }
+    if version < 1 {
+        tx.execute_batch(SCHEMA_V1)
+            .map_err(|e| format!("create schema v1: {e}"))?;
+    }
+    // Later versions: `if version < 2 { ... }`, each step idempotent.
+    if version != SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(|e| format!("set user_version: {e}"))?;
+    }
+    tx.commit()
+        .map_err(|e| format!("schema migration commit: {e}"))
+}
+
+/// Writes received but not yet committed.
+#[derive(Default)]
+struct Batch {
+    spend: HashMap<(String, String), u64>,
+    freezes: HashMap<String, (bool, i64)>,
+    decisions: Vec<DecisionRecord>,
+    /// Writes as sent (before coalescing), for the stats.
+    writes: u64,
+}
+
+impl Batch {
+    fn add(&mut self, w: Write) {
+        self.writes += 1;
+        match w {
+            Write::Spend {
+                project,
+                period,
+                add_nanos,
+            } => {
+                let total = self.spend.entry((project, period)).or_insert(0);
+                *total = total.saturating_add(add_nanos);
+            }
+            Write::Freeze {
+                project,
+                frozen,
+                time_ms,
+            } => {
+                self.freezes.insert(project, (frozen, time_ms));
+            }
+            Write::Decision(d) => self.decisions.push(*d),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.writes == 0
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    shared: Arc<Shared>,
+    pending: Batch,
+    interval: Duration,
+    /// Consecutive failed commits; drives the retry back-off.
+    failures: u32,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        // When the pending batch must be committed; None while it is empty, so
+        // an idle gateway does not wake this thread at all.
+        let mut due: Option<Instant> = None;
+        loop {
+            let msg = match due {
+                None => match rx.recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => break,
+                },
+                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            let now = Instant::now();
+            let mut attempted = false;
+            match msg {
+                None => {
+                    attempted = true;
+                    let _ = self.commit();
+                }
+                Some(Msg::Write(w)) => {
+                    self.pending.add(w);
+                    // While failing, the size trigger would retry on every
+                    // write; the back-off timer decides instead. When the
+                    // channel always has a message ready (writer behind),
+                    // recv_timeout never reports the timeout, so the deadline
+                    // is checked here too.
+                    let full = self.pending.writes >= FLUSH_AT_WRITES && self.failures == 0;
+                    if full || due.is_some_and(|at| now >= at) {
+                        attempted = true;
+                        let _ = self.commit();
+                    }
+                }
+                Some(Msg::Flush(reply)) => {
+                    attempted = true;
+                    let _ = reply.send(self.commit());
+                }
+                Some(Msg::Shutdown(reply)) => {
+                    let result = self.commit();
+                    self.discard_pending("shutdown");
+                    let _ = reply.send(result);
+                    return;
+                }
+            }
+            due = if self.pending.is_empty() {
+                None
+            } else if attempted {
+                // Only a failed attempt leaves writes pending.
+                Some(Instant::now() + self.retry_delay())
+            } else {
+                // The first write of a batch starts the clock.
+                due.or(Some(now + self.interval))
+            };
+        }
+        // Every handle was dropped without shutdown: best-effort last flush.
+        let _ = self.commit();
+        self.discard_pending("handles dropped");
+    }
+
+    fn retry_delay(&self) -> Duration {
+        let factor = 1u32 << self.failures.min(8);
+        self.interval
+            .saturating_mul(factor)
+            .clamp(Duration::from_millis(50), MAX_RETRY_DELAY)
+    }
+
+    /// Commit the pending batch in one transaction. On failure the batch is
+    /// kept for the next attempt (the transaction was rolled back, so a retry
+    /// cannot double count).
+    fn commit(&mut self) -> Result<(), String> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        match write_batch(&mut self.conn, &self.pending) {
+            Ok(()) => {
+                let n = self.pending.writes;
+                self.pending = Batch::default();
+                self.failures = 0;
+                let s = &self.shared;
+                s.queued.fetch_sub(n, Ordering::Relaxed);
+                s.committed.fetch_add(n, Ordering::Relaxed);
+                s.last_flush_us.store(
+                    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    Ordering::Relaxed,
+                );
+                s.last_flush_ms.store(unix_ms_now(), Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.failures = self.failures.saturating_add(1);
+                self.shared.flush_errors.fetch_add(1, Ordering::Relaxed);
+                let msg = format!(
+                    "ledger store: commit of {} writes failed (attempt {}), keeping them for retry: {e}",
+                    self.pending.writes, self.failures
+                );
+                log::error!("{msg}");
+                let excess = self
+                    .pending
+                    .decisions
+                    .len()
+                    .saturating_sub(MAX_RETAINED_DECISIONS);
+                if excess > 0 {
+                    // Oldest first: the newest decisions are the ones an
+                    // operator looks at after the incident.
+                    self.pending.decisions.drain(..excess);
+                    self.count_failed(excess as u64);
+                    log::error!(
+                        "ledger store: discarded {excess} decision records to bound memory while the database is failing"
+                    );
+                }
+                Err(msg)
+            }
+        }
+    }
+
+    fn count_failed(&mut self, n: u64) {
+        self.pending.writes = self.pending.writes.saturating_sub(n);
+        self.shared.queued.fetch_sub(n, Ordering::Relaxed);
+        self.shared.failed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn discard_pending(&mut self, why: &str) {
+        let n = self.pending.writes;
+        if n > 0 {
+            log::error!(
+                "ledger store: {why}: discarding {n} uncommitted writes after a failed commit"
+            );
+            self.count_failed(n);
+            self.pending = Batch::default();
+        }
+    }
+}
+
+fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
+    // IMMEDIATE takes the write lock up front, so lock contention goes through
+    // busy_timeout instead of failing at the first INSERT.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = unix_ms_now();
+    {
+        let mut spend = tx.prepare_cached(
+            "INSERT INTO spend(project, period, spent_nanos, updated_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(project, period) DO UPDATE SET
+               spent_nanos = CASE WHEN spend.spent_nanos > 9223372036854775807 - excluded.spent_nanos
+                                  THEN 9223372036854775807
+                                  ELSE spend.spent_nanos + excluded.spent_nanos END,
+               updated_ms = excluded.updated_ms",
+        )?;
+        for ((project, period), add) in &batch.spend {
+            spend.execute(params![project, period, clamp_i64(*add), now])?;
+        }
+        let mut freeze = tx.prepare_cached(
+            "INSERT INTO freezes(project, frozen, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(project) DO UPDATE SET frozen = excluded.frozen, updated_ms = excluded.updated_ms",
+        )?;
+        for (project, (frozen, time_ms)) in &batch.freezes {
+            freeze.execute(params![project, frozen, time_ms])?;
+        }
+        let mut decision = tx.prepare_cached(
+            "INSERT INTO decisions(id, time_ms, time, project, key_id, endpoint, model, provider,
+               decision, reason, status, prompt_tokens, completion_tokens, usage_source,
+               cost_nanos, cost_usd, latency_ms, stream)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+        )?;
+        for d in &batch.decisions {
+            decision.execute(params![
+                d.id,
+                d.time_ms,
+                rfc3339_utc_ms(d.time_ms),
+                d.project,
+                d.key_id,
+                d.endpoint,
+                d.model,
+                d.provider,
+                d.decision,
+                d.reason,
+                d.status,
+                d.prompt_tokens.map(clamp_i64),
+                d.completion_tokens.map(clamp_i64),
+                d.usage_source,
+                d.cost_nanos.map(clamp_i64),
+                d.cost_nanos.map(|n| n as f64 / 1e9),
+                // SQLite stores NaN as NULL; read back as NaN.
+                d.latency_ms,
+                d.stream,
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+/// SQLite integers are i64; a u64 above i64::MAX (≈ $9.2 billion in
+/// nano-dollars) would make the whole batch fail, so it saturates instead.
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Unix ms to "YYYY-MM-DDTHH:MM:SS.mmmZ" (proleptic Gregorian, UTC).
+fn rfc3339_utc_ms(time_ms: i64) -> String {
+    let days = time_ms.div_euclid(86_400_000);
+    let ms_of_day = time_ms.rem_euclid(86_400_000);
+    let (y, m, d) = civil_from_days(days);
+    let secs = ms_of_day / 1000;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        ms_of_day % 1000
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's
+/// `civil_from_days`, valid for every i64 day count that unix ms can produce.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468; // shift the epoch to 0000-03-01
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // day of 400-year era, [0, 146096]
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365], from March 1st
+    let mp = (5 * doy + 2) / 153; // [0, 11], March = 0
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// A separate read connection (WAL allows reads concurrent with the writer). Methods are blocking; the gateway calls them from a blocking-pool thread, never a request phase.
+pub struct Reader {
+    conn: Mutex<Connection>,
+}
+
+const DECISION_COLUMNS: &str =
+    "id, time_ms, project, key_id, endpoint, model, provider, decision, reason, \
+     status, prompt_tokens, completion_tokens, usage_source, cost_nanos, latency_ms, stream";
+
+impl Reader {
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a read connection in a
+        // bad state, so a poisoned lock is simply taken over.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Spend of one project in one period; 0 if nothing was ever recorded.
+    pub fn spend(&self, project: &str, period: &str) -> Result<u64, String> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT spent_nanos FROM spend WHERE project = ?1 AND period = ?2")
+            .map_err(|e| format!("ledger store: read spend: {e}"))?;
+        stmt.query_row(params![project, period], |r| r.get::<_, u64>(0))
+            .optional()
+            .map(Option::unwrap_or_default)
+            .map_err(|e| format!("ledger store: read spend of {project}/{period}: {e}"))
+    }
+
+    /// Spend for each requested (project, period) pair, in request order,
+    /// with 0 for pairs never recorded; read from one snapshot so the values
+    /// are consistent with each other.
+    pub fn all_spend_for(
+        &self,
+        periods: &[(String, String)],
+    ) -> Result<Vec<(SpendKey, u64)>, String> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction()
+            .map_err(|e| format!("ledger store: read spend: {e}"))?;
+        let mut out = Vec::with_capacity(periods.len());
+        {
+            let mut stmt = tx
+                .prepare_cached("SELECT spent_nanos FROM spend WHERE project = ?1 AND period = ?2")
+                .map_err(|e| format!("ledger store: read spend: {e}"))?;
+            for (project, period) in periods {
+                let v = stmt
+                    .query_row(params![project, period], |r| r.get::<_, u64>(0))
+                    .optional()
+                    .map_err(|e| format!("ledger store: read spend of {project}/{period}: {e}"))?
+                    .unwrap_or(0);
+                out.push(((project.clone(), period.clone()), v));
+            }
+        }
+        tx.finish()
+            .map_err(|e| format!("ledger store: read spend: {e}"))?;
+        Ok(out)
+    }
+
+    /// Every project that ever had a freeze write, with its current flag, by project name.
+    pub fn freezes(&self) -> Result<Vec<(String, bool)>, String> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT project, frozen FROM freezes ORDER BY project")
+            .map_err(|e| format!("ledger store: read freezes: {e}"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?)))
+            .map_err(|e| format!("ledger store: read freezes: {e}"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| format!("ledger store: read freezes: {e}"))
+    }
+
+    /// Newest first; `project` filter optional; `before_time_ms`/`before_id` for paging (records strictly older than that cursor).
+    ///
+    /// "Older" is the order (time_ms, id) descending, so records sharing a
+    /// millisecond page correctly; pass the last record's (time_ms, id) to get
+    /// the next page.
+    pub fn decisions(
+        &self,
+        project: Option<&str>,
+        limit: usize,
+        before: Option<(i64, String)>,
+    ) -> Result<Vec<DecisionRecord>, String> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut sql = format!("SELECT {DECISION_COLUMNS} FROM decisions WHERE 1 = 1");
+        let mut args: Vec<Value> = Vec::with_capacity(4);
+        if let Some(p) = project {
+            sql.push_str(" AND project = ?");
+            args.push(Value::Text(p.to_string()));
+        }
+        if let Some((t, id)) = before {
+            // The `time_ms <= ?` half lets SQLite seek the index; the OR half
+            // breaks ties within one millisecond by id.
+            sql.push_str(" AND time_ms <= ? AND (time_ms < ? OR id < ?)");
+            args.push(Value::Integer(t));
+            args.push(Value::Integer(t));
+            args.push(Value::Text(id));
+        }
+        sql.push_str(" ORDER BY time_ms DESC, id DESC LIMIT ?");
+        args.push(Value::Integer(clamp_i64(limit as u64)));
+
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&sql)
+            .map_err(|e| format!("ledger store: read decisions: {e}"))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                Ok(DecisionRecord {
+                    id: r.get(0)?,
+                    time_ms: r.get(1)?,
+                    project: r.get(2)?,
+                    key_id: r.get(3)?,
+                    endpoint: r.get(4)?,
+                    model: r.get(5)?,
+                    provider: r.get(6)?,
+                    decision: r.get(7)?,
+                    reason: r.get(8)?,
+                    status: r.get(9)?,
+                    prompt_tokens: r.get(10)?,
+                    completion_tokens: r.get(11)?,
+                    usage_source: r.get(12)?,
+                    cost_nanos: r.get(13)?,
+                    latency_ms: r.get::<_, Option<f64>>(14)?.unwrap_or(f64::NAN),
+                    stream: r.get(15)?,
+                })
+            })
+            .map_err(|e| format!("ledger store: read decisions: {e}"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| format!("ledger store: read decisions: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::path::PathBuf;
+
+    const LONG: Duration = Duration::from_secs(3600);
+
+    fn db_path(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("ledger.db")
+    }
+
+    fn open(path: &Path, interval: Duration) -> (StoreHandle, Reader) {
+        match Store::open(path, interval) {
+            Ok(v) => v,
+            Err(e) => panic!("open {}: {e}", path.display()),
+        }
+    }
+
+    fn spend(project: &str, period: &str, add_nanos: u64) -> Write {
+        Write::Spend {
+            project: project.into(),
+            period: period.into(),
+            add_nanos,
+        }
+    }
+
+    fn freeze(project: &str, frozen: bool, time_ms: i64) -> Write {
+        Write::Freeze {
+            project: project.into(),
+            frozen,
+            time_ms,
+        }
+    }
+
+    fn rec(id: &str, time_ms: i64, project: Option<&str>) -> DecisionRecord {
+        DecisionRecord {
+            id: id.into(),
+            time_ms,
+            project: project.map(String::from),
+            key_id: Some("a1b2c3d4".into()),
+            endpoint: Some("/v1/chat/completions".into()),
+            model: Some("gpt-4o-mini".into()),
+            provider: Some("openai".into()),
+            decision: "allow".into(),
+            reason: "ok".into(),
+            status: 200,
+            prompt_tokens: Some(12),
+            completion_tokens: Some(34),
+            usage_source: "reported".into(),
+            cost_nanos: Some(1_234_567),
+            latency_ms: 12.5,
+            stream: true,
+        }
+    }
+
+    fn decision(r: DecisionRecord) -> Write {
+        Write::Decision(Box::new(r))
+    }
+
+    fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn spend_adds_up_across_batches_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let (h, r) = open(&path, LONG);
+        h.send(spend("acme", "2026-11", 100));
+        h.send(spend("acme", "total", 100));
+        h.flush().unwrap();
+        h.send(spend("acme", "2026-11", 250));
+        h.send(spend("other", "2026-11", 7));
+        h.flush().unwrap();
+        assert_eq!(r.spend("acme", "2026-11").unwrap(), 350);
+        assert_eq!(r.spend("acme", "total").unwrap(), 100);
+        assert_eq!(r.spend("other", "2026-11").unwrap(), 7);
+        assert_eq!(r.spend("nobody", "2026-11").unwrap(), 0);
+        h.shutdown().unwrap();
+        drop(r);
+
+        let (h, r) = open(&path, LONG);
+        assert_eq!(r.spend("acme", "2026-11").unwrap(), 350);
+        h.send(spend("acme", "2026-11", 50));
+        h.shutdown().unwrap();
+        assert_eq!(r.spend("acme", "2026-11").unwrap(), 400);
+    }
+
+    #[test]
+    fn coalesced_batch_gives_same_totals_as_one_flush_per_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (coalesced, rc) = open(&dir.path().join("a.db"), LONG);
+        let (separate, rs) = open(&dir.path().join("b.db"), LONG);
+        for i in 1..=1000u64 {
+            let (p, period) = if i % 3 == 0 {
+                ("x", "2026-11-22")
+            } else {
+                ("y", "2026-11")
+            };
+            coalesced.send(spend(p, period, i));
+            separate.send(spend(p, period, i));
+            if i % 20 == 0 {
+                separate.flush().unwrap();
+            }
+        }
+        coalesced.flush().unwrap();
+        separate.flush().unwrap();
+        let expect_x: u64 = (1..=1000u64).filter(|i| i % 3 == 0).sum();
+        let expect_y: u64 = (1..=1000u64).filter(|i| i % 3 != 0).sum();
+        for r in [&rc, &rs] {
+            assert_eq!(r.spend("x", "2026-11-22").unwrap(), expect_x);
+            assert_eq!(r.spend("y", "2026-11").unwrap(), expect_y);
+        }
+        // Coalescing must not change how writes are counted.
+        assert_eq!(coalesced.stats().committed, 1000);
+        assert_eq!(separate.stats().committed, 1000);
+    }
+
+    #[test]
+    fn all_spend_for_returns_requested_pairs_in_order_with_zero_for_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, r) = open(&db_path(&dir), LONG);
+        h.send(spend("a", "2026-11", 5));
+        h.send(spend("b", "total", 9));
+        h.flush().unwrap();
+        let ask = vec![
+            ("b".to_string(), "total".to_string()),
+            ("a".to_string(), "2026-12".to_string()),
+            ("a".to_string(), "2026-11".to_string()),
+        ];
+        let got = r.all_spend_for(&ask).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (ask[0].clone(), 9),
+                (ask[1].clone(), 0),
+                (ask[2].clone(), 5)
+            ]
+        );
+        assert_eq!(r.all_spend_for(&[]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn spend_saturates_instead_of_failing_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, r) = open(&db_path(&dir), LONG);
+        h.send(spend("big", "total", u64::MAX));
+        h.send(spend("small", "total", 3));
+        h.flush().unwrap();
+        h.send(spend("big", "total", 10));
+        h.flush().unwrap();
+        assert_eq!(r.spend("big", "total").unwrap(), i64::MAX as u64);
+        assert_eq!(r.spend("small", "total").unwrap(), 3);
+        assert_eq!(h.stats().flush_errors, 0);
+    }
+
+    #[test]
+    fn freezes_persist_and_the_last_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let (h, r) = open(&path, LONG);
+        // Within one batch: last sent wins even though its time_ms is older.
+        h.send(freeze("a", true, 1_000));
+        h.send(freeze("a", false, 2_000));
+        h.send(freeze("a", true, 500));
+        // Across batches.
+        h.send(freeze("b", true, 1_000));
+        h.flush().unwrap();
+        h.send(freeze("b", false, 3_000));
+        h.send(freeze("c", false, 3_000));
+        h.flush().unwrap();
+        let expect = vec![
+            ("a".to_string(), true),
+            ("b".to_string(), false),
+            ("c".to_string(), false),
+        ];
+        assert_eq!(r.freezes().unwrap(), expect);
+        h.shutdown().unwrap();
+        drop(r);
+        let (h, r) = open(&path, LONG);
+        assert_eq!(r.freezes().unwrap(), expect);
+        h.shutdown().unwrap();
+    }
+
+    #[test]
+    fn decisions_round_trip_every_field_including_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let (h, r) = open(&path, LONG);
+        let full = DecisionRecord {
+            id: "req-full".into(),
+            time_ms: 1_795_341_600_005,
+            project: Some("acme".into()),
+            key_id: Some("deadbeef".into()),
+            endpoint: Some("/v1/messages".into()),
+            model: Some("claude-x".into()),
+            provider: Some("anthropic".into()),
+            decision: "block".into(),
+            reason: "budget_exceeded".into(),
+            status: 429,
+            prompt_tokens: Some(u64::from(u32::MAX) + 1),
+            completion_tokens: Some(0),
+            usage_source: "estimated".into(),
+            cost_nanos: Some(9_000_000_000_000),
+            latency_ms: 0.125,
+            stream: false,
+        };
+        let empty = DecisionRecord {
+            id: "req-empty".into(),
+            time_ms: 1_795_341_600_004,
+            project: None,
+            key_id: None,
+            endpoint: None,
+            model: None,
+            provider: None,
+            decision: "allow".into(),
+            reason: "ok".into(),
+            status: 0,
+            prompt_tokens: None,
+            completion_tokens: None,
+            usage_source: "none".into(),
+            cost_nanos: None,
+            latency_ms: 0.0,
+            stream: true,
+        };
+        h.send(decision(full.clone()));
+        h.send(decision(empty.clone()));
+        h.shutdown().unwrap();
+        drop(r);
+        let (_h, r) = open(&path, LONG);
+        assert_eq!(r.decisions(None, 10, None).unwrap(), vec![full, empty]);
+
+        // The human-facing columns are derived correctly.
+        let c = Connection::open(&path).unwrap();
+        let (time, usd): (String, Option<f64>) = c
+            .query_row(
+                "SELECT time, cost_usd FROM decisions WHERE id = 'req-full'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(time, "2026-11-22T10:00:00.005Z");
+        assert_eq!(usd, Some(9000.0));
+        let usd: Option<f64> = c
+            .query_row(
+                "SELECT cost_usd FROM decisions WHERE id = 'req-empty'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(usd, None);
+    }
+
+    #[test]
+    fn odd_values_in_one_record_do_not_poison_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, r) = open(&db_path(&dir), LONG);
+        let mut odd = rec("odd", 2, Some("p"));
+        odd.latency_ms = f64::NAN;
+        odd.prompt_tokens = Some(u64::MAX);
+        odd.cost_nanos = Some(u64::MAX);
+        odd.time_ms = i64::MIN;
+        h.send(decision(odd));
+        h.send(decision(rec("normal", 1, Some("p"))));
+        h.send(spend("p", "total", 1));
+        h.flush().unwrap();
+        let got = r.decisions(None, 10, None).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].id, "normal");
+        assert!(got[1].latency_ms.is_nan());
+        assert_eq!(got[1].prompt_tokens, Some(i64::MAX as u64));
+        assert_eq!(got[1].time_ms, i64::MIN);
+        assert_eq!(r.spend("p", "total").unwrap(), 1);
+    }
+
+    #[test]
+    fn decisions_are_newest_first_with_project_filter_limit_and_cursor_paging() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, r) = open(&db_path(&dir), LONG);
+        // Several records share a millisecond so the id tie-break is exercised.
+        let mut all = Vec::new();
+        for i in 0..23i64 {
+            let project = if i % 2 == 0 { "even" } else { "odd" };
+            let id = format!("id-{:02}", (i * 7) % 23);
+            let r = rec(&id, 1_000 + i / 4, Some(project));
+            all.push(r.clone());
+            h.send(decision(r));
+        }
+        h.flush().unwrap();
+        all.sort_by(|a, b| (b.time_ms, &b.id).cmp(&(a.time_ms, &a.id)));
+
+        assert_eq!(r.decisions(None, 100, None).unwrap(), all);
+        assert_eq!(r.decisions(None, 5, None).unwrap(), all[..5].to_vec());
+        assert!(r.decisions(None, 0, None).unwrap().is_empty());
+
+        for (filter, limit) in [(None, 1), (None, 4), (Some("even"), 3), (Some("odd"), 5)] {
+            let expect: Vec<_> = all
+                .iter()
+                .filter(|d| filter.is_none() || d.project.as_deref() == filter)
+                .cloned()
+                .collect();
+            let mut got = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = r.decisions(filter, limit, cursor.clone()).unwrap();
+                assert!(page.len() <= limit);
+                let Some(last) = page.last() else { break };
+                cursor = Some((last.time_ms, last.id.clone()));
+                got.extend(page);
+            }
+            assert_eq!(got, expect, "filter {filter:?} limit {limit}");
+        }
+        assert!(r.decisions(Some("nobody"), 10, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn flush_makes_writes_visible_to_the_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, r) = open(&db_path(&dir), LONG);
+        h.send(spend("p", "total", 42));
+        h.send(decision(rec("r1", 1, Some("p"))));
+        // With a one-hour interval nothing is committed until asked.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(r.spend("p", "total").unwrap(), 0);
+        let s = h.stats();
+        assert_eq!((s.queued, s.committed, s.last_flush_ms), (2, 0, 0));
+        h.flush().unwrap();
+        assert_eq!(r.spend("p", "total").unwrap(), 42);
+        assert_eq!(r.decisions(None, 10, None).unwrap().len(), 1);
+        let s = h.stats();
+        assert_eq!((s.queued, s.committed, s.dropped, s.failed), (0, 2, 0, 0));
+        assert!(s.last_flush_ms > 0);
+    }
+
+    #[test]
+    fn timer_commits_without_an_explicit_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, r) = open(&db_path(&dir), Duration::from_millis(50));
+        h.send(spend("p", "total", 1));
+        wait_until("timer flush", || r.spend("p", "total").unwrap() == 1);
+        // Writes arriving more often than the interval must not postpone it.
+        let stop = Instant::now() + Duration::from_millis(400);
+        let mut sent = 1;
+        while Instant::now() < stop {
+            h.send(spend("p", "total", 1));
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let seen = r.spend("p", "total").unwrap();
+        assert!(seen > 1, "nothing committed during a steady stream");
+        wait_until("final timer flush", || {
+            r.spend("p", "total").unwrap() == sent
+        });
+    }
+
+    #[test]
+    fn a_full_batch_commits_without_waiting_for_the_timer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, r) = open(&db_path(&dir), LONG);
+        for _ in 0..FLUSH_AT_WRITES {
+            h.send(spend("p", "total", 1));
+        }
+        wait_until("size-triggered flush", || {
+            r.spend("p", "total").unwrap() == FLUSH_AT_WRITES
+        });
+    }
+
+    #[test]
+    fn shutdown_flushes_is_idempotent_and_later_writes_count_as_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let (h, r) = open(&path, LONG);
+        let clone = h.clone();
+        h.send(spend("p", "total", 5));
+        clone.send(decision(rec("last", 9, None)));
+        h.shutdown().unwrap();
+        assert_eq!(r.spend("p", "total").unwrap(), 5);
+        assert_eq!(r.decisions(None, 10, None).unwrap().len(), 1);
+
+        clone.send(spend("p", "total", 1));
+        h.send(freeze("p", true, 1));
+        let s = h.stats();
+        assert_eq!((s.queued, s.committed, s.dropped), (0, 2, 2));
+        assert!(h.flush().is_err());
+        assert!(clone.shutdown().is_ok());
+        assert!(h.shutdown().is_ok());
+        assert_eq!(r.spend("p", "total").unwrap(), 5);
+    }
+
+    #[test]
+    fn dropping_the_handle_without_shutdown_keeps_what_was_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let (h, r) = open(&path, LONG);
+        h.send(spend("p", "total", 10));
+        h.send(decision(rec("kept", 1, Some("p"))));
+        h.flush().unwrap();
+        h.send(spend("p", "total", 1));
+        drop(h);
+        drop(r);
+        let (h2, r2) = open(&path, LONG);
+        let got = r2.spend("p", "total").unwrap();
+        // The unflushed +1 may or may not have made it (the orphaned writer
+        // makes a last attempt); the flushed part must be there.
+        assert!(got == 10 || got == 11, "spend {got}");
+        assert_eq!(r2.decisions(None, 10, None).unwrap()[0].id, "kept");
+        h2.shutdown().unwrap();
+    }
+
+    const KILL_CHILD_ENV: &str = "TOLLGATE_STORE_KILL_CHILD_DB";
+    const KILL_CHILD_MARK: &str = "STORE-CHILD-READY";
+
+    /// Body of the child process of `kill_9_keeps_committed_writes_and_loses_only_pending_ones`.
+    #[test]
+    #[ignore = "helper: run as a child process by the kill -9 test"]
+    fn kill_9_child_process() {
+        let Some(path) = std::env::var_os(KILL_CHILD_ENV) else {
+            return;
+        };
+        let (h, _r) = open(Path::new(&path), LONG);
+        for i in 0..100 {
+            h.send(spend("p", "total", 10));
+            h.send(decision(rec(&format!("c{i:03}"), i, Some("p"))));
+        }
+        h.send(freeze("p", true, 1));
+        h.flush().unwrap();
+        // Sent but, with a one-hour interval, never committed before the kill.
+        h.send(spend("p", "total", 1));
+        h.send(freeze("p", false, 2));
+        h.send(decision(rec("lost", 1_000, Some("p"))));
+        println!("\n{KILL_CHILD_MARK}");
+        std::thread::sleep(Duration::from_secs(60));
+    }
+
+    #[test]
+    fn kill_9_keeps_committed_writes_and_loses_only_pending_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let exe = std::env::current_exe().unwrap();
+        // The test's path inside the test binary, wherever this file is mounted.
+        let module = module_path!().split_once("::").map_or("", |(_, rest)| rest);
+        let mut child = std::process::Command::new(exe)
+            .args([
+                format!("{module}::kill_9_child_process").as_str(),
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(KILL_CHILD_ENV, &path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let ready = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains(KILL_CHILD_MARK));
+        child.kill().unwrap(); // SIGKILL on Unix
+        child.wait().unwrap();
+        assert!(ready, "child never reported ready");
+
+        let (h, r) = open(&path, LONG);
+        assert_eq!(r.spend("p", "total").unwrap(), 1000);
+        assert_eq!(r.freezes().unwrap(), vec![("p".to_string(), true)]);
+        let ds = r.decisions(None, 1000, None).unwrap();
+        assert_eq!(ds.len(), 100);
+        assert!(ds.iter().all(|d| d.id != "lost"));
+        h.shutdown().unwrap();
+    }
+
+    #[test]
+    fn database_is_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let (h, _r) = open(&path, LONG);
+        h.send(spend("p", "total", 1));
+        h.flush().unwrap();
+        let c = Connection::open(&path).unwrap();
+        let mode: String = c
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let version: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert!(dir.path().join("ledger.db-wal").exists());
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_file_reads_and_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let (a, ra) = open(&path, LONG);
+        a.send(spend("p", "total", 3));
+        a.flush().unwrap();
+        let (b, rb) = open(&path, LONG);
+        assert_eq!(rb.spend("p", "total").unwrap(), 3);
+        b.send(spend("p", "total", 4));
+        b.flush().unwrap();
+        assert_eq!(ra.spend("p", "total").unwrap(), 7);
+        a.shutdown().unwrap();
+        b.shutdown().unwrap();
+    }
+
+    #[test]
+    fn a_held_write_lock_fails_the_flush_and_the_batch_is_retried_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let (h, r) = open(&path, LONG);
+        let mut blocker = Connection::open(&path).unwrap();
+        let tx = blocker
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .unwrap();
+        h.send(spend("p", "total", 5));
+        h.send(decision(rec("d", 1, Some("p"))));
+        let err = h.flush().unwrap_err();
+        assert!(err.contains("locked") || err.contains("busy"), "{err}");
+        let s = h.stats();
+        assert_eq!((s.queued, s.committed, s.flush_errors), (2, 0, 1));
+        drop(tx);
+        h.send(spend("p", "total", 1));
+        h.flush().unwrap();
+        assert_eq!(r.spend("p", "total").unwrap(), 6);
+        assert_eq!(r.decisions(None, 10, None).unwrap().len(), 1);
+        let s = h.stats();
+        assert_eq!((s.queued, s.committed, s.failed), (0, 3, 0));
+    }
+
+    #[test]
+    fn missing_parent_directories_are_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/c/ledger.db");
+        let (h, r) = open(&path, LONG);
+        h.send(spend("p", "total", 1));
+        h.shutdown().unwrap();
+        assert_eq!(r.spend("p", "total").unwrap(), 1);
+    }
+
+    #[test]
+    fn an_uncreatable_location_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        // A regular file where a directory should be: fails even for root.
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let err = Store::open(&file.join("sub/ledger.db"), LONG)
+            .err()
+            .unwrap();
+        assert!(err.contains("cannot create directory"), "{err}");
+        assert!(err.contains("not-a-dir"), "{err}");
+
+        // The path itself is a directory.
+        let err = Store::open(dir.path(), LONG).err().unwrap();
+        assert!(err.contains("ledger store"), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let garbage: Vec<u8> = (0..8192u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&path, garbage).unwrap();
+        let err = Store::open(&path, LONG).err().unwrap();
+        assert!(err.contains("not a database"), "{err}");
+        assert!(err.contains("ledger.db"), "{err}");
+    }
+
+    #[test]
+    fn a_newer_schema_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = Store::open(&path, LONG).err().unwrap();
+        assert!(err.contains("newer"), "{err}");
+    }
+
+    #[test]
+    fn rfc3339_conversion_matches_known_instants() {
+        for (ms, text) in [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (1_795_341_600_005, "2026-11-22T10:00:00.005Z"),
+            (1_709_251_199_999, "2024-02-29T23:59:59.999Z"),
+            (951_868_800_000, "2000-03-01T00:00:00.000Z"),
+            (-1, "1969-12-31T23:59:59.999Z"),
+            (-2_208_988_800_000, "1900-01-01T00:00:00.000Z"),
+        ] {
+            assert_eq!(rfc3339_utc_ms(ms), text, "{ms}");
+        }
+        // Extremes must not panic.
+        let _ = rfc3339_utc_ms(i64::MIN);
+        let _ = rfc3339_utc_ms(i64::MAX);
+    }
+
+    #[test]
+    fn hundred_thousand_decisions_are_all_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, r) = open(&db_path(&dir), Duration::from_millis(200));
+        const N: u64 = 100_000;
+        let start = Instant::now();
+        for i in 0..N {
+            let mut d = rec(
+                &format!("req-{i:08}"),
+                1_795_341_600_000 + i as i64,
+                Some("load"),
+            );
+            d.project = Some(format!("proj-{}", i % 10));
+            h.send(decision(d));
+        }
+        let sent = start.elapsed();
+        h.flush().unwrap();
+        let total = start.elapsed();
+        println!(
+            "100k decisions: send {:.0} ms, committed after {:.0} ms = {:.0} writes/s",
+            sent.as_secs_f64() * 1e3,
+            total.as_secs_f64() * 1e3,
+            N as f64 / total.as_secs_f64()
+        );
+        assert_eq!(h.stats().committed, N);
+        let c = r.conn();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM decisions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, N as i64);
+    }
+
+    #[test]
+    fn handle_and_reader_can_be_shared_across_threads() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<StoreHandle>();
+        shareable::<Reader>();
+        shareable::<Arc<Reader>>();
+    }
+}

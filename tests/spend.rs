@@ -1,0 +1,513 @@
+//! Spend protection end to end: budgets, policy blocks, rate limits and the durable ledger,
+//! against the real binary, the mock provider and a real SQLite file.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const ADMIN: &str = "admin-token-for-tests";
+
+fn env_with_admin() -> Vec<(&'static str, &'static str)> {
+    let mut e = provider_env();
+    e.push(("TEST_ADMIN_TOKEN", ADMIN));
+    e
+}
+
+/// A gateway with an admin listener; `projects` replaces the standard projects.
+fn start(mock: &Mock, projects: &str) -> (Gateway, u16) {
+    let std = standard_config(mock);
+    let cut = std.find("[[projects]]").unwrap();
+    let body = format!("{}{projects}", &std[..cut]);
+    start_body(&body)
+}
+
+fn start_body(body: &str) -> (Gateway, u16) {
+    let admin_port = free_port();
+    let extra = format!(
+        "admin_listen = \"127.0.0.1:{admin_port}\"\nadmin_token_env = \"TEST_ADMIN_TOKEN\"\ngrace_period_s = 5"
+    );
+    let gw = Gateway::start_with(body, &extra, &env_with_admin());
+    (gw, admin_port)
+}
+
+fn admin_get(port: u16, path: &str) -> Resp {
+    let auth = format!("Bearer {ADMIN}");
+    get(
+        &format!("http://127.0.0.1:{port}{path}"),
+        &[("authorization", &auth)],
+    )
+}
+
+fn admin_post(port: u16, path: &str) -> Resp {
+    let auth = format!("Bearer {ADMIN}");
+    post(
+        &format!("http://127.0.0.1:{port}{path}"),
+        &[("authorization", &auth)],
+        "",
+    )
+}
+
+fn project_status(port: u16, id: &str) -> Value {
+    let r = admin_get(port, "/admin/projects");
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no project {id} in {}", r.body))
+}
+
+fn chat(model: &str, max_tokens: u64) -> String {
+    json!({"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": max_tokens}).to_string()
+}
+
+/// Wait until `f` holds (the gateway settles in `logging`, right after the client got its bytes).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_request_the_budget_cannot_cover_gets_402_and_never_reaches_the_provider() {
+    let mock = Mock::start();
+    // $0.01 limit; claude-sonnet-4 output is $15/M: 1000 output tokens alone is $0.015.
+    let (gw, admin) = start(
+        &mock,
+        &format!("[[projects]]\nid = \"p1\"\nkeys = [\"{KEY}\"]\nbudget = {{ limit_usd = 0.01, period = \"day\" }}\n"),
+    );
+    let r = post(
+        &gw.url("/v1/messages"),
+        &[("x-api-key", KEY)],
+        &chat("claude-sonnet-4", 1000),
+    );
+    assert_eq!(r.status, 402, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["error"]["type"], "budget_exceeded");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("day budget of $0.01"), "{msg}");
+    let r = post(
+        &gw.url("/v1/chat/completions"),
+        &[("x-api-key", KEY)],
+        &chat("claude-sonnet-4", 1000),
+    );
+    assert_eq!(r.status, 402);
+    assert_eq!(
+        r.json()["error"]["code"],
+        "budget_exceeded",
+        "OpenAI shape on OpenAI routes"
+    );
+    assert_eq!(mock.count(), 0);
+    let s = project_status(admin, "p1");
+    assert_eq!(s["reserved_usd"], 0.0, "a refused request holds nothing");
+}
+
+#[test]
+fn policy_blocks_each_carry_their_code_and_never_reach_the_provider() {
+    let mock = Mock::start();
+    let (gw, _admin) = start(
+        &mock,
+        &format!(
+            r#"[[projects]]
+id = "p1"
+keys = ["{KEY}"]
+allow_models = ["gpt-4o-mini", "claude-*", "unpriced-*"]
+deny_models = ["claude-opus-*"]
+max_tokens = 100
+block_secrets = true
+block_patterns = ["(?i)internal use only"]
+unpriced = "block"
+"#
+        ),
+    );
+    let aws = format!("my key is AKIA{}", "ABCDEFGHIJKLMNOP");
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("/v1/chat/completions", chat("gpt-4o", 5), "model_not_allowed"),
+        ("/v1/messages", chat("claude-opus-4", 5), "model_not_allowed"),
+        ("/v1/chat/completions", chat("gpt-4o-mini", 101), "max_tokens_exceeded"),
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": aws}]}).to_string(),
+            "secret_detected",
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "claude-sonnet-4", "max_tokens": 5, "system": "INTERNAL use only", "messages": []})
+                .to_string(),
+            "pattern_blocked",
+        ),
+    ];
+    for (path, body, code) in cases {
+        let r = post(&gw.url(path), &[("x-api-key", KEY)], &body);
+        assert_eq!(r.status, 403, "{code}: {}", r.body);
+        let v = r.json();
+        assert_eq!(
+            v["error"]["code"], code,
+            "both shapes carry the code: {}",
+            r.body
+        );
+        assert_eq!(v["error"]["type"], "policy_blocked");
+    }
+    assert_eq!(mock.count(), 0, "no blocked request reached the provider");
+    // Unpriced: needs a route.
+    drop(gw);
+    let std = standard_config(&mock);
+    let cut = std.find("[[projects]]").unwrap();
+    let body = format!(
+        "{}[[routes]]\nprefix = \"unpriced-\"\nprovider = \"openai\"\n[[projects]]\nid = \"p1\"\nkeys = [\"{KEY}\"]\n[[projects]]\nid = \"p2\"\nkeys = [\"{KEY2}\"]\nunpriced = \"allow\"\n",
+        &std[..cut]
+    );
+    let (gw, _admin) = start_body(&body);
+    let r = post(
+        &gw.url("/v1/chat/completions"),
+        &[("x-api-key", KEY)],
+        &chat("unpriced-model", 5),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (403, Some("unpriced_model")),
+        "{}",
+        r.body
+    );
+    assert_eq!(mock.count(), 0);
+    let r = post(
+        &gw.url("/v1/chat/completions"),
+        &[("x-api-key", KEY2)],
+        &chat("unpriced-model", 5),
+    );
+    assert_eq!(r.status, 200, "unpriced = \"allow\" forwards: {}", r.body);
+    let line = gw.access_line(&r.request_id());
+    assert_eq!(
+        field(&line, "cost_usd"),
+        "-",
+        "recorded with unknown cost: {line}"
+    );
+}
+
+#[test]
+fn a_project_cap_is_injected_when_the_request_sets_none() {
+    let mock = Mock::start();
+    let (gw, _admin) = start(
+        &mock,
+        &format!("[[projects]]\nid = \"p1\"\nkeys = [\"{KEY}\"]\nmax_tokens = 7\n"),
+    );
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        .to_string();
+    let r = post(
+        &gw.url("/v1/chat/completions"),
+        &[("x-api-key", KEY)],
+        &body,
+    );
+    assert_eq!(r.status, 200);
+    let up: Value = serde_json::from_str(mock.last_request()["body"].as_str().unwrap()).unwrap();
+    assert_eq!(up["max_completion_tokens"], 7);
+    assert_eq!(r.json()["usage"]["completion_tokens"], 7);
+}
+
+#[test]
+fn rpm_over_the_limit_is_429_with_retry_after() {
+    let mock = Mock::start();
+    let (gw, _admin) = start(
+        &mock,
+        &format!("[[projects]]\nid = \"p1\"\nkeys = [\"{KEY}\"]\nrate_limit = {{ rpm = 3 }}\n"),
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            post(
+                &gw.url("/v1/chat/completions"),
+                &[("x-api-key", KEY)],
+                &chat("gpt-4o-mini", 2)
+            )
+            .status,
+            200
+        );
+    }
+    let r = post(
+        &gw.url("/v1/messages"),
+        &[("x-api-key", KEY)],
+        &chat("claude-sonnet-4", 2),
+    );
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["error"]["type"], "rate_limited");
+    let ra: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&ra));
+    assert_eq!(
+        mock.count(),
+        3,
+        "the limited request did not reach the provider"
+    );
+}
+
+#[test]
+fn concurrent_requests_never_push_spend_past_the_limit() {
+    let mock = Mock::start();
+    // Worst case of one request: prompt bound (~ hundreds of tokens) at $3/M + 1000 output at
+    // $15/M ≈ $0.0165. A $0.10 budget fits a handful; 200 requests race for it.
+    let limit = 0.10;
+    let (mut gw, admin) = start(
+        &mock,
+        &format!("[[projects]]\nid = \"p1\"\nkeys = [\"{KEY}\"]\nbudget = {{ limit_usd = {limit}, period = \"total\" }}\n"),
+    );
+    let url = gw.url("/v1/messages");
+    let threads: Vec<_> = (0..200)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let r = try_request(
+                    "POST",
+                    &url,
+                    &[
+                        ("x-api-key", KEY),
+                        ("x-mock-latency-ms", "300"),
+                        ("x-mock-tokens", "1000"),
+                    ],
+                    Some(chat("claude-sonnet-4", 1000).as_bytes()),
+                );
+                r.map(|r| r.status).unwrap_or(0)
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 402).count();
+    assert_eq!(ok + refused, 200, "only 200 or 402: {statuses:?}");
+    assert!(
+        ok >= 5,
+        "the budget fits at least 5 worst cases; admitted {ok}"
+    );
+    eventually("reservations released", || {
+        project_status(admin, "p1")["reserved_usd"] == 0.0
+    });
+    let spent = project_status(admin, "p1")["spent_usd"].as_f64().unwrap();
+    assert!(spent <= limit, "spent {spent} > limit {limit}");
+    assert!(spent > 0.0);
+    // And the durable record agrees after a graceful stop.
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(15)), Some(0));
+    let db = rusqlite::Connection::open(gw.dir.path().join("ledger.db")).unwrap();
+    let stored: i64 = db
+        .query_row(
+            "SELECT spent_nanos FROM spend WHERE project = 'p1' AND period = 'total'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!((stored as f64 / 1e9) <= limit);
+    assert!(
+        ((stored as f64 / 1e9) - spent).abs() < 1e-6,
+        "memory {spent} vs disk {stored}"
+    );
+}
+
+#[test]
+fn every_way_a_request_ends_releases_its_reservation() {
+    let mock = Mock::start();
+    let (gw, admin) = start(
+        &mock,
+        &format!("[[projects]]\nid = \"p1\"\nkeys = [\"{KEY}\"]\nbudget = {{ limit_usd = 100.0, period = \"month\" }}\n"),
+    );
+    let stream =
+        json!({"model": "claude-sonnet-4", "max_tokens": 20, "stream": true, "messages": []})
+            .to_string();
+    let json_body = chat("claude-sonnet-4", 20);
+    let cases: Vec<(&str, Vec<(&str, &str)>, &String)> = vec![
+        ("json", vec![], &json_body),
+        ("stream", vec![], &stream),
+        ("upstream 500", vec![("x-mock-status", "500")], &json_body),
+        (
+            "upstream cut mid-stream",
+            vec![("x-mock-fault", "close-mid-stream")],
+            &stream,
+        ),
+        (
+            "upstream silent (504)",
+            vec![("x-mock-fault", "hang")],
+            &json_body,
+        ),
+    ];
+    let mut last_spent = 0.0;
+    for (what, extra, body) in cases {
+        let mut h = vec![("x-api-key", KEY)];
+        h.extend(extra);
+        let _ = try_request("POST", &gw.url("/v1/messages"), &h, Some(body.as_bytes()));
+        eventually(what, || project_status(admin, "p1")["reserved_usd"] == 0.0);
+        let spent = project_status(admin, "p1")["spent_usd"].as_f64().unwrap();
+        match what {
+            "upstream 500" | "upstream silent (504)" => {
+                assert_eq!(spent, last_spent, "{what}: nothing charged")
+            }
+            _ => assert!(spent > last_spent, "{what}: charged for what was produced"),
+        }
+        last_spent = spent;
+    }
+    // The client disconnects in the middle of a slow stream.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+        let body =
+            json!({"model": "claude-sonnet-4", "max_tokens": 50, "stream": true, "messages": []})
+                .to_string();
+        write!(
+            s,
+            "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\nx-mock-chunk-delay-ms: 50\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut buf = [0u8; 2048];
+        let _ = s.read(&mut buf).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        drop(s);
+    }
+    eventually("client disconnect released", || {
+        project_status(admin, "p1")["reserved_usd"] == 0.0
+    });
+    eventually("client disconnect charged", || {
+        project_status(admin, "p1")["spent_usd"].as_f64().unwrap() > last_spent
+    });
+}
+
+#[test]
+fn spend_and_freezes_survive_a_restart_and_kill_9_loses_at_most_one_flush() {
+    let mock = Mock::start();
+    let projects = format!(
+        "[[projects]]\nid = \"p1\"\nkeys = [\"{KEY}\"]\nbudget = {{ limit_usd = 100.0, period = \"month\" }}\n[[projects]]\nid = \"p2\"\nkeys = [\"{KEY2}\"]\n"
+    );
+    let std = standard_config(&mock);
+    let cut = std.find("[[projects]]").unwrap();
+    let body = format!("{}{projects}", &std[..cut]);
+    let (mut gw, admin) = start_body(&body);
+    for _ in 0..3 {
+        assert_eq!(
+            post(
+                &gw.url("/v1/messages"),
+                &[("x-api-key", KEY)],
+                &chat("claude-sonnet-4", 10)
+            )
+            .status,
+            200
+        );
+    }
+    let r = admin_post(admin, "/admin/projects/p2/freeze");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = post(
+        &gw.url("/v1/chat/completions"),
+        &[("x-api-key", KEY2)],
+        &chat("gpt-4o-mini", 5),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (403, Some("project_frozen"))
+    );
+    eventually("settled", || {
+        project_status(admin, "p1")["reserved_usd"] == 0.0
+    });
+    let spent = project_status(admin, "p1")["spent_usd"].as_f64().unwrap();
+    assert!(spent > 0.0);
+    // Wait past two flush intervals (200 ms), then kill -9: nothing committed is lost.
+    std::thread::sleep(Duration::from_millis(600));
+    gw.signal("KILL");
+    gw.wait_exit(Duration::from_secs(5));
+
+    // The killed gateway's directory (and its store) lives until `gw` drops at the end.
+    let db = gw.dir.path().to_path_buf();
+    let admin2 = free_port();
+    let port2 = free_port();
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:{port2}\"\nadmin_listen = \"127.0.0.1:{admin2}\"\nadmin_token_env = \"TEST_ADMIN_TOKEN\"\n[store]\npath = \"{}\"\n{body}",
+        db.join("ledger.db").display()
+    );
+    let cfg_path = db.join("restart.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let mut child = std::process::Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&cfg_path)
+        .envs(env_with_admin())
+        .stderr(std::fs::File::create(db.join("restart.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port2}");
+    eventually("restarted", || {
+        try_request("GET", &format!("{base}/healthz"), &[], None).is_ok_and(|r| r.status == 200)
+    });
+    let s = project_status(admin2, "p1");
+    assert!(
+        (s["spent_usd"].as_f64().unwrap() - spent).abs() < 1e-9,
+        "spend restored: {s} vs {spent}"
+    );
+    assert_eq!(
+        project_status(admin2, "p2")["frozen"],
+        true,
+        "the freeze survived"
+    );
+    let r = post(
+        &format!("{base}/v1/chat/completions"),
+        &[("x-api-key", KEY2)],
+        &chat("gpt-4o-mini", 5),
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        admin_post(admin2, "/admin/projects/p2/unfreeze").status,
+        200
+    );
+    let r = post(
+        &format!("{base}/v1/chat/completions"),
+        &[("x-api-key", KEY2)],
+        &chat("gpt-4o-mini", 5),
+    );
+    assert_eq!(r.status, 200, "unfreeze takes effect on the next request");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn decisions_are_recorded_for_allowed_and_blocked_requests() {
+    let mock = Mock::start();
+    let (gw, admin) = start(
+        &mock,
+        &format!("[[projects]]\nid = \"p1\"\nkeys = [\"{KEY}\"]\nblock_secrets = true\n"),
+    );
+    let ok = post(
+        &gw.url("/v1/chat/completions"),
+        &[("x-api-key", KEY)],
+        &chat("gpt-4o-mini", 3),
+    );
+    let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----";
+    let blocked = post(
+        &gw.url("/v1/chat/completions"),
+        &[("x-api-key", KEY)],
+        &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": pem}]})
+            .to_string(),
+    );
+    assert_eq!(blocked.status, 403);
+    let ids = [ok.request_id(), blocked.request_id()];
+    eventually("both recorded", || {
+        let r = admin_get(admin, "/admin/decisions?project=p1&limit=10");
+        r.json()["decisions"].as_array().map_or(0, |d| d.len()) >= 2
+    });
+    let r = admin_get(admin, "/admin/decisions?project=p1&limit=10");
+    let d = r.json()["decisions"].as_array().unwrap().clone();
+    assert_eq!(d[0]["id"], ids[1].as_str(), "newest first");
+    assert_eq!(d[0]["decision"], "block");
+    assert_eq!(d[0]["reason"], "secret_detected");
+    assert_eq!(d[0]["usage_source"], "none");
+    assert_eq!(d[0]["status"], 403);
+    assert_eq!(d[1]["decision"], "allow");
+    assert_eq!(d[1]["usage_source"], "reported");
+    assert_eq!(d[1]["completion_tokens"], 3);
+    assert!(d[1]["cost_usd"].as_f64().unwrap() > 0.0);
+    assert_eq!(d[1]["project"], "p1");
+}
