@@ -318,6 +318,7 @@ mod tests {
             &Rewrite {
                 model: Some("gpt-4o"),
                 include_usage: false,
+                max_tokens: None,
             },
         )
         .unwrap();
@@ -354,6 +355,7 @@ mod tests {
                 &Rewrite {
                     model: None,
                     include_usage: true,
+                    max_tokens: None,
                 },
             )
             .unwrap();
@@ -366,6 +368,7 @@ mod tests {
             &Rewrite {
                 model: None,
                 include_usage: true,
+                max_tokens: None,
             },
         )
         .unwrap();
@@ -384,6 +387,7 @@ mod tests {
             &Rewrite {
                 model: Some("gpt-4o-mini"),
                 include_usage: true,
+                max_tokens: Some(("max_completion_tokens", 7)),
             },
         )
         .unwrap();

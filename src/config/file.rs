@@ -18,10 +18,22 @@ pub struct FileConfig {
     pub providers: Vec<Spanned<FileProvider>>,
     #[serde(default)]
     pub routes: Vec<Spanned<FileRoute>>,
+    /// Price files (like `conf/prices.toml`) merged under this file's own `[prices]`, which
+    /// win on a name both give. Paths are relative to this file.
+    #[serde(default)]
+    pub price_files: Vec<Spanned<String>>,
     #[serde(default)]
     pub prices: BTreeMap<Spanned<String>, Spanned<FilePrice>>,
     #[serde(default)]
     pub projects: Vec<Spanned<FileProject>>,
+}
+
+/// A file named in `price_files`: prices only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePrices {
+    #[serde(default)]
+    pub prices: BTreeMap<Spanned<String>, Spanned<FilePrice>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

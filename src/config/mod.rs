@@ -112,6 +112,8 @@ impl Config {
 /// One problem found in a config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
+    /// Set when the problem is in an included price file rather than the main file.
+    pub file: Option<String>,
     pub line: Option<usize>,
     pub col: Option<usize>,
     /// Where in the schema, e.g. `routes[1].provider`.
@@ -136,9 +138,10 @@ impl std::fmt::Display for ConfigErrors {
             if n == 1 { "" } else { "s" }
         )?;
         for e in &self.errors {
+            let file = e.file.as_deref().unwrap_or(&self.file);
             match (e.line, e.col) {
-                (Some(l), Some(c)) => write!(f, "  {}:{l}:{c}: ", self.file)?,
-                _ => write!(f, "  {}: ", self.file)?,
+                (Some(l), Some(c)) => write!(f, "  {file}:{l}:{c}: ")?,
+                _ => write!(f, "  {file}: ")?,
             }
             if e.field.is_empty() {
                 writeln!(f, "{}", e.message)?;
@@ -158,14 +161,24 @@ pub fn load_file(path: &std::path::Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
         file: name.clone(),
         errors: vec![ConfigError {
+            file: None,
             line: None,
             col: None,
             field: String::new(),
             message: format!("cannot read the file: {e}"),
         }],
     })?;
-    parse(&text, &name, &|k| std::env::var(k).ok())
+    let dir = path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let read = |rel: &str| -> Result<(String, String), String> {
+        let p = dir.join(rel);
+        let shown = p.display().to_string();
+        std::fs::read_to_string(&p).map(|t| (shown, t)).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    parse_with_files(&text, &name, &|k| std::env::var(k).ok(), &read)
 }
+
+/// A reader of included files: relative path → (name to show in errors, text).
+pub type FileReader<'a> = &'a dyn Fn(&str) -> Result<(String, String), String>;
 
 /// Validate a config text. `env` answers environment lookups (injected so tests need no
 /// process-global state).
@@ -173,6 +186,16 @@ pub fn parse(
     text: &str,
     file_name: &str,
     env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    parse_with_files(text, file_name, env, &|p| Err(format!("cannot read {p}: no file access here")))
+}
+
+/// [`parse`], with `read` supplying the files named in `price_files`.
+pub fn parse_with_files(
+    text: &str,
+    file_name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    read: FileReader,
 ) -> Result<Config, ConfigErrors> {
     let mut v = Validator {
         text,
@@ -188,6 +211,7 @@ pub fn parse(
             return Err(ConfigErrors {
                 file: file_name.to_string(),
                 errors: vec![ConfigError {
+                    file: None,
                     line,
                     col,
                     field: String::new(),
@@ -196,7 +220,8 @@ pub fn parse(
             });
         }
     };
-    let cfg = v.build(raw, file_name, env);
+    let included = v.price_files(&raw, read);
+    let cfg = v.build(raw, file_name, env, included);
     if v.errors.is_empty() {
         if let Some(cfg) = cfg {
             return Ok(cfg);
@@ -229,6 +254,7 @@ impl Validator<'_> {
             None => (None, None),
         };
         self.errors.push(ConfigError {
+            file: None,
             line,
             col,
             field: field.into(),
@@ -268,11 +294,54 @@ impl Validator<'_> {
         }
     }
 
+    /// Prices from every file in `price_files`, in order (a later file wins on a shared name);
+    /// their problems are reported against their own file and line.
+    fn price_files(&mut self, raw: &FileConfig, read: FileReader) -> Vec<(String, Price)> {
+        let mut out: Vec<(String, Price)> = Vec::new();
+        for (i, f) in raw.price_files.iter().enumerate() {
+            let (shown, text) = match read(f.get_ref()) {
+                Ok(x) => x,
+                Err(m) => {
+                    self.err(Some(f.span()), format!("price_files[{i}]"), m);
+                    continue;
+                }
+            };
+            let mut sub = Validator { text: &text, errors: Vec::new() };
+            match toml::from_str::<file::FilePrices>(&text) {
+                Ok(p) => {
+                    let fake = FileConfig {
+                        server: Default::default(),
+                        store: Default::default(),
+                        providers: vec![],
+                        routes: vec![],
+                        price_files: vec![],
+                        prices: p.prices,
+                        projects: vec![],
+                    };
+                    for (k, v) in sub.prices(&fake) {
+                        out.retain(|(o, _)| *o != k);
+                        out.push((k, v));
+                    }
+                }
+                Err(e) => {
+                    let span = e.span();
+                    sub.err(span, "", e.message().trim());
+                }
+            }
+            for mut e in sub.errors {
+                e.file = Some(shown.clone());
+                self.errors.push(e);
+            }
+        }
+        out
+    }
+
     fn build(
         &mut self,
         raw: FileConfig,
         file_name: &str,
         env: &dyn Fn(&str) -> Option<String>,
+        included: Vec<(String, Price)>,
     ) -> Option<Config> {
         let server = self.server(&raw, env);
         let store = self.store(&raw);
@@ -283,7 +352,11 @@ impl Validator<'_> {
             .map(|p| p.get_ref().name.get_ref().as_str())
             .collect();
         let routes = self.routes(&raw, &names);
-        let prices = self.prices(&raw);
+        let mut prices = included;
+        for (k, v) in self.prices(&raw) {
+            prices.retain(|(o, _)| *o != k);
+            prices.push((k, v));
+        }
         let (projects, keys) = self.projects(&raw);
         Some(Config {
             source: file_name.to_string(),
