@@ -324,7 +324,9 @@ fn every_way_a_request_ends_releases_its_reservation() {
         json!({"model": "claude-sonnet-4", "max_tokens": 20, "stream": true, "messages": []})
             .to_string();
     let json_body = chat("claude-sonnet-4", 20);
-    let cases: Vec<(&str, Vec<(&str, &str)>, &String)> = vec![
+    // (what, extra headers, body)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a String);
+    let cases: Vec<Case> = vec![
         ("json", vec![], &json_body),
         ("stream", vec![], &stream),
         ("upstream 500", vec![("x-mock-status", "500")], &json_body),

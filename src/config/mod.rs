@@ -172,7 +172,9 @@ pub fn load_file(path: &std::path::Path) -> Result<Config, ConfigErrors> {
     let read = |rel: &str| -> Result<(String, String), String> {
         let p = dir.join(rel);
         let shown = p.display().to_string();
-        std::fs::read_to_string(&p).map(|t| (shown, t)).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        std::fs::read_to_string(&p)
+            .map(|t| (shown, t))
+            .map_err(|e| format!("cannot read {}: {e}", p.display()))
     };
     parse_with_files(&text, &name, &|k| std::env::var(k).ok(), &read)
 }
@@ -187,7 +189,9 @@ pub fn parse(
     file_name: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
-    parse_with_files(text, file_name, env, &|p| Err(format!("cannot read {p}: no file access here")))
+    parse_with_files(text, file_name, env, &|p| {
+        Err(format!("cannot read {p}: no file access here"))
+    })
 }
 
 /// [`parse`], with `read` supplying the files named in `price_files`.
@@ -306,7 +310,10 @@ impl Validator<'_> {
                     continue;
                 }
             };
-            let mut sub = Validator { text: &text, errors: Vec::new() };
+            let mut sub = Validator {
+                text: &text,
+                errors: Vec::new(),
+            };
             match toml::from_str::<file::FilePrices>(&text) {
                 Ok(p) => {
                     let fake = FileConfig {

@@ -240,12 +240,28 @@ fn price_files_are_merged_under_the_files_own_prices() {
     };
     let text = "price_files = [\"prices.toml\"]\n[prices.\"gpt-4o\"]\ninput = 5.0\noutput = 20.0\n";
     let c = parse_with_files(text, "main.toml", &env_all, &read).unwrap();
-    assert_eq!(c.prices.lookup("gpt-4o-mini").unwrap().1.input, 150_000, "from the price file");
-    assert_eq!(c.prices.lookup("gpt-4o").unwrap().1.input, 5_000_000, "the main file wins");
+    assert_eq!(
+        c.prices.lookup("gpt-4o-mini").unwrap().1.input,
+        150_000,
+        "from the price file"
+    );
+    assert_eq!(
+        c.prices.lookup("gpt-4o").unwrap().1.input,
+        5_000_000,
+        "the main file wins"
+    );
 
-    let e = parse_with_files("price_files = [\"bad.toml\", \"missing.toml\"]\n", "main.toml", &env_all, &read)
-        .unwrap_err();
+    let e = parse_with_files(
+        "price_files = [\"bad.toml\", \"missing.toml\"]\n",
+        "main.toml",
+        &env_all,
+        &read,
+    )
+    .unwrap_err();
     let s = e.to_string();
     assert!(s.contains("bad.toml:2:1: prices.\"x\".input"), "{s}");
-    assert!(s.contains("main.toml:1:28: price_files[1]: cannot read missing.toml"), "{s}");
+    assert!(
+        s.contains("main.toml:1:28: price_files[1]: cannot read missing.toml"),
+        "{s}"
+    );
 }
