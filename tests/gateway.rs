@@ -627,3 +627,75 @@ fn healthz_needs_no_key_and_every_response_has_a_request_id() {
     let b = get(&gw.url("/healthz"), &[]).request_id();
     assert_ne!(a, b, "ids are unique");
 }
+
+#[test]
+fn an_https_provider_with_an_untrusted_certificate_is_refused_not_trusted() {
+    // A real TLS server on loopback with a self-signed certificate for "localhost": the
+    // gateway verifies certificates (SNI = the host name), so it must refuse to talk to it.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "openssl is needed to make a test certificate");
+    let port = free_port();
+    let script = format!(
+        "import http.server, ssl\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_POST(self):\n\
+         \x20       self.send_response(200); self.send_header('content-length','2'); self.end_headers(); self.wfile.write(b'{{}}')\n\
+         s = http.server.HTTPServer(('127.0.0.1', {port}), H)\n\
+         c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain('{}', '{}')\n\
+         s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+         s.serve_forever()\n",
+        cert.display(),
+        key.display()
+    );
+    let mut server = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "TLS test server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mock = Mock::start();
+    let cfg = standard_config(&mock).replacen(&mock.url(), &format!("https://localhost:{port}"), 1);
+    let gw = Gateway::start(&cfg);
+    let r = post(
+        &gw.url("/v1/chat/completions"),
+        &[("x-api-key", KEY)],
+        &chat("gpt-4o-mini"),
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(error_of(&r, false).0, "upstream_unavailable");
+    assert!(
+        r.body.contains("TLS"),
+        "the message says TLS failed: {}",
+        r.body
+    );
+}
