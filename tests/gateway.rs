@@ -531,6 +531,29 @@ fn an_unreachable_provider_is_502_and_a_silent_one_504() {
     );
     assert_eq!(r.status, 502, "{}", r.body);
     assert_eq!(error_of(&r, false).0, "upstream_unavailable");
+    // And the other shape of each.
+    let r = post(
+        &gw2.url("/v1/messages"),
+        &[("x-api-key", KEY), ("x-mock-fault", "close-before-headers")],
+        &chat("claude-sonnet-4"),
+    );
+    assert_eq!(
+        (r.status, error_of(&r, true).0.as_str()),
+        (502, "upstream_unavailable"),
+        "{}",
+        r.body
+    );
+    let r = post(
+        &gw2.url("/v1/chat/completions"),
+        &[("x-api-key", KEY), ("x-mock-fault", "hang")],
+        &chat("gpt-4o-mini"),
+    );
+    assert_eq!(
+        (r.status, error_of(&r, false).0.as_str()),
+        (504, "upstream_timeout"),
+        "{}",
+        r.body
+    );
 }
 
 #[test]
