@@ -153,6 +153,12 @@ impl std::error::Error for GatewayError {}
 /// A JSON string literal for `s`; never fails, unlike going through a serializer.
 pub fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
+    push_json_string(&mut out, s);
+    out
+}
+
+/// Append `s` to `out` as a JSON string literal (with its quotes).
+pub fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -168,7 +174,6 @@ pub fn json_string(s: &str) -> String {
         }
     }
     out.push('"');
-    out
 }
 
 #[cfg(test)]

@@ -517,43 +517,46 @@ fn an_unreachable_provider_is_502_and_a_silent_one_504() {
     assert_eq!(error_of(&r, false).0, "upstream_unavailable");
 
     let gw2 = Gateway::start(&standard_config(&mock));
-    let r = post(
-        &gw2.url("/v1/messages"),
-        &[("x-api-key", KEY), ("x-mock-fault", "hang")],
-        &chat("claude-sonnet-4"),
-    );
-    assert_eq!(r.status, 504, "{}", r.body);
-    assert_eq!(error_of(&r, true).0, "upstream_timeout");
-    let r = post(
-        &gw2.url("/v1/chat/completions"),
-        &[("x-api-key", KEY), ("x-mock-fault", "close-before-headers")],
-        &chat("gpt-4o-mini"),
-    );
-    assert_eq!(r.status, 502, "{}", r.body);
-    assert_eq!(error_of(&r, false).0, "upstream_unavailable");
-    // And the other shape of each.
-    let r = post(
-        &gw2.url("/v1/messages"),
-        &[("x-api-key", KEY), ("x-mock-fault", "close-before-headers")],
-        &chat("claude-sonnet-4"),
-    );
-    assert_eq!(
-        (r.status, error_of(&r, true).0.as_str()),
-        (502, "upstream_unavailable"),
-        "{}",
-        r.body
-    );
-    let r = post(
-        &gw2.url("/v1/chat/completions"),
-        &[("x-api-key", KEY), ("x-mock-fault", "hang")],
-        &chat("gpt-4o-mini"),
-    );
-    assert_eq!(
-        (r.status, error_of(&r, false).0.as_str()),
-        (504, "upstream_timeout"),
-        "{}",
-        r.body
-    );
+    // (path, model, mock fault, status, type) — every row in both error shapes.
+    let cases = [
+        (
+            "/v1/messages",
+            "claude-sonnet-4",
+            "hang",
+            504,
+            "upstream_timeout",
+        ),
+        (
+            "/v1/chat/completions",
+            "gpt-4o-mini",
+            "hang",
+            504,
+            "upstream_timeout",
+        ),
+        (
+            "/v1/chat/completions",
+            "gpt-4o-mini",
+            "close-before-headers",
+            502,
+            "upstream_unavailable",
+        ),
+        (
+            "/v1/messages",
+            "claude-sonnet-4",
+            "close-before-headers",
+            502,
+            "upstream_unavailable",
+        ),
+    ];
+    for (path, model, fault, status, ty) in cases {
+        let r = post(
+            &gw2.url(path),
+            &[("x-api-key", KEY), ("x-mock-fault", fault)],
+            &chat(model),
+        );
+        assert_eq!(r.status, status, "{path} {fault}: {}", r.body);
+        assert_eq!(error_of(&r, path == "/v1/messages").0, ty, "{path} {fault}");
+    }
 }
 
 #[test]

@@ -815,23 +815,9 @@ impl<'a> Sse<'a> {
 // JSON helpers and error shapes
 // ---------------------------------------------------------------------------
 
-/// Appends `s` as a JSON string literal (with quotes).
+/// Appends `s` as a JSON string literal (with quotes): the gateway's own escaping.
 fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    tollgate::error::push_json_string(out, s);
 }
 
 fn quoted(s: &str) -> String {
