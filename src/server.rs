@@ -1,27 +1,30 @@
 //! The process: a Pingora server with the gateway listener, the admin listener and the
-//! background services (config reload on SIGHUP, DNS refresh). Pingora owns the signals it
-//! knows (SIGTERM graceful stop, SIGQUIT graceful upgrade, SIGINT fast stop); SIGHUP is ours.
+//! background services (config reload on SIGHUP, DNS refresh, store and budget gauges, systemd
+//! notifications). Pingora owns the signals it knows (SIGTERM graceful stop, SIGQUIT graceful
+//! upgrade, SIGINT fast stop); SIGHUP is ours.
 //!
 //! The ledger's store is opened before any service starts and flushed after Pingora has let
 //! the requests in flight finish, so a graceful stop loses nothing. There is no daemon mode:
 //! Pingora forks inside `run`, which would lose the store's writer thread; systemd runs
 //! Tollgate in the foreground anyway.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::prelude::Opt;
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
 use crate::config::{self, Config};
-use crate::ledger::store::Store;
+use crate::ledger::store::{Store, StoreHandle};
 use crate::ledger::Ledger;
 use crate::proxy::Gateway;
 use crate::ratelimit::RateLimiter;
@@ -89,6 +92,8 @@ pub fn run(cfg: Config, opts: RunOptions) -> i32 {
         "tollgate-control",
         Control {
             reloader: reloader.clone(),
+            store: store.clone(),
+            phases: Mutex::new(Some(server.watch_execution_phase())),
         },
     ));
     if let Some(addr) = admin_listen {
@@ -132,6 +137,7 @@ pub struct Reloader {
 
 impl Reloader {
     pub async fn reload(&self) -> Result<(), String> {
+        crate::notify::reloading();
         let result = match config::load_file(&self.path) {
             Ok(new) => {
                 self.resolver.refresh(&new).await;
@@ -162,13 +168,52 @@ impl Reloader {
             .reloads
             .with_label_values(&[label])
             .inc();
+        // Accepted or rejected, a configuration serves again.
+        crate::notify::ready();
         result
     }
 }
 
-/// SIGHUP reloads and DNS refreshes, on one background task.
+/// How often the store's backlog, its flush lag and the budgets left are published as metrics.
+const STORE_SAMPLE: Duration = Duration::from_secs(2);
+/// How long to wait for the listeners to accept before giving up on telling systemd READY=1.
+const READY_WITHIN: Duration = Duration::from_secs(10);
+
+/// SIGHUP reloads, DNS refreshes, store metrics and systemd notifications, on one task.
 struct Control {
     reloader: Arc<Reloader>,
+    store: StoreHandle,
+    /// Pingora's execution phases: a shutdown after a SIGQUIT hand-over is not a service stop.
+    phases: Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
+}
+
+/// Poll-connect to every listener until each accepts (bounded): only then is READY=1 true.
+async fn listeners_accept(addrs: &[SocketAddr], within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(5);
+    for addr in addrs {
+        let mut target = *addr;
+        if target.ip().is_unspecified() {
+            target.set_ip(match target {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        loop {
+            let attempt =
+                tokio::time::timeout(pause * 20, tokio::net::TcpStream::connect(target)).await;
+            if matches!(attempt, Ok(Ok(_))) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                log::error!("{target} does not accept connections; not telling systemd READY=1");
+                return false;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+    true
 }
 
 #[async_trait]
@@ -183,12 +228,46 @@ impl BackgroundService for Control {
                 None
             }
         };
+        let server = r.config.load().server.clone();
+        let listeners: Vec<SocketAddr> = [Some(server.listen), server.admin_listen]
+            .into_iter()
+            .flatten()
+            .collect();
+        if listeners_accept(&listeners, READY_WITHIN).await {
+            crate::notify::ready();
+        }
+        let mut phases = self.phases.lock().ok().and_then(|mut p| p.take());
+        let mut handing_over = false;
+        let mut lag = crate::metrics::FlushLag::default();
+        let mut budgets = std::collections::HashSet::new();
+        let mut sample = tokio::time::interval(STORE_SAMPLE);
         let mut tick = tokio::time::interval(REFRESH);
         loop {
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    // SIGTERM: the service stops. After a SIGQUIT the successor serves on: telling
+                    // systemd STOPPING=1 then would make it stop the successor too.
+                    if !handing_over {
+                        crate::notify::stopping();
+                    }
+                    return;
+                }
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     let _ = r.reload().await;
+                }
+                phase = async { match phases.as_mut() { Some(p) => p.recv().await, None => std::future::pending().await } } => {
+                    match phase {
+                        Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => handing_over = true,
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => phases = None,
+                    }
+                }
+                _ = sample.tick() => {
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    crate::metrics::observe_store(&self.store.stats(), &mut lag, now_ms);
+                    crate::metrics::publish_budgets(&r.config.load(), &r.ledger, &mut budgets);
                 }
                 _ = tick.tick() => r.resolver.refresh(&r.config.load()).await,
             }
