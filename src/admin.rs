@@ -76,6 +76,42 @@ pub fn decision_json(d: &DecisionRecord) -> String {
     )
 }
 
+/// `GET /admin/providers`: each configured provider's circuit. `open_until` (RFC 3339) is set
+/// while the circuit is open.
+pub fn providers_json(cfg: &Config) -> String {
+    use crate::health::{now_ms, State, HEALTH};
+    let now = now_ms();
+    let wall = crate::ledger::unix_now_ms();
+    let items: Vec<String> = cfg
+        .providers
+        .iter()
+        .map(|p| {
+            let s = HEALTH.snapshot(&p.name, now);
+            let open_until = match s.state {
+                State::Open { until } => {
+                    let left = i64::try_from(until.saturating_sub(now)).unwrap_or(i64::MAX);
+                    json_string(&crate::budget::rfc3339_millis(wall.saturating_add(left)))
+                }
+                _ => "null".to_string(),
+            };
+            format!(
+                r#"{{"name":{},"state":"{}","up":{},"consecutive_failures":{},"open_until":{}}}"#,
+                json_string(&p.name),
+                s.state.as_str(),
+                !matches!(s.state, State::Open { .. }),
+                s.consecutive_failures,
+                open_until
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"circuit":{{"failures":{},"cooldown_ms":{}}},"providers":[{}]}}"#,
+        cfg.server.circuit.failures,
+        cfg.server.circuit.cooldown_ms,
+        items.join(",")
+    )
+}
+
 impl Admin {
     fn authorized(&self, cfg: &Config, session: &ServerSession) -> Result<(), GatewayError> {
         let Some(token) = &cfg.server.admin_token else {
@@ -191,6 +227,7 @@ impl ServeHttp for Admin {
         match (method.as_str(), path.as_str()) {
             ("GET", "/healthz") => return json(200, r#"{"status":"ok"}"#.into()),
             ("GET", "/metrics") => {
+                crate::health::publish_up(&self.config.load());
                 return reply(200, "text/plain; version=0.0.4", crate::metrics::render());
             }
             _ => {}
@@ -231,9 +268,13 @@ impl ServeHttp for Admin {
                 ),
             },
             ("GET", ["", "admin", "decisions"]) => self.decisions(query.as_deref()).await,
+            ("GET", ["", "admin", "providers"]) => json(200, providers_json(&cfg)),
             (
                 _,
-                ["", "admin", "projects"] | ["", "admin", "reload"] | ["", "admin", "decisions"],
+                ["", "admin", "projects"]
+                | ["", "admin", "reload"]
+                | ["", "admin", "decisions"]
+                | ["", "admin", "providers"],
             ) => error(GatewayError::MethodNotAllowed(format!(
                 "{method} {path} is not supported"
             ))),

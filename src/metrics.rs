@@ -5,10 +5,13 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    register_counter_vec, register_gauge_vec, register_histogram_vec, register_int_counter_vec,
-    register_int_gauge, CounterVec, Encoder, GaugeVec, HistogramVec, IntCounterVec, IntGauge,
-    TextEncoder,
+    register_counter_vec, register_gauge, register_gauge_vec, register_histogram_vec,
+    register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    CounterVec, Encoder, Gauge, GaugeVec, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, TextEncoder,
 };
+
+use crate::ledger::store::StoreStats;
 
 /// LLM latencies run from milliseconds (a block, a cache hit) to minutes (long generations).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -21,17 +24,25 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     pub spend: CounterVec,
     pub budget_remaining: GaugeVec,
+    pub budget_limit: GaugeVec,
     pub request_duration: HistogramVec,
     pub first_byte: HistogramVec,
     pub reloads: IntCounterVec,
     pub in_flight: IntGauge,
     pub usage_source: IntCounterVec,
     pub upstream_errors: IntCounterVec,
+    pub store_queued: IntGauge,
+    pub store_flush_lag: Gauge,
+    pub store_flush_errors: IntCounter,
+    pub store_lost_writes: IntCounter,
+    pub upstream_attempts: IntCounterVec,
+    pub provider_up: IntGaugeVec,
 }
 
 /// Registration only fails on a duplicate name, which is a programming error caught by the
 /// first test that touches metrics; a process without metrics would still serve traffic.
-pub static METRICS: Lazy<Metrics> = Lazy::new(|| Metrics {
+pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
+    Metrics {
     requests: register_int_counter_vec!(
         "tollgate_requests_total",
         "Requests answered, by project, model and HTTP status",
@@ -62,6 +73,12 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| Metrics {
         &["project"]
     )
     .expect("register tollgate_budget_remaining_usd"),
+    budget_limit: register_gauge_vec!(
+        "tollgate_budget_limit_usd",
+        "The budget of the current period (limit_usd), for ratios with the remaining budget",
+        &["project"]
+    )
+    .expect("register tollgate_budget_limit_usd"),
     request_duration: register_histogram_vec!(
         "tollgate_request_duration_seconds",
         "Time from request to the end of the response, by provider",
@@ -96,7 +113,109 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| Metrics {
         &["provider", "reason"]
     )
     .expect("register tollgate_upstream_errors_total"),
+    store_queued: register_int_gauge!(
+        "tollgate_store_queued_writes",
+        "Ledger writes (spend, freezes, decisions) waiting to be committed to the store"
+    )
+    .expect("register tollgate_store_queued_writes"),
+    store_flush_lag: register_gauge!(
+        "tollgate_store_flush_lag_seconds",
+        "How long ledger writes have been waiting without a successful commit (0 when none wait)"
+    )
+    .expect("register tollgate_store_flush_lag_seconds"),
+    store_flush_errors: register_int_counter!(
+        "tollgate_store_flush_errors_total",
+        "Store transactions that failed (each is retried)"
+    )
+    .expect("register tollgate_store_flush_errors_total"),
+    store_lost_writes: register_int_counter!(
+        "tollgate_store_lost_writes_total",
+        "Ledger writes that never reached the store (writer gone, or discarded after failures)"
+    )
+    .expect("register tollgate_store_lost_writes_total"),
+    upstream_attempts: register_int_counter_vec!(
+        "tollgate_upstream_attempts_total",
+        "Attempts at a provider, by provider and outcome (ok/connect_error/timeout/status_5xx/status_429/broken)",
+        &["provider", "outcome"]
+    )
+    .expect("register tollgate_upstream_attempts_total"),
+    provider_up: register_int_gauge_vec!(
+        "tollgate_provider_up",
+        "1 while a provider's circuit is closed or half-open, 0 while it is open",
+        &["provider"]
+    )
+    .expect("register tollgate_provider_up"),
+}
 });
+
+/// Tracks how long the store has had writes waiting without a commit, from periodic samples
+/// of [`StoreStats`].
+#[derive(Debug, Default)]
+pub struct FlushLag {
+    backlog_seen_ms: Option<i64>,
+}
+
+impl FlushLag {
+    /// The lag in seconds at `now_ms`: 0 when nothing is queued; otherwise the time since the
+    /// later of the last successful commit and the first sample that saw the backlog. An idle
+    /// store therefore shows 0, not the age of its last commit.
+    pub fn update(&mut self, queued: u64, last_flush_ms: i64, now_ms: i64) -> f64 {
+        if queued == 0 {
+            self.backlog_seen_ms = None;
+            return 0.0;
+        }
+        let seen = *self.backlog_seen_ms.get_or_insert(now_ms);
+        (now_ms - seen.max(last_flush_ms)).max(0) as f64 / 1000.0
+    }
+}
+
+/// Publish `tollgate_budget_remaining_usd` and `tollgate_budget_limit_usd` for every project
+/// with a budget, so idle projects, a fresh start and a new period show a value too (requests
+/// also set the remaining budget as they finish), and drop the series of projects that no
+/// longer have a budget after a reload.
+pub fn publish_budgets(
+    cfg: &crate::config::Config,
+    ledger: &crate::ledger::Ledger,
+    published: &mut std::collections::HashSet<String>,
+) {
+    let (remaining, limit) = (&METRICS.budget_remaining, &METRICS.budget_limit);
+    let mut now = std::collections::HashSet::new();
+    for p in cfg.projects.iter().filter(|p| p.budget.is_some()) {
+        let s = ledger.status(p);
+        if let (Some(rem), Some(lim)) = (s.remaining, s.limit) {
+            remaining
+                .with_label_values(&[p.id.as_str()])
+                .set(rem.as_usd());
+            limit.with_label_values(&[p.id.as_str()]).set(lim.as_usd());
+            now.insert(p.id.clone());
+        }
+    }
+    for gone in published.difference(&now) {
+        let _ = remaining.remove_label_values(&[gone.as_str()]);
+        let _ = limit.remove_label_values(&[gone.as_str()]);
+    }
+    *published = now;
+}
+
+/// Publish a sample of the store's counters (called periodically by the control service).
+pub fn observe_store(stats: &StoreStats, lag: &mut FlushLag, now_ms: i64) {
+    let m = &*METRICS;
+    m.store_queued
+        .set(i64::try_from(stats.queued).unwrap_or(i64::MAX));
+    m.store_flush_lag
+        .set(lag.update(stats.queued, stats.last_flush_ms, now_ms));
+    let raise = |c: &IntCounter, to: u64| {
+        let cur = c.get();
+        if to > cur {
+            c.inc_by(to - cur);
+        }
+    };
+    raise(&m.store_flush_errors, stats.flush_errors);
+    raise(
+        &m.store_lost_writes,
+        stats.dropped.saturating_add(stats.failed),
+    );
+}
 
 /// A status code as a label: the code itself (a bounded set by construction).
 pub fn status_label(status: u16) -> &'static str {
@@ -157,6 +276,22 @@ mod tests {
         assert_eq!(status_label(299), "2xx");
         assert_eq!(status_label(451), "4xx");
         assert_eq!(status_label(999), "other");
+    }
+
+    #[test]
+    fn flush_lag_is_zero_when_idle_and_grows_only_while_writes_wait() {
+        let mut lag = FlushLag::default();
+        // Idle long after the last commit: no lag.
+        assert_eq!(lag.update(0, 1_000, 100_000), 0.0);
+        // A backlog appears: counted from the first sample that saw it...
+        assert_eq!(lag.update(5, 1_000, 200_000), 0.0);
+        assert_eq!(lag.update(5, 1_000, 203_500), 3.5);
+        // ...or from a commit after that, whichever is later.
+        assert_eq!(lag.update(7, 203_000, 204_000), 1.0);
+        // Drained: back to zero, and a new backlog starts a new count.
+        assert_eq!(lag.update(0, 205_000, 205_000), 0.0);
+        assert_eq!(lag.update(1, 205_000, 300_000), 0.0);
+        assert_eq!(lag.update(1, 205_000, 301_000), 1.0);
     }
 
     #[test]

@@ -68,6 +68,91 @@ impl Route {
         }
         out
     }
+
+    /// The attempts for one request: the candidates in order, each target `1 + retries` times
+    /// in a row, each fallback once (fallbacks are the last resort, not a place to retry), at
+    /// most [`MAX_ATTEMPTS`] in all.
+    pub fn attempt_plan(&self, pick: u64) -> Vec<ProviderIdx> {
+        let mut out = Vec::new();
+        for p in self.candidates(pick) {
+            let tries = if self.targets.iter().any(|t| t.provider == p) {
+                1 + self.retries as usize
+            } else {
+                1
+            };
+            out.extend(std::iter::repeat_n(p, tries));
+        }
+        out.truncate(MAX_ATTEMPTS);
+        out
+    }
+}
+
+/// Pingora re-enters `upstream_peer` at most 16 times (`ServerConf.max_retries`); a plan never
+/// asks for more, so its last attempt is always answered to the client.
+pub const MAX_ATTEMPTS: usize = 16;
+
+/// An attempt plan being worked through: which provider now, and where to go after a failure.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    attempts: Vec<ProviderIdx>,
+    at: usize,
+}
+
+impl Plan {
+    pub fn new(attempts: Vec<ProviderIdx>) -> Plan {
+        Plan { attempts, at: 0 }
+    }
+
+    /// The provider of the current attempt.
+    pub fn current(&self) -> Option<ProviderIdx> {
+        self.attempts.get(self.at).copied()
+    }
+
+    /// 0-based index of the current attempt.
+    pub fn index(&self) -> usize {
+        self.at
+    }
+
+    pub fn len(&self) -> usize {
+        self.attempts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.attempts.is_empty()
+    }
+
+    /// Is there an attempt after the current one?
+    pub fn has_next(&self) -> bool {
+        self.at + 1 < self.attempts.len()
+    }
+
+    /// The provider the next attempt would use (`skip_provider`: past this provider's tries).
+    pub fn peek_next(&self, skip_provider: bool) -> Option<ProviderIdx> {
+        self.next_index(skip_provider)
+            .and_then(|i| self.attempts.get(i).copied())
+    }
+
+    fn next_index(&self, skip_provider: bool) -> Option<usize> {
+        let cur = self.current()?;
+        (self.at + 1..self.attempts.len()).find(|&i| !skip_provider || self.attempts[i] != cur)
+    }
+
+    /// Move to the next attempt, or past every remaining try of the current provider with
+    /// `skip_provider`. False (and no move) when there is none.
+    pub fn advance(&mut self, skip_provider: bool) -> bool {
+        match self.next_index(skip_provider) {
+            Some(i) => {
+                self.at = i;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Providers of the attempts after the current one.
+    pub fn remaining(&self) -> &[ProviderIdx] {
+        self.attempts.get(self.at + 1..).unwrap_or(&[])
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -152,5 +237,45 @@ mod tests {
             vec![1, 0, 2],
             "chosen, other targets, fallbacks"
         );
+        assert_eq!(
+            r.attempt_plan(3),
+            vec![1, 1, 0, 0, 2],
+            "each target 1 + retries times in a row, each fallback once"
+        );
+        assert_eq!(r.attempt_plan(0), vec![0, 0, 1, 1, 2]);
+    }
+
+    #[test]
+    fn a_plan_never_exceeds_pingoras_retry_bound() {
+        let r = Route {
+            retries: 10,
+            targets: (0..3)
+                .map(|provider| Target {
+                    provider,
+                    weight: 1,
+                })
+                .collect(),
+            ..route("x/", true, 0)
+        };
+        assert_eq!(r.attempt_plan(0).len(), MAX_ATTEMPTS);
+        assert_eq!(route("y", false, 4).attempt_plan(7), vec![4]);
+    }
+
+    #[test]
+    fn a_plan_advances_by_attempt_or_past_a_provider() {
+        let mut p = Plan::new(vec![1, 1, 0, 0, 2]);
+        assert_eq!(p.current(), Some(1));
+        assert_eq!(p.peek_next(false), Some(1));
+        assert_eq!(p.peek_next(true), Some(0));
+        assert!(p.advance(false));
+        assert_eq!((p.index(), p.current()), (1, Some(1)));
+        assert!(p.advance(true));
+        assert_eq!((p.index(), p.current()), (2, Some(0)));
+        assert!(p.advance(true));
+        assert_eq!(p.current(), Some(2));
+        assert!(!p.has_next());
+        assert!(!p.advance(false));
+        assert_eq!(p.current(), Some(2), "no move past the end");
+        assert!(Plan::default().current().is_none());
     }
 }

@@ -48,6 +48,10 @@ pub struct FileServer {
     /// Pingora's graceful-upgrade socket and pid file (see README "Operating Tollgate").
     pub upgrade_sock: Option<String>,
     pub pid_file: Option<String>,
+    /// Consecutive failed attempts that open a provider's circuit (README "Resilient routing").
+    pub circuit_failures: Option<Spanned<i64>>,
+    /// How long an open circuit skips its provider (milliseconds).
+    pub circuit_cooldown_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

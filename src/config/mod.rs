@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub grace_period_s: u64,
     pub upgrade_sock: String,
     pub pid_file: String,
+    /// Provider circuit breaker: `circuit_failures` and `circuit_cooldown_ms`.
+    pub circuit: crate::health::CircuitParams,
 }
 
 #[derive(Clone, Debug)]
@@ -422,6 +424,17 @@ impl Validator<'_> {
             Some(v) => self.positive(v, "server.grace_period_s", 86_400),
             None => Some(30),
         };
+        let defaults = crate::health::CircuitParams::default();
+        let circuit_failures = match &s.circuit_failures {
+            Some(v) => self
+                .positive(v, "server.circuit_failures", 1000)
+                .map(|n| n as u32),
+            None => Some(defaults.failures),
+        };
+        let circuit_cooldown_ms = match &s.circuit_cooldown_ms {
+            Some(v) => self.positive(v, "server.circuit_cooldown_ms", 3_600_000),
+            None => Some(defaults.cooldown_ms),
+        };
         Some(ServerConfig {
             listen: listen?,
             admin_listen: admin_listen?,
@@ -438,6 +451,10 @@ impl Validator<'_> {
                 .pid_file
                 .clone()
                 .unwrap_or_else(|| "/tmp/tollgate.pid".into()),
+            circuit: crate::health::CircuitParams {
+                failures: circuit_failures?,
+                cooldown_ms: circuit_cooldown_ms?,
+            },
         })
     }
 

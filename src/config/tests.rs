@@ -265,3 +265,31 @@ fn price_files_are_merged_under_the_files_own_prices() {
         "{s}"
     );
 }
+
+#[test]
+fn circuit_settings_default_and_are_validated() {
+    let c = parse(SPEC_EXAMPLE, "spec.toml", &env_all).unwrap();
+    assert_eq!(c.server.circuit, crate::health::CircuitParams::default());
+    let text = SPEC_EXAMPLE.replacen(
+        "[server]\n",
+        "[server]\ncircuit_failures = 2\ncircuit_cooldown_ms = 500\n",
+        1,
+    );
+    let c = parse(&text, "t.toml", &env_all).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.server.circuit.failures, 2);
+    assert_eq!(c.server.circuit.cooldown_ms, 500);
+    let bad = SPEC_EXAMPLE.replacen(
+        "[server]\n",
+        "[server]\ncircuit_failures = 0\ncircuit_cooldown_ms = -1\n",
+        1,
+    );
+    let fields: Vec<String> = errors_of(&bad).into_iter().map(|e| e.field).collect();
+    assert!(
+        fields.contains(&"server.circuit_failures".to_string()),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"server.circuit_cooldown_ms".to_string()),
+        "{fields:?}"
+    );
+}

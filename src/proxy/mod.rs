@@ -3,9 +3,11 @@
 //! | phase | here |
 //! |---|---|
 //! | `request_filter` | load the config snapshot once; route by path; authenticate; read the size-capped body; parse; route by model; policy; prepare the upstream body. Blocks are answered here and never reach a provider. |
-//! | `upstream_peer` | the chosen provider's address from the resolver cache, timeouts, TLS with SNI |
+//! | `upstream_peer` | the current attempt of the plan (circuit permitting): its provider's address from the resolver cache, timeouts, TLS with SNI; per-attempt state reset |
 //! | `upstream_request_filter` | path prefix, `Host`, project key out, provider credential in, identity encoding, exact `Content-Length` |
-//! | `request_body_filter` | put the prepared body in place of the replayed one |
+//! | `request_body_filter` | put the prepared body in place of the replayed one (every attempt) |
+//! | `upstream_response_filter` | a 5xx or 429 with attempts left is not forwarded: it becomes a retryable error |
+//! | `fail_to_connect`, `error_while_proxy` | record the attempt's outcome; retry on the plan's next attempt while nothing reached the client and the deadline allows |
 //! | `response_filter` | request id header; pick the usage scanner |
 //! | `response_body_filter` | feed the scanner; bytes pass untouched unless the injected usage chunk must go |
 //! | `fail_to_proxy` | the one place an upstream failure becomes a SPEC JSON error |
@@ -32,6 +34,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::auth;
 use crate::config::{Config, ProjectIdx, Unpriced};
 use crate::error::{ErrorShape, GatewayError};
+use crate::health::{self, HEALTH};
 use crate::ledger::{DecisionRecord, Ledger, Reservation};
 use crate::policy;
 use crate::pricing::{Nanos, Price};
@@ -39,7 +42,7 @@ use crate::provider::{Endpoint, ProviderKind};
 use crate::ratelimit::RateLimiter;
 use crate::request::{self, Rewrite};
 use crate::resolver::Resolver;
-use crate::route::ProviderIdx;
+use crate::route::{Plan, ProviderIdx};
 use crate::usage::{Feed, Usage, UsageScanner, WireFormat};
 
 pub use respond::respond;
@@ -52,6 +55,63 @@ const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
 /// close idle keep-alive connections after about a minute), so a POST is never sent on a
 /// connection the provider is closing.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(30);
+
+/// A provider's `Retry-After` up to this long is waited out before trying it again; a longer
+/// one (or none) moves the request to the next provider.
+const MAX_RETRY_AFTER_WAIT: Duration = Duration::from_secs(2);
+
+/// How one attempt at a provider ended: the `outcome` label of
+/// `tollgate_upstream_attempts_total` (a fixed set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    ConnectError,
+    Timeout,
+    Status5xx,
+    Status429,
+    Broken,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::ConnectError => "connect_error",
+            Outcome::Timeout => "timeout",
+            Outcome::Status5xx => "status_5xx",
+            Outcome::Status429 => "status_429",
+            Outcome::Broken => "broken",
+        }
+    }
+
+    /// Counts against the provider's circuit. A 429 means the provider is up and throttling.
+    fn is_failure(self) -> bool {
+        !matches!(self, Outcome::Ok | Outcome::Status429)
+    }
+
+    fn of_error(e: &Error) -> Outcome {
+        use ErrorType::*;
+        match e.etype() {
+            ConnectTimedout | TLSHandshakeTimedout | ReadTimedout | WriteTimedout => {
+                Outcome::Timeout
+            }
+            ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
+            | BindError | TLSHandshakeFailure | InvalidCert | HandshakeError
+            | TLSWantX509Lookup => Outcome::ConnectError,
+            _ => Outcome::Broken,
+        }
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form counts as long).
+fn retry_after(resp: &ResponseHeader) -> Option<Duration> {
+    let v = resp.headers.get("retry-after")?.to_str().ok()?.trim();
+    let secs = v
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)?;
+    Some(Duration::from_secs_f64(secs.min(86_400.0)))
+}
 
 pub struct Gateway {
     pub config: Arc<ArcSwap<Config>>,
@@ -111,7 +171,21 @@ pub struct Ctx {
     project: Option<ProjectIdx>,
     model: Option<String>,
     upstream_model: Option<String>,
+    /// The provider of the current (finally: the last) attempt.
     provider: Option<ProviderIdx>,
+    /// The attempts this request may make, and which one is current.
+    plan: Plan,
+    /// Attempts started (the access log's `attempts=`).
+    attempts: u32,
+    /// The attempt whose outcome is not recorded yet.
+    attempt_open: Option<ProviderIdx>,
+    /// No new attempt starts after this.
+    deadline: Option<Instant>,
+    /// Set when `upstream_response_filter` turned a 5xx/429 into a retry; true: skip the
+    /// provider's remaining tries.
+    swallowed: Option<bool>,
+    /// Wait this long (a provider's short `Retry-After`) before the next attempt.
+    wait_before: Option<Duration>,
     /// The exact body to send upstream.
     body: Option<Bytes>,
     request_bytes: usize,
@@ -305,8 +379,24 @@ impl Gateway {
             Some(new) => Bytes::from(new),
             None => Bytes::from(buf),
         };
-        let candidates = route.candidates(self.ids.counter.load(Ordering::Relaxed));
-        ctx.provider = candidates.first().copied();
+        let attempts = route.attempt_plan(self.ids.counter.load(Ordering::Relaxed));
+        // Providers whose circuit is open are left out, as long as another one is left in.
+        let now = health::now_ms();
+        let circuit = cfg.server.circuit;
+        let usable: Vec<ProviderIdx> = attempts
+            .iter()
+            .copied()
+            .filter(|&p| HEALTH.available(&cfg.providers[p].name, now, circuit))
+            .collect();
+        let attempts = if usable.is_empty() { attempts } else { usable };
+        let longest = attempts
+            .iter()
+            .map(|&p| cfg.providers[p].read_timeout)
+            .max()
+            .unwrap_or(Duration::ZERO);
+        ctx.deadline = Some(ctx.started + 2 * longest);
+        ctx.provider = attempts.first().copied();
+        ctx.plan = Plan::new(attempts);
         Ok(Admit::Forward(body))
     }
 }
@@ -400,6 +490,12 @@ impl ProxyHttp for Gateway {
             model: None,
             upstream_model: None,
             provider: None,
+            plan: Plan::default(),
+            attempts: 0,
+            attempt_open: None,
+            deadline: None,
+            swallowed: None,
+            wait_before: None,
             body: None,
             request_bytes: 0,
             stream: false,
@@ -438,13 +534,49 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let (Some(cfg), Some(p)) = (ctx.cfg.clone(), ctx.provider) else {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(cfg) = ctx.cfg.clone() else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "no provider chosen",
             ));
         };
+        // Only the attempt that produces the final response is scanned and charged.
+        ctx.scanner = None;
+        ctx.upstream_status = None;
+        ctx.first_byte = None;
+        ctx.error = None;
+        ctx.swallowed = None;
+        if let Some(wait) = ctx.wait_before.take() {
+            tokio::time::sleep(wait).await;
+        }
+        let circuit = cfg.server.circuit;
+        let p = loop {
+            let Some(p) = ctx.plan.current() else {
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "no provider chosen",
+                ));
+            };
+            let now = health::now_ms();
+            let name = cfg.providers[p].name.as_str();
+            if HEALTH.try_acquire(name, now, circuit) {
+                break p;
+            }
+            // Open (or its half-open probe is out): skip it if another provider can be tried.
+            let other = ctx
+                .plan
+                .remaining()
+                .iter()
+                .any(|&q| q != p && HEALTH.available(&cfg.providers[q].name, now, circuit));
+            if !other || !ctx.plan.advance(true) {
+                break p;
+            }
+            log::info!("{}: provider {name} skipped: circuit open", ctx.request_id);
+        };
+        ctx.provider = Some(p);
+        ctx.attempts += 1;
+        ctx.attempt_open = Some(p);
         let provider = &cfg.providers[p];
         let addr = match self
             .resolver
@@ -457,7 +589,8 @@ impl ProxyHttp for Gateway {
                     "Provider {} is unreachable: {msg}",
                     provider.name
                 )));
-                return Err(Error::explain(ErrorType::HTTPStatus(502), "dns"));
+                let e = Error::explain(ErrorType::HTTPStatus(502), "dns");
+                return Err(self.attempt_failed(session, ctx, Outcome::ConnectError, e));
             }
         };
         // SNI is always the host name: pingora skips certificate verification on empty SNI.
@@ -548,6 +681,91 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        let outcome = match status {
+            429 => Outcome::Status429,
+            500..=599 => Outcome::Status5xx,
+            _ => return Ok(()),
+        };
+        self.finish_attempt(ctx, outcome);
+        if !self.may_retry(session, ctx) {
+            // The last try: the client gets the provider's answer unchanged.
+            return Ok(());
+        }
+        let mut skip_provider = true;
+        if status == 429 {
+            // A short Retry-After is waited out if the next try is the same provider.
+            let same_next = ctx.plan.peek_next(false) == ctx.provider;
+            if let Some(wait) = retry_after(resp).filter(|w| *w <= MAX_RETRY_AFTER_WAIT) {
+                let in_time = ctx.deadline.is_none_or(|d| Instant::now() + wait < d);
+                if same_next && in_time {
+                    ctx.wait_before = Some(wait);
+                    skip_provider = false;
+                }
+            }
+            if skip_provider && ctx.plan.peek_next(true).is_none() {
+                // Only this provider is left and it asks for a long wait: the client decides.
+                return Ok(());
+            }
+        } else {
+            skip_provider = false;
+        }
+        ctx.swallowed = Some(skip_provider);
+        Err(Error::explain(
+            ErrorType::HTTPStatus(status),
+            "provider error replaced by a retry",
+        ))
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        let outcome = Outcome::of_error(&e);
+        self.attempt_failed(session, ctx, outcome, e)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if let Some(skip_provider) = ctx.swallowed.take() {
+            // upstream_response_filter already recorded the attempt and decided to retry.
+            self.advance(ctx, skip_provider, "error status");
+            e.set_retry(true);
+            return e;
+        }
+        if e.esource() == &ErrorSource::Downstream {
+            // The client went away or broke the request: nobody to retry for, and not the
+            // provider's fault.
+            if ctx.upstream_status.is_some() {
+                self.finish_attempt(ctx, Outcome::Ok);
+            }
+            ctx.attempt_open = None;
+            e.set_retry(false);
+            return e;
+        }
+        let outcome = match Outcome::of_error(&e) {
+            Outcome::ConnectError => Outcome::Broken,
+            o => o,
+        };
+        self.attempt_failed(session, ctx, outcome, e)
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -634,6 +852,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.attempt_open.is_some() {
+            // The forwarded response ran to its end (breaks were recorded in error_while_proxy).
+            self.finish_attempt(ctx, Outcome::Ok);
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
@@ -695,12 +917,13 @@ impl ProxyHttp for Gateway {
         }
         log::info!(
             target: "tollgate::access",
-            "id={} project={} endpoint={} model={} provider={} status={} reason={} stream={} prompt_tokens={} completion_tokens={} usage={} cost_usd={} latency_ms={:.1}{}",
+            "id={} project={} endpoint={} model={} provider={} attempts={} status={} reason={} stream={} prompt_tokens={} completion_tokens={} usage={} cost_usd={} latency_ms={:.1}{}",
             ctx.request_id,
             project,
             ctx.endpoint.map_or("-", |e| e.as_str()),
             ctx.model.as_deref().map_or("-", |m| truncate(m, 100)),
             if ctx.upstream_status.is_some() || ctx.error.as_ref().is_some_and(|e| e.status() >= 500) { provider } else { "-" },
+            ctx.attempts,
             status,
             reason,
             ctx.stream,
@@ -718,6 +941,69 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// Record how the open attempt ended: the attempts metric and the provider's circuit.
+    fn finish_attempt(&self, ctx: &mut Ctx, outcome: Outcome) {
+        let (Some(p), Some(cfg)) = (ctx.attempt_open.take(), ctx.cfg.as_deref()) else {
+            return;
+        };
+        let name = cfg.providers[p].name.as_str();
+        crate::metrics::METRICS
+            .upstream_attempts
+            .with_label_values(&[name, outcome.as_str()])
+            .inc();
+        if !outcome.is_failure() {
+            HEALTH.on_success(name);
+        } else if HEALTH.on_failure(name, health::now_ms(), cfg.server.circuit) {
+            log::warn!(
+                "provider {name}: circuit open for {} ms after {} consecutive failed attempts",
+                cfg.server.circuit.cooldown_ms,
+                cfg.server.circuit.failures
+            );
+        }
+    }
+
+    /// May the request move on to another attempt? Only while one is left, nothing reached
+    /// the client, and the request's deadline has not passed.
+    fn may_retry(&self, session: &Session, ctx: &Ctx) -> bool {
+        ctx.plan.has_next()
+            && session.response_written().is_none()
+            && ctx.deadline.is_none_or(|d| Instant::now() < d)
+    }
+
+    fn advance(&self, ctx: &mut Ctx, skip_provider: bool, why: &str) {
+        let from = ctx.provider;
+        let attempt = ctx.plan.index() + 1;
+        ctx.plan.advance(skip_provider);
+        if let Some(cfg) = ctx.cfg.as_deref() {
+            let name = |p: Option<ProviderIdx>| p.map_or("-", |p| cfg.providers[p].name.as_str());
+            log::info!(
+                "{}: attempt {attempt} at provider {} failed ({why}); retrying at provider {}",
+                ctx.request_id,
+                name(from),
+                name(ctx.plan.current())
+            );
+        }
+    }
+
+    /// An attempt failed with `e` before anything was forwarded (or while streaming): record
+    /// it, and mark `e` retryable when another attempt may follow.
+    fn attempt_failed(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        outcome: Outcome,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.finish_attempt(ctx, outcome);
+        if self.may_retry(session, ctx) {
+            self.advance(ctx, false, outcome.as_str());
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
     /// Metrics for one finished request. Label values come only from the config or fixed sets.
     fn observe(
         &self,
@@ -842,29 +1128,35 @@ fn classify(e: &Error, ctx: &Ctx) -> GatewayError {
         .map_or("the provider".to_string(), |(c, p)| {
             format!("provider {}", c.providers[p].name)
         });
+    // The message names the last attempt; say when it was not the only one.
+    let after = if ctx.attempts > 1 {
+        format!(" (the last of {} attempts)", ctx.attempts)
+    } else {
+        String::new()
+    };
     use ErrorType::*;
     match e.etype() {
         ReadTimedout | WriteTimedout => {
-            GatewayError::UpstreamTimeout(format!("Timed out waiting for {provider}"))
+            GatewayError::UpstreamTimeout(format!("Timed out waiting for {provider}{after}"))
         }
-        ConnectTimedout => {
-            GatewayError::UpstreamUnavailable(format!("Could not connect to {provider} in time"))
-        }
+        ConnectTimedout => GatewayError::UpstreamUnavailable(format!(
+            "Could not connect to {provider} in time{after}"
+        )),
         ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
         | BindError => {
-            GatewayError::UpstreamUnavailable(format!("Could not connect to {provider}"))
+            GatewayError::UpstreamUnavailable(format!("Could not connect to {provider}{after}"))
         }
         TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError
         | TLSWantX509Lookup => GatewayError::UpstreamUnavailable(format!(
-            "TLS with {provider} failed: {}",
+            "TLS with {provider} failed: {}{after}",
             e.etype().as_str()
         )),
         HTTPStatus(c) if *c == 504 => {
-            GatewayError::UpstreamTimeout(format!("Timed out waiting for {provider}"))
+            GatewayError::UpstreamTimeout(format!("Timed out waiting for {provider}{after}"))
         }
-        _ if e.esource() == &ErrorSource::Upstream => {
-            GatewayError::UpstreamUnavailable(format!("The connection to {provider} broke off"))
-        }
+        _ if e.esource() == &ErrorSource::Upstream => GatewayError::UpstreamUnavailable(format!(
+            "The connection to {provider} broke off{after}"
+        )),
         _ if e.esource() == &ErrorSource::Downstream => {
             GatewayError::InvalidRequest(format!("Bad request: {}", e.etype().as_str()))
         }

@@ -27,8 +27,15 @@ pub struct Mock {
 
 impl Mock {
     pub fn start() -> Mock {
+        Mock::start_with(&[])
+    }
+
+    /// A mock with extra flags, e.g. `["--status", "500"]` or `["--fault", "hang"]`: the
+    /// default for every request (a request's `x-mock-*` header still overrides it).
+    pub fn start_with(args: &[&str]) -> Mock {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mock-provider"))
             .args(["--listen", "127.0.0.1:0", "--threads", "1"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -210,6 +217,39 @@ impl Gateway {
         };
         gw.wait_ready();
         gw
+    }
+
+    /// Start `tollgate serve --config CONFIG EXTRA...` on an existing config file (say, a
+    /// successor started with `--upgrade`, or a config a test wrote itself) without waiting for
+    /// it: a successor answers only once the old process has handed its sockets over. `addr` is
+    /// the config's `server.listen`. The log goes to a tempdir of its own.
+    pub fn spawn_on(
+        config_path: &std::path::Path,
+        addr: SocketAddr,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log_path = dir.path().join("tollgate.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--config"])
+            .arg(config_path)
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start tollgate");
+        Gateway {
+            child,
+            addr,
+            dir,
+            config_path: config_path.to_path_buf(),
+            log_path,
+        }
     }
 
     fn wait_ready(&mut self) {
