@@ -216,6 +216,36 @@ async fn listeners_accept(addrs: &[SocketAddr], within: Duration) -> bool {
     true
 }
 
+impl Control {
+    /// Pingora sleeps the whole grace period after SIGTERM even with nothing in flight. Once no
+    /// request has been in flight for two checks in a row, commit the ledger and exit 0; while
+    /// requests run, Pingora's grace period still bounds the wait.
+    async fn exit_when_idle(&self) {
+        let grace = Duration::from_secs(self.reloader.config.load().server.grace_period_s);
+        let deadline = Instant::now() + grace;
+        let mut idle_checks = 0;
+        while Instant::now() < deadline {
+            if crate::metrics::METRICS.in_flight.get() == 0 {
+                idle_checks += 1;
+                if idle_checks >= 2 {
+                    let code = match self.store.shutdown() {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            log::error!("final ledger flush failed: {e}");
+                            1
+                        }
+                    };
+                    log::info!("tollgate stopped: nothing in flight");
+                    std::process::exit(code);
+                }
+            } else {
+                idle_checks = 0;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 #[async_trait]
 impl BackgroundService for Control {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -249,6 +279,7 @@ impl BackgroundService for Control {
                     // systemd STOPPING=1 then would make it stop the successor too.
                     if !handing_over {
                         crate::notify::stopping();
+                        self.exit_when_idle().await;
                     }
                     return;
                 }

@@ -513,3 +513,42 @@ fn decisions_are_recorded_for_allowed_and_blocked_requests() {
     assert!(d[1]["cost_usd"].as_f64().unwrap() > 0.0);
     assert_eq!(d[1]["project"], "p1");
 }
+
+#[test]
+fn an_idle_gateway_stops_promptly_on_sigterm_and_keeps_what_it_charged() {
+    let mock = Mock::start();
+    let admin_port = free_port();
+    let extra = format!(
+        "admin_listen = \"127.0.0.1:{admin_port}\"\nadmin_token_env = \"TEST_ADMIN_TOKEN\"\ngrace_period_s = 30"
+    );
+    let mut gw = Gateway::start_with(&standard_config(&mock), &extra, &env_with_admin());
+    assert_eq!(
+        post(
+            &gw.url("/v1/chat/completions"),
+            &[("x-api-key", KEY)],
+            &chat("gpt-4o-mini", 3)
+        )
+        .status,
+        200
+    );
+    eventually("settled", || {
+        project_status(admin_port, "p1")["reserved_usd"] == 0.0
+    });
+    let started = std::time::Instant::now();
+    gw.signal("TERM");
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "exit 0 without waiting the 30 s grace"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let db = rusqlite::Connection::open(gw.dir.path().join("ledger.db")).unwrap();
+    let n: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM decisions WHERE project = 'p1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1, "the decision record was flushed before exit");
+}

@@ -1022,6 +1022,10 @@ impl Gateway {
         let provider = cfg
             .zip(ctx.provider)
             .map_or("other", |(c, p)| c.providers[p].name.as_str());
+        if ctx.endpoint == Some(Endpoint::Healthz) {
+            // Liveness probes are not traffic: counting them would inflate request rates.
+            return;
+        }
         m.requests
             .with_label_values(&[project, model, status_label(status)])
             .inc();
