@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tollgate's whole test suite on a fresh Debian machine: installs what the build and the tests
 # need (apt: cmake for pingora's zlib-ng, redis-server and sqlite3 for the store tests,
-# python3-venv for the SDK tests; PyPI: the official openai and anthropic SDKs), then runs the
+# openssl for the TLS test, systemd for `systemd-analyze`, python3-venv for the SDK tests; PyPI: the official openai and anthropic SDKs), then runs the
 # Rust unit and integration tests and the SDK end-to-end tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,7 @@ command -v cc >/dev/null || need_apt+=(build-essential)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
 command -v openssl >/dev/null || need_apt+=(openssl)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -33,6 +34,9 @@ fi
 echo "== cargo test"
 cargo build --bins
 cargo test --all-targets
+
+echo "== systemd unit (systemd-analyze verify and security score)"
+systemd/verify.sh target/debug/tollgate
 
 echo "== SDK end-to-end tests (official openai and anthropic Python SDKs)"
 .venv/bin/python -m pytest -q tests/sdk
