@@ -25,6 +25,7 @@ pub struct Metrics {
     pub spend: CounterVec,
     pub budget_remaining: GaugeVec,
     pub budget_limit: GaugeVec,
+    pub budget_reserved: GaugeVec,
     pub request_duration: HistogramVec,
     pub first_byte: HistogramVec,
     pub reloads: IntCounterVec,
@@ -79,6 +80,12 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
         &["project"]
     )
     .expect("register tollgate_budget_limit_usd"),
+    budget_reserved: register_gauge_vec!(
+        "tollgate_budget_reserved_usd",
+        "Worst cases held for requests in flight, per project (all projects, budgeted or not)",
+        &["project"]
+    )
+    .expect("register tollgate_budget_reserved_usd"),
     request_duration: register_histogram_vec!(
         "tollgate_request_duration_seconds",
         "Time from request to the end of the response, by provider",
@@ -179,6 +186,13 @@ pub fn publish_budgets(
     published: &mut std::collections::HashSet<String>,
 ) {
     let (remaining, limit) = (&METRICS.budget_remaining, &METRICS.budget_limit);
+    for p in &cfg.projects {
+        let reserved = ledger.status(p).reserved;
+        METRICS
+            .budget_reserved
+            .with_label_values(&[p.id.as_str()])
+            .set(reserved.as_usd());
+    }
     let mut now = std::collections::HashSet::new();
     for p in cfg.projects.iter().filter(|p| p.budget.is_some()) {
         let s = ledger.status(p);
@@ -193,6 +207,11 @@ pub fn publish_budgets(
     for gone in published.difference(&now) {
         let _ = remaining.remove_label_values(&[gone.as_str()]);
         let _ = limit.remove_label_values(&[gone.as_str()]);
+        if cfg.project_index(gone).is_none() {
+            let _ = METRICS
+                .budget_reserved
+                .remove_label_values(&[gone.as_str()]);
+        }
     }
     *published = now;
 }

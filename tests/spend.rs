@@ -110,6 +110,12 @@ fn a_request_the_budget_cannot_cover_gets_402_and_never_reaches_the_provider() {
     assert_eq!(mock.count(), 0);
     let s = project_status(admin, "p1");
     assert_eq!(s["reserved_usd"], 0.0, "a refused request holds nothing");
+    eventually("reservation gauge published", || {
+        get(&format!("http://127.0.0.1:{admin}/metrics"), &[])
+            .body
+            .lines()
+            .any(|l| l == "tollgate_budget_reserved_usd{project=\"p1\"} 0")
+    });
 }
 
 #[test]
