@@ -55,7 +55,7 @@ pub fn decision_json(d: &DecisionRecord) -> String {
     let opt_s = |v: &Option<String>| v.as_deref().map_or("null".to_string(), json_string);
     let opt_n = |v: Option<u64>| v.map_or("null".to_string(), |n| n.to_string());
     format!(
-        r#"{{"id":{},"time":{},"project":{},"key_id":{},"endpoint":{},"model":{},"provider":{},"decision":{},"reason":{},"status":{},"prompt_tokens":{},"completion_tokens":{},"usage_source":{},"cost_usd":{},"latency_ms":{:.3},"stream":{}}}"#,
+        r#"{{"id":{},"time":{},"project":{},"key_id":{},"endpoint":{},"model":{},"provider":{},"decision":{},"reason":{},"status":{},"prompt_tokens":{},"completion_tokens":{},"usage_source":{},"cost_usd":{},"latency_ms":{:.3},"stream":{},"attempts":{},"providers_tried":{}}}"#,
         json_string(&d.id),
         json_string(&crate::budget::rfc3339_millis(d.time_ms)),
         opt_s(&d.project),
@@ -72,7 +72,9 @@ pub fn decision_json(d: &DecisionRecord) -> String {
         d.cost_nanos
             .map_or("null".to_string(), |c| format!("{:.9}", c as f64 / 1e9)),
         d.latency_ms,
-        d.stream
+        d.stream,
+        d.attempts,
+        opt_s(&d.providers_tried)
     )
 }
 

@@ -210,6 +210,15 @@ fn a_failing_target_is_retried_then_the_fallback_gets_the_exact_rewritten_body()
         "spent {spent}, one request costs {expected}"
     );
     assert_eq!(field(&line, "usage"), "reported", "{line}");
+
+    // Every try is in the decision record too.
+    eventually("the decision is recorded", || {
+        admin_get(admin, "/admin/decisions?limit=1").json()["decisions"][0]["id"] == id.as_str()
+    });
+    let d = &admin_get(admin, "/admin/decisions?limit=1").json()["decisions"][0];
+    assert_eq!(d["attempts"], 3, "{d}");
+    assert_eq!(d["providers_tried"], "a,a,b", "{d}");
+    assert_eq!(d["provider"], "b", "{d}");
 }
 
 #[test]

@@ -42,7 +42,7 @@
 //! alerted on; at a few hundred bytes a write, a minute of backlog at 1k req/s
 //! is tens of MB.
 //!
-//! # Schema (`PRAGMA user_version` = 1)
+//! # Schema (`PRAGMA user_version` = 2; v2 added `decisions.attempts` and `providers_tried`)
 //! ```sql
 //! CREATE TABLE spend(
 //!   project TEXT NOT NULL, period TEXT NOT NULL,  -- period: "2026-11", "2026-11-22", "week-of-2026-11-16", "total"
@@ -81,7 +81,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// A batch this large is committed without waiting for the timer, so a burst
 /// becomes several medium transactions instead of one huge one.
@@ -127,6 +127,10 @@ pub struct DecisionRecord {
     pub cost_nanos: Option<u64>,
     pub latency_ms: f64,
     pub stream: bool,
+    /// Upstream tries made (0 for a request blocked before any), retries and fallbacks included.
+    pub attempts: u32,
+    /// The provider of each try, in order, comma-separated (`None`: no try).
+    pub providers_tried: Option<String>,
 }
 
 /// (project, period), as used by [`Reader::all_spend_for`].
@@ -424,7 +428,15 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
         tx.execute_batch(SCHEMA_V1)
             .map_err(|e| format!("create schema v1: {e}"))?;
     }
-    // Later versions: `if version < 2 { ... }`, each step idempotent.
+    if version < 2 {
+        // v2: every try of a request (retries, fallbacks) in its decision record.
+        tx.execute_batch(
+            "ALTER TABLE decisions ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE decisions ADD COLUMN providers_tried TEXT;",
+        )
+        .map_err(|e| format!("migrate schema to v2: {e}"))?;
+    }
+    // Later versions: `if version < 3 { ... }`.
     if version != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| format!("set user_version: {e}"))?;
@@ -645,8 +657,8 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
         let mut decision = tx.prepare_cached(
             "INSERT INTO decisions(id, time_ms, time, project, key_id, endpoint, model, provider,
                decision, reason, status, prompt_tokens, completion_tokens, usage_source,
-               cost_nanos, cost_usd, latency_ms, stream)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+               cost_nanos, cost_usd, latency_ms, stream, attempts, providers_tried)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
         )?;
         for d in &batch.decisions {
             decision.execute(params![
@@ -669,6 +681,8 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
                 // SQLite stores NaN as NULL; read back as NaN.
                 d.latency_ms,
                 d.stream,
+                d.attempts,
+                d.providers_tried,
             ])?;
         }
     }
@@ -724,7 +738,8 @@ pub struct Reader {
 
 const DECISION_COLUMNS: &str =
     "id, time_ms, project, key_id, endpoint, model, provider, decision, reason, \
-     status, prompt_tokens, completion_tokens, usage_source, cost_nanos, latency_ms, stream";
+     status, prompt_tokens, completion_tokens, usage_source, cost_nanos, latency_ms, stream, \
+     attempts, providers_tried";
 
 impl Reader {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -842,6 +857,8 @@ impl Reader {
                     cost_nanos: r.get(13)?,
                     latency_ms: r.get::<_, Option<f64>>(14)?.unwrap_or(f64::NAN),
                     stream: r.get(15)?,
+                    attempts: r.get(16)?,
+                    providers_tried: r.get(17)?,
                 })
             })
             .map_err(|e| format!("ledger store: read decisions: {e}"))?;
@@ -903,6 +920,8 @@ mod tests {
             cost_nanos: Some(1_234_567),
             latency_ms: 12.5,
             stream: true,
+            attempts: 2,
+            providers_tried: Some("a,b".into()),
         }
     }
 
@@ -1061,6 +1080,8 @@ mod tests {
             cost_nanos: Some(9_000_000_000_000),
             latency_ms: 0.125,
             stream: false,
+            attempts: 2,
+            providers_tried: Some("a,b".into()),
         };
         let empty = DecisionRecord {
             id: "req-empty".into(),
@@ -1079,6 +1100,8 @@ mod tests {
             cost_nanos: None,
             latency_ms: 0.0,
             stream: true,
+            attempts: 2,
+            providers_tried: Some("a,b".into()),
         };
         h.send(decision(full.clone()));
         h.send(decision(empty.clone()));
@@ -1424,6 +1447,40 @@ mod tests {
         let err = Store::open(&path, LONG).err().unwrap();
         assert!(err.contains("not a database"), "{err}");
         assert!(err.contains("ledger.db"), "{err}");
+    }
+
+    #[test]
+    fn a_version_1_file_is_migrated_in_place_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO decisions(id, time_ms, time, decision, reason, status, usage_source, stream)
+                 VALUES ('old', 5, 't', 'allow', 'ok', 200, 'reported', 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let (h, reader) = Store::open(&path, Duration::from_millis(50)).unwrap();
+        let got = reader.decisions(None, 10, None).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (
+                got[0].id.as_str(),
+                got[0].attempts,
+                got[0].providers_tried.clone()
+            ),
+            ("old", 0, None)
+        );
+        h.shutdown().unwrap();
+        let c = Connection::open(&path).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
     }
 
     #[test]

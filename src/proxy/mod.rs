@@ -177,6 +177,8 @@ pub struct Ctx {
     plan: Plan,
     /// Attempts started (the access log's `attempts=`).
     attempts: u32,
+    /// The provider of each attempt started, in order (for the decision record).
+    tried: Vec<ProviderIdx>,
     /// The attempt whose outcome is not recorded yet.
     attempt_open: Option<ProviderIdx>,
     /// No new attempt starts after this.
@@ -492,6 +494,7 @@ impl ProxyHttp for Gateway {
             provider: None,
             plan: Plan::default(),
             attempts: 0,
+            tried: Vec::new(),
             attempt_open: None,
             deadline: None,
             swallowed: None,
@@ -576,6 +579,7 @@ impl ProxyHttp for Gateway {
         };
         ctx.provider = Some(p);
         ctx.attempts += 1;
+        ctx.tried.push(p);
         ctx.attempt_open = Some(p);
         let provider = &cfg.providers[p];
         let addr = match self
@@ -913,6 +917,15 @@ impl ProxyHttp for Gateway {
                 cost_nanos: cost.map(|c| c.0),
                 latency_ms,
                 stream: ctx.stream,
+                attempts: ctx.attempts,
+                providers_tried: (!ctx.tried.is_empty()).then(|| {
+                    let names: Vec<&str> = ctx
+                        .tried
+                        .iter()
+                        .filter_map(|&p| cfg.map(|c| c.providers[p].name.as_str()))
+                        .collect();
+                    names.join(",")
+                }),
             });
         }
         log::info!(
