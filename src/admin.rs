@@ -229,7 +229,11 @@ impl ServeHttp for Admin {
         match (method.as_str(), path.as_str()) {
             ("GET", "/healthz") => return json(200, r#"{"status":"ok"}"#.into()),
             ("GET", "/metrics") => {
-                crate::health::publish_up(&self.config.load());
+                let cfg = self.config.load();
+                crate::health::publish_up(&cfg);
+                // Budget gauges are read from the ledger at scrape time, not on every request
+                // (the control task also refreshes them every few seconds).
+                crate::metrics::publish_budgets(&cfg, &self.ledger, &mut Default::default());
                 return reply(200, "text/plain; version=0.0.4", crate::metrics::render());
             }
             _ => {}

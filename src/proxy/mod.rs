@@ -1071,13 +1071,6 @@ impl Gateway {
                 .with_label_values(&[project, model])
                 .inc_by(c.as_usd());
         }
-        if let Some(p) = project_cfg.filter(|p| p.budget.is_some()) {
-            if let Some(rem) = self.ledger.status(p).remaining {
-                m.budget_remaining
-                    .with_label_values(&[project])
-                    .set(rem.as_usd());
-            }
-        }
         let reached =
             ctx.upstream_status.is_some() || ctx.error.as_ref().is_some_and(|e| e.status() >= 500);
         if ctx.provider.is_some() && reached {
