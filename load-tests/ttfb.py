@@ -16,17 +16,9 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REL = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
+from harness import REL, free_port, wait_port
+
 KEY = "tg_ttfb_benchmark_key_00001"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def request_bytes(host, extra_headers, body):
@@ -105,14 +97,7 @@ keys = ["{KEY}"]
                           env=dict(os.environ, BENCH_KEY="sk-bench", RUST_LOG="warn"),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port)).close()
-                break
-            except OSError:
-                assert time.time() < deadline and gw.poll() is None, "gateway did not start"
-                time.sleep(0.05)
+        wait_port(port, gw, "tollgate")
         body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":16}'
         mh, mp = mock_addr.rsplit(":", 1)
         paths = {
