@@ -164,6 +164,8 @@ impl RequestIds {
 pub struct Ctx {
     pub request_id: String,
     started: Instant,
+    /// Wall-clock arrival time: the decision record's time, so records order by arrival.
+    started_ms: i64,
     /// The config snapshot this request lives on, whatever reloads happen meanwhile.
     cfg: Option<Arc<Config>>,
     endpoint: Option<Endpoint>,
@@ -485,6 +487,7 @@ impl ProxyHttp for Gateway {
         Ctx {
             request_id: self.ids.next(),
             started: Instant::now(),
+            started_ms: crate::ledger::unix_now_ms(),
             cfg: None,
             endpoint: None,
             shape: ErrorShape::OpenAi,
@@ -896,7 +899,7 @@ impl ProxyHttp for Gateway {
                 && ctx.upstream_status.is_none();
             self.ledger.record(DecisionRecord {
                 id: ctx.request_id.clone(),
-                time_ms: crate::ledger::unix_now_ms(),
+                time_ms: ctx.started_ms,
                 project: cfg.zip(ctx.project).map(|(c, p)| c.projects[p].id.clone()),
                 key_id: ctx.key_id.clone(),
                 endpoint: ctx.endpoint.map(|e| e.as_str().to_string()),
