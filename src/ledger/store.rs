@@ -9,7 +9,16 @@
 //! channel into a batch and commits the batch as ONE transaction when the
 //! flush interval (default 200 ms) has passed since the oldest uncommitted
 //! write, when [`FLUSH_AT_WRITES`] writes are pending, on [`StoreHandle::flush`],
-//! and on [`StoreHandle::shutdown`]. Spend writes for the same
+//! and on [`StoreHandle::shutdown`].
+//!
+//! # Wake-ups
+//! A send does not wake the writer. The writer sleeps (parked) until its
+//! batch is due and then drains the channel; a sender unparks it only when it
+//! is idle (nothing pending, so the first write of a batch starts the clock),
+//! every [`FLUSH_AT_WRITES`] writes, and for `flush`/`shutdown`. Under load
+//! that is a few wake-ups a second instead of one per request: waking a
+//! thread costs a futex call and a context switch, which on a small machine
+//! was the largest single cost of the ledger on the request path. Spend writes for the same
 //! (project, period) are summed in memory before they reach SQLite, so a busy
 //! project costs one UPSERT per flush, not one per request.
 //! [`Reader`] is a second, read-only connection for the (blocking) start-up
@@ -71,10 +80,10 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::Value;
@@ -187,6 +196,8 @@ struct Shared {
     /// So that a gateway sending thousands of writes after the writer died
     /// logs one line, not thousands.
     drop_logged: AtomicBool,
+    /// The writer is parked with nothing pending: the next sender must wake it.
+    idle: AtomicBool,
 }
 
 enum Msg {
@@ -202,7 +213,23 @@ struct Inner {
     /// during the moment shutdown swaps it.
     tx: RwLock<Option<Sender<Msg>>>,
     join: Mutex<Option<JoinHandle<()>>>,
+    /// The writer thread, to unpark it.
+    writer: Thread,
     shared: Arc<Shared>,
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: disconnect the channel, then wake the writer so
+    /// it sees that (it may be parked with nothing pending) and makes its last flush.
+    fn drop(&mut self) {
+        drop(
+            self.tx
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        self.writer.unpark();
+    }
 }
 
 /// Cheap to clone; every clone feeds the same writer thread.
@@ -216,14 +243,23 @@ impl StoreHandle {
     pub fn send(&self, w: Write) {
         let shared = &self.inner.shared;
         // Counted before the send so the writer can never decrement first.
-        shared.queued.fetch_add(1, Ordering::Relaxed);
+        let queued = shared.queued.fetch_add(1, Ordering::Relaxed) + 1;
         let guard = self.inner.tx.read().unwrap_or_else(PoisonError::into_inner);
         let sent = match guard.as_ref() {
             Some(tx) => tx.send(Msg::Write(w)).is_ok(),
             None => false,
         };
         drop(guard);
-        if !sent {
+        if sent {
+            // Pairs with the fence in `Writer::sleep`: either the writer's last look at the
+            // channel saw this write, or this load sees `idle` set (Dekker's pattern).
+            fence(Ordering::SeqCst);
+            let idle = shared.idle.load(Ordering::Relaxed)
+                && shared.idle.swap(false, Ordering::Relaxed);
+            if idle || queued % FLUSH_AT_WRITES == 0 {
+                self.inner.writer.unpark();
+            }
+        } else {
             shared.queued.fetch_sub(1, Ordering::Relaxed);
             shared.dropped.fetch_add(1, Ordering::Relaxed);
             if !shared.drop_logged.swap(true, Ordering::Relaxed) {
@@ -243,6 +279,7 @@ impl StoreHandle {
             tx.send(Msg::Flush(reply_tx))
                 .map_err(|_| "ledger store: writer thread is not running".to_string())?;
         }
+        self.inner.writer.unpark();
         reply_rx.recv().map_err(|_| {
             "ledger store: writer thread stopped before confirming the flush".to_string()
         })?
@@ -259,7 +296,9 @@ impl StoreHandle {
         let mut result = Ok(());
         if let Some(tx) = tx {
             let (reply_tx, reply_rx) = mpsc::channel();
-            result = match tx.send(Msg::Shutdown(reply_tx)) {
+            let sent = tx.send(Msg::Shutdown(reply_tx));
+            self.inner.writer.unpark();
+            result = match sent {
                 Ok(()) => reply_rx.recv().unwrap_or_else(|_| {
                     Err(
                         "ledger store: writer thread stopped before confirming shutdown"
@@ -349,6 +388,7 @@ impl Store {
         let handle = StoreHandle {
             inner: Arc::new(Inner {
                 tx: RwLock::new(Some(tx)),
+                writer: join.thread().clone(),
                 join: Mutex::new(Some(join)),
                 shared,
             }),
@@ -497,48 +537,47 @@ impl Writer {
         // When the pending batch must be committed; None while it is empty, so
         // an idle gateway does not wake this thread at all.
         let mut due: Option<Instant> = None;
+        // A message `sleep` took off the channel instead of sleeping.
+        let mut held: Option<Msg> = None;
         loop {
-            let msg = match due {
-                None => match rx.recv() {
-                    Ok(m) => Some(m),
-                    Err(_) => break,
-                },
-                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                    Ok(m) => Some(m),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
-            };
-            let now = Instant::now();
+            // Drain everything sent so far, in order.
             let mut attempted = false;
-            match msg {
-                None => {
-                    attempted = true;
-                    let _ = self.commit();
-                }
-                Some(Msg::Write(w)) => {
-                    self.pending.add(w);
-                    // While failing, the size trigger would retry on every
-                    // write; the back-off timer decides instead. When the
-                    // channel always has a message ready (writer behind),
-                    // recv_timeout never reports the timeout, so the deadline
-                    // is checked here too.
-                    let full = self.pending.writes >= FLUSH_AT_WRITES && self.failures == 0;
-                    if full || due.is_some_and(|at| now >= at) {
+            let disconnected = loop {
+                let msg = match held.take().map_or_else(|| rx.try_recv(), Ok) {
+                    Ok(m) => m,
+                    Err(TryRecvError::Empty) => break false,
+                    Err(TryRecvError::Disconnected) => break true,
+                };
+                match msg {
+                    Msg::Write(w) => {
+                        self.pending.add(w);
+                        // The first write of a batch starts the clock.
+                        due = due.or_else(|| Some(Instant::now() + self.interval));
+                        // While failing, the size trigger would retry on every
+                        // write; the back-off timer decides instead.
+                        if self.pending.writes >= FLUSH_AT_WRITES && self.failures == 0 {
+                            attempted = true;
+                            let _ = self.commit();
+                        }
+                    }
+                    Msg::Flush(reply) => {
                         attempted = true;
-                        let _ = self.commit();
+                        let _ = reply.send(self.commit());
+                    }
+                    Msg::Shutdown(reply) => {
+                        let result = self.commit();
+                        self.discard_pending("shutdown");
+                        let _ = reply.send(result);
+                        return;
                     }
                 }
-                Some(Msg::Flush(reply)) => {
-                    attempted = true;
-                    let _ = reply.send(self.commit());
-                }
-                Some(Msg::Shutdown(reply)) => {
-                    let result = self.commit();
-                    self.discard_pending("shutdown");
-                    let _ = reply.send(result);
-                    return;
-                }
+            };
+            if disconnected {
+                break;
+            }
+            if due.is_some_and(|at| Instant::now() >= at) {
+                attempted = true;
+                let _ = self.commit();
             }
             due = if self.pending.is_empty() {
                 None
@@ -546,13 +585,42 @@ impl Writer {
                 // Only a failed attempt leaves writes pending.
                 Some(Instant::now() + self.retry_delay())
             } else {
-                // The first write of a batch starts the clock.
-                due.or(Some(now + self.interval))
+                due
             };
+            held = self.sleep(&rx, due);
         }
         // Every handle was dropped without shutdown: best-effort last flush.
         let _ = self.commit();
         self.discard_pending("handles dropped");
+    }
+
+    /// Park until `due`, or (with nothing pending) until a sender wakes us. Spurious
+    /// wake-ups are harmless: the loop drains and sleeps again. Returns a message found
+    /// on the channel instead of sleeping.
+    fn sleep(&self, rx: &Receiver<Msg>, due: Option<Instant>) -> Option<Msg> {
+        match due {
+            Some(at) => {
+                std::thread::park_timeout(at.saturating_duration_since(Instant::now()));
+                None
+            }
+            None => {
+                self.shared.idle.store(true, Ordering::Relaxed);
+                // Pairs with the fence in `StoreHandle::send`.
+                fence(Ordering::SeqCst);
+                // A write sent before `idle` was set did not unpark us: look once more.
+                let found = match rx.try_recv() {
+                    Ok(m) => Some(m),
+                    // The drain loop sees the disconnection next.
+                    Err(TryRecvError::Disconnected) => None,
+                    Err(TryRecvError::Empty) => {
+                        std::thread::park();
+                        None
+                    }
+                };
+                self.shared.idle.store(false, Ordering::Relaxed);
+                found
+            }
+        }
     }
 
     fn retry_delay(&self) -> Duration {
