@@ -4,6 +4,8 @@
 //!
 //! Core module: no pingora, no tokio, no I/O, no clock: callers pass `now` as Unix seconds.
 
+use std::sync::Arc;
+
 use crate::pricing::Nanos;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,12 +71,16 @@ pub struct Budget {
 /// check-and-reserve is one atomic step.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Account {
-    /// The period `spent` belongs to (`Period::key`).
-    pub period_key: String,
+    /// The period `spent` belongs to (`Period::key`). Shared, so the writes that name it
+    /// copy a pointer, not the string.
+    pub period_key: Arc<str>,
     /// Settled spend in that period.
     pub spent: Nanos,
     /// Worst cases of requests admitted and not yet settled.
     pub reserved: Nanos,
+    /// The UTC day (days since the epoch) on which `period_key` was last found current:
+    /// every period starts at a UTC midnight, so within a day there is nothing to check.
+    pub checked_day: Option<i64>,
 }
 
 /// Why a request was refused: the numbers the 402 message shows.
@@ -91,9 +97,19 @@ impl Account {
     /// (what the ledger has for it, normally 0). Reservations in flight carry over; they are
     /// charged to the period in which they settle.
     pub fn roll(&mut self, key: &str, stored: Nanos) {
-        if self.period_key != key {
-            self.period_key = key.to_string();
+        if &*self.period_key != key {
+            self.period_key = Arc::from(key);
             self.spent = stored;
+        }
+    }
+
+    /// [`Account::roll`] to `period`'s key at `now_unix`, building the key only when the UTC
+    /// day has changed since the last call (the request path calls this on every request).
+    pub fn roll_at(&mut self, period: Period, now_unix: i64) {
+        let day = now_unix.div_euclid(86_400);
+        if self.checked_day != Some(day) {
+            self.roll(&period.key(now_unix), Nanos::ZERO);
+            self.checked_day = Some(day);
         }
     }
 
@@ -258,11 +274,36 @@ mod tests {
             period_key: "2026-11".into(),
             spent: Nanos(90),
             reserved: Nanos(5),
+            checked_day: None,
         };
         a.roll("2026-11", Nanos(0));
         assert_eq!(a.spent, Nanos(90), "same period: unchanged");
         a.roll("2026-12", Nanos(0));
         assert_eq!((a.spent, a.reserved), (Nanos(0), Nanos(5)));
+    }
+
+    #[test]
+    fn roll_at_moves_to_the_next_period_at_its_first_second_and_not_before() {
+        let dec = 1_796_083_200; // 2026-12-01T00:00:00Z
+        let mut a = Account {
+            period_key: "2026-11".into(),
+            spent: Nanos(90),
+            ..Account::default()
+        };
+        a.roll_at(Period::Month, dec - 86_400);
+        a.roll_at(Period::Month, dec - 1);
+        assert_eq!((&*a.period_key, a.spent), ("2026-11", Nanos(90)));
+        a.roll_at(Period::Month, dec);
+        assert_eq!((&*a.period_key, a.spent), ("2026-12", Nanos(0)));
+        a.spent = Nanos(7);
+        a.roll_at(Period::Month, dec + 3_600);
+        assert_eq!(a.spent, Nanos(7), "same day, same period");
+
+        let mut d = Account::default();
+        d.roll_at(Period::Day, dec - 1);
+        d.spent = Nanos(3);
+        d.roll_at(Period::Day, dec);
+        assert_eq!((&*d.period_key, d.spent), ("2026-12-01", Nanos(0)));
     }
 
     #[test]

@@ -80,18 +80,18 @@ pub fn check_model(
 }
 
 /// Scan the prompt text for credentials (`block_secrets`) and the project's `block_patterns`.
-/// Texts are visited one by one, so a pattern never matches across two messages.
+/// Texts are visited one by one, so a pattern never matches across two messages. The same walk
+/// gives the prompt's token upper bound ([`crate::prompt::prompt_tokens_upper_bound`]), which is
+/// what `Ok` carries.
 pub fn check_prompt(
     project: &Project,
     format: crate::prompt::Format,
     body: &[u8],
-) -> Result<(), GatewayError> {
-    if !project.block_secrets && project.block_patterns.is_none() {
-        return Ok(());
-    }
+) -> Result<u64, GatewayError> {
+    let scanning = project.block_secrets || project.block_patterns.is_some();
     let mut hit: Option<GatewayError> = None;
-    crate::prompt::for_each_text(format, body, &mut |text| {
-        if hit.is_some() {
+    let bound = crate::prompt::scan(format, body, &mut |text| {
+        if hit.is_some() || !scanning {
             return;
         }
         if project.block_secrets {
@@ -116,7 +116,7 @@ pub fn check_prompt(
             }
         }
     });
-    hit.map_or(Ok(()), Err)
+    hit.map_or(Ok(bound), Err)
 }
 
 /// When nothing bounds a request's output (no `max_tokens` from the client, no project cap,

@@ -26,6 +26,16 @@ impl Nanos {
         self.0 as f64 / 1e9
     }
 
+    /// Dollars with six decimals, rounded half up (`12.345679`): integer arithmetic, no float
+    /// formatting on the request path.
+    pub fn usd_6dp(self) -> String {
+        use std::fmt::Write;
+        let micros = self.0 / 1000 + u64::from(self.0 % 1000 >= 500);
+        let mut s = String::with_capacity(24);
+        let _ = write!(s, "{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+        s
+    }
+
     pub fn saturating_add(self, o: Nanos) -> Nanos {
         Nanos(self.0.saturating_add(o.0))
     }
@@ -204,5 +214,20 @@ mod tests {
     #[test]
     fn huge_products_saturate_instead_of_overflowing() {
         assert_eq!(cost_of(u64::MAX, u64::MAX), Nanos(u64::MAX));
+    }
+
+    #[test]
+    fn six_decimal_dollars_round_half_up_like_the_float_format() {
+        for (n, want) in [
+            (0u64, "0.000000"),
+            (499, "0.000000"),
+            (500, "0.000001"),
+            (1_000_000_000, "1.000000"),
+            (999_999_999_500, "1000.000000"),
+            (12_345_678_901, "12.345679"),
+            (u64::MAX, "18446744073.709552"),
+        ] {
+            assert_eq!(Nanos(n).usd_6dp(), want, "{n} nanos");
+        }
     }
 }

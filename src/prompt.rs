@@ -104,6 +104,15 @@ pub fn prompt_tokens_upper_bound(format: Format, body: &[u8]) -> u64 {
     acc.bound()
 }
 
+/// [`for_each_text`] and [`prompt_tokens_upper_bound`] in one walk of the body: calls `f`
+/// with each text and returns the bound. The gateway needs both for every request, and the
+/// walk is most of the cost of either.
+pub fn scan(format: Format, body: &[u8], f: &mut dyn FnMut(&str)) -> u64 {
+    let mut acc = Acc::new(Some(f));
+    walk(format, body, &mut acc);
+    acc.bound()
+}
+
 fn walk(format: Format, body: &[u8], acc: &mut Acc<'_>) {
     let node = match format {
         Format::Chat => Node::ChatBody,
@@ -1267,6 +1276,19 @@ mod proptests {
                 let visited = for_each_text(format, &body, &mut |t| n += t.len());
                 prop_assert_eq!(visited, n);
                 prop_assert!(prompt_tokens_upper_bound(format, &body) >= visited as u64);
+            }
+        }
+
+        #[test]
+        fn one_scan_visits_the_same_texts_and_gives_the_same_bound(v in json()) {
+            let body = serde_json::to_vec(&v).unwrap_or_default();
+            for format in ALL {
+                let mut apart = Vec::new();
+                for_each_text(format, &body, &mut |t| apart.push(t.to_string()));
+                let mut together = Vec::new();
+                let bound = scan(format, &body, &mut |t| together.push(t.to_string()));
+                prop_assert_eq!(&apart, &together);
+                prop_assert_eq!(bound, prompt_tokens_upper_bound(format, &body));
             }
         }
     }

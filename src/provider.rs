@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+
 use crate::usage::WireFormat;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +142,81 @@ pub struct Provider {
     pub anthropic_version: String,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// The header values every request to this provider carries, built once per config.
+    pub wire: WireHeaders,
+}
+
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// Header values built (and validated) when the config loads, so a request only clones them:
+/// cloning a `HeaderValue` is a reference count, formatting and validating one is not.
+#[derive(Clone, Debug)]
+pub struct WireHeaders {
+    pub host: HeaderValue,
+    /// The provider credential in its own scheme (`Authorization: Bearer K` for openai,
+    /// `x-api-key: K` for anthropic). Marked sensitive, so `Debug` shows no secret.
+    pub credential: Option<(HeaderName, HeaderValue)>,
+    /// Sent to anthropic when the client sent no `anthropic-version`.
+    pub anthropic_version: Option<HeaderValue>,
+    /// The provider's name, for the `x-tollgate-provider` response header.
+    pub name: HeaderValue,
+}
+
+impl WireHeaders {
+    /// `Err((field, message))`: the config field whose value cannot be carried in an HTTP
+    /// header (a credential with a newline, say). The message never repeats a credential.
+    pub fn new(
+        kind: ProviderKind,
+        name: &str,
+        host_header: &str,
+        credential: Option<&Secret>,
+        anthropic_version: &str,
+    ) -> Result<WireHeaders, (&'static str, String)> {
+        let host = HeaderValue::from_str(host_header).map_err(|_| {
+            (
+                "base_url",
+                format!("host {host_header:?} cannot be sent as a Host header"),
+            )
+        })?;
+        let name = HeaderValue::from_str(name)
+            .map_err(|_| ("name", format!("{name:?} cannot be sent in a header")))?;
+        let credential = match credential {
+            None => None,
+            Some(c) => {
+                let (header, text) = match kind {
+                    ProviderKind::OpenAi => (AUTHORIZATION, format!("Bearer {}", c.expose())),
+                    ProviderKind::Anthropic => (X_API_KEY.clone(), c.expose().to_string()),
+                };
+                let mut v = HeaderValue::from_str(&text).map_err(|_| {
+                    (
+                        "api_key_env",
+                        "the key in this variable has characters an HTTP header cannot carry \
+                         (a newline or a control character?)"
+                            .to_string(),
+                    )
+                })?;
+                v.set_sensitive(true);
+                Some((header, v))
+            }
+        };
+        let anthropic_version = match kind {
+            ProviderKind::OpenAi => None,
+            ProviderKind::Anthropic => {
+                Some(HeaderValue::from_str(anthropic_version).map_err(|_| {
+                    (
+                        "anthropic_version",
+                        format!("{anthropic_version:?} cannot be sent in a header"),
+                    )
+                })?)
+            }
+        };
+        Ok(WireHeaders {
+            host,
+            credential,
+            anthropic_version,
+            name,
+        })
+    }
 }
 
 impl Provider {
@@ -284,6 +361,45 @@ mod tests {
     fn secrets_never_show_in_debug_output() {
         let s = Secret::new("sk-live-123".into());
         assert!(!format!("{s:?}").contains("sk-live"));
+        let w = WireHeaders::new(ProviderKind::OpenAi, "openai", "h", Some(&s), "").unwrap();
+        assert!(!format!("{w:?}").contains("sk-live"), "{w:?}");
+    }
+
+    #[test]
+    fn wire_headers_put_the_credential_in_each_providers_scheme() {
+        let s = Secret::new("sk-1".into());
+        let o =
+            WireHeaders::new(ProviderKind::OpenAi, "o", "api.openai.com", Some(&s), "").unwrap();
+        let (name, value) = o.credential.unwrap();
+        assert_eq!(
+            (name.as_str(), value.to_str().unwrap()),
+            ("authorization", "Bearer sk-1")
+        );
+        assert!(o.anthropic_version.is_none());
+        let a = WireHeaders::new(
+            ProviderKind::Anthropic,
+            "a",
+            "h:8443",
+            Some(&s),
+            "2023-06-01",
+        )
+        .unwrap();
+        let (name, value) = a.credential.unwrap();
+        assert_eq!(
+            (name.as_str(), value.to_str().unwrap()),
+            ("x-api-key", "sk-1")
+        );
+        assert_eq!(a.anthropic_version.unwrap(), "2023-06-01");
+        assert_eq!(a.host, "h:8443");
+    }
+
+    #[test]
+    fn a_credential_a_header_cannot_carry_is_an_error_that_does_not_echo_it() {
+        let s = Secret::new("sk-secret\nX-Evil: 1".into());
+        let (field, e) =
+            WireHeaders::new(ProviderKind::OpenAi, "o", "h", Some(&s), "").unwrap_err();
+        assert_eq!(field, "api_key_env");
+        assert!(!e.contains("sk-secret"), "{e}");
     }
 
     #[test]
@@ -297,6 +413,7 @@ mod tests {
             anthropic_version: String::new(),
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
+            wire: WireHeaders::new(ProviderKind::OpenAi, "x", "h", None, "").unwrap(),
         };
         assert_eq!(
             p.upstream_path("/v1/chat/completions?x=1"),

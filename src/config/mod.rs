@@ -19,7 +19,7 @@ use crate::auth::{key_digest, KeyDigest};
 use crate::budget::{Budget, Period};
 use crate::policy::Glob;
 use crate::pricing::{per_mtok_to_pico, Nanos, Price, PriceTable};
-use crate::provider::{BaseUrl, Provider, ProviderKind, Secret};
+use crate::provider::{BaseUrl, Provider, ProviderKind, Secret, WireHeaders};
 use crate::route::{Route, RouteTable, Target};
 use file::FileConfig;
 
@@ -546,22 +546,39 @@ impl Validator<'_> {
                 Some(v) => self.positive(v, &format!("{at}.read_timeout_ms"), 3_600_000),
                 None => Some(120_000),
             };
-            let _ = span;
             if let (Some(kind), Some(base), Some(connect), Some(read)) = (kind, base, connect, read)
             {
-                out.push(Provider {
-                    name: name.clone(),
+                let host_header = base.host_header();
+                let anthropic_version = p
+                    .anthropic_version
+                    .clone()
+                    .unwrap_or_else(|| "2023-06-01".into());
+                match WireHeaders::new(
                     kind,
-                    host_header: base.host_header(),
-                    base,
-                    credential,
-                    anthropic_version: p
-                        .anthropic_version
-                        .clone()
-                        .unwrap_or_else(|| "2023-06-01".into()),
-                    connect_timeout: Duration::from_millis(connect),
-                    read_timeout: Duration::from_millis(read),
-                });
+                    name,
+                    &host_header,
+                    credential.as_ref(),
+                    &anthropic_version,
+                ) {
+                    Ok(wire) => out.push(Provider {
+                        name: name.clone(),
+                        kind,
+                        host_header,
+                        base,
+                        credential,
+                        anthropic_version,
+                        connect_timeout: Duration::from_millis(connect),
+                        read_timeout: Duration::from_millis(read),
+                        wire,
+                    }),
+                    Err((field, m)) => {
+                        let place = match (&p.api_key_env, field) {
+                            (Some(var), "api_key_env") => Some(var.span()),
+                            _ => Some(span.clone()),
+                        };
+                        self.err(place, format!("{at}.{field}"), m);
+                    }
+                }
             }
         }
         out

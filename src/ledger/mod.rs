@@ -23,7 +23,14 @@ use crate::error::{GatewayError, PolicyCode};
 use crate::pricing::Nanos;
 pub use store::{DecisionRecord, Reader, StoreHandle, Write};
 
-type Cell = Arc<Mutex<Account>>;
+/// A project's account and its id, shared so that reservations and spend writes copy a
+/// pointer rather than the id string.
+struct Slot {
+    project: Arc<str>,
+    account: Mutex<Account>,
+}
+
+type Cell = Arc<Slot>;
 
 pub struct Ledger {
     accounts: ArcSwap<HashMap<String, Cell>>,
@@ -34,15 +41,23 @@ pub struct Ledger {
 
 /// A poisoned account lock only means another request panicked mid-update of plain integers;
 /// the numbers are still the best we have.
-fn lock(cell: &Mutex<Account>) -> MutexGuard<'_, Account> {
-    cell.lock().unwrap_or_else(|p| p.into_inner())
+fn lock(cell: &Slot) -> MutexGuard<'_, Account> {
+    cell.account.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn slot(project: &str, account: Account) -> Cell {
+    Arc::new(Slot {
+        project: Arc::from(project),
+        account: Mutex::new(account),
+    })
 }
 
 /// Money held for one admitted request until it settles.
 pub struct Reservation {
     cell: Cell,
-    project: String,
     amount: Nanos,
+    /// The project's budget left after this reservation (None: no budget).
+    remaining: Option<Nanos>,
     store: Option<StoreHandle>,
     now_unix: fn() -> i64,
     period: Option<crate::budget::Period>,
@@ -52,6 +67,12 @@ pub struct Reservation {
 impl Reservation {
     pub fn amount(&self) -> Nanos {
         self.amount
+    }
+
+    /// The budget left once this reservation was made, read under the same lock (None when
+    /// the project has no budget).
+    pub fn remaining(&self) -> Option<Nanos> {
+        self.remaining
     }
 
     /// Release the reservation and charge `actual`.
@@ -67,7 +88,7 @@ impl Reservation {
         let period_key = {
             let mut a = lock(&self.cell);
             if let Some(p) = self.period {
-                a.roll(&p.key((self.now_unix)()), Nanos::ZERO);
+                a.roll_at(p, (self.now_unix)());
             }
             a.settle(self.amount, actual);
             a.period_key.clone()
@@ -75,7 +96,7 @@ impl Reservation {
         if actual > Nanos::ZERO {
             if let Some(s) = &self.store {
                 s.send(Write::Spend {
-                    project: self.project.clone(),
+                    project: self.cell.project.clone(),
                     period: period_key,
                     add_nanos: actual.0,
                 });
@@ -175,11 +196,14 @@ impl Ledger {
                     .unwrap_or(0);
                 map.insert(
                     p.id.clone(),
-                    Arc::new(Mutex::new(Account {
-                        period_key: key,
-                        spent: Nanos(spent),
-                        reserved: Nanos::ZERO,
-                    })),
+                    slot(
+                        &p.id,
+                        Account {
+                            period_key: Arc::from(key),
+                            spent: Nanos(spent),
+                            ..Account::default()
+                        },
+                    ),
                 );
             }
             self.accounts.store(Arc::new(map));
@@ -202,7 +226,7 @@ impl Ledger {
         }
         // A project the last load did not see (only possible between a reload's swap and its
         // load): start it empty rather than block on disk here.
-        let cell: Cell = Arc::new(Mutex::new(Account::default()));
+        let cell: Cell = slot(project, Account::default());
         let mut out = cell.clone();
         self.accounts.rcu(|m| {
             let mut m = HashMap::clone(m);
@@ -253,20 +277,26 @@ impl Ledger {
     /// Projects without a budget get a reservation too, so their spend is still recorded.
     pub fn reserve(&self, project: &Project, amount: Nanos) -> Result<Reservation, GatewayError> {
         let cell = self.cell(&project.id);
-        {
+        let remaining = {
             let mut a = lock(&cell);
-            a.roll(&period_of(project).key(unix_now()), Nanos::ZERO);
+            a.roll_at(period_of(project), unix_now());
             match project.budget {
-                Some(b) => a.admit(b.limit, amount).map_err(|r| {
-                    GatewayError::BudgetExceeded(refusal_message(&project.id, b.period, &r))
-                })?,
-                None => a.reserved = a.reserved.saturating_add(amount),
+                Some(b) => {
+                    a.admit(b.limit, amount).map_err(|r| {
+                        GatewayError::BudgetExceeded(refusal_message(&project.id, b.period, &r))
+                    })?;
+                    Some(a.remaining(b.limit))
+                }
+                None => {
+                    a.reserved = a.reserved.saturating_add(amount);
+                    None
+                }
             }
-        }
+        };
         Ok(Reservation {
             cell,
-            project: project.id.clone(),
             amount,
+            remaining,
             store: self.store.clone(),
             now_unix: unix_now,
             period: Some(period_of(project)),
@@ -278,7 +308,7 @@ impl Ledger {
         let cell = self.cell(&project.id);
         let a = {
             let mut a = lock(&cell);
-            a.roll(&period_of(project).key(unix_now()), Nanos::ZERO);
+            a.roll_at(period_of(project), unix_now());
             a.clone()
         };
         let limit = project.budget.map(|b| b.limit);

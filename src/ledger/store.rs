@@ -150,8 +150,8 @@ pub type SpendKey = (String, String);
 pub enum Write {
     /// Add to a project's spend in a period (period key strings like "2026-11", "2026-11-22", "week-of-2026-11-16", "total").
     Spend {
-        project: String,
-        period: String,
+        project: Arc<str>,
+        period: Arc<str>,
         add_nanos: u64,
     },
     /// Set a project's freeze flag; writes are applied in the order sent, so
@@ -254,8 +254,8 @@ impl StoreHandle {
             // Pairs with the fence in `Writer::sleep`: either the writer's last look at the
             // channel saw this write, or this load sees `idle` set (Dekker's pattern).
             fence(Ordering::SeqCst);
-            let idle = shared.idle.load(Ordering::Relaxed)
-                && shared.idle.swap(false, Ordering::Relaxed);
+            let idle =
+                shared.idle.load(Ordering::Relaxed) && shared.idle.swap(false, Ordering::Relaxed);
             if idle || queued % FLUSH_AT_WRITES == 0 {
                 self.inner.writer.unpark();
             }
@@ -488,7 +488,7 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
 /// Writes received but not yet committed.
 #[derive(Default)]
 struct Batch {
-    spend: HashMap<(String, String), u64>,
+    spend: HashMap<(Arc<str>, Arc<str>), u64>,
     freezes: HashMap<String, (bool, i64)>,
     decisions: Vec<DecisionRecord>,
     /// Writes as sent (before coalescing), for the stats.
@@ -713,7 +713,7 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
                updated_ms = excluded.updated_ms",
         )?;
         for ((project, period), add) in &batch.spend {
-            spend.execute(params![project, period, clamp_i64(*add), now])?;
+            spend.execute(params![&**project, &**period, clamp_i64(*add), now])?;
         }
         let mut freeze = tx.prepare_cached(
             "INSERT INTO freezes(project, frozen, updated_ms) VALUES (?1, ?2, ?3)
@@ -728,11 +728,20 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
                cost_nanos, cost_usd, latency_ms, stream, attempts, providers_tried)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
         )?;
+        let mut time_buf = [0u8; 24];
         for d in &batch.decisions {
+            let time_owned;
+            let time = match rfc3339_utc_ms_into(d.time_ms, &mut time_buf) {
+                Some(t) => t,
+                None => {
+                    time_owned = rfc3339_utc_ms(d.time_ms);
+                    &time_owned
+                }
+            };
             decision.execute(params![
                 d.id,
                 d.time_ms,
-                rfc3339_utc_ms(d.time_ms),
+                time,
                 d.project,
                 d.key_id,
                 d.endpoint,
@@ -771,16 +780,53 @@ fn unix_ms_now() -> i64 {
 
 /// Unix ms to "YYYY-MM-DDTHH:MM:SS.mmmZ" (proleptic Gregorian, UTC).
 fn rfc3339_utc_ms(time_ms: i64) -> String {
+    let mut buf = [0u8; 24];
+    match rfc3339_utc_ms_into(time_ms, &mut buf) {
+        Some(s) => s.to_string(),
+        None => {
+            let (y, m, d, h, mi, s, ms) = utc_parts(time_ms);
+            format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+        }
+    }
+}
+
+/// [`rfc3339_utc_ms`] into a stack buffer, for the writer's hot loop (one per decision row):
+/// no formatting machinery, no allocation. `None` for years outside 0000..=9999.
+fn rfc3339_utc_ms_into(time_ms: i64, buf: &mut [u8; 24]) -> Option<&str> {
+    let (y, m, d, h, mi, s, ms) = utc_parts(time_ms);
+    if !(0..=9999).contains(&y) {
+        return None;
+    }
+    fn put(out: &mut [u8], mut v: i64) {
+        for b in out.iter_mut().rev() {
+            *b = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    *buf = *b"0000-00-00T00:00:00.000Z";
+    put(&mut buf[0..4], y);
+    put(&mut buf[5..7], m);
+    put(&mut buf[8..10], d);
+    put(&mut buf[11..13], h);
+    put(&mut buf[14..16], mi);
+    put(&mut buf[17..19], s);
+    put(&mut buf[20..23], ms);
+    std::str::from_utf8(buf).ok()
+}
+
+fn utc_parts(time_ms: i64) -> (i64, i64, i64, i64, i64, i64, i64) {
     let days = time_ms.div_euclid(86_400_000);
     let ms_of_day = time_ms.rem_euclid(86_400_000);
     let (y, m, d) = civil_from_days(days);
     let secs = ms_of_day / 1000;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+    (
+        y,
+        m,
+        d,
         secs / 3600,
         secs / 60 % 60,
         secs % 60,
-        ms_of_day % 1000
+        ms_of_day % 1000,
     )
 }
 
@@ -1575,9 +1621,16 @@ mod tests {
         ] {
             assert_eq!(rfc3339_utc_ms(ms), text, "{ms}");
         }
-        // Extremes must not panic.
+        // Extremes must not panic, and take the slow path for years past 9999.
         let _ = rfc3339_utc_ms(i64::MIN);
         let _ = rfc3339_utc_ms(i64::MAX);
+        assert!(rfc3339_utc_ms(253_402_300_800_000).starts_with("10000-01-01T"));
+        let mut buf = [0u8; 24];
+        assert_eq!(rfc3339_utc_ms_into(253_402_300_800_000, &mut buf), None);
+        assert_eq!(
+            rfc3339_utc_ms_into(253_402_300_799_999, &mut buf),
+            Some("9999-12-31T23:59:59.999Z")
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -38,7 +39,7 @@ use crate::health::{self, HEALTH};
 use crate::ledger::{DecisionRecord, Ledger, Reservation};
 use crate::policy;
 use crate::pricing::{Nanos, Price};
-use crate::provider::{Endpoint, ProviderKind};
+use crate::provider::Endpoint;
 use crate::ratelimit::RateLimiter;
 use crate::request::{self, Rewrite};
 use crate::resolver::Resolver;
@@ -233,6 +234,11 @@ impl Ctx {
     fn shape(&self) -> ErrorShape {
         self.shape
     }
+
+    /// The request id as a header value (ids are hex, always valid).
+    fn request_id_header(&self) -> HeaderValue {
+        HeaderValue::from_str(&self.request_id).unwrap_or(HeaderValue::from_static("-"))
+    }
 }
 
 fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
@@ -331,9 +337,10 @@ impl Gateway {
         let upstream_model = route.upstream_model(&facts.model);
         ctx.upstream_model = Some(upstream_model.to_string());
         policy::check_model(project, &facts.model, upstream_model)?;
-        if let Some(format) = endpoint.prompt_format() {
-            policy::check_prompt(project, format, &buf)?;
-        }
+        let prompt_bound = match endpoint.prompt_format() {
+            Some(format) => Some(policy::check_prompt(project, format, &buf)?),
+            None => None,
+        };
 
         let price = cfg.prices.lookup(upstream_model);
         if price.is_none() && project.unpriced == Unpriced::Block {
@@ -354,17 +361,12 @@ impl Gateway {
             produces_output,
             project.budget.is_some(),
         )?;
-        let worst = match (price, endpoint.prompt_format()) {
-            (Some((_, p)), Some(format)) => p.worst_case(
-                crate::prompt::prompt_tokens_upper_bound(format, &buf),
-                bound.tokens,
-            ),
+        let worst = match (price, prompt_bound) {
+            (Some((_, p)), Some(prompt)) => p.worst_case(prompt, bound.tokens),
             _ => Nanos::ZERO,
         };
         let reservation = self.ledger.reserve(project, worst)?;
-        ctx.remaining = project
-            .budget
-            .map(|_| self.ledger.status(project).remaining.unwrap_or(Nanos::ZERO));
+        ctx.remaining = reservation.remaining();
         ctx.reservation = Some(reservation);
         ctx.price = price.map(|(_, p)| p.clone());
         ctx.price_key = price.map(|(k, _)| k.to_string());
@@ -631,41 +633,37 @@ impl ProxyHttp for Gateway {
             ));
         };
         let provider = &cfg.providers[p];
-        let pq = session
-            .req_header()
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_string();
-        let path = provider.upstream_path(&pq);
-        let uri = path
-            .parse::<http::Uri>()
-            .map_err(|_| Error::explain(ErrorType::InternalError, "bad upstream path"))?;
-        req.set_uri(uri);
-        req.insert_header("host", provider.host_header.as_str())?;
+        if !provider.base.path.is_empty() {
+            let pq = session
+                .req_header()
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str());
+            let uri = provider
+                .upstream_path(pq)
+                .parse::<http::Uri>()
+                .map_err(|_| Error::explain(ErrorType::InternalError, "bad upstream path"))?;
+            req.set_uri(uri);
+        }
+        let wire = &provider.wire;
+        req.insert_header(http::header::HOST, wire.host.clone())?;
         for h in auth::KEY_HEADERS {
             req.remove_header(h);
         }
-        if let Some(cred) = &provider.credential {
-            match provider.kind {
-                ProviderKind::OpenAi => {
-                    req.insert_header("authorization", format!("Bearer {}", cred.expose()))?
-                }
-                ProviderKind::Anthropic => req.insert_header("x-api-key", cred.expose())?,
-            }
+        if let Some((name, value)) = &wire.credential {
+            req.insert_header(name, value.clone())?;
         }
-        if provider.kind == ProviderKind::Anthropic
-            && req.headers.get("anthropic-version").is_none()
-        {
-            req.insert_header("anthropic-version", provider.anthropic_version.as_str())?;
+        if let Some(v) = &wire.anthropic_version {
+            if req.headers.get("anthropic-version").is_none() {
+                req.insert_header("anthropic-version", v.clone())?;
+            }
         }
         // Usage is read from the response bytes, so they must arrive uncompressed.
         req.remove_header("accept-encoding");
-        req.remove_header("x-tollgate-request-id");
-        req.insert_header("x-tollgate-request-id", ctx.request_id.as_str())?;
+        req.insert_header("x-tollgate-request-id", ctx.request_id_header())?;
         if let Some(b) = &ctx.body {
             req.remove_header("transfer-encoding");
-            req.insert_header("content-length", b.len().to_string())?;
+            req.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from(b.len()))?;
         }
         Ok(())
     }
@@ -782,15 +780,12 @@ impl ProxyHttp for Gateway {
         ctx.first_byte.get_or_insert_with(Instant::now);
         let status = resp.status.as_u16();
         ctx.upstream_status = Some(status);
-        resp.insert_header("x-tollgate-request-id", ctx.request_id.as_str())?;
+        resp.insert_header("x-tollgate-request-id", ctx.request_id_header())?;
         if let (Some(cfg), Some(p)) = (ctx.cfg.as_ref(), ctx.provider) {
-            resp.insert_header("x-tollgate-provider", cfg.providers[p].name.as_str())?;
+            resp.insert_header("x-tollgate-provider", cfg.providers[p].wire.name.clone())?;
         }
         if let Some(rem) = ctx.remaining {
-            resp.insert_header(
-                "x-tollgate-budget-remaining-usd",
-                format!("{:.6}", rem.as_usd()),
-            )?;
+            resp.insert_header("x-tollgate-budget-remaining-usd", rem.usd_6dp())?;
         }
         let format = ctx.endpoint.and_then(|e| e.wire_format());
         if let (Some(format), true) = (format, (200..300).contains(&status)) {
