@@ -43,6 +43,7 @@ enum Key {
     Usage,
     Error,
     Text,
+    Choices,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +74,16 @@ pub(crate) struct JsonScanner {
     buf_overflow: bool,
     text_keys: &'static [&'static [u8]],
     seen_object: bool,
+    /// A top-level `usage` object was found and parsed (not `null`).
+    pub(crate) usage_found: bool,
+    /// The top-level `choices` key's value: `Some(true)` for `[]`, `Some(false)` for any other
+    /// value, `None` while not seen.
+    pub(crate) choices_empty: Option<bool>,
+    /// The next value belongs to the top-level `choices` key.
+    choices_next: bool,
+    /// Just inside the top-level `choices` array: the next byte that is not whitespace tells
+    /// whether it is empty.
+    choices_open: bool,
 }
 
 impl JsonScanner {
@@ -93,7 +104,20 @@ impl JsonScanner {
             buf_overflow: false,
             text_keys,
             seen_object: false,
+            usage_found: false,
+            choices_empty: None,
+            choices_next: false,
+            choices_open: false,
         }
+    }
+
+    /// Ready for another document, keeping the capture buffer's allocation (one scanner reads
+    /// every event of a stream).
+    pub(crate) fn reset(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        *self = JsonScanner::new(self.text_keys);
+        self.buf = buf;
     }
 
     pub(crate) fn buffered_bytes(&self) -> usize {
@@ -134,8 +158,12 @@ impl JsonScanner {
                 }
                 continue;
             }
+            let start = i;
             while i < n && !STRUCTURAL[chunk[i] as usize] {
                 i += 1;
+            }
+            if self.choices_next || self.choices_open {
+                self.decide_choices(&chunk[start..i], chunk.get(i).copied());
             }
             if i == n {
                 break;
@@ -164,6 +192,10 @@ impl JsonScanner {
                     self.push(false);
                     self.expect_key = false;
                     self.text_value_next = false;
+                    if std::mem::take(&mut self.choices_next) {
+                        // Decided by the first byte inside the brackets.
+                        self.choices_open = true;
+                    }
                 }
                 c @ (b'}' | b']' | b',') => {
                     if self.depth == 1 && self.capture.is_some() {
@@ -185,6 +217,7 @@ impl JsonScanner {
                     let key = std::mem::replace(&mut self.last_key, Key::Other);
                     self.expect_key = false;
                     self.text_value_next = key == Key::Text;
+                    self.choices_next = key == Key::Choices;
                     if matches!(key, Key::Usage | Key::Error) {
                         self.capture = Some(key);
                         self.buf.clear();
@@ -204,6 +237,26 @@ impl JsonScanner {
     pub(crate) fn finish(&mut self, ex: &mut Extract) {
         if self.capture.is_some() {
             self.end_capture(&[], ex);
+        }
+    }
+
+    /// After the top-level `choices` key (or just inside its array): `skipped` are the bytes
+    /// up to `next`, the structural byte that follows (None: the chunk ended).
+    fn decide_choices(&mut self, skipped: &[u8], next: Option<u8>) {
+        let literal = skipped.iter().any(|b| !b.is_ascii_whitespace());
+        if self.choices_next {
+            if literal || next.is_some_and(|c| c != b'[') {
+                self.choices_next = false;
+                self.choices_empty = Some(false);
+            }
+            return;
+        }
+        if literal {
+            self.choices_open = false;
+            self.choices_empty = Some(false);
+        } else if let Some(c) = next {
+            self.choices_open = false;
+            self.choices_empty = Some(c == b']');
         }
     }
 
@@ -249,6 +302,8 @@ impl JsonScanner {
             Key::Usage
         } else if self.depth == 1 && key == b"error" {
             Key::Error
+        } else if self.depth == 1 && key == b"choices" {
+            Key::Choices
         } else if self.depth >= 2 && self.text_keys.contains(&key) {
             Key::Text
         } else {
@@ -271,7 +326,7 @@ impl JsonScanner {
         let key = self.capture.take();
         if !self.buf_overflow {
             match key {
-                Some(Key::Usage) => ex.json_usage(&self.buf),
+                Some(Key::Usage) => self.usage_found |= ex.json_usage(&self.buf),
                 Some(Key::Error) => ex.json_error(&self.buf),
                 _ => {}
             }

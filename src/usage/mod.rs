@@ -53,7 +53,18 @@ use bytes::Bytes;
 
 use json::JsonScanner;
 use sse::{Dispatch, SseParser};
-use wire::{AnthropicEvent, ChatChunk, ResponsesEvent, WireError, WireUsage};
+use wire::{AnthropicEvent, ResponsesEvent, WireError, WireUsage};
+
+/// Keys whose string values are output text in an OpenAI chat or legacy completions stream
+/// chunk (`choices[].delta.content`, `.refusal`, `.reasoning_content`,
+/// `.tool_calls[].function.arguments`; `choices[].text`).
+const CHUNK_TEXT_KEYS: &[&[u8]] = &[
+    b"content",
+    b"refusal",
+    b"reasoning_content",
+    b"arguments",
+    b"text",
+];
 
 /// Cap on one SSE event's data. Sized for the Responses API's `response.completed`, which
 /// repeats the full output; a bigger event is dropped (see the module doc).
@@ -179,6 +190,8 @@ pub enum Feed {
 
 /// What the scanner found so far; shared by the SSE and JSON paths.
 struct Extract {
+    /// Reads OpenAI stream chunks; kept from one event to the next for its buffer.
+    chunk: Option<Box<JsonScanner>>,
     format: WireFormat,
     usage: Usage,
     reasoning_tokens: Option<u64>,
@@ -210,9 +223,17 @@ impl Extract {
         }
     }
 
-    fn json_usage(&mut self, value: &[u8]) {
-        if let Ok(Some(u)) = serde_json::from_slice::<Option<WireUsage>>(value) {
-            self.merge(&u);
+    /// Merge a `usage` value; true when it was an object (not `null` or garbage).
+    fn json_usage(&mut self, value: &[u8]) -> bool {
+        if value.trim_ascii() == b"null" {
+            return false;
+        }
+        match serde_json::from_slice::<Option<WireUsage>>(value) {
+            Ok(Some(u)) => {
+                self.merge(&u);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -252,21 +273,25 @@ impl Extract {
             self.complete = true;
             return false;
         }
-        let Ok(c) = serde_json::from_slice::<ChatChunk>(data) else {
-            return false;
-        };
-        if let Some(e) = &c.error.0 {
-            self.set_error(|| e.describe());
-        }
-        self.delta(c.choices.text);
-        match &c.usage.0 {
-            Some(u) => {
-                self.merge(u);
-                // `"choices":[]` plus usage: the chunk include_usage adds, and nothing else.
-                c.choices.is_array && c.choices.count == 0
-            }
-            None => false,
-        }
+        // The chunk is read by the same tokenizer as a whole JSON body: a serde parse of every
+        // chunk cost about three times as much, and only `usage` and `error` need one.
+        let mut js = self
+            .chunk
+            .take()
+            .unwrap_or_else(|| Box::new(JsonScanner::new(CHUNK_TEXT_KEYS)));
+        js.reset();
+        let (text_before, complete_before) = (self.text_bytes, self.complete);
+        js.feed(data, self);
+        js.finish(self);
+        let text = self.text_bytes - text_before;
+        self.text_bytes = text_before;
+        // A chunk object ending is not the stream ending.
+        self.complete = complete_before;
+        self.delta(text);
+        // `"choices":[]` plus usage: the chunk include_usage adds, and nothing else.
+        let usage_only = js.usage_found && js.choices_empty == Some(true);
+        self.chunk = Some(js);
+        usage_only
     }
 
     fn responses_event(&mut self, name: Option<&[u8]>, data: &[u8]) {
@@ -449,6 +474,7 @@ impl UsageScanner {
                 last_dropped: false,
             }),
             ex: Extract {
+                chunk: None,
                 format,
                 usage: Usage::default(),
                 reasoning_tokens: None,

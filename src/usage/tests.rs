@@ -509,6 +509,65 @@ fn a_chunk_with_empty_choices_but_no_usage_is_not_stripped() {
 }
 
 #[test]
+fn only_a_chunk_whose_choices_is_exactly_an_empty_array_and_that_has_usage_is_stripped() {
+    let u = r#""usage":{"prompt_tokens":3,"completion_tokens":2}"#;
+    let kept = [
+        // Usage in the same chunk as the last delta: that chunk is the client's, keep it.
+        format!(r#"{{"choices":[{{"index":0,"delta":{{"content":"hi"}}}}],{u}}}"#),
+        format!(r#"{{"choices":null,{u}}}"#),
+        format!(r#"{{"choices":[null],{u}}}"#),
+        format!(r#"{{"choices":[[]],{u}}}"#),
+        format!(r#"{{"choices":"[]",{u}}}"#),
+        format!(r#"{{"nested":{{"choices":[]}},{u}}}"#),
+    ];
+    for chunk in &kept {
+        let body = format!("data: {chunk}\n\ndata: [DONE]\n\n");
+        let o = run(OpenAiChat, true, true, &[body.as_bytes()]);
+        assert_eq!(o.out, body.as_bytes(), "kept: {chunk}");
+        assert_eq!(
+            o.usage.completion_tokens,
+            Some(2),
+            "usage still read from {chunk}"
+        );
+    }
+    for chunk in [
+        format!(r#"{{"choices":[],{u}}}"#),
+        format!(r#"{{"choices" : [ ] , {u}}}"#),
+        format!(r#"{{{u},"choices":[]}}"#),
+        format!("{{\"choices\":[\t],{u}}}"),
+    ] {
+        let body = format!("data: {chunk}\n\ndata: [DONE]\n\n");
+        let o = run(OpenAiChat, true, true, &[body.as_bytes()]);
+        assert_eq!(o.out, b"data: [DONE]\n\n", "stripped: {chunk}");
+        assert_eq!(o.usage.completion_tokens, Some(2));
+    }
+}
+
+#[test]
+fn stream_chunk_text_counts_every_output_field_and_nothing_else() {
+    let body = concat!(
+        r#"data: {"id":"content","choices":[{"delta":{"role":"assistant","content":"abc"}}]}"#,
+        "\n\n",
+        r#"data: {"choices":[{"delta":{"refusal":"no","reasoning_content":"hmm"}}],"model":"text"}"#,
+        "\n\n",
+        r#"data: {"choices":[{"delta":{"tool_calls":[{"id":"x","function":{"name":"f","arguments":"{\"a\":1}"}}]}}]}"#,
+        "\n\n",
+        r#"data: {"choices":[{"text":"legacy","logprobs":{"content":[{"token":"t"}]}}]}"#,
+        "\n\n",
+        "data: [DONE]\n\n",
+    );
+    for split in 0..body.len() {
+        let (a, b) = body.as_bytes().split_at(split);
+        let o = run(OpenAiChat, true, false, &[a, b]);
+        // abc + no + hmm + {"a":1} (an escape counts as one byte) + legacy; keys, ids and
+        // other strings never count.
+        assert_eq!(o.text, 3 + 2 + 3 + 7 + 6, "split at {split}");
+        assert_eq!(o.events, 4, "split at {split}");
+        assert!(o.complete);
+    }
+}
+
+#[test]
 fn a_stream_cut_before_the_usage_chunk_reports_nothing_but_estimates_output() {
     let f = &FIXTURES[2];
     let cut = memchr::memmem::find(f.body, br#""choices":[]"#).unwrap() - 40;

@@ -170,53 +170,6 @@ pub(crate) trait Text {
     fn text_bytes(&self) -> u64;
 }
 
-/// A JSON array read element by element without collecting it: how many elements, and their
-/// summed text. Anything but an array reads as absent (`is_array` false).
-pub(crate) struct Each<T> {
-    pub count: u64,
-    pub text: u64,
-    pub is_array: bool,
-    _t: PhantomData<T>,
-}
-
-impl<T> Default for Each<T> {
-    fn default() -> Self {
-        Each {
-            count: 0,
-            text: 0,
-            is_array: false,
-            _t: PhantomData,
-        }
-    }
-}
-
-impl<'de, T: Deserialize<'de> + Text> Deserialize<'de> for Each<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de> + Text> Visitor<'de> for V<T> {
-            type Value = Each<T>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an array")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Each<T>, A::Error> {
-                let mut out = Each {
-                    is_array: true,
-                    ..Each::default()
-                };
-                while let Some(t) = seq.next_element::<T>()? {
-                    out.count += 1;
-                    out.text = out.text.saturating_add(t.text_bytes());
-                }
-                Ok(out)
-            }
-            other_scalars!(Each::default());
-            other_str!(Each::default());
-            other_map!(Each::default());
-        }
-        d.deserialize_any(V(PhantomData))
-    }
-}
-
 /// Reads any JSON value as `T` when it is an object, and as `None` otherwise, so that a
 /// provider putting `null`, a string or a number where we expect an object costs only that
 /// field, not the event.
@@ -349,66 +302,6 @@ pub(crate) fn truncate(mut s: String) -> String {
         s.truncate(end);
     }
     s
-}
-
-// ---- OpenAI chat / completions chunks ----
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-pub(crate) struct ChatChunk<'a> {
-    pub choices: Each<Choice>,
-    pub usage: Obj<WireUsage>,
-    #[serde(borrow)]
-    pub error: Obj<WireError<'a>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-pub(crate) struct Choice {
-    /// Chat.
-    delta: Obj<ChatDelta>,
-    /// Legacy completions.
-    text: TextLen,
-}
-
-impl Text for Choice {
-    fn text_bytes(&self) -> u64 {
-        self.text.0 + self.delta.0.as_ref().map_or(0, |d| d.text_bytes())
-    }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-pub(crate) struct ChatDelta {
-    content: TextLen,
-    refusal: TextLen,
-    /// Not OpenAI's own, but what OpenAI-compatible reasoning servers stream; billed as output.
-    reasoning_content: TextLen,
-    tool_calls: Each<ToolCall>,
-}
-
-impl Text for ChatDelta {
-    fn text_bytes(&self) -> u64 {
-        self.content.0 + self.refusal.0 + self.reasoning_content.0 + self.tool_calls.text
-    }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-pub(crate) struct ToolCall {
-    function: Obj<Function>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-pub(crate) struct Function {
-    arguments: TextLen,
-}
-
-impl Text for ToolCall {
-    fn text_bytes(&self) -> u64 {
-        self.function.0.as_ref().map_or(0, |f| f.arguments.0)
-    }
 }
 
 // ---- OpenAI Responses events ----
