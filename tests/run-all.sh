@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Tollgate's whole test suite on a fresh Debian machine: installs what the build and the tests
 # need (apt: cmake for pingora's zlib-ng, redis-server and sqlite3 for the store tests,
-# openssl for the TLS test, systemd for `systemd-analyze`, python3-venv for the SDK tests; PyPI: the official openai and anthropic SDKs), then runs the
-# Rust unit and integration tests and the SDK end-to-end tests.
+# openssl for the TLS test, systemd for `systemd-analyze`, python3-venv for the SDK tests,
+# wrk and nginx-light for the load-test smoke run; PyPI: the official openai and anthropic
+# SDKs), then runs the Rust unit and integration tests, the SDK end-to-end tests and a few
+# seconds of the load-test harness (so it cannot rot; no timing is asserted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +14,8 @@ command -v cc >/dev/null || need_apt+=(build-essential)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
 command -v openssl >/dev/null || need_apt+=(openssl)
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
@@ -32,7 +36,7 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt
 
 echo "== cargo test"
-cargo build --bins
+cargo build --bins --example bare_pingora
 cargo test --all-targets
 
 echo "== systemd unit (systemd-analyze verify and security score)"
@@ -40,3 +44,6 @@ systemd/verify.sh target/debug/tollgate
 
 echo "== SDK end-to-end tests (official openai and anthropic Python SDKs)"
 .venv/bin/python -m pytest -q tests/sdk
+
+echo "== load-test harness smoke run (debug build, a few seconds, no peers)"
+python3 load-tests/bench.py --smoke --bin-dir target/debug
