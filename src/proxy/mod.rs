@@ -483,10 +483,13 @@ fn models_list(cfg: &Config, project: ProjectIdx) -> String {
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = Ctx;
+    /// Boxed: pingora keeps the context inside its per-request future, which is moved and
+    /// copied as a whole (and can hold more than one slot for it); a pointer keeps that future
+    /// small, so every request copies less and every open stream holds less memory.
+    type CTX = Box<Ctx>;
 
-    fn new_ctx(&self) -> Ctx {
-        Ctx {
+    fn new_ctx(&self) -> Box<Ctx> {
+        Box::new(Ctx {
             request_id: self.ids.next(),
             started: Instant::now(),
             started_ms: crate::ledger::unix_now_ms(),
@@ -518,10 +521,10 @@ impl ProxyHttp for Gateway {
             price_key: None,
             remaining: None,
             _in_flight: InFlight::new(),
-        }
+        })
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
         match self.admit(session, ctx).await {
             Ok(Admit::Local(status, body)) => {
                 respond::json(session, &ctx.request_id, status, body, None).await?;
@@ -542,7 +545,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<Box<HttpPeer>> {
         let Some(cfg) = ctx.cfg.clone() else {
             return Err(Error::explain(
                 ErrorType::InternalError,
@@ -624,7 +631,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         req: &mut RequestHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         let (Some(cfg), Some(p)) = (ctx.cfg.as_ref(), ctx.provider) else {
             return Err(Error::explain(
@@ -673,7 +680,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         if let Some(prepared) = &ctx.body {
             // Pingora replays what it buffered; send the prepared body instead, once, at the end.
@@ -690,7 +697,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         let status = resp.status.as_u16();
         let outcome = match status {
@@ -732,7 +739,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
         e: Box<Error>,
     ) -> Box<Error> {
         let outcome = Outcome::of_error(&e);
@@ -744,7 +751,7 @@ impl ProxyHttp for Gateway {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -775,7 +782,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         ctx.first_byte.get_or_insert_with(Instant::now);
         let status = resp.status.as_u16();
@@ -808,7 +815,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<Option<Duration>> {
         let Some(scanner) = ctx.scanner.as_mut() else {
             return Ok(None);
@@ -834,7 +841,12 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Box<Ctx>,
+    ) -> FailToProxy {
         let err = ctx.error.clone().unwrap_or_else(|| classify(e, ctx));
         let code = match e.esource() {
             // The client went away: nobody to answer.
@@ -853,7 +865,7 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<Ctx>) {
         if ctx.attempt_open.is_some() {
             // The forwarded response ran to its end (breaks were recorded in error_while_proxy).
             self.finish_attempt(ctx, Outcome::Ok);
