@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-from harness import REL, free_port, wait_port
+from harness import REL, ROOT, free_port, wait_port
 
 KEY = "tg_bench_key_0000000000001"
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello to the benchmark."}],
@@ -33,7 +33,6 @@ BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say he
 # Tollgate's own parts, as callgrind names them (inclusive cost per request).
 PARTS = [
     ("request_filter (auth, body, policy, budget)", "ProxyHttp>::request_filter::{{closure}} ["),
-    ("upstream_peer", "ProxyHttp>::upstream_peer::{{closure}} ["),
     ("upstream_request_filter (headers)", "ProxyHttp>::upstream_request_filter::{{closure}} ["),
     ("response_filter (headers, scanner)", "ProxyHttp>::response_filter::{{closure}} ["),
     ("response_body_filter (usage scan)", "ProxyHttp>::response_body_filter ["),
@@ -86,16 +85,20 @@ def drive(port, key, n, stream):
 
 
 def annotate(path):
-    out = subprocess.run(["callgrind_annotate", "--inclusive=yes", path], capture_output=True, text=True).stdout
+    # From "/", so every file name comes out absolute (under the repository, callgrind_annotate
+    # shortens them and splits functions differently).
+    out = subprocess.run(["callgrind_annotate", "--inclusive=yes", os.path.abspath(path)], capture_output=True,
+                         text=True, cwd="/").stdout
     total = int(re.search(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", out).group(1).replace(",", ""))
     parts = {}
     for label, needle in PARTS:
         for line in out.splitlines():
-            if needle in line and "/work/" not in line.split(needle)[0][-1:]:
-                m = re.match(r"\s*([\d,]+)", line)
-                if m:
-                    parts[label] = int(m.group(1).replace(",", ""))
-                    break
+            # The function's own entry is named after the file that defines it; entries named
+            # after other files are only the share of it inlined from there.
+            m = re.match(r"\s*([\d,]+) \([ \d.]+%\)\s+(\S+?):", line)
+            if m and needle in line and m.group(2).startswith(os.path.join(ROOT, "src")):
+                parts[label] = int(m.group(1).replace(",", ""))
+                break
     return total, parts
 
 
