@@ -386,6 +386,13 @@ fn every_way_a_request_ends_releases_its_reservation() {
     eventually("client disconnect charged", || {
         project_status(admin, "p1")["spent_usd"].as_f64().unwrap() > last_spent
     });
+    // A client going away is routine: no error-level line for it.
+    let log = gw.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("Downstream")),
+        "a client disconnect was logged as an error:\n{log}"
+    );
 }
 
 #[test]

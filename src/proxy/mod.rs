@@ -841,6 +841,14 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    /// A client that goes away mid-response (a closed tab, a cancelled SDK call) is routine, not
+    /// an error of the gateway's: pingora would log each one at error level, so an operator
+    /// would see thousands of error lines for ordinary traffic. The request's access-log line
+    /// still records how it ended.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, e: &Error) -> bool {
+        e.esource() == &ErrorSource::Downstream
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
