@@ -84,6 +84,23 @@ pub(crate) struct JsonScanner {
     /// Just inside the top-level `choices` array: the next byte that is not whitespace tells
     /// whether it is empty.
     choices_open: bool,
+    /// Take a [`Snapshot`] where the first output-text string starts, if nothing was captured
+    /// before it (see `Extract::openai_chunk`).
+    pub(crate) want_snapshot: bool,
+    /// A capture (usage or error) has started in this document.
+    captured: bool,
+    pub(crate) snapshot: Option<Snapshot>,
+}
+
+/// The tokenizer's state just inside the first output-text string of a document, and where
+/// that is: a document that starts with the same bytes reaches the same state there, so it can
+/// be resumed from it instead of read from the start.
+pub(crate) struct Snapshot {
+    /// Bytes of the document up to and including the string's opening quote.
+    pub(crate) at: usize,
+    /// `Extract::text_bytes` at that point, for the caller to tell what the prefix counted.
+    pub(crate) text_bytes: u64,
+    pub(crate) state: Box<JsonScanner>,
 }
 
 impl JsonScanner {
@@ -108,7 +125,47 @@ impl JsonScanner {
             choices_empty: None,
             choices_next: false,
             choices_open: false,
+            want_snapshot: false,
+            captured: false,
+            snapshot: None,
         }
+    }
+
+    /// A copy to resume from: everything but the capture buffer (empty when a snapshot is
+    /// taken) and any snapshot of its own.
+    fn state_copy(&self) -> JsonScanner {
+        JsonScanner {
+            depth: self.depth,
+            objects: self.objects,
+            in_string: self.in_string,
+            escape: self.escape,
+            role: self.role,
+            expect_key: self.expect_key,
+            key: self.key,
+            key_len: self.key_len,
+            last_key: self.last_key,
+            text_value_next: self.text_value_next,
+            capture: self.capture,
+            buf: Vec::new(),
+            buf_overflow: self.buf_overflow,
+            text_keys: self.text_keys,
+            seen_object: self.seen_object,
+            usage_found: self.usage_found,
+            choices_empty: self.choices_empty,
+            choices_next: self.choices_next,
+            choices_open: self.choices_open,
+            want_snapshot: false,
+            captured: self.captured,
+            snapshot: None,
+        }
+    }
+
+    /// Continue from `snap`'s state (keeping this scanner's buffer allocation).
+    pub(crate) fn resume_from(&mut self, snap: &JsonScanner) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        *self = snap.state_copy();
+        self.buf = buf;
     }
 
     /// Ready for another document, keeping the capture buffer's allocation (one scanner reads
@@ -181,6 +238,16 @@ impl JsonScanner {
                     };
                     self.expect_key = false;
                     self.text_value_next = false;
+                    if self.role == Role::Text && self.want_snapshot {
+                        self.want_snapshot = false;
+                        if !self.captured {
+                            self.snapshot = Some(Snapshot {
+                                at: i + 1,
+                                text_bytes: ex.text_bytes,
+                                state: Box::new(self.state_copy()),
+                            });
+                        }
+                    }
                 }
                 b'{' => {
                     self.push(true);
@@ -219,6 +286,7 @@ impl JsonScanner {
                     self.text_value_next = key == Key::Text;
                     self.choices_next = key == Key::Choices;
                     if matches!(key, Key::Usage | Key::Error) {
+                        self.captured = true;
                         self.capture = Some(key);
                         self.buf.clear();
                         self.buf_overflow = false;

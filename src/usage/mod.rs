@@ -189,9 +189,19 @@ pub enum Feed {
 }
 
 /// What the scanner found so far; shared by the SSE and JSON paths.
+/// The start of the last OpenAI chunk read from its beginning, up to its first text string, and
+/// the tokenizer there (see `Extract::openai_chunk`).
+struct ChunkPrefix {
+    bytes: Vec<u8>,
+    /// Output text the prefix itself counted.
+    text: u64,
+    state: Box<JsonScanner>,
+}
+
 struct Extract {
     /// Reads OpenAI stream chunks; kept from one event to the next for its buffer.
     chunk: Option<Box<JsonScanner>>,
+    prefix: Option<ChunkPrefix>,
     format: WireFormat,
     usage: Usage,
     reasoning_tokens: Option<u64>,
@@ -279,10 +289,39 @@ impl Extract {
             .chunk
             .take()
             .unwrap_or_else(|| Box::new(JsonScanner::new(CHUNK_TEXT_KEYS)));
-        js.reset();
         let (text_before, complete_before) = (self.text_bytes, self.complete);
-        js.feed(data, self);
+        // The chunks of one stream repeat the same id, model and fingerprint in front of each
+        // delta, byte for byte: a chunk that starts with the bytes the previous one had before
+        // its first text string is resumed from the tokenizer state saved there, so only the
+        // delta and the tail are read. Exact: the tokenizer is a pure function of the bytes.
+        let resumed = match &self.prefix {
+            Some(p) if data.len() > p.bytes.len() && data.starts_with(&p.bytes) => {
+                js.resume_from(&p.state);
+                self.text_bytes += p.text;
+                Some(p.bytes.len())
+            }
+            _ => None,
+        };
+        match resumed {
+            Some(n) => js.feed(&data[n..], self),
+            None => {
+                js.reset();
+                js.want_snapshot = true;
+                js.feed(data, self);
+            }
+        }
         js.finish(self);
+        if let Some(snap) = js.snapshot.take() {
+            let p = self.prefix.get_or_insert_with(|| ChunkPrefix {
+                bytes: Vec::new(),
+                text: 0,
+                state: Box::new(JsonScanner::new(CHUNK_TEXT_KEYS)),
+            });
+            p.bytes.clear();
+            p.bytes.extend_from_slice(&data[..snap.at]);
+            p.text = snap.text_bytes - text_before;
+            p.state = snap.state;
+        }
         let text = self.text_bytes - text_before;
         self.text_bytes = text_before;
         // A chunk object ending is not the stream ending.
@@ -475,6 +514,7 @@ impl UsageScanner {
             }),
             ex: Extract {
                 chunk: None,
+                prefix: None,
                 format,
                 usage: Usage::default(),
                 reasoning_tokens: None,

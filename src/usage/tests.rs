@@ -966,3 +966,69 @@ proptest! {
         prop_assert_eq!(run(f.format, f.sse, strip, &chunks), whole(f, &body, strip));
     }
 }
+
+/// One OpenAI chat chunk for the prefix-reuse tests: `id` is what changes between the two
+/// renderings of a stream, the rest is what the case drew.
+fn chunk_json(id: &str, delta: &str, usage: &str, usage_first: bool, extra: &str) -> String {
+    let head = format!(r#""id":"{id}","object":"chat.completion.chunk","model":"m"{extra}"#);
+    let choices = format!(r#""choices":[{{"index":0,"delta":{delta}}}]"#);
+    if usage_first {
+        format!("{{{head},\"usage\":{usage},{choices}}}")
+    } else {
+        format!("{{{head},{choices},\"usage\":{usage}}}")
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Reusing the tokenizer state of a repeated chunk prefix is exact: a stream whose chunks
+    /// share their prefix reads like the same stream with a different id in every chunk (which
+    /// defeats the reuse), whatever the deltas, escapes, usage placement and chunking.
+    #[test]
+    fn a_shared_chunk_prefix_reads_exactly_like_distinct_ones(
+        deltas in prop::collection::vec(
+            prop_oneof![
+                "[a-z \\\\\"n{}:,]{0,12}".prop_map(|t| format!(r#"{{"content":"{t}"}}"#)),
+                "[a-z]{0,8}".prop_map(|t| format!(r#"{{"role":"assistant","content":"{t}","refusal":null}}"#)),
+                "[a-z]{0,8}".prop_map(|t| format!(r#"{{"reasoning_content":"{t}"}}"#)),
+                "[a-z]{0,8}".prop_map(|t| format!(
+                    r#"{{"tool_calls":[{{"index":0,"function":{{"arguments":"{t}"}}}}]}}"#)),
+                Just("{}".to_string()),
+            ],
+            1..12,
+        ),
+        usage_first in any::<bool>(),
+        extra in prop::sample::select(vec!["", r#","system_fingerprint":"fp""#, r#","x":[1,{"text":"t"}]"#]),
+        final_usage in any::<bool>(),
+        strip in any::<bool>(),
+        points in prop::collection::vec(any::<usize>(), 0..10),
+    ) {
+        let render = |distinct: bool| {
+            let mut body = String::new();
+            for (i, d) in deltas.iter().enumerate() {
+                // Same length either way, so only the bytes of the id differ.
+                let id = if distinct { format!("chatcmpl-{i:04}") } else { "chatcmpl-0000".to_string() };
+                body.push_str(&format!("data: {}\n\n", chunk_json(&id, d, "null", usage_first, extra)));
+            }
+            if final_usage {
+                let id = if distinct { "chatcmpl-9999" } else { "chatcmpl-0000" };
+                let u = r#"{"prompt_tokens":5,"completion_tokens":7}"#;
+                body.push_str(&format!(
+                    "data: {{\"id\":\"{id}\",\"choices\":[],\"usage\":{u}}}\n\n"
+                ));
+            }
+            body.push_str("data: [DONE]\n\n");
+            body.into_bytes()
+        };
+        let (shared, distinct) = (render(false), render(true));
+        let a = run(OpenAiChat, true, strip, &split_at_points(&shared, points.clone()));
+        let b = run(OpenAiChat, true, strip, &split_at_points(&distinct, points));
+        prop_assert_eq!(a.usage, b.usage);
+        prop_assert_eq!(a.text, b.text);
+        prop_assert_eq!(a.events, b.events);
+        prop_assert_eq!(a.complete, b.complete);
+        prop_assert_eq!(a.error, b.error);
+        prop_assert_eq!(a.out.len(), b.out.len());
+    }
+}
