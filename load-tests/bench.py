@@ -46,9 +46,8 @@ import tempfile
 import threading
 import time
 
-from harness import REL, ROOT, free_port, wait_port
+from harness import KEY, REL, ROOT, free_port, read_response, tollgate_toml, wait_port
 
-KEY = "tg_bench_key_0000000000001"
 ADMIN_TOKEN = "bench-admin-token"
 PROMPT = "Say hello to the benchmark."
 BODIES = {
@@ -209,34 +208,7 @@ def start_tollgate(procs, tmp, upstream, name="tollgate"):
     os.makedirs(d, exist_ok=True)
     conf = os.path.join(d, "tollgate.toml")
     with open(conf, "w") as f:
-        f.write(f"""[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-admin_token_env = "BENCH_ADMIN_TOKEN"
-threads = 1
-[store]
-path = "{d}/ledger.db"
-[[providers]]
-name = "openai"
-kind = "openai"
-base_url = "http://{upstream}"
-api_key_env = "BENCH_PROVIDER_KEY"
-[[routes]]
-prefix = "gpt-"
-provider = "openai"
-[prices."gpt-4o-mini"]
-input = 0.15
-output = 0.60
-max_output_tokens = 16384
-[[projects]]
-id = "bench"
-keys = ["{KEY}"]
-budget = {{ limit_usd = 1000000.0, period = "month" }}
-rate_limit = {{ rpm = 100000000, tpm = 100000000000 }}
-block_secrets = true
-block_patterns = ["(?i)internal use only"]
-max_tokens = 4096
-""")
+        f.write(tollgate_toml(port, upstream, os.path.join(d, "ledger.db"), admin))
     env = dict(os.environ, BENCH_PROVIDER_KEY="sk-bench", BENCH_ADMIN_TOKEN=ADMIN_TOKEN, RUST_LOG="warn")
     log = open(os.path.join(d, "tollgate.log"), "w")
     p = procs.start([os.path.join(REL, "tollgate"), "serve", "--config", conf], env=env,
@@ -285,53 +257,6 @@ def wrk(port, script, seconds, connections, threads=1, timeout_s=10):
 
 # ---------------------------------------------------------------------------------------------
 # sequential client on raw sockets (no client library in the numbers)
-
-def read_response(sock, t0):
-    """One HTTP/1.1 response: (status, seconds to the first streamed `data:` event or to the
-    first body byte, seconds to the end)."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise RuntimeError("connection closed before the response head")
-        buf += chunk
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split()[1])
-    hdrs = {}
-    for ln in lines[1:]:
-        k, _, v = ln.partition(b":")
-        hdrs[k.strip().lower()] = v.strip().lower()
-    first = None
-    sse = hdrs.get(b"content-type", b"").startswith(b"text/event-stream")
-
-    def seen(data):
-        nonlocal first
-        if first is None and data and (not sse or b"data:" in data):
-            first = time.perf_counter()
-
-    if b"content-length" in hdrs:
-        need = int(hdrs[b"content-length"])
-        seen(rest)
-        while len(rest) < need:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise RuntimeError("connection closed mid-body")
-            rest += chunk
-            seen(rest)
-    elif hdrs.get(b"transfer-encoding") == b"chunked":
-        seen(rest)
-        while not rest.endswith(b"0\r\n\r\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise RuntimeError("connection closed mid-stream")
-            rest += chunk
-            seen(rest)
-    else:
-        raise RuntimeError("response without length (the client needs keep-alive framing)")
-    end = time.perf_counter()
-    return status, (first or end) - t0, end - t0
-
 
 def sequential(targets, rounds, per_round):
     """Each gateway paired with direct: requests alternate direct, gateway, direct, ... on one

@@ -1,4 +1,5 @@
-"""Small helpers shared by the load-test scripts: release binary paths, ports, readiness."""
+"""Helpers shared by the load-test scripts: binary paths, ports, readiness, the one Tollgate
+configuration every benchmark uses, and an HTTP/1.1 response reader for raw sockets."""
 import os
 import socket
 import sys
@@ -29,3 +30,91 @@ def wait_port(port, proc, what, within=20):
             if time.time() > deadline:
                 sys.exit(f"{what} did not start")
             time.sleep(0.05)
+
+
+# The project key of the benchmark configuration.
+KEY = "tg_bench_key_0000000000001"
+
+
+def tollgate_toml(port, upstream, store_path, admin_port=None):
+    """Tollgate with everything on, forwarding model `gpt-*` to `upstream` ("host:port"): key
+    auth, the secret detectors and a block pattern, an output cap, a budget (reserved and
+    settled on every request), rpm and tpm limits, usage counting, the SQLite ledger. The
+    provider key comes from BENCH_PROVIDER_KEY, the admin token (when `admin_port` is given)
+    from BENCH_ADMIN_TOKEN."""
+    admin = (f'admin_listen = "127.0.0.1:{admin_port}"\nadmin_token_env = "BENCH_ADMIN_TOKEN"\n'
+             if admin_port else "")
+    return f"""[server]
+listen = "127.0.0.1:{port}"
+{admin}threads = 1
+[store]
+path = "{store_path}"
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "http://{upstream}"
+api_key_env = "BENCH_PROVIDER_KEY"
+[[routes]]
+prefix = "gpt-"
+provider = "openai"
+[prices."gpt-4o-mini"]
+input = 0.15
+output = 0.60
+max_output_tokens = 16384
+[[projects]]
+id = "bench"
+keys = ["{KEY}"]
+budget = {{ limit_usd = 1000000.0, period = "month" }}
+rate_limit = {{ rpm = 100000000, tpm = 100000000000 }}
+block_secrets = true
+block_patterns = ["(?i)internal use only"]
+max_tokens = 4096
+"""
+
+
+def read_response(sock, t0):
+    """Read one HTTP/1.1 response (Content-Length or chunked) from a keep-alive socket.
+    Returns (status, seconds from `t0` to the first streamed `data:` event, or to the first
+    body byte when not SSE, seconds from `t0` to the end)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("connection closed before the response head")
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    hdrs = {}
+    for ln in lines[1:]:
+        k, _, v = ln.partition(b":")
+        hdrs[k.strip().lower()] = v.strip().lower()
+    first = None
+    sse = hdrs.get(b"content-type", b"").startswith(b"text/event-stream")
+
+    def seen(data):
+        nonlocal first
+        if first is None and data and (not sse or b"data:" in data):
+            first = time.perf_counter()
+
+    if b"content-length" in hdrs:
+        need = int(hdrs[b"content-length"])
+        seen(rest)
+        while len(rest) < need:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("connection closed mid-body")
+            rest += chunk
+            seen(rest)
+    elif hdrs.get(b"transfer-encoding") == b"chunked":
+        seen(rest)
+        while not rest.endswith(b"0\r\n\r\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("connection closed mid-stream")
+            rest += chunk
+            seen(rest)
+    else:
+        raise RuntimeError("response without length (the client needs keep-alive framing)")
+    end = time.perf_counter()
+    return status, (first or end) - t0, end - t0

@@ -24,9 +24,8 @@ import sys
 import tempfile
 import time
 
-from harness import REL, ROOT, free_port, wait_port
+from harness import KEY, REL, ROOT, free_port, read_response, tollgate_toml, wait_port
 
-KEY = "tg_bench_key_0000000000001"
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello to the benchmark."}],
         "max_tokens": 16}
 
@@ -48,29 +47,6 @@ def request(port, key, stream):
             f"content-type: application/json\r\ncontent-length: {len(raw)}\r\n\r\n").encode() + raw
 
 
-def read_one(s):
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        c = s.recv(65536)
-        if not c:
-            raise RuntimeError("closed")
-        buf += c
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    status = int(head.split()[1])
-    m = re.search(rb"(?i)content-length:\s*(\d+)", head)
-    if m:
-        need = int(m.group(1))
-        while len(rest) < need:
-            rest += s.recv(65536)
-    else:
-        while not rest.endswith(b"0\r\n\r\n"):
-            c = s.recv(65536)
-            if not c:
-                raise RuntimeError("closed mid-body")
-            rest += c
-    return status
-
-
 def drive(port, key, n, stream):
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
     req = request(port, key, stream)
@@ -78,7 +54,7 @@ def drive(port, key, n, stream):
     for i in range(n):
         s = socks[i % 4]
         s.sendall(req)
-        bad += read_one(s) != 200
+        bad += read_response(s, time.perf_counter())[0] != 200
     for s in socks:
         s.close()
     return bad
@@ -164,32 +140,7 @@ def main():
             d = os.path.join(tmp, f"tollgate-{mode}")
             os.makedirs(d, exist_ok=True)
             with open(os.path.join(d, "t.toml"), "w") as f:
-                f.write(f"""[server]
-listen = "127.0.0.1:{port}"
-threads = 1
-[store]
-path = "{d}/ledger.db"
-[[providers]]
-name = "openai"
-kind = "openai"
-base_url = "http://{mock_addr}"
-api_key_env = "BENCH_PROVIDER_KEY"
-[[routes]]
-prefix = "gpt-"
-provider = "openai"
-[prices."gpt-4o-mini"]
-input = 0.15
-output = 0.60
-max_output_tokens = 16384
-[[projects]]
-id = "bench"
-keys = ["{KEY}"]
-budget = {{ limit_usd = 1000000.0, period = "month" }}
-rate_limit = {{ rpm = 100000000, tpm = 100000000000 }}
-block_secrets = true
-block_patterns = ["(?i)internal use only"]
-max_tokens = 4096
-""")
+                f.write(tollgate_toml(port, mock_addr, os.path.join(d, "ledger.db")))
             env = dict(os.environ, BENCH_PROVIDER_KEY="sk-bench", RUST_LOG="warn")
             rows.append((mode, "tollgate", *measure("tollgate", [os.path.join(REL, "tollgate"), "serve", "--config",
                                                                  os.path.join(d, "t.toml")],
