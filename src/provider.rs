@@ -136,10 +136,8 @@ pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
     pub base: BaseUrl,
-    pub host_header: String,
     /// `None` when the config names no `api_key_env` (a local server that needs no key).
     pub credential: Option<Secret>,
-    pub anthropic_version: String,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     /// The header values every request to this provider carries, built once per config.
@@ -408,9 +406,7 @@ mod tests {
             name: "x".into(),
             kind: ProviderKind::OpenAi,
             base: BaseUrl::parse("http://h/api").unwrap(),
-            host_header: "h".into(),
             credential: None,
-            anthropic_version: String::new(),
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
             wire: WireHeaders::new(ProviderKind::OpenAi, "x", "h", None, "").unwrap(),

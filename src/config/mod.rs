@@ -548,25 +548,18 @@ impl Validator<'_> {
             };
             if let (Some(kind), Some(base), Some(connect), Some(read)) = (kind, base, connect, read)
             {
-                let host_header = base.host_header();
-                let anthropic_version = p
-                    .anthropic_version
-                    .clone()
-                    .unwrap_or_else(|| "2023-06-01".into());
                 match WireHeaders::new(
                     kind,
                     name,
-                    &host_header,
+                    &base.host_header(),
                     credential.as_ref(),
-                    &anthropic_version,
+                    p.anthropic_version.as_deref().unwrap_or("2023-06-01"),
                 ) {
                     Ok(wire) => out.push(Provider {
                         name: name.clone(),
                         kind,
-                        host_header,
                         base,
                         credential,
-                        anthropic_version,
                         connect_timeout: Duration::from_millis(connect),
                         read_timeout: Duration::from_millis(read),
                         wire,
