@@ -164,6 +164,8 @@ impl RequestIds {
 /// Per-request state, alive from `new_ctx` to the end of `logging`.
 pub struct Ctx {
     pub request_id: String,
+    /// The id as the `x-tollgate-request-id` value, upstream and downstream.
+    request_id_value: HeaderValue,
     started: Instant,
     /// Wall-clock arrival time: the decision record's time, so records order by arrival.
     started_ms: i64,
@@ -233,11 +235,6 @@ impl Drop for InFlight {
 impl Ctx {
     fn shape(&self) -> ErrorShape {
         self.shape
-    }
-
-    /// The request id as a header value (ids are hex, always valid).
-    fn request_id_header(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.request_id).unwrap_or(HeaderValue::from_static("-"))
     }
 }
 
@@ -489,8 +486,13 @@ impl ProxyHttp for Gateway {
     type CTX = Box<Ctx>;
 
     fn new_ctx(&self) -> Box<Ctx> {
+        let request_id = self.ids.next();
+        // Ids are hex digits, always a valid header value.
+        let request_id_value =
+            HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-"));
         Box::new(Ctx {
-            request_id: self.ids.next(),
+            request_id,
+            request_id_value,
             started: Instant::now(),
             started_ms: crate::ledger::unix_now_ms(),
             cfg: None,
@@ -667,7 +669,7 @@ impl ProxyHttp for Gateway {
         }
         // Usage is read from the response bytes, so they must arrive uncompressed.
         req.remove_header("accept-encoding");
-        req.insert_header("x-tollgate-request-id", ctx.request_id_header())?;
+        req.insert_header("x-tollgate-request-id", ctx.request_id_value.clone())?;
         if let Some(b) = &ctx.body {
             req.remove_header("transfer-encoding");
             req.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from(b.len()))?;
@@ -787,7 +789,7 @@ impl ProxyHttp for Gateway {
         ctx.first_byte.get_or_insert_with(Instant::now);
         let status = resp.status.as_u16();
         ctx.upstream_status = Some(status);
-        resp.insert_header("x-tollgate-request-id", ctx.request_id_header())?;
+        resp.insert_header("x-tollgate-request-id", ctx.request_id_value.clone())?;
         if let (Some(cfg), Some(p)) = (ctx.cfg.as_ref(), ctx.provider) {
             resp.insert_header("x-tollgate-provider", cfg.providers[p].wire.name.clone())?;
         }
