@@ -53,6 +53,7 @@ enum Role {
     Other,
 }
 
+#[derive(Clone)]
 pub(crate) struct JsonScanner {
     depth: usize,
     /// Bit `d - 1` set: the container at depth `d` is an object.
@@ -95,6 +96,7 @@ pub(crate) struct JsonScanner {
 /// The tokenizer's state just inside the first output-text string of a document, and where
 /// that is: a document that starts with the same bytes reaches the same state there, so it can
 /// be resumed from it instead of read from the start.
+#[derive(Clone)]
 pub(crate) struct Snapshot {
     /// Bytes of the document up to and including the string's opening quote.
     pub(crate) at: usize,
@@ -131,49 +133,21 @@ impl JsonScanner {
         }
     }
 
-    /// A copy to resume from: everything but the capture buffer (empty when a snapshot is
-    /// taken) and any snapshot of its own.
-    fn state_copy(&self) -> JsonScanner {
-        JsonScanner {
-            depth: self.depth,
-            objects: self.objects,
-            in_string: self.in_string,
-            escape: self.escape,
-            role: self.role,
-            expect_key: self.expect_key,
-            key: self.key,
-            key_len: self.key_len,
-            last_key: self.last_key,
-            text_value_next: self.text_value_next,
-            capture: self.capture,
-            buf: Vec::new(),
-            buf_overflow: self.buf_overflow,
-            text_keys: self.text_keys,
-            seen_object: self.seen_object,
-            usage_found: self.usage_found,
-            choices_empty: self.choices_empty,
-            choices_next: self.choices_next,
-            choices_open: self.choices_open,
-            want_snapshot: false,
-            captured: self.captured,
-            snapshot: None,
-        }
-    }
-
     /// Continue from `snap`'s state (keeping this scanner's buffer allocation).
     pub(crate) fn resume_from(&mut self, snap: &JsonScanner) {
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        *self = snap.state_copy();
-        self.buf = buf;
+        self.replace_keeping_buf(snap.clone());
     }
 
     /// Ready for another document, keeping the capture buffer's allocation (one scanner reads
     /// every event of a stream).
     pub(crate) fn reset(&mut self) {
+        self.replace_keeping_buf(JsonScanner::new(self.text_keys));
+    }
+
+    fn replace_keeping_buf(&mut self, next: JsonScanner) {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        *self = JsonScanner::new(self.text_keys);
+        *self = next;
         self.buf = buf;
     }
 
@@ -241,10 +215,11 @@ impl JsonScanner {
                     if self.role == Role::Text && self.want_snapshot {
                         self.want_snapshot = false;
                         if !self.captured {
+                            // Nothing was captured, so the buffer is empty and the copy cheap.
                             self.snapshot = Some(Snapshot {
                                 at: i + 1,
                                 text_bytes: ex.text_bytes,
-                                state: Box::new(self.state_copy()),
+                                state: Box::new(self.clone()),
                             });
                         }
                     }

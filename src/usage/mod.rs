@@ -312,15 +312,14 @@ impl Extract {
         }
         js.finish(self);
         if let Some(snap) = js.snapshot.take() {
-            let p = self.prefix.get_or_insert_with(|| ChunkPrefix {
-                bytes: Vec::new(),
-                text: 0,
-                state: Box::new(JsonScanner::new(CHUNK_TEXT_KEYS)),
+            let mut bytes = self.prefix.take().map(|p| p.bytes).unwrap_or_default();
+            bytes.clear();
+            bytes.extend_from_slice(&data[..snap.at]);
+            self.prefix = Some(ChunkPrefix {
+                bytes,
+                text: snap.text_bytes - text_before,
+                state: snap.state,
             });
-            p.bytes.clear();
-            p.bytes.extend_from_slice(&data[..snap.at]);
-            p.text = snap.text_bytes - text_before;
-            p.state = snap.state;
         }
         let text = self.text_bytes - text_before;
         self.text_bytes = text_before;
