@@ -512,7 +512,6 @@ def main():
                     before = cpu_seconds(p.pid)
                     res = wrk(port, scripts[(mode, name)], a.seconds, a.connections)
                     cpu[(mode, name)] += cpu_seconds(p.pid) - before
-                    res["cpu"] = cpu_seconds(p.pid) - before
                     results[(mode, name)].append(res)
         rss = {name: mem_mib(p.pid, "VmHWM") for name, (_, _, p) in targets.items()}
 

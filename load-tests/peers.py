@@ -161,6 +161,22 @@ def _litellm_ok():
     return None if r.returncode == 0 else (r.stderr.strip() or r.stdout.strip() or f"exit {r.returncode}")
 
 
+def _run_install(name, what, argv, ok, log):
+    """Run an installer (niced, output to .peers/NAME-install.log), then check the result
+    with `ok`. None on success, else a one-line reason."""
+    logpath = os.path.join(PEERS_DIR, f"{name}-install.log")
+    with open(logpath, "w") as out:
+        r = subprocess.run(_nice() + argv, stdout=out, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        with open(logpath) as f:
+            return f"{what} failed: {_last_line(f.read())}"
+    why = ok()
+    if why is not None:
+        return f"{name} installed but not usable: {why}"
+    log(f"{name}: installed {version(name)}")
+    return None
+
+
 def _install_litellm(log):
     why = _litellm_ok()
     if why is None:
@@ -175,21 +191,10 @@ def _install_litellm(log):
         )
         if r.returncode != 0:
             return f"python3 -m venv failed: {_last_line(r.stderr + r.stdout)}"
-    logpath = os.path.join(PEERS_DIR, "litellm-install.log")
-    with open(logpath, "w") as out:
-        r = subprocess.run(
-            _nice() + [py, "-m", "pip", "install", "--disable-pip-version-check", "--retries", "2",
-                       "--timeout", "60", LITELLM_REQ],
-            stdout=out, stderr=subprocess.STDOUT, text=True,
-        )
-    if r.returncode != 0:
-        with open(logpath) as f:
-            return f"pip install {LITELLM_REQ} failed: {_last_line(f.read())}"
-    why = _litellm_ok()
-    if why is not None:
-        return f"litellm installed but not usable: {why}"
-    log(f"litellm: installed {version('litellm')}")
-    return None
+    return _run_install("litellm", f"pip install {LITELLM_REQ}",
+                        [py, "-m", "pip", "install", "--disable-pip-version-check", "--retries", "2",
+                         "--timeout", "60", LITELLM_REQ],
+                        _litellm_ok, log)
 
 
 def _portkey_ok():
@@ -233,21 +238,10 @@ def _install_portkey(log):
         return "npm is not installed"
     log(f"portkey: {why}; installing {PORTKEY_REQ} into {PORTKEY_DIR}")
     os.makedirs(PORTKEY_DIR, exist_ok=True)
-    logpath = os.path.join(PEERS_DIR, "portkey-install.log")
-    with open(logpath, "w") as out:
-        r = subprocess.run(
-            _nice() + ["npm", "install", "--prefix", PORTKEY_DIR, "--no-audit", "--no-fund", "--save-exact",
-                       PORTKEY_REQ, *(f"{k}@{v}" for k, v in PORTKEY_PINS.items())],
-            stdout=out, stderr=subprocess.STDOUT, text=True,
-        )
-    if r.returncode != 0:
-        with open(logpath) as f:
-            return f"npm install {PORTKEY_REQ} failed: {_last_line(f.read())}"
-    why = _portkey_ok()
-    if why is not None:
-        return f"portkey installed but not usable: {why}"
-    log(f"portkey: installed {version('portkey')}")
-    return None
+    return _run_install("portkey", f"npm install {PORTKEY_REQ}",
+                        ["npm", "install", "--prefix", PORTKEY_DIR, "--no-audit", "--no-fund", "--save-exact",
+                         PORTKEY_REQ, *(f"{k}@{v}" for k, v in PORTKEY_PINS.items())],
+                        _portkey_ok, log)
 
 
 def install(name, log=print):

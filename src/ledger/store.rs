@@ -9,7 +9,11 @@
 //! channel into a batch and commits the batch as ONE transaction when the
 //! flush interval (default 200 ms) has passed since the oldest uncommitted
 //! write, when [`FLUSH_AT_WRITES`] writes are pending, on [`StoreHandle::flush`],
-//! and on [`StoreHandle::shutdown`].
+//! and on [`StoreHandle::shutdown`]. Spend writes for the same
+//! (project, period) are summed in memory before they reach SQLite, so a busy
+//! project costs one UPSERT per flush, not one per request.
+//! [`Reader`] is a second, read-only connection for the (blocking) start-up
+//! restore and the admin API; WAL lets it read while the writer commits.
 //!
 //! # Wake-ups
 //! A send does not wake the writer. The writer sleeps (parked) until its
@@ -18,11 +22,7 @@
 //! every [`FLUSH_AT_WRITES`] writes, and for `flush`/`shutdown`. Under load
 //! that is a few wake-ups a second instead of one per request: waking a
 //! thread costs a futex call and a context switch, which on a small machine
-//! was the largest single cost of the ledger on the request path. Spend writes for the same
-//! (project, period) are summed in memory before they reach SQLite, so a busy
-//! project costs one UPSERT per flush, not one per request.
-//! [`Reader`] is a second, read-only connection for the (blocking) start-up
-//! restore and the admin API; WAL lets it read while the writer commits.
+//! was the largest single cost of the ledger on the request path.
 //!
 //! # Durability guarantee
 //! * Committed means durable against process death: the file is in WAL mode
