@@ -5,7 +5,7 @@
 //! Each figure is the median over 10 batches of `ITERATIONS` runs, in nanoseconds per run and
 //! per 10,000 body bytes. The machine is shared, so compare figures from one run only.
 
-use tollgate::{prompt, secrets};
+use tollgate::scan;
 
 use regex::RegexSet;
 use serde_json::json;
@@ -124,10 +124,10 @@ fn main() {
     ] {
         let body = chat_body(secret);
         let mut texts: Vec<String> = Vec::new();
-        let text_bytes = prompt::for_each_text(prompt::Format::Chat, &body, &mut |t| {
+        let text_bytes = scan::for_each_text(scan::Format::Chat, &body, &mut |t| {
             texts.push(t.to_string())
         });
-        let found = texts.iter().find_map(|t| secrets::find_secret(t));
+        let found = texts.iter().find_map(|t| scan::find_secret(t));
         println!(
             "-- {label}: {} body bytes, {} texts, {text_bytes} text bytes, detector says {:?}",
             body.len(),
@@ -139,7 +139,7 @@ fn main() {
             (
                 "for_each_text alone",
                 measure(|| {
-                    prompt::for_each_text(prompt::Format::Chat, black_box(&body), &mut |t| {
+                    scan::for_each_text(scan::Format::Chat, black_box(&body), &mut |t| {
                         black_box(t);
                     })
                 }),
@@ -149,7 +149,7 @@ fn main() {
                 measure(|| {
                     texts
                         .iter()
-                        .filter(|t| secrets::find_secret(t).is_some())
+                        .filter(|t| scan::find_secret(t).is_some())
                         .count()
                 }),
             ),
@@ -161,8 +161,8 @@ fn main() {
                 "total (walk + secrets + set)",
                 measure(|| {
                     let mut hits = 0;
-                    prompt::for_each_text(prompt::Format::Chat, black_box(&body), &mut |t| {
-                        hits += usize::from(secrets::find_secret(t).is_some() || set.is_match(t));
+                    scan::for_each_text(scan::Format::Chat, black_box(&body), &mut |t| {
+                        hits += usize::from(scan::find_secret(t).is_some() || set.is_match(t));
                     });
                     hits
                 }),
@@ -170,8 +170,7 @@ fn main() {
             (
                 "prompt_tokens_upper_bound",
                 measure(|| {
-                    prompt::prompt_tokens_upper_bound(prompt::Format::Chat, black_box(&body))
-                        as usize
+                    scan::prompt_tokens_upper_bound(scan::Format::Chat, black_box(&body)) as usize
                 }),
             ),
             (

@@ -12,10 +12,10 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::config::Config;
-use crate::error::{json_string, ErrorShape, GatewayError};
+use crate::engine::config::Config;
+use crate::engine::error::{json_string, ErrorShape, GatewayError};
 use crate::ledger::{DecisionRecord, Ledger};
-use crate::server::Reloader;
+use crate::reload::Reloader;
 
 pub struct Admin {
     pub config: Arc<ArcSwap<Config>>,
@@ -40,7 +40,7 @@ fn error(e: GatewayError) -> Response<Vec<u8>> {
     json(e.status(), e.body(ErrorShape::OpenAi))
 }
 
-fn usd(n: crate::pricing::Nanos) -> String {
+fn usd(n: crate::engine::pricing::Nanos) -> String {
     format!("{:.6}", n.as_usd())
 }
 
@@ -57,7 +57,7 @@ pub fn decision_json(d: &DecisionRecord) -> String {
     format!(
         r#"{{"id":{},"time":{},"project":{},"key_id":{},"endpoint":{},"model":{},"provider":{},"decision":{},"reason":{},"status":{},"prompt_tokens":{},"completion_tokens":{},"usage_source":{},"cost_usd":{},"latency_ms":{:.3},"stream":{},"attempts":{},"providers_tried":{}}}"#,
         json_string(&d.id),
-        json_string(&crate::budget::rfc3339_millis(d.time_ms)),
+        json_string(&crate::engine::time::rfc3339_millis(d.time_ms)),
         opt_s(&d.project),
         opt_s(&d.key_id),
         opt_s(&d.endpoint),
@@ -81,9 +81,10 @@ pub fn decision_json(d: &DecisionRecord) -> String {
 /// `GET /admin/providers`: each configured provider's circuit. `open_until` (RFC 3339) is set
 /// while the circuit is open.
 pub fn providers_json(cfg: &Config) -> String {
-    use crate::health::{now_ms, State, HEALTH};
+    use crate::engine::circuit::State;
+    use crate::health::{now_ms, HEALTH};
     let now = now_ms();
-    let wall = crate::ledger::unix_now_ms();
+    let wall = crate::clock::unix_ms();
     let items: Vec<String> = cfg
         .providers
         .iter()
@@ -92,7 +93,9 @@ pub fn providers_json(cfg: &Config) -> String {
             let open_until = match s.state {
                 State::Open { until } => {
                     let left = i64::try_from(until.saturating_sub(now)).unwrap_or(i64::MAX);
-                    json_string(&crate::budget::rfc3339_millis(wall.saturating_add(left)))
+                    json_string(&crate::engine::time::rfc3339_millis(
+                        wall.saturating_add(left),
+                    ))
                 }
                 _ => "null".to_string(),
             };
@@ -135,8 +138,8 @@ impl Admin {
             .map(str::trim)
             .unwrap_or("");
         use subtle::ConstantTimeEq;
-        let a = crate::auth::key_digest(presented.as_bytes());
-        let b = crate::auth::key_digest(token.expose().as_bytes());
+        let a = crate::engine::auth::key_digest(presented.as_bytes());
+        let b = crate::engine::auth::key_digest(token.expose().as_bytes());
         if presented.is_empty() || !bool::from(a.ct_eq(&b)) {
             return Err(GatewayError::Unauthorized(
                 "Missing or wrong admin token".into(),
@@ -151,7 +154,7 @@ impl Admin {
             .iter()
             .map(|p| {
                 let s = self.ledger.status(p);
-                let opt = |v: Option<crate::pricing::Nanos>| v.map_or("null".to_string(), usd);
+                let opt = |v: Option<crate::engine::pricing::Nanos>| v.map_or("null".to_string(), usd);
                 format!(
                     r#"{{"id":{},"period":"{}","spent_usd":{},"reserved_usd":{},"limit_usd":{},"remaining_usd":{},"frozen":{}}}"#,
                     json_string(&s.id),

@@ -2,49 +2,88 @@
 //!
 //! # Layout
 //!
-//! Core (no pingora, no tokio, no I/O; unit-tested without a socket):
-//! - [`config`]: TOML schema → validated runtime [`config::Config`] with derived indexes.
-//! - [`error`]: [`error::GatewayError`], the one enum of everything Tollgate answers itself.
-//! - [`auth`]: which header carries a project key; SHA-256 digests compared in constant time.
-//! - [`request`]: the few request fields Tollgate needs, and byte-level body rewrites.
-//! - [`provider`]: providers, base URLs, endpoints and their wire formats.
-//! - [`route`]: model → route by longest prefix; candidate providers in order; attempt plans.
-//! - [`policy`]: model globs and the other controls.
-//! - [`pricing`]: prices normalised to integers; usage → cost.
-//! - [`budget`]: periods and budgets.
-//! - [`usage`]: the incremental response scanner that finds token usage.
-//! - [`prompt`]: the text a user sent, for every request format; prompt token upper bounds.
-//! - [`secrets`]: the built-in credential detectors behind `block_secrets`.
-//! - [`health`]: the per-provider circuit breaker (pure state machine, plus its small registry).
+//! The tree shows the one idea: a pure engine that decides, and a thin shell that does I/O.
 //!
-//! Shell (Pingora glue, shared state and process):
-//! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/admin/*`.
-//! - [`metrics`]: the Prometheus families, with bounded labels.
-//! - [`notify`]: systemd readiness (`sd_notify`): ready, reloading, stopping.
-//! - [`proxy`]: the `ProxyHttp` implementation and the per-request context.
-//! - [`ledger`]: live per-project spend, reservations, freezes; the SQLite store and its batcher.
-//! - [`ratelimit`]: per-project rpm and tpm.
-//! - [`resolver`]: provider DNS, off the request path.
-//! - [`server`]: the Pingora server, listeners and background services.
+//! `engine` — the pure core. No pingora, tokio, rusqlite, file system, network, environment
+//! or clock (callers pass `now`); `tests/engine_is_pure.rs` fails if a file there names one.
+//! - `engine::config`: TOML schema → validated runtime `Config`, one validator per section.
+//! - `engine::admission`: facts + config + balances → the route, the worst case and the
+//!   upstream body, or the block — every rule of `request_filter`, unit-tested.
+//! - `engine::{auth, request, provider, route, policy, pricing, budget, circuit, time}`: keys,
+//!   request fields and rewrites, wire formats, routes and attempt plans, model rules, prices,
+//!   budget arithmetic, the circuit breaker's state machine, the civil calendar.
+//! - `engine::{usage, prompt, secrets}`: the response usage scanner, the prompt walk and its
+//!   token bound, the credential detectors.
+//! - `engine::error`: `GatewayError`, everything Tollgate answers itself, in both SDK shapes.
+//!
+//! The shell — Pingora glue, shared state, the process:
+//! - `proxy`: the `ProxyHttp` phase table (`mod.rs`), the per-request state (`ctx.rs`), the
+//!   retry/fallback state machine (`attempts.rs`), finishing a request (`finish.rs`: usage →
+//!   cost → settle → record → metrics), error responses (`respond.rs`), body replay.
+//! - `ledger`: live spend, reservations and freezes, with the SQLite store and its batcher.
+//! - `reload`: file → config → `ArcSwap::store`, or keep the old one and say why.
+//! - `server`: the Pingora server, listeners and background services.
+//! - `admin`: the admin listener; `metrics`: the Prometheus families; `health`: the registry
+//!   of circuit breakers; `ratelimit`: rpm and tpm; `resolver`: provider DNS off the request
+//!   path; `notify`: systemd readiness; `clock`: the one reader of the wall clock.
+//!
+//! Modules are private: the binaries, tests and benches use only what is re-exported below,
+//! so rustc reports dead code anywhere else.
 
-pub mod admin;
-pub mod auth;
-pub mod budget;
-pub mod config;
-pub mod error;
-pub mod health;
-pub mod ledger;
-pub mod metrics;
-pub mod notify;
-pub mod policy;
-pub mod pricing;
-pub mod prompt;
-pub mod provider;
-pub mod proxy;
-pub mod ratelimit;
-pub mod request;
-pub mod resolver;
-pub mod route;
-pub mod secrets;
-pub mod server;
-pub mod usage;
+mod admin;
+mod clock;
+mod engine;
+mod health;
+mod ledger;
+mod metrics;
+mod notify;
+mod proxy;
+mod ratelimit;
+mod reload;
+mod resolver;
+mod server;
+
+pub use engine::auth::{hex, key_digest};
+pub use engine::error::push_json_string;
+pub use notify::monotonic_usec;
+
+/// What `load-tests/scan_bench.rs` measures: the prompt walk and the secret detectors.
+pub mod scan {
+    pub use crate::engine::prompt::{for_each_text, prompt_tokens_upper_bound, Format};
+    pub use crate::engine::secrets::find_secret;
+}
+
+/// `tollgate check`: the summary line of a valid config, or every error with its place.
+pub fn check(path: &std::path::Path) -> Result<String, String> {
+    let c = reload::load_file(path).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{}: OK ({} providers, {} routes, {} prices, {} projects, {} keys)",
+        path.display(),
+        c.providers.len(),
+        c.routes.routes().len(),
+        c.prices.keys().count(),
+        c.projects.len(),
+        c.key_count()
+    ))
+}
+
+/// `tollgate serve`: load the config and run until stopped; the process exit code.
+pub fn serve(path: std::path::PathBuf, upgrade: bool) -> Result<i32, String> {
+    let c = reload::load_file(&path).map_err(|e| e.to_string())?;
+    Ok(server::run(
+        c,
+        server::RunOptions {
+            config_path: path,
+            upgrade,
+        },
+    ))
+}
+
+/// `tollgate key new`: a fresh key from 20 random bytes, and its `sha256:` config form.
+pub fn new_key() -> Result<(String, String), String> {
+    let mut r = [0u8; 20];
+    getrandom::getrandom(&mut r).map_err(|e| format!("no randomness available: {e}"))?;
+    let key = engine::auth::new_key(&r);
+    let digest = hex(&key_digest(key.as_bytes()));
+    Ok((key, format!("sha256:{digest}")))
+}

@@ -1,4 +1,4 @@
-//! `tollgate`: walks the command line, loads the config, hands over to `server::run`.
+//! `tollgate`: walks the command line and hands each command to the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,17 +54,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match cli.command {
-        Command::Check { config } => match tollgate::config::load_file(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: OK ({} providers, {} routes, {} prices, {} projects, {} keys)",
-                    config.display(),
-                    c.providers.len(),
-                    c.routes.routes().len(),
-                    c.prices.keys().count(),
-                    c.projects.len(),
-                    c.key_count()
-                );
+        Command::Check { config } => match tollgate::check(&config) {
+            Ok(summary) => {
+                println!("{summary}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -72,14 +64,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve { config, upgrade } => match tollgate::config::load_file(&config) {
-            Ok(c) => {
-                let opts = tollgate::server::RunOptions {
-                    config_path: config,
-                    upgrade,
-                };
-                ExitCode::from(tollgate::server::run(c, opts).clamp(0, 255) as u8)
-            }
+        Command::Serve { config, upgrade } => match tollgate::serve(config, upgrade) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => {
                 eprint!("{e}");
                 ExitCode::FAILURE
@@ -87,17 +73,16 @@ fn main() -> ExitCode {
         },
         Command::Key {
             command: KeyCommand::New,
-        } => {
-            let mut r = [0u8; 20];
-            if let Err(e) = getrandom::getrandom(&mut r) {
-                eprintln!("no randomness available: {e}");
-                return ExitCode::FAILURE;
+        } => match tollgate::new_key() {
+            Ok((key, config)) => {
+                println!("key:    {key}");
+                println!("config: \"{config}\"");
+                ExitCode::SUCCESS
             }
-            let key = tollgate::auth::new_key(&r);
-            let digest = tollgate::auth::hex(&tollgate::auth::key_digest(key.as_bytes()));
-            println!("key:    {key}");
-            println!("config: \"sha256:{digest}\"");
-            ExitCode::SUCCESS
-        }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -181,7 +181,7 @@ impl FlushLag {
 /// also set the remaining budget as they finish), and drop the series of projects that no
 /// longer have a budget after a reload.
 pub fn publish_budgets(
-    cfg: &crate::config::Config,
+    cfg: &crate::engine::config::Config,
     ledger: &crate::ledger::Ledger,
     published: &mut std::collections::HashSet<String>,
 ) {

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use pingora_limits::rate::{Rate, RateComponents};
 
-use crate::config::Project;
-use crate::error::GatewayError;
+use crate::engine::config::Project;
+use crate::engine::error::GatewayError;
 
 const WINDOW: Duration = Duration::from_secs(60);
 
@@ -86,7 +86,7 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{RateLimit, Unpriced};
+    use crate::engine::config::{RateLimit, Unpriced};
 
     fn project(rpm: Option<u64>, tpm: Option<u64>) -> Project {
         Project {

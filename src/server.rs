@@ -23,11 +23,12 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
-use crate::config::{self, Config};
+use crate::engine::config::Config;
 use crate::ledger::store::{Store, StoreHandle};
 use crate::ledger::Ledger;
 use crate::proxy::Gateway;
 use crate::ratelimit::RateLimiter;
+use crate::reload::Reloader;
 use crate::resolver::{Resolver, REFRESH};
 
 /// How to start: `upgrade` takes the listening sockets over from a running instance.
@@ -124,54 +125,6 @@ pub fn run(cfg: Config, opts: RunOptions) -> i32 {
     };
     log::info!("tollgate stopped");
     code
-}
-
-/// Re-reads the config file: validates it fully, resolves its hosts, loads accounts for new
-/// projects, then swaps it in whole. An invalid file changes nothing.
-pub struct Reloader {
-    pub config: Arc<ArcSwap<Config>>,
-    pub resolver: Arc<Resolver>,
-    pub ledger: Arc<Ledger>,
-    pub path: PathBuf,
-}
-
-impl Reloader {
-    pub async fn reload(&self) -> Result<(), String> {
-        crate::notify::reloading();
-        let result = match config::load_file(&self.path) {
-            Ok(new) => {
-                self.resolver.refresh(&new).await;
-                let snapshot = Arc::new(new);
-                let (ledger, for_load) = (self.ledger.clone(), snapshot.clone());
-                // Reading the store blocks: keep it off the async workers.
-                match tokio::task::spawn_blocking(move || ledger.load(&for_load)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        log::error!(
-                            "reload: cannot read the store, new projects start at zero spend: {e}"
-                        )
-                    }
-                    Err(e) => log::error!("reload: store load task failed: {e}"),
-                }
-                self.config.store(snapshot);
-                log::info!("configuration reloaded from {}", self.path.display());
-                Ok(())
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                log::error!("reload rejected, the old configuration keeps serving:\n{msg}");
-                Err(msg)
-            }
-        };
-        let label = if result.is_ok() { "ok" } else { "error" };
-        crate::metrics::METRICS
-            .reloads
-            .with_label_values(&[label])
-            .inc();
-        // Accepted or rejected, a configuration serves again.
-        crate::notify::ready();
-        result
-    }
 }
 
 /// How often the store's backlog, its flush lag and the budgets left are published as metrics.
@@ -294,10 +247,7 @@ impl BackgroundService for Control {
                     }
                 }
                 _ = sample.tick() => {
-                    let now_ms = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as i64);
-                    crate::metrics::observe_store(&self.store.stats(), &mut lag, now_ms);
+                    crate::metrics::observe_store(&self.store.stats(), &mut lag, crate::clock::unix_ms());
                     crate::metrics::publish_budgets(&r.config.load(), &r.ledger, &mut budgets);
                 }
                 _ = tick.tick() => r.resolver.refresh(&r.config.load()).await,

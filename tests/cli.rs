@@ -98,7 +98,7 @@ fn key_new_prints_a_key_and_its_matching_digest() {
         .find_map(|l| l.strip_prefix("config:"))
         .unwrap()
         .trim();
-    let digest = tollgate::auth::hex(&tollgate::auth::key_digest(key.as_bytes()));
+    let digest = tollgate::hex(&tollgate::key_digest(key.as_bytes()));
     assert_eq!(cfg, format!("\"sha256:{digest}\""));
     let (_, again, _) = tollgate(&["key", "new"], &[]);
     assert_ne!(out, again, "keys are random");

@@ -381,7 +381,7 @@ fn a_freeze_blocks_the_very_next_request_and_an_unfreeze_lets_the_next_one_throu
 #[test]
 fn decisions_page_newest_first_with_limit_and_the_next_cursor() {
     let mock = Mock::start();
-    let digest2 = tollgate::auth::hex(&tollgate::auth::key_digest(KEY2.as_bytes()));
+    let digest2 = tollgate::hex(&tollgate::key_digest(KEY2.as_bytes()));
     let body = body_with_projects(
         &mock,
         &format!(
@@ -470,7 +470,7 @@ fn decisions_page_newest_first_with_limit_and_the_next_cursor() {
 #[test]
 fn every_spec_metric_is_exposed_with_its_labels_after_real_traffic() {
     let mock = Mock::start();
-    let digest2 = tollgate::auth::hex(&tollgate::auth::key_digest(KEY2.as_bytes()));
+    let digest2 = tollgate::hex(&tollgate::key_digest(KEY2.as_bytes()));
     let body = body_with_projects(
         &mock,
         &format!(
@@ -1156,10 +1156,10 @@ fn systemd_hears_ready_once_accepting_reloading_around_reloads_and_stopping_on_s
     assert_eq!(r.status, 200, "{}", r.body);
 
     // A reload is bracketed by RELOADING=1 (with the monotonic time) and READY=1.
-    let before = tollgate::notify::monotonic_usec().unwrap();
+    let before = tollgate::monotonic_usec().unwrap();
     gw.signal("HUP");
     let reloading = notify.expect("RELOADING", Duration::from_secs(10));
-    let after = tollgate::notify::monotonic_usec().unwrap();
+    let after = tollgate::monotonic_usec().unwrap();
     let mut lines = reloading.lines();
     assert_eq!(lines.next(), Some("RELOADING=1"), "{reloading}");
     let us: u64 = lines

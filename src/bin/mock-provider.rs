@@ -817,7 +817,7 @@ impl<'a> Sse<'a> {
 
 /// Appends `s` as a JSON string literal (with quotes): the gateway's own escaping.
 fn json_str(out: &mut String, s: &str) {
-    tollgate::error::push_json_string(out, s);
+    tollgate::push_json_string(out, s);
 }
 
 fn quoted(s: &str) -> String {

@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 
-use crate::budget::{refusal_message, Account};
-use crate::config::{Config, Project};
-use crate::error::{GatewayError, PolicyCode};
-use crate::pricing::Nanos;
+use crate::engine::budget::{refusal_message, Account};
+use crate::engine::config::{Config, Project};
+use crate::engine::error::{GatewayError, PolicyCode};
+use crate::engine::pricing::Nanos;
 pub use store::{DecisionRecord, Reader, StoreHandle, Write};
 
 /// A project's account and its id, shared so that reservations and spend writes copy a
@@ -60,7 +60,7 @@ pub struct Reservation {
     remaining: Option<Nanos>,
     store: Option<StoreHandle>,
     now_unix: fn() -> i64,
-    period: Option<crate::budget::Period>,
+    period: Option<crate::engine::budget::Period>,
     settled: bool,
 }
 
@@ -111,18 +111,6 @@ impl Drop for Reservation {
     }
 }
 
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-pub fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// One project's numbers for `/admin/projects` and the budget gauge.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProjectStatus {
@@ -171,7 +159,7 @@ impl Ledger {
     /// from a request phase. Existing accounts are kept as they are (a reload never resets
     /// spend).
     pub fn load(&self, cfg: &Config) -> Result<(), String> {
-        let now = unix_now();
+        let now = crate::clock::unix_secs();
         let current = self.accounts.load_full();
         let missing: Vec<&Project> = cfg
             .projects
@@ -258,7 +246,7 @@ impl Ledger {
             st.send(Write::Freeze {
                 project: project.to_string(),
                 frozen,
-                time_ms: unix_now_ms(),
+                time_ms: crate::clock::unix_ms(),
             });
         }
     }
@@ -279,7 +267,7 @@ impl Ledger {
         let cell = self.cell(&project.id);
         let remaining = {
             let mut a = lock(&cell);
-            a.roll_at(period_of(project), unix_now());
+            a.roll_at(period_of(project), crate::clock::unix_secs());
             match project.budget {
                 Some(b) => {
                     a.admit(b.limit, amount).map_err(|r| {
@@ -298,7 +286,7 @@ impl Ledger {
             amount,
             remaining,
             store: self.store.clone(),
-            now_unix: unix_now,
+            now_unix: crate::clock::unix_secs,
             period: Some(period_of(project)),
             settled: false,
         })
@@ -308,7 +296,7 @@ impl Ledger {
         let cell = self.cell(&project.id);
         let a = {
             let mut a = lock(&cell);
-            a.roll_at(period_of(project), unix_now());
+            a.roll_at(period_of(project), crate::clock::unix_secs());
             a.clone()
         };
         let limit = project.budget.map(|b| b.limit);
@@ -339,6 +327,7 @@ impl Ledger {
 }
 
 /// Projects without a budget still account per month, so the admin view shows a useful number.
-fn period_of(p: &Project) -> crate::budget::Period {
-    p.budget.map_or(crate::budget::Period::Month, |b| b.period)
+fn period_of(p: &Project) -> crate::engine::budget::Period {
+    p.budget
+        .map_or(crate::engine::budget::Period::Month, |b| b.period)
 }

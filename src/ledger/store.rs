@@ -84,7 +84,7 @@ use std::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{JoinHandle, Thread};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -650,7 +650,8 @@ impl Writer {
                     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                     Ordering::Relaxed,
                 );
-                s.last_flush_ms.store(unix_ms_now(), Ordering::Relaxed);
+                s.last_flush_ms
+                    .store(crate::clock::unix_ms(), Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => {
@@ -702,7 +703,7 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
     // IMMEDIATE takes the write lock up front, so lock contention goes through
     // busy_timeout instead of failing at the first INSERT.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let now = unix_ms_now();
+    let now = crate::clock::unix_ms();
     {
         let mut spend = tx.prepare_cached(
             "INSERT INTO spend(project, period, spent_nanos, updated_ms) VALUES (?1, ?2, ?3, ?4)
@@ -731,10 +732,10 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
         let mut time_buf = [0u8; 24];
         for d in &batch.decisions {
             let time_owned;
-            let time = match rfc3339_utc_ms_into(d.time_ms, &mut time_buf) {
+            let time = match crate::engine::time::rfc3339_millis_into(d.time_ms, &mut time_buf) {
                 Some(t) => t,
                 None => {
-                    time_owned = rfc3339_utc_ms(d.time_ms);
+                    time_owned = crate::engine::time::rfc3339_millis(d.time_ms);
                     &time_owned
                 }
             };
@@ -770,79 +771,6 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
 /// nano-dollars) would make the whole batch fail, so it saturates instead.
 fn clamp_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn unix_ms_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Unix ms to "YYYY-MM-DDTHH:MM:SS.mmmZ" (proleptic Gregorian, UTC).
-fn rfc3339_utc_ms(time_ms: i64) -> String {
-    let mut buf = [0u8; 24];
-    match rfc3339_utc_ms_into(time_ms, &mut buf) {
-        Some(s) => s.to_string(),
-        None => {
-            let (y, m, d, h, mi, s, ms) = utc_parts(time_ms);
-            format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
-        }
-    }
-}
-
-/// [`rfc3339_utc_ms`] into a stack buffer, for the writer's hot loop (one per decision row):
-/// no formatting machinery, no allocation. `None` for years outside 0000..=9999.
-fn rfc3339_utc_ms_into(time_ms: i64, buf: &mut [u8; 24]) -> Option<&str> {
-    let (y, m, d, h, mi, s, ms) = utc_parts(time_ms);
-    if !(0..=9999).contains(&y) {
-        return None;
-    }
-    fn put(out: &mut [u8], mut v: i64) {
-        for b in out.iter_mut().rev() {
-            *b = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    }
-    *buf = *b"0000-00-00T00:00:00.000Z";
-    put(&mut buf[0..4], y);
-    put(&mut buf[5..7], m);
-    put(&mut buf[8..10], d);
-    put(&mut buf[11..13], h);
-    put(&mut buf[14..16], mi);
-    put(&mut buf[17..19], s);
-    put(&mut buf[20..23], ms);
-    std::str::from_utf8(buf).ok()
-}
-
-fn utc_parts(time_ms: i64) -> (i64, i64, i64, i64, i64, i64, i64) {
-    let days = time_ms.div_euclid(86_400_000);
-    let ms_of_day = time_ms.rem_euclid(86_400_000);
-    let (y, m, d) = civil_from_days(days);
-    let secs = ms_of_day / 1000;
-    (
-        y,
-        m,
-        d,
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        ms_of_day % 1000,
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's
-/// `civil_from_days`, valid for every i64 day count that unix ms can produce.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468; // shift the epoch to 0000-03-01
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // day of 400-year era, [0, 146096]
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365], from March 1st
-    let mp = (5 * doy + 2) / 153; // [0, 11], March = 0
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// A separate read connection (WAL allows reads concurrent with the writer). Methods are blocking; the gateway calls them from a blocking-pool thread, never a request phase.
@@ -1607,30 +1535,6 @@ mod tests {
             .unwrap();
         let err = Store::open(&path, LONG).err().unwrap();
         assert!(err.contains("newer"), "{err}");
-    }
-
-    #[test]
-    fn rfc3339_conversion_matches_known_instants() {
-        for (ms, text) in [
-            (0, "1970-01-01T00:00:00.000Z"),
-            (1_795_341_600_005, "2026-11-22T10:00:00.005Z"),
-            (1_709_251_199_999, "2024-02-29T23:59:59.999Z"),
-            (951_868_800_000, "2000-03-01T00:00:00.000Z"),
-            (-1, "1969-12-31T23:59:59.999Z"),
-            (-2_208_988_800_000, "1900-01-01T00:00:00.000Z"),
-        ] {
-            assert_eq!(rfc3339_utc_ms(ms), text, "{ms}");
-        }
-        // Extremes must not panic, and take the slow path for years past 9999.
-        let _ = rfc3339_utc_ms(i64::MIN);
-        let _ = rfc3339_utc_ms(i64::MAX);
-        assert!(rfc3339_utc_ms(253_402_300_800_000).starts_with("10000-01-01T"));
-        let mut buf = [0u8; 24];
-        assert_eq!(rfc3339_utc_ms_into(253_402_300_800_000, &mut buf), None);
-        assert_eq!(
-            rfc3339_utc_ms_into(253_402_300_799_999, &mut buf),
-            Some("9999-12-31T23:59:59.999Z")
-        );
     }
 
     #[test]

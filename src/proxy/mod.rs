@@ -32,19 +32,19 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::auth;
-use crate::config::{Config, ProjectIdx, Unpriced};
-use crate::error::{ErrorShape, GatewayError};
+use crate::engine::auth;
+use crate::engine::config::{Config, ProjectIdx, Unpriced};
+use crate::engine::error::{ErrorShape, GatewayError};
+use crate::engine::policy;
+use crate::engine::pricing::{Nanos, Price};
+use crate::engine::provider::Endpoint;
+use crate::engine::request::{self, Rewrite};
+use crate::engine::route::{Plan, ProviderIdx};
+use crate::engine::usage::{Feed, Usage, UsageScanner, WireFormat};
 use crate::health::{self, HEALTH};
 use crate::ledger::{DecisionRecord, Ledger, Reservation};
-use crate::policy;
-use crate::pricing::{Nanos, Price};
-use crate::provider::Endpoint;
 use crate::ratelimit::RateLimiter;
-use crate::request::{self, Rewrite};
 use crate::resolver::Resolver;
-use crate::route::{Plan, ProviderIdx};
-use crate::usage::{Feed, Usage, UsageScanner, WireFormat};
 
 pub use respond::respond;
 
@@ -342,7 +342,7 @@ impl Gateway {
         let price = cfg.prices.lookup(upstream_model);
         if price.is_none() && project.unpriced == Unpriced::Block {
             return Err(GatewayError::PolicyBlocked(
-                crate::error::PolicyCode::UnpricedModel,
+                crate::engine::error::PolicyCode::UnpricedModel,
                 format!(
                     "Model {} has no price, and project {} blocks unpriced models",
                     truncate(upstream_model, 200),
@@ -470,8 +470,8 @@ fn models_list(cfg: &Config, project: ProjectIdx) -> String {
                 .map_or("tollgate", |t| cfg.providers[t.provider].name.as_str());
             format!(
                 r#"{{"id":{},"object":"model","created":0,"owned_by":{}}}"#,
-                crate::error::json_string(n),
-                crate::error::json_string(owner)
+                crate::engine::error::json_string(n),
+                crate::engine::error::json_string(owner)
             )
         })
         .collect();
@@ -494,7 +494,7 @@ impl ProxyHttp for Gateway {
             request_id,
             request_id_value,
             started: Instant::now(),
-            started_ms: crate::ledger::unix_now_ms(),
+            started_ms: crate::clock::unix_ms(),
             cfg: None,
             endpoint: None,
             shape: ErrorShape::OpenAi,

@@ -8,7 +8,7 @@ use pingora::proxy::Session;
 use pingora::Result;
 
 use super::Ctx;
-use crate::error::GatewayError;
+use crate::engine::error::GatewayError;
 
 /// Answer `err` in the shape the client's SDK reads.
 pub async fn respond(session: &mut Session, ctx: &Ctx, err: &GatewayError) -> Result<()> {

@@ -104,7 +104,7 @@ pub fn free_port() -> u16 {
 
 /// The standard test config: both providers on `mock`, two projects.
 pub fn standard_config(mock: &Mock) -> String {
-    let digest2 = tollgate::auth::hex(&tollgate::auth::key_digest(KEY2.as_bytes()));
+    let digest2 = tollgate::hex(&tollgate::key_digest(KEY2.as_bytes()));
     format!(
         r#"
 [[providers]]

@@ -3,8 +3,8 @@
 //!
 //! Core module: no pingora, no tokio, no I/O.
 
-use crate::config::Project;
-use crate::error::{GatewayError, PolicyCode};
+use crate::engine::config::Project;
+use crate::engine::error::{GatewayError, PolicyCode};
 
 /// A model-name glob: `*` matches any run of characters, `?` one character; everything else is
 /// literal.
@@ -81,21 +81,21 @@ pub fn check_model(
 
 /// Scan the prompt text for credentials (`block_secrets`) and the project's `block_patterns`.
 /// Texts are visited one by one, so a pattern never matches across two messages. The same walk
-/// gives the prompt's token upper bound ([`crate::prompt::prompt_tokens_upper_bound`]), which is
+/// gives the prompt's token upper bound ([`crate::engine::prompt::prompt_tokens_upper_bound`]), which is
 /// what `Ok` carries.
 pub fn check_prompt(
     project: &Project,
-    format: crate::prompt::Format,
+    format: crate::engine::prompt::Format,
     body: &[u8],
 ) -> Result<u64, GatewayError> {
     let scanning = project.block_secrets || project.block_patterns.is_some();
     let mut hit: Option<GatewayError> = None;
-    let bound = crate::prompt::scan(format, body, &mut |text| {
+    let bound = crate::engine::prompt::scan(format, body, &mut |text| {
         if hit.is_some() || !scanning {
             return;
         }
         if project.block_secrets {
-            if let Some(kind) = crate::secrets::find_secret(text) {
+            if let Some(kind) = crate::engine::secrets::find_secret(text) {
                 hit = Some(GatewayError::PolicyBlocked(
                     PolicyCode::SecretDetected,
                     format!(
@@ -180,7 +180,7 @@ pub fn output_bound(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Unpriced;
+    use crate::engine::config::Unpriced;
 
     fn project(max_tokens: Option<u64>) -> Project {
         Project {

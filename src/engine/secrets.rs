@@ -871,17 +871,13 @@ fn risk_score(task: &Task) -> u32 {
     }
 
     #[test]
-    fn a_long_run_of_anchor_like_text_stays_fast_and_clean() {
+    fn a_long_run_of_anchor_like_text_is_clean() {
+        // Speed is the regex crate's linear-time guarantee and is measured in
+        // load-tests/scan_bench.rs; a wall-clock bound here would only flake on a busy machine.
         let adversarial = "sk-".repeat(100_000)
             + &"eyJ".repeat(100_000)
             + &"-----BEGIN PRIVATE KEY-----".repeat(10_000);
-        let t = std::time::Instant::now();
         assert_eq!(find_secret(&adversarial), None);
-        assert!(
-            t.elapsed() < std::time::Duration::from_secs(2),
-            "{:?}",
-            t.elapsed()
-        );
     }
 }
 

@@ -13,8 +13,8 @@ use std::ops::Range;
 
 use serde::Deserialize;
 
-use crate::error::{json_string, GatewayError};
-use crate::provider::Endpoint;
+use crate::engine::error::{json_string, GatewayError};
+use crate::engine::provider::Endpoint;
 
 /// What the gateway needs to know about a request body.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //!
 //! Core module: no pingora, no tokio, no I/O.
 
-use crate::usage::Usage;
+use crate::engine::usage::Usage;
 
 /// Money in nano-dollars (1e-9 USD). `u64` holds $18 billion, far past any budget.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

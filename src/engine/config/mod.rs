@@ -3,24 +3,24 @@
 //! compiled patterns). Validation collects *every* problem, each with its place in the file
 //! (`path:line:col: field: message`), so one `tollgate check` run shows them all.
 //!
-//! Core module: no pingora, no tokio. The only I/O is [`load_file`], which reads the file and
-//! the process environment and hands both to the pure [`parse`].
+//! Engine module: no pingora, no tokio, no I/O. The shell's `reload::load_file` reads the file,
+//! its included price files and the process environment and hands them to [`parse_with_files`].
 
 mod file;
 
+use core::net::SocketAddr;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use regex::RegexSet;
 
-use crate::auth::{key_digest, KeyDigest};
-use crate::budget::{Budget, Period};
-use crate::policy::Glob;
-use crate::pricing::{per_mtok_to_pico, Nanos, Price, PriceTable};
-use crate::provider::{BaseUrl, Provider, ProviderKind, Secret, WireHeaders};
-use crate::route::{Route, RouteTable, Target};
+use crate::engine::auth::{key_digest, KeyDigest};
+use crate::engine::budget::{Budget, Period};
+use crate::engine::policy::Glob;
+use crate::engine::pricing::{per_mtok_to_pico, Nanos, Price, PriceTable};
+use crate::engine::provider::{BaseUrl, Provider, ProviderKind, Secret, WireHeaders};
+use crate::engine::route::{Route, RouteTable, Target};
 use file::FileConfig;
 
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -38,7 +38,7 @@ pub struct ServerConfig {
     pub upgrade_sock: String,
     pub pid_file: String,
     /// Provider circuit breaker: `circuit_failures` and `circuit_cooldown_ms`.
-    pub circuit: crate::health::CircuitParams,
+    pub circuit: crate::engine::circuit::CircuitParams,
 }
 
 #[derive(Clone, Debug)]
@@ -156,30 +156,6 @@ impl std::fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
-
-/// Read `path` and the process environment, then [`parse`].
-pub fn load_file(path: &std::path::Path) -> Result<Config, ConfigErrors> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-        file: name.clone(),
-        errors: vec![ConfigError {
-            file: None,
-            line: None,
-            col: None,
-            field: String::new(),
-            message: format!("cannot read the file: {e}"),
-        }],
-    })?;
-    let dir = path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-    let read = |rel: &str| -> Result<(String, String), String> {
-        let p = dir.join(rel);
-        let shown = p.display().to_string();
-        std::fs::read_to_string(&p)
-            .map(|t| (shown, t))
-            .map_err(|e| format!("cannot read {}: {e}", p.display()))
-    };
-    parse_with_files(&text, &name, &|k| std::env::var(k).ok(), &read)
-}
 
 /// A reader of included files: relative path → (name to show in errors, text).
 pub type FileReader<'a> = &'a dyn Fn(&str) -> Result<(String, String), String>;
@@ -424,7 +400,7 @@ impl Validator<'_> {
             Some(v) => self.positive(v, "server.grace_period_s", 86_400),
             None => Some(30),
         };
-        let defaults = crate::health::CircuitParams::default();
+        let defaults = crate::engine::circuit::CircuitParams::default();
         let circuit_failures = match &s.circuit_failures {
             Some(v) => self
                 .positive(v, "server.circuit_failures", 1000)
@@ -451,7 +427,7 @@ impl Validator<'_> {
                 .pid_file
                 .clone()
                 .unwrap_or_else(|| "/tmp/tollgate.pid".into()),
-            circuit: crate::health::CircuitParams {
+            circuit: crate::engine::circuit::CircuitParams {
                 failures: circuit_failures?,
                 cooldown_ms: circuit_cooldown_ms?,
             },
@@ -940,7 +916,7 @@ impl Validator<'_> {
 /// A `keys` entry: `sha256:<64 hex>` is the digest of a key; anything else is the key itself.
 fn parse_key_entry(s: &str) -> Result<KeyDigest, String> {
     if let Some(hex) = s.strip_prefix("sha256:") {
-        return crate::auth::parse_hex_digest(hex).ok_or_else(|| {
+        return crate::engine::auth::parse_hex_digest(hex).ok_or_else(|| {
             "a sha256: entry needs exactly 64 hex digits (see `tollgate key new`)".to_string()
         });
     }

@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use crate::pricing::Nanos;
+use crate::engine::pricing::Nanos;
+use crate::engine::time::civil_from_days;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Period {
@@ -168,35 +169,6 @@ pub fn refusal_message(project: &str, period: Period, r: &Refusal) -> String {
     }
 }
 
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's
-/// algorithm), so no date crate is needed for three calendar keys.
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// RFC 3339 UTC timestamp with milliseconds, for decision records.
-pub fn rfc3339_millis(unix_ms: i64) -> String {
-    let secs = unix_ms.div_euclid(1000);
-    let ms = unix_ms.rem_euclid(1000);
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
-    let s = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        s / 3600,
-        (s / 60) % 60,
-        s % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,10 +201,7 @@ mod tests {
     }
 
     #[test]
-    fn leap_days_and_year_ends_are_right() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(20_818), (2026, 12, 31));
+    fn a_week_before_the_epoch_starts_on_its_monday() {
         assert_eq!(Period::Week.key(0), "week-of-1969-12-29");
     }
 
@@ -329,10 +298,5 @@ mod tests {
             m.contains("day budget of $2.00") && m.contains("up to $1.5000"),
             "{m}"
         );
-    }
-
-    #[test]
-    fn timestamps_render_as_rfc3339() {
-        assert_eq!(rfc3339_millis(NOW * 1000 + 5), "2026-11-22T10:00:00.005Z");
     }
 }

@@ -1,6 +1,6 @@
 use super::*;
 
-const SPEC_EXAMPLE: &str = include_str!("../../tests/fixtures/spec-example.toml");
+const SPEC_EXAMPLE: &str = include_str!("../../../tests/fixtures/spec-example.toml");
 
 fn env_all(k: &str) -> Option<String> {
     match k {
@@ -45,15 +45,15 @@ fn the_spec_example_loads_unchanged() {
 #[test]
 fn the_sha256_form_and_the_plaintext_form_both_find_the_project() {
     let c = parse(SPEC_EXAMPLE, "spec.toml", &env_all).unwrap();
-    let plain = crate::auth::key_digest(b"tg_dev_plaintext_key_only_for_local_use");
+    let plain = crate::engine::auth::key_digest(b"tg_dev_plaintext_key_only_for_local_use");
     assert_eq!(c.project_for_digest(&plain), Some(0));
-    let listed = crate::auth::parse_hex_digest(
+    let listed = crate::engine::auth::parse_hex_digest(
         "7b04a5b57435cbc665da4ac338096b9f1040b0882887f54e0e21451b3edb0e0c",
     )
     .unwrap();
     assert_eq!(c.project_for_digest(&listed), Some(0));
     // The sha256:... string itself is not a key.
-    let as_key = crate::auth::key_digest(
+    let as_key = crate::engine::auth::key_digest(
         b"sha256:7b04a5b57435cbc665da4ac338096b9f1040b0882887f54e0e21451b3edb0e0c",
     );
     assert_eq!(c.project_for_digest(&as_key), None);
@@ -114,7 +114,7 @@ block_patterns = ["(unclosed"]
 
 #[test]
 fn a_key_listed_in_plaintext_and_as_its_digest_is_a_duplicate() {
-    let d = crate::auth::hex(&crate::auth::key_digest(b"tg_key_number_one_0001"));
+    let d = crate::engine::auth::hex(&crate::engine::auth::key_digest(b"tg_key_number_one_0001"));
     let text = format!(
         "[[projects]]\nid = \"a\"\nkeys = [\"tg_key_number_one_0001\"]\n[[projects]]\nid = \"b\"\nkeys = [\"sha256:{d}\"]\n"
     );
@@ -269,7 +269,10 @@ fn price_files_are_merged_under_the_files_own_prices() {
 #[test]
 fn circuit_settings_default_and_are_validated() {
     let c = parse(SPEC_EXAMPLE, "spec.toml", &env_all).unwrap();
-    assert_eq!(c.server.circuit, crate::health::CircuitParams::default());
+    assert_eq!(
+        c.server.circuit,
+        crate::engine::circuit::CircuitParams::default()
+    );
     let text = SPEC_EXAMPLE.replacen(
         "[server]\n",
         "[server]\ncircuit_failures = 2\ncircuit_cooldown_ms = 500\n",

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 
-use crate::usage::WireFormat;
+use crate::engine::usage::WireFormat;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProviderKind {
@@ -275,8 +275,8 @@ impl Endpoint {
     }
 
     /// The request format whose prompt text policy scans.
-    pub fn prompt_format(self) -> Option<crate::prompt::Format> {
-        use crate::prompt::Format;
+    pub fn prompt_format(self) -> Option<crate::engine::prompt::Format> {
+        use crate::engine::prompt::Format;
         Some(match self {
             Endpoint::ChatCompletions => Format::Chat,
             Endpoint::Completions => Format::Completions,
