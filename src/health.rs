@@ -88,7 +88,10 @@ pub fn now_ms() -> u64 {
 /// 0 open) and drop the series of providers a reload removed.
 pub fn publish_up(cfg: &crate::engine::config::Config) {
     static PUBLISHED: Lazy<Mutex<Vec<String>>> = Lazy::new(|| Mutex::new(Vec::new()));
-    let gauge = &crate::metrics::METRICS.provider_up;
+    let Some(m) = crate::metrics::get() else {
+        return;
+    };
+    let gauge = &m.provider_up;
     let now = now_ms();
     let mut names = Vec::with_capacity(cfg.providers.len());
     for p in &cfg.providers {

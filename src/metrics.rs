@@ -38,122 +38,124 @@ pub struct Metrics {
     pub store_lost_writes: IntCounter,
     pub upstream_attempts: IntCounterVec,
     pub provider_up: IntGaugeVec,
+    pub reservation_overruns: IntCounterVec,
 }
 
-/// Registration only fails on a duplicate name, which is a programming error caught by the
-/// first test that touches metrics; a process without metrics would still serve traffic.
-pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
-    Metrics {
+/// The families, registered on first use. Registration fails only on a duplicate or malformed
+/// name, a programming error that the unit tests catch; should it ever happen in a running
+/// process, it is logged once and the gateway serves traffic without metrics instead of
+/// panicking on a request (the first touch is a request's context).
+static METRICS: Lazy<Option<Metrics>> = Lazy::new(|| match build() {
+    Ok(m) => Some(m),
+    Err(e) => {
+        log::error!("metrics could not be registered, serving without them: {e}");
+        None
+    }
+});
+
+/// The metric families, or `None` if they could not be registered.
+pub fn get() -> Option<&'static Metrics> {
+    METRICS.as_ref()
+}
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    Ok(Metrics {
     requests: register_int_counter_vec!(
         "tollgate_requests_total",
         "Requests answered, by project, model and HTTP status",
         &["project", "model", "status"]
-    )
-    .expect("register tollgate_requests_total"),
+    )?,
     decisions: register_int_counter_vec!(
         "tollgate_decisions_total",
         "Admission decisions, by project, decision (allow/block) and reason",
         &["project", "decision", "reason"]
-    )
-    .expect("register tollgate_decisions_total"),
+    )?,
     tokens: register_int_counter_vec!(
         "tollgate_tokens_total",
         "Tokens charged, by project, model and kind (prompt/completion)",
         &["project", "model", "kind"]
-    )
-    .expect("register tollgate_tokens_total"),
+    )?,
     spend: register_counter_vec!(
         "tollgate_spend_usd_total",
         "Money charged in US dollars, by project and model",
         &["project", "model"]
-    )
-    .expect("register tollgate_spend_usd_total"),
+    )?,
     budget_remaining: register_gauge_vec!(
         "tollgate_budget_remaining_usd",
         "Budget left in the current period (limit - spent - reserved)",
         &["project"]
-    )
-    .expect("register tollgate_budget_remaining_usd"),
+    )?,
     budget_limit: register_gauge_vec!(
         "tollgate_budget_limit_usd",
         "The budget of the current period (limit_usd), for ratios with the remaining budget",
         &["project"]
-    )
-    .expect("register tollgate_budget_limit_usd"),
+    )?,
     budget_reserved: register_gauge_vec!(
         "tollgate_budget_reserved_usd",
         "Worst cases held for requests in flight, per project (all projects, budgeted or not)",
         &["project"]
-    )
-    .expect("register tollgate_budget_reserved_usd"),
+    )?,
     request_duration: register_histogram_vec!(
         "tollgate_request_duration_seconds",
         "Time from request to the end of the response, by provider",
         &["provider"],
         LATENCY_BUCKETS.to_vec()
-    )
-    .expect("register tollgate_request_duration_seconds"),
+    )?,
     first_byte: register_histogram_vec!(
         "tollgate_upstream_first_byte_seconds",
         "Time from request to the provider's response header, by provider",
         &["provider"],
         LATENCY_BUCKETS.to_vec()
-    )
-    .expect("register tollgate_upstream_first_byte_seconds"),
+    )?,
     reloads: register_int_counter_vec!(
         "tollgate_config_reloads_total",
         "Configuration reloads by result (ok/error)",
         &["result"]
-    )
-    .expect("register tollgate_config_reloads_total"),
-    in_flight: register_int_gauge!("tollgate_requests_in_flight", "Requests being handled now")
-        .expect("register tollgate_requests_in_flight"),
+    )?,
+    in_flight: register_int_gauge!("tollgate_requests_in_flight", "Requests being handled now")?,
     usage_source: register_int_counter_vec!(
         "tollgate_usage_source_total",
         "Finished requests by where their token counts came from (reported/estimated/none)",
         &["project", "source"]
-    )
-    .expect("register tollgate_usage_source_total"),
+    )?,
     upstream_errors: register_int_counter_vec!(
         "tollgate_upstream_errors_total",
         "Upstream failures answered by Tollgate, by provider and reason",
         &["provider", "reason"]
-    )
-    .expect("register tollgate_upstream_errors_total"),
+    )?,
     store_queued: register_int_gauge!(
         "tollgate_store_queued_writes",
         "Ledger writes (spend, freezes, decisions) waiting to be committed to the store"
-    )
-    .expect("register tollgate_store_queued_writes"),
+    )?,
     store_flush_lag: register_gauge!(
         "tollgate_store_flush_lag_seconds",
         "How long ledger writes have been waiting without a successful commit (0 when none wait)"
-    )
-    .expect("register tollgate_store_flush_lag_seconds"),
+    )?,
     store_flush_errors: register_int_counter!(
         "tollgate_store_flush_errors_total",
         "Store transactions that failed (each is retried)"
-    )
-    .expect("register tollgate_store_flush_errors_total"),
+    )?,
     store_lost_writes: register_int_counter!(
         "tollgate_store_lost_writes_total",
         "Ledger writes that never reached the store (writer gone, or discarded after failures)"
-    )
-    .expect("register tollgate_store_lost_writes_total"),
+    )?,
     upstream_attempts: register_int_counter_vec!(
         "tollgate_upstream_attempts_total",
         "Attempts at a provider, by provider and outcome (ok/connect_error/timeout/status_5xx/status_429/broken)",
         &["provider", "outcome"]
-    )
-    .expect("register tollgate_upstream_attempts_total"),
+    )?,
     provider_up: register_int_gauge_vec!(
         "tollgate_provider_up",
         "1 while a provider's circuit is closed or half-open, 0 while it is open",
         &["provider"]
-    )
-    .expect("register tollgate_provider_up"),
+    )?,
+    reservation_overruns: register_int_counter_vec!(
+        "tollgate_reservation_overruns_total",
+        "Requests whose reported cost exceeded the worst case reserved for them (the truth is charged)",
+        &["project"]
+    )?,
+})
 }
-});
 
 /// Tracks how long the store has had writes waiting without a commit, from periodic samples
 /// of [`StoreStats`].
@@ -185,11 +187,11 @@ pub fn publish_budgets(
     ledger: &crate::ledger::Ledger,
     published: &mut std::collections::HashSet<String>,
 ) {
-    let (remaining, limit) = (&METRICS.budget_remaining, &METRICS.budget_limit);
+    let Some(m) = get() else { return };
+    let (remaining, limit) = (&m.budget_remaining, &m.budget_limit);
     for p in &cfg.projects {
         let reserved = ledger.status(p).reserved;
-        METRICS
-            .budget_reserved
+        m.budget_reserved
             .with_label_values(&[p.id.as_str()])
             .set(reserved.as_usd());
     }
@@ -208,9 +210,7 @@ pub fn publish_budgets(
         let _ = remaining.remove_label_values(&[gone.as_str()]);
         let _ = limit.remove_label_values(&[gone.as_str()]);
         if cfg.project_index(gone).is_none() {
-            let _ = METRICS
-                .budget_reserved
-                .remove_label_values(&[gone.as_str()]);
+            let _ = m.budget_reserved.remove_label_values(&[gone.as_str()]);
         }
     }
     *published = now;
@@ -218,7 +218,7 @@ pub fn publish_budgets(
 
 /// Publish a sample of the store's counters (called periodically by the control service).
 pub fn observe_store(stats: &StoreStats, lag: &mut FlushLag, now_ms: i64) {
-    let m = &*METRICS;
+    let Some(m) = get() else { return };
     m.store_queued
         .set(i64::try_from(stats.queued).unwrap_or(i64::MAX));
     m.store_flush_lag
@@ -314,24 +314,22 @@ mod tests {
     }
 
     #[test]
+    fn every_family_registers() {
+        assert!(get().is_some(), "a family failed to register: see the log");
+    }
+
+    #[test]
     fn every_spec_metric_name_is_exposed() {
-        METRICS.reloads.with_label_values(&["ok"]).inc();
-        METRICS
-            .request_duration
-            .with_label_values(&["x"])
-            .observe(0.1);
-        METRICS.first_byte.with_label_values(&["x"]).observe(0.1);
-        METRICS.requests.with_label_values(&["p", "m", "200"]).inc();
-        METRICS
-            .decisions
-            .with_label_values(&["p", "allow", "ok"])
-            .inc();
-        METRICS
-            .tokens
-            .with_label_values(&["p", "m", "prompt"])
-            .inc();
-        METRICS.spend.with_label_values(&["p", "m"]).inc_by(0.1);
-        METRICS.budget_remaining.with_label_values(&["p"]).set(1.0);
+        let m = get().expect("metrics registered");
+        m.reservation_overruns.with_label_values(&["p"]).inc();
+        m.reloads.with_label_values(&["ok"]).inc();
+        m.request_duration.with_label_values(&["x"]).observe(0.1);
+        m.first_byte.with_label_values(&["x"]).observe(0.1);
+        m.requests.with_label_values(&["p", "m", "200"]).inc();
+        m.decisions.with_label_values(&["p", "allow", "ok"]).inc();
+        m.tokens.with_label_values(&["p", "m", "prompt"]).inc();
+        m.spend.with_label_values(&["p", "m"]).inc_by(0.1);
+        m.budget_remaining.with_label_values(&["p"]).set(1.0);
         let text = String::from_utf8(render()).unwrap();
         for name in [
             "tollgate_requests_total",
@@ -342,6 +340,7 @@ mod tests {
             "tollgate_request_duration_seconds",
             "tollgate_upstream_first_byte_seconds",
             "tollgate_config_reloads_total",
+            "tollgate_reservation_overruns_total",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }

@@ -75,10 +75,9 @@ impl Reloader {
             }
         };
         let label = if result.is_ok() { "ok" } else { "error" };
-        crate::metrics::METRICS
-            .reloads
-            .with_label_values(&[label])
-            .inc();
+        if let Some(m) = crate::metrics::get() {
+            m.reloads.with_label_values(&[label]).inc();
+        }
         // Accepted or rejected, a configuration serves again.
         crate::notify::ready();
         result

@@ -178,7 +178,7 @@ impl Control {
         let deadline = Instant::now() + grace;
         let mut idle_checks = 0;
         while Instant::now() < deadline {
-            if crate::metrics::METRICS.in_flight.get() == 0 {
+            if crate::proxy::in_flight() == 0 {
                 idle_checks += 1;
                 if idle_checks >= 2 {
                     let code = match self.store.shutdown() {

@@ -55,6 +55,12 @@ pub enum GatewayError {
     },
     UpstreamUnavailable(String),
     UpstreamTimeout(String),
+    /// Every try failed, and the last provider that answered at all answered with this error
+    /// status (its body was not kept: a later try was made after it).
+    UpstreamStatus {
+        status: u16,
+        message: String,
+    },
     /// A fault of Tollgate itself; the message is generic on purpose (details go to the log).
     Internal(String),
 }
@@ -72,6 +78,7 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => 429,
             GatewayError::UpstreamUnavailable(_) => 502,
             GatewayError::UpstreamTimeout(_) => 504,
+            GatewayError::UpstreamStatus { status, .. } => *status,
             GatewayError::Internal(_) => 500,
         }
     }
@@ -89,6 +96,7 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::UpstreamStatus { .. } => "upstream_error",
             GatewayError::Internal(_) => "internal_error",
         }
     }
@@ -113,8 +121,20 @@ impl GatewayError {
             | GatewayError::UpstreamUnavailable(m)
             | GatewayError::UpstreamTimeout(m)
             | GatewayError::Internal(m) => m,
-            GatewayError::RateLimited { message, .. } => message,
+            GatewayError::RateLimited { message, .. }
+            | GatewayError::UpstreamStatus { message, .. } => message,
         }
+    }
+
+    /// Tollgate refused the request itself (a block): nothing was sent to a provider.
+    pub fn is_block(&self) -> bool {
+        !matches!(
+            self,
+            GatewayError::UpstreamUnavailable(_)
+                | GatewayError::UpstreamTimeout(_)
+                | GatewayError::UpstreamStatus { .. }
+                | GatewayError::Internal(_)
+        )
     }
 
     pub fn retry_after_s(&self) -> Option<u64> {
@@ -124,18 +144,19 @@ impl GatewayError {
         }
     }
 
-    /// The JSON body in the shape the client's SDK surfaces.
+    /// The JSON body in the shape the client's SDK surfaces. `reason` repeats `code` for
+    /// clients that read that field (SPEC "Errors").
     pub fn body(&self, shape: ErrorShape) -> String {
         let msg = json_string(self.message());
         let ty = self.error_type();
         let code = self.code();
         match shape {
             ErrorShape::OpenAi => format!(
-                r#"{{"error":{{"message":{msg},"type":"{ty}","param":null,"code":"{code}"}}}}"#
+                r#"{{"error":{{"message":{msg},"type":"{ty}","param":null,"code":"{code}","reason":"{code}"}}}}"#
             ),
             ErrorShape::Anthropic => {
                 format!(
-                    r#"{{"type":"error","error":{{"type":"{ty}","message":{msg},"code":"{code}"}}}}"#
+                    r#"{{"type":"error","error":{{"type":"{ty}","message":{msg},"code":"{code}","reason":"{code}"}}}}"#
                 )
             }
         }
@@ -207,6 +228,22 @@ mod tests {
         assert_eq!(a["error"]["type"], "policy_blocked");
         assert_eq!(a["error"]["code"], "secret_detected");
         assert_eq!(e.status(), 403);
+    }
+
+    #[test]
+    fn every_error_body_carries_reason_equal_to_code() {
+        for e in [
+            GatewayError::PolicyBlocked(PolicyCode::ProjectFrozen, "f".into()),
+            GatewayError::BudgetExceeded("b".into()),
+            GatewayError::Unauthorized("u".into()),
+            GatewayError::UpstreamUnavailable("x".into()),
+        ] {
+            for shape in [ErrorShape::OpenAi, ErrorShape::Anthropic] {
+                let v: Value = serde_json::from_str(&e.body(shape)).unwrap();
+                assert_eq!(v["error"]["reason"], e.code(), "{shape:?}: {v}");
+                assert_eq!(v["error"]["reason"], v["error"]["code"], "{v}");
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! Core module: no pingora, no tokio, no I/O.
 
-use crate::engine::usage::Usage;
+use crate::engine::usage::{Usage, WireFormat};
 
 /// Money in nano-dollars (1e-9 USD). `u64` holds $18 billion, far past any budget.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -75,23 +75,19 @@ pub fn cost_of(tokens: u64, pico_per_token: u64) -> Nanos {
 }
 
 impl Price {
-    /// The cost of a reported (or estimated) usage. Provider semantics differ: OpenAI's cached
-    /// tokens are a subset of `prompt_tokens`, Anthropic's cache reads and writes come on top of
-    /// `input_tokens`; `openai_style_cache` tells which one `usage` follows.
-    pub fn cost(&self, usage: &Usage, openai_style_cache: bool) -> Nanos {
-        let prompt = usage.prompt_tokens.unwrap_or(0);
-        let cache_read = usage.cache_read_tokens.unwrap_or(0);
-        let cache_write = usage.cache_write_tokens.unwrap_or(0);
-        let completion = usage.completion_tokens.unwrap_or(0);
-        let uncached_prompt = if openai_style_cache {
-            prompt.saturating_sub(cache_read)
-        } else {
-            prompt
-        };
-        cost_of(uncached_prompt, self.input)
-            .saturating_add(cost_of(cache_read, self.cache_read))
-            .saturating_add(cost_of(cache_write, self.cache_write))
-            .saturating_add(cost_of(completion, self.output))
+    /// The cost of a reported (or estimated) usage, in `format`'s token semantics (see
+    /// [`Usage::uncached_input_tokens`]).
+    pub fn cost(&self, usage: &Usage, format: WireFormat) -> Nanos {
+        cost_of(usage.uncached_input_tokens(format), self.input)
+            .saturating_add(cost_of(
+                usage.cache_read_tokens.unwrap_or(0),
+                self.cache_read,
+            ))
+            .saturating_add(cost_of(
+                usage.cache_write_tokens.unwrap_or(0),
+                self.cache_write,
+            ))
+            .saturating_add(cost_of(usage.completion_tokens.unwrap_or(0), self.output))
     }
 
     /// Worst case of a request before it runs: every prompt token at the full input price (a
@@ -151,7 +147,10 @@ mod tests {
             completion_tokens: Some(1_000_000),
             ..Usage::default()
         };
-        assert_eq!(p.cost(&u, true), Nanos::from_usd(0.75).unwrap());
+        assert_eq!(
+            p.cost(&u, WireFormat::OpenAiChat),
+            Nanos::from_usd(0.75).unwrap()
+        );
     }
 
     #[test]
@@ -171,7 +170,10 @@ mod tests {
             ..Usage::default()
         };
         // 1 token at $1/Mtok is 1000 nano-dollars: 600 uncached at $1/M, 400 cached at $0.1/M.
-        assert_eq!(p.cost(&u, true), Nanos(600 * 1000 + 400 * 100));
+        assert_eq!(
+            p.cost(&u, WireFormat::OpenAiChat),
+            Nanos(600 * 1000 + 400 * 100)
+        );
     }
 
     #[test]
@@ -184,12 +186,15 @@ mod tests {
             completion_tokens: Some(10),
         };
         let expected = 100 * 3000 + 1000 * 300 + 200 * 3750 + 10 * 15000;
-        assert_eq!(p.cost(&u, false), Nanos(expected));
+        assert_eq!(p.cost(&u, WireFormat::AnthropicMessages), Nanos(expected));
     }
 
     #[test]
     fn unknown_usage_costs_nothing_rather_than_guessing() {
-        assert_eq!(price(3.0, 15.0).cost(&Usage::default(), true), Nanos::ZERO);
+        assert_eq!(
+            price(3.0, 15.0).cost(&Usage::default(), WireFormat::OpenAiChat),
+            Nanos::ZERO
+        );
     }
 
     #[test]

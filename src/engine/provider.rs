@@ -134,9 +134,15 @@ fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
 #[derive(Clone, Debug)]
 pub struct Provider {
     pub name: String,
+    /// The wire format. Requests use `wire` (built from it at load); only the config's
+    /// tests read this back.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub kind: ProviderKind,
     pub base: BaseUrl,
     /// `None` when the config names no `api_key_env` (a local server that needs no key).
+    /// Requests send `wire.credential` (built from it at load); only the config's tests read
+    /// this back.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub credential: Option<Secret>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,

@@ -5,6 +5,8 @@
 //! Core module: no pingora, no tokio, no I/O. Randomness comes in as a value (`pick`), so
 //! choices are reproducible in tests.
 
+use std::time::Duration;
+
 /// Index into `Config::providers`.
 pub type ProviderIdx = usize;
 
@@ -113,10 +115,12 @@ impl Plan {
         self.at
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.attempts.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.attempts.is_empty()
     }
@@ -176,6 +180,18 @@ impl RouteTable {
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
+}
+
+/// The first wait before trying a provider again after a 429 that named no `Retry-After`.
+pub const THROTTLE_BACKOFF_BASE: Duration = Duration::from_millis(100);
+
+/// The wait before trying a throttling provider again (a 429 without `Retry-After`): 100 ms,
+/// doubled for each earlier throttled try at it in this request (at most 1.6 s), with the
+/// actual wait drawn from half to one and a half times that, so clients throttled together do
+/// not all come back at the same instant. `pick` is any number that varies per try.
+pub fn throttle_backoff(earlier_tries: u32, pick: u64) -> Duration {
+    let base = THROTTLE_BACKOFF_BASE.as_millis() as u64 * (1 << earlier_tries.min(4));
+    Duration::from_millis(base / 2 + pick % (base + 1))
 }
 
 #[cfg(test)]
@@ -246,7 +262,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plan_never_exceeds_pingoras_retry_bound() {
+    fn a_plan_never_exceeds_the_proxy_frameworks_retry_bound() {
         let r = Route {
             retries: 10,
             targets: (0..3)
@@ -277,5 +293,25 @@ mod tests {
         assert!(!p.advance(false));
         assert_eq!(p.current(), Some(2), "no move past the end");
         assert!(Plan::default().current().is_none());
+    }
+
+    #[test]
+    fn throttle_backoff_grows_per_try_stays_within_its_jitter_band_and_varies() {
+        for (tries, base) in [(0u32, 100u64), (1, 200), (2, 400), (4, 1600), (9, 1600)] {
+            let waits: Vec<u64> = (0..500u64)
+                .map(|pick| throttle_backoff(tries, pick * 7919).as_millis() as u64)
+                .collect();
+            assert!(
+                waits
+                    .iter()
+                    .all(|w| (base / 2..=base + base / 2).contains(w)),
+                "try {tries}: {waits:?}"
+            );
+            let distinct: std::collections::HashSet<_> = waits.iter().collect();
+            assert!(
+                distinct.len() > 20,
+                "jitter spreads the waits: {distinct:?}"
+            );
+        }
     }
 }

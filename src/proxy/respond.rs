@@ -7,7 +7,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
-use super::Ctx;
+use super::ctx::Ctx;
 use crate::engine::error::GatewayError;
 
 /// Answer `err` in the shape the client's SDK reads.
@@ -41,6 +41,31 @@ pub async fn json(
         // The request body was not read to its end: the connection cannot carry another request.
         session.set_keepalive(None);
     }
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// Answer with the status of a provider's earlier error answer (`last`), its `Retry-After` and
+/// its request id header, and `err`'s JSON body: the provider's own body was not kept, because
+/// a later try was made after it.
+pub async fn provider_error(
+    session: &mut Session,
+    ctx: &Ctx,
+    err: &GatewayError,
+    last: &ResponseHeader,
+) -> Result<()> {
+    let body = Bytes::from(err.body(ctx.shape()));
+    let mut h = ResponseHeader::build(last.status, Some(6))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body.len().to_string())?;
+    h.insert_header("x-tollgate-request-id", ctx.request_id.as_str())?;
+    for name in ["retry-after", "x-request-id", "request-id"] {
+        if let Some(v) = last.headers.get(name) {
+            h.insert_header(name, v.clone())?;
+        }
+    }
+    session.set_keepalive(None);
     session.write_response_header(Box::new(h), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())

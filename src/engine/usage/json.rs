@@ -151,6 +151,7 @@ impl JsonScanner {
         self.buf = buf;
     }
 
+    #[cfg(test)]
     pub(crate) fn buffered_bytes(&self) -> usize {
         self.buf.capacity()
     }

@@ -177,6 +177,99 @@ impl Usage {
             && self.cache_read_tokens.is_none()
             && self.cache_write_tokens.is_none()
     }
+
+    /// Every input token, cached or not, in `format`'s semantics: OpenAI's cached tokens are
+    /// already inside `prompt_tokens`, Anthropic's cache reads and writes come on top.
+    /// `None` when the provider reported no input count. The one place this is derived: the
+    /// rate limit, the token metric and pricing all use it.
+    pub fn input_tokens(&self, format: WireFormat) -> Option<u64> {
+        let prompt = self.prompt_tokens?;
+        Some(if format.cache_is_subset_of_prompt() {
+            prompt
+        } else {
+            prompt
+                .saturating_add(self.cache_read_tokens.unwrap_or(0))
+                .saturating_add(self.cache_write_tokens.unwrap_or(0))
+        })
+    }
+
+    /// The input tokens billed at the full input price (cache reads and writes have their own).
+    pub fn uncached_input_tokens(&self, format: WireFormat) -> u64 {
+        let prompt = self.prompt_tokens.unwrap_or(0);
+        if format.cache_is_subset_of_prompt() {
+            prompt.saturating_sub(self.cache_read_tokens.unwrap_or(0))
+        } else {
+            prompt
+        }
+    }
+
+    /// Input plus output tokens: what a `tpm` limit counts.
+    pub fn total_tokens(&self, format: WireFormat) -> u64 {
+        self.input_tokens(format)
+            .unwrap_or(0)
+            .saturating_add(self.completion_tokens.unwrap_or(0))
+    }
+}
+
+/// Where a finished request's token counts came from (the record's `usage_source`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The provider reported them.
+    Reported,
+    /// Tollgate estimated (some of) them from the bytes delivered.
+    Estimated,
+    /// Nothing reached a provider's response body (a block, an upstream failure).
+    None,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Reported => "reported",
+            Source::Estimated => "estimated",
+            Source::None => "none",
+        }
+    }
+}
+
+/// The usage a finished request is charged for: what the provider reported, completed by an
+/// estimate from the delivered bytes where it reported nothing (or the stream broke before its
+/// final count). `request_bytes` bounds the prompt when no input count was reported.
+pub fn final_usage(scanner: Option<&UsageScanner>, request_bytes: usize) -> (Usage, Source) {
+    let Some(scanner) = scanner else {
+        return (Usage::default(), Source::None);
+    };
+    if scanner.reported() {
+        let mut u = scanner.usage();
+        let estimate = scanner.estimated_completion_tokens();
+        if u.completion_tokens.is_none() {
+            if scanner.format() == WireFormat::OpenAiEmbeddings {
+                // Embeddings produce no output tokens; the provider reports only the input.
+                u.completion_tokens = Some(0);
+                return (u, Source::Reported);
+            }
+            u.completion_tokens = Some(estimate);
+            return (u, Source::Estimated);
+        }
+        if !scanner.stream_complete() {
+            // Cut off before the final count (Anthropic's message_start says output_tokens: 1):
+            // charge what was visibly delivered if that is more.
+            let reported = u.completion_tokens.unwrap_or(0);
+            if estimate > reported {
+                u.completion_tokens = Some(estimate);
+                return (u, Source::Estimated);
+            }
+        }
+        return (u, Source::Reported);
+    }
+    let u = Usage {
+        // An upper bound: no tokenizer turns fewer than 4 bytes of JSON into more than 1 token
+        // often enough to matter, and the body includes every prompt byte.
+        prompt_tokens: Some(request_bytes.div_ceil(4) as u64),
+        completion_tokens: Some(scanner.estimated_completion_tokens()),
+        ..Usage::default()
+    };
+    (u, Source::Estimated)
 }
 
 /// What the caller does with the chunk it just fed.
@@ -526,6 +619,7 @@ impl UsageScanner {
         }
     }
 
+    #[cfg(test)]
     /// Changes the per-event cap of an SSE stream ([`DEFAULT_MAX_EVENT_BYTES`] by default).
     pub fn with_max_event_bytes(mut self, max: usize) -> Self {
         if let Mode::Sse(p) = &mut self.mode {
@@ -534,6 +628,7 @@ impl UsageScanner {
         self
     }
 
+    #[cfg(test)]
     /// Feeds the next chunk of the body. Without stripping this always returns
     /// [`Feed::Pass`] and never copies. With stripping, an incomplete trailing event is held
     /// back (a client cannot use half an event anyway) and `Replace` carries the complete
@@ -651,12 +746,14 @@ impl UsageScanner {
         !self.ex.usage.is_empty()
     }
 
+    #[cfg(test)]
     /// Reasoning tokens when the provider reports them (OpenAI `reasoning_tokens`). Already
     /// included in `completion_tokens`: for logging only, never bill them on top.
     pub fn reasoning_tokens(&self) -> Option<u64> {
         self.ex.reasoning_tokens
     }
 
+    #[cfg(test)]
     /// Output text bytes actually seen: streamed delta text (content, refusals, tool-call
     /// arguments, reasoning text), or, for a JSON body, the string values of the format's
     /// content keys (escapes counted roughly). Embeddings have none.
@@ -664,6 +761,7 @@ impl UsageScanner {
         self.ex.text_bytes
     }
 
+    #[cfg(test)]
     /// Stream events that carried output text. 0 for a JSON body.
     pub fn output_events(&self) -> u64 {
         self.ex.events
@@ -681,6 +779,7 @@ impl UsageScanner {
         self.ex.text_bytes.div_ceil(4).max(self.ex.events)
     }
 
+    #[cfg(test)]
     /// The first error the body reported: an Anthropic `event: error`, an OpenAI
     /// `{"error":...}` chunk, a Responses `error` / `response.failed`, or a top-level `error`
     /// object in a JSON body. For logging; at most 1 KiB.
@@ -696,11 +795,13 @@ impl UsageScanner {
         self.ex.complete
     }
 
+    #[cfg(test)]
     /// SSE events dropped for exceeding the per-event cap.
     pub fn dropped_events(&self) -> u64 {
         self.ex.dropped
     }
 
+    #[cfg(test)]
     /// Bytes of buffer capacity this scanner holds right now (for memory accounting).
     pub fn buffered_bytes(&self) -> usize {
         let mode = match &self.mode {

@@ -87,6 +87,7 @@ impl SseParser {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn set_max_event(&mut self, max_event: usize) {
         self.max_event = max_event;
     }
@@ -96,6 +97,7 @@ impl SseParser {
         self.pending_cr
     }
 
+    #[cfg(test)]
     pub(crate) fn buffered_bytes(&self) -> usize {
         self.data.capacity()
     }

@@ -1032,3 +1032,52 @@ proptest! {
         prop_assert_eq!(a.out.len(), b.out.len());
     }
 }
+
+#[test]
+fn openai_cached_prompt_tokens_count_once_and_anthropic_cache_tokens_on_top() {
+    let openai = Usage {
+        prompt_tokens: Some(1000),
+        completion_tokens: Some(50),
+        cache_read_tokens: Some(800),
+        cache_write_tokens: None,
+    };
+    // OpenAI's cached_tokens are part of prompt_tokens: 1000 input tokens, not 1800.
+    assert_eq!(openai.input_tokens(WireFormat::OpenAiChat), Some(1000));
+    assert_eq!(openai.uncached_input_tokens(WireFormat::OpenAiChat), 200);
+    assert_eq!(openai.total_tokens(WireFormat::OpenAiChat), 1050);
+    let anthropic = Usage {
+        prompt_tokens: Some(10),
+        completion_tokens: Some(50),
+        cache_read_tokens: Some(800),
+        cache_write_tokens: Some(100),
+    };
+    // Anthropic's input_tokens is the uncached part; reads and writes come on top.
+    assert_eq!(
+        anthropic.input_tokens(WireFormat::AnthropicMessages),
+        Some(910)
+    );
+    assert_eq!(
+        anthropic.uncached_input_tokens(WireFormat::AnthropicMessages),
+        10
+    );
+    assert_eq!(anthropic.total_tokens(WireFormat::AnthropicMessages), 960);
+    assert_eq!(Usage::default().input_tokens(WireFormat::OpenAiChat), None);
+}
+
+#[test]
+fn nothing_scanned_is_usage_source_none_and_an_unreported_body_is_estimated() {
+    let (u, s) = final_usage(None, 100);
+    assert_eq!((u, s), (Usage::default(), Source::None));
+    let mut scanner = UsageScanner::new(WireFormat::OpenAiChat, false, false);
+    let _ = scanner.feed_bytes(&Bytes::from_static(
+        br#"{"choices":[{"message":{"content":"hello world"}}]}"#,
+    ));
+    let (u, s) = final_usage(Some(&scanner), 100);
+    assert_eq!(s, Source::Estimated);
+    assert_eq!(
+        u.prompt_tokens,
+        Some(25),
+        "100 request bytes bound the prompt"
+    );
+    assert!(u.completion_tokens.is_some_and(|n| n > 0));
+}

@@ -1,0 +1,125 @@
+//! `request_filter`'s glue: read the facts from the session, ask `engine::admission`, act on
+//! the answer (the rate limit, the body read, the ledger reservation). Every rule lives in the
+//! engine; this file only moves bytes and state.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use pingora::proxy::Session;
+
+use super::{Ctx, Gateway};
+use crate::engine::admission::{self, Facts, Head, Next};
+use crate::engine::auth;
+use crate::engine::error::{ErrorShape, GatewayError};
+use crate::engine::provider::Endpoint;
+use crate::health::{self, HEALTH};
+
+/// What `request_filter` does next.
+pub enum Admit {
+    /// Answer locally with this status and JSON body.
+    Local { status: u16, body: Bytes },
+    /// Forward upstream with this body.
+    Forward(Bytes),
+}
+
+impl Gateway {
+    /// Everything `request_filter` decides; `Err` is answered to the client as is.
+    pub(super) async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<Admit, GatewayError> {
+        let cfg = self.config.load_full();
+        ctx.cfg = Some(cfg.clone());
+        let req = session.req_header();
+        let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
+        let head = Head {
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            key: auth::presented_key(header),
+            content_length: header("content-length")
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse::<u64>().ok()),
+        };
+        if Endpoint::from_path(head.path) == Some(Endpoint::Messages) {
+            ctx.shape = ErrorShape::Anthropic;
+        }
+        let declared = head.content_length;
+        let frozen = |id: &str| self.ledger.is_frozen(id);
+        match admission::before_body(&cfg, &head, &frozen, &mut ctx.seen)? {
+            Next::Answer(status, body) => {
+                return Ok(Admit::Local {
+                    status,
+                    body: Bytes::from(body),
+                })
+            }
+            Next::ReadBody => {}
+        }
+        let (Some(endpoint), Some(project_idx)) = (ctx.seen.endpoint, ctx.seen.project) else {
+            return Err(GatewayError::Internal("admission lost its facts".into()));
+        };
+        let project = &cfg.projects[project_idx];
+        self.limits.admit(project)?;
+
+        let body = read_body(session, declared, cfg.server.max_body_bytes).await?;
+        ctx.admitted.request_bytes = body.len();
+        let now = health::now_ms();
+        let circuit = cfg.server.circuit;
+        let usable = |p: usize| HEALTH.available(&cfg.providers[p].name, now, circuit);
+        let a = admission::decide(
+            &cfg,
+            &Facts {
+                endpoint,
+                project: project_idx,
+                body: &body,
+                pick: self.ids.counter.load(Ordering::Relaxed),
+                usable: &usable,
+            },
+            &mut ctx.seen,
+        )?;
+        let reservation = self.ledger.reserve(project, a.worst)?;
+        let admitted = &mut ctx.admitted;
+        admitted.remaining = reservation.remaining();
+        admitted.reservation = Some(reservation);
+        admitted.strip_usage_chunk = a.strip_usage_chunk;
+        if let Some((key, price)) = a.price {
+            admitted.price_key = Some(key);
+            admitted.price = Some(price);
+        }
+        let attempts = &mut ctx.attempts;
+        attempts.deadline = ctx.started.checked_add(a.deadline);
+        attempts.provider = a.attempts.first().copied();
+        attempts.plan = crate::engine::route::Plan::new(a.attempts);
+        Ok(Admit::Forward(Bytes::from(a.body)))
+    }
+}
+
+/// The whole request body, refused past `max` bytes without reading further.
+async fn read_body(
+    session: &mut Session,
+    declared: Option<u64>,
+    max: usize,
+) -> Result<Vec<u8>, GatewayError> {
+    // Pingora replays a consumed body only from its retry buffer: it must be on before the
+    // first read (see body_replay.rs for bodies over its 64 KiB).
+    session.enable_retry_buffering();
+    let capacity = declared.map_or(4096, |n| usize::try_from(n).unwrap_or(max).min(max));
+    let mut buf: Vec<u8> = Vec::with_capacity(capacity);
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > max {
+                    return Err(admission::too_large(max));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf),
+            Err(e) => {
+                return Err(GatewayError::InvalidRequest(format!(
+                    "Could not read the request body: {}",
+                    e.etype().as_str()
+                )))
+            }
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Finishing a request, in `logging` (which always runs, once): usage → cost → settle → rate
+//! limit → decision record → metrics → access log. Also the one translation of a pingora
+//! error into the SPEC error the client gets.
+
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use super::attempts::Outcome;
+use super::ctx::Ctx;
+use super::Gateway;
+use crate::engine::admission::truncate;
+use crate::engine::error::GatewayError;
+use crate::engine::pricing::Nanos;
+use crate::engine::provider::Endpoint;
+use crate::engine::usage::{final_usage, Source, Usage};
+use crate::ledger::DecisionRecord;
+
+/// How a request ended, derived once for the record, the metrics and the log.
+struct Ending {
+    status: u16,
+    /// Nothing reached a provider: Tollgate refused the request itself (4xx of its own).
+    blocked: bool,
+    /// A provider was tried and answered or failed (the duration metrics, `provider=`).
+    reached: bool,
+    usage: Usage,
+    source: Source,
+    /// `None`: unknown (an unpriced model, or usage that never came).
+    cost: Option<Nanos>,
+    /// What the provider reported beyond the reserved worst case (charged all the same).
+    overrun: Nanos,
+}
+
+impl Gateway {
+    pub(super) fn finish(&self, session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.attempts.open.is_some() {
+            // The forwarded response ran to its end (breaks were recorded in error_while_proxy).
+            self.finish_attempt(ctx, Outcome::Ok);
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or_else(|| ctx.error.as_ref().map(|e| e.status()))
+            .unwrap_or(0);
+        let blocked =
+            ctx.upstream.status.is_none() && ctx.error.as_ref().is_some_and(|e| e.is_block());
+        let reached =
+            ctx.upstream.status.is_some() || ctx.error.as_ref().is_some_and(|e| !e.is_block());
+        let (mut usage, source) =
+            final_usage(ctx.upstream.scanner.as_ref(), ctx.admitted.request_bytes);
+        let format = ctx.seen.endpoint.and_then(|e| e.wire_format());
+        let mut cost = match (&ctx.admitted.price, format) {
+            (Some(p), Some(f)) => Some(p.cost(&usage, f)),
+            _ => None,
+        };
+        if blocked {
+            // Nothing reached a provider, so nothing is unknown: the record says 0, not null.
+            usage.prompt_tokens = Some(0);
+            usage.completion_tokens = Some(0);
+            cost = Some(Nanos::ZERO);
+        }
+        let mut overrun = Nanos::ZERO;
+        if let Some(r) = ctx.admitted.reservation.take() {
+            let charged = cost.unwrap_or(Nanos::ZERO);
+            overrun = charged.saturating_sub(r.amount());
+            r.settle(charged);
+        }
+        if let (Some(cfg), Some(p), Some(f)) = (ctx.cfg.as_deref(), ctx.seen.project, format) {
+            self.limits
+                .add_tokens(&cfg.projects[p], usage.total_tokens(f));
+        }
+        let end = Ending {
+            status,
+            blocked,
+            reached,
+            usage,
+            source,
+            cost,
+            overrun,
+        };
+        if overrun > Nanos::ZERO {
+            log::warn!(
+                "{}: project {} was charged ${:.9} more than the ${:.9} reserved for it: the provider reported more usage than the worst case ({} prompt, {} completion tokens)",
+                ctx.request_id,
+                self.project_name(ctx),
+                overrun.as_usd(),
+                cost.unwrap_or(Nanos::ZERO).saturating_sub(overrun).as_usd(),
+                end.usage.prompt_tokens.unwrap_or(0),
+                end.usage.completion_tokens.unwrap_or(0),
+            );
+        }
+        self.observe(ctx, &end);
+        if ctx.seen.endpoint.is_some_and(|e| e.wire_format().is_some()) {
+            self.ledger.record(record(ctx, &end));
+        }
+        access_log(ctx, e, &end, self.project_name(ctx));
+    }
+
+    fn project_name<'a>(&self, ctx: &'a Ctx) -> &'a str {
+        ctx.cfg
+            .as_deref()
+            .zip(ctx.seen.project)
+            .map_or("-", |(c, p)| c.projects[p].id.as_str())
+    }
+
+    /// Metrics for one finished request. Label values come only from the config or fixed sets.
+    fn observe(&self, ctx: &Ctx, end: &Ending) {
+        let Some(m) = crate::metrics::get() else {
+            return;
+        };
+        if ctx.seen.endpoint == Some(Endpoint::Healthz) {
+            // Liveness probes are not traffic: counting them would inflate request rates.
+            return;
+        }
+        let cfg = ctx.cfg.as_deref();
+        let project = cfg
+            .zip(ctx.seen.project)
+            .map_or("other", |(c, p)| c.projects[p].id.as_str());
+        let model = ctx.admitted.price_key.as_deref().unwrap_or("other");
+        let provider = cfg
+            .zip(ctx.attempts.provider)
+            .map_or("other", |(c, p)| c.providers[p].name.as_str());
+        m.requests
+            .with_label_values(&[project, model, crate::metrics::status_label(end.status)])
+            .inc();
+        let format = ctx.seen.endpoint.and_then(|e| e.wire_format());
+        if let Some(format) = format {
+            let reason = match &ctx.error {
+                Some(e) if end.blocked => e.code(),
+                _ => "ok",
+            };
+            let decision = if end.blocked { "block" } else { "allow" };
+            m.decisions
+                .with_label_values(&[project, decision, reason])
+                .inc();
+            m.usage_source
+                .with_label_values(&[project, end.source.as_str()])
+                .inc();
+            if let Some(n) = end.usage.input_tokens(format).filter(|_| !end.blocked) {
+                m.tokens
+                    .with_label_values(&[project, model, "prompt"])
+                    .inc_by(n);
+            }
+        }
+        if let Some(n) = end.usage.completion_tokens.filter(|_| !end.blocked) {
+            m.tokens
+                .with_label_values(&[project, model, "completion"])
+                .inc_by(n);
+        }
+        if let Some(c) = end.cost.filter(|c| c.0 > 0) {
+            m.spend
+                .with_label_values(&[project, model])
+                .inc_by(c.as_usd());
+        }
+        if end.overrun > Nanos::ZERO {
+            m.reservation_overruns.with_label_values(&[project]).inc();
+        }
+        if ctx.attempts.provider.is_some() && end.reached {
+            m.request_duration
+                .with_label_values(&[provider])
+                .observe(ctx.started.elapsed().as_secs_f64());
+            if let Some(fb) = ctx.upstream.first_byte {
+                m.first_byte
+                    .with_label_values(&[provider])
+                    .observe((fb - ctx.started).as_secs_f64());
+            }
+            if let Some(e) = ctx.error.as_ref().filter(|e| !e.is_block()) {
+                m.upstream_errors
+                    .with_label_values(&[provider, e.code()])
+                    .inc();
+            }
+        }
+    }
+}
+
+fn record(ctx: &Ctx, end: &Ending) -> DecisionRecord {
+    let cfg = ctx.cfg.as_deref();
+    let reason = ctx.error.as_ref().map_or("ok", |e| e.code());
+    DecisionRecord {
+        id: ctx.request_id.clone(),
+        time_ms: ctx.started_ms,
+        project: cfg
+            .zip(ctx.seen.project)
+            .map(|(c, p)| c.projects[p].id.clone()),
+        key_id: ctx.seen.key_id.clone(),
+        endpoint: ctx.seen.endpoint.map(|e| e.as_str().to_string()),
+        model: ctx.seen.model.clone(),
+        provider: cfg
+            .zip(ctx.attempts.provider)
+            .map(|(c, p)| c.providers[p].name.clone()),
+        decision: if end.blocked { "block" } else { "allow" }.to_string(),
+        reason: reason.to_string(),
+        status: end.status,
+        prompt_tokens: end.usage.prompt_tokens,
+        completion_tokens: end.usage.completion_tokens,
+        usage_source: end.source.as_str().to_string(),
+        cost_nanos: end.cost.map(|c| c.0),
+        // MERGE-LEDGER: overrun_nanos: end.overrun.0,
+        latency_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+        stream: ctx.seen.stream,
+        attempts: ctx.attempts.count(),
+        providers_tried: (!ctx.attempts.tried.is_empty()).then(|| {
+            let names: Vec<&str> = ctx
+                .attempts
+                .tried
+                .iter()
+                .filter_map(|&p| cfg.map(|c| c.providers[p].name.as_str()))
+                .collect();
+            names.join(",")
+        }),
+    }
+}
+
+fn access_log(ctx: &Ctx, e: Option<&Error>, end: &Ending, project: &str) {
+    let provider = ctx
+        .cfg
+        .as_deref()
+        .zip(ctx.attempts.provider)
+        .filter(|_| end.reached)
+        .map_or("-", |(c, p)| c.providers[p].name.as_str());
+    let n = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
+    log::info!(
+        target: "tollgate::access",
+        "id={} project={} endpoint={} model={} provider={} attempts={} status={} reason={} stream={} prompt_tokens={} completion_tokens={} usage={} cost_usd={} latency_ms={:.1}{}",
+        ctx.request_id,
+        project,
+        ctx.seen.endpoint.map_or("-", |e| e.as_str()),
+        ctx.seen.model.as_deref().map_or("-", |m| truncate(m, 100)),
+        provider,
+        ctx.attempts.count(),
+        end.status,
+        ctx.error.as_ref().map_or("-", |e| e.code()),
+        ctx.seen.stream,
+        n(end.usage.prompt_tokens),
+        n(end.usage.completion_tokens),
+        end.source.as_str(),
+        end.cost.map_or("-".to_string(), |c| format!("{:.9}", c.as_usd())),
+        ctx.started.elapsed().as_secs_f64() * 1000.0,
+        match e {
+            Some(e) if ctx.error.is_none() => format!(" error={}", e.etype().as_str()),
+            _ => String::new(),
+        }
+    );
+}
+
+/// A pingora error (connect, timeout, broken stream) as the SPEC error the client gets.
+pub(super) fn classify(e: &Error, ctx: &Ctx) -> GatewayError {
+    let provider = ctx
+        .cfg
+        .as_ref()
+        .zip(ctx.attempts.provider)
+        .map_or("the provider".to_string(), |(c, p)| {
+            format!("provider {}", c.providers[p].name)
+        });
+    // The message names the last try; say when it was not the only one.
+    let tries = ctx.attempts.count();
+    let after = if tries > 1 {
+        format!(" (the last of {tries} attempts)")
+    } else {
+        String::new()
+    };
+    use ErrorType::*;
+    match e.etype() {
+        ReadTimedout | WriteTimedout => {
+            GatewayError::UpstreamTimeout(format!("Timed out waiting for {provider}{after}"))
+        }
+        ConnectTimedout => GatewayError::UpstreamUnavailable(format!(
+            "Could not connect to {provider} in time{after}"
+        )),
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
+        | BindError => {
+            GatewayError::UpstreamUnavailable(format!("Could not connect to {provider}{after}"))
+        }
+        TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError
+        | TLSWantX509Lookup => GatewayError::UpstreamUnavailable(format!(
+            "TLS with {provider} failed: {}{after}",
+            e.etype().as_str()
+        )),
+        HTTPStatus(c) if *c == 504 => {
+            GatewayError::UpstreamTimeout(format!("Timed out waiting for {provider}{after}"))
+        }
+        _ if e.esource() == &ErrorSource::Upstream => GatewayError::UpstreamUnavailable(format!(
+            "The connection to {provider} broke off{after}"
+        )),
+        _ if e.esource() == &ErrorSource::Downstream => {
+            GatewayError::InvalidRequest(format!("Bad request: {}", e.etype().as_str()))
+        }
+        _ => GatewayError::Internal("Internal gateway error".into()),
+    }
+}
