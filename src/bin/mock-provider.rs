@@ -56,6 +56,10 @@
 //! * `x-mock-latency-ms: N`: wait N ms before the response head.
 //! * `x-mock-chunk-delay-ms: N`: wait N ms between stream events.
 //! * `x-mock-tokens: N`: number of output tokens (overrides `max_tokens`).
+//! * `x-mock-prompt-tokens: N`: report N input tokens instead of `ceil(body_len / 4)` (a
+//!   provider whose count exceeds any bound, for overrun tests).
+//! * `x-mock-cached-tokens: N`: OpenAI chat reports N of its prompt tokens as
+//!   `prompt_tokens_details.cached_tokens` (a subset of `prompt_tokens`, as OpenAI counts).
 //! * `x-mock-status: CODE`: answer with that 4xx/5xx status and a
 //!   provider-shaped error body. 429 also sends `retry-after: 1`. `none` or a
 //!   2xx code cancels a `--status` default.
@@ -68,6 +72,7 @@
 //!   * `hang`: never answer; the connection stays open until the client
 //!     leaves.
 //!   * `no-usage`: leave usage out of the JSON and of the stream.
+//!   * `no-retry-after`: a 429 comes without its `retry-after` header.
 //!   * `none`: no fault (cancels a `--fault` default).
 //!
 //! A bad control value, or an unknown `x-mock-*` header, gets a 400 that names
@@ -130,6 +135,7 @@ struct Faults {
     close_mid_stream: bool,
     hang: bool,
     no_usage: bool,
+    no_retry_after: bool,
 }
 
 impl Faults {
@@ -145,6 +151,8 @@ impl Faults {
                 f.hang = true;
             } else if item.eq_ignore_ascii_case("no-usage") {
                 f.no_usage = true;
+            } else if item.eq_ignore_ascii_case("no-retry-after") {
+                f.no_retry_after = true;
             } else if item.is_empty() || item.eq_ignore_ascii_case("none") {
             } else {
                 return Err(format!("unknown fault '{item}'"));
@@ -1111,6 +1119,8 @@ struct Ctl {
     latency_ms: u64,
     chunk_delay_ms: u64,
     tokens: Option<u64>,
+    prompt_tokens: Option<u64>,
+    cached_tokens: u64,
     status: Option<u16>,
     faults: Faults,
 }
@@ -1120,6 +1130,8 @@ fn controls(req: &Request, cfg: &Config) -> Result<Ctl, String> {
         latency_ms: cfg.latency_ms,
         chunk_delay_ms: cfg.chunk_delay_ms,
         tokens: None, // `--tokens` is applied later: the request's max_* wins over it
+        prompt_tokens: None,
+        cached_tokens: 0,
         status: cfg.status,
         faults: cfg.faults,
     };
@@ -1132,6 +1144,8 @@ fn controls(req: &Request, cfg: &Config) -> Result<Ctl, String> {
             "latency-ms" => ctl.latency_ms = parse_num(value).map_err(bad)?,
             "chunk-delay-ms" => ctl.chunk_delay_ms = parse_num(value).map_err(bad)?,
             "tokens" => ctl.tokens = Some(parse_num(value).map_err(bad)?),
+            "prompt-tokens" => ctl.prompt_tokens = Some(parse_num(value).map_err(bad)?),
+            "cached-tokens" => ctl.cached_tokens = parse_num(value).map_err(bad)?,
             "status" => ctl.status = parse_status(value).map_err(bad)?,
             "fault" => ctl.faults = Faults::parse(value).map_err(bad)?,
             _ => return Err(format!("mock-provider: unknown control header {name}")),
@@ -1212,7 +1226,7 @@ async fn handle(st: &State, sock: &mut TcpStream, req: Arc<Request>) -> Flow {
     }
     if let Some(status) = ctl.status {
         let mut extra = extra;
-        if status == 429 {
+        if status == 429 && !ctl.faults.no_retry_after {
             extra.push_str("retry-after: 1\r\n");
         }
         let body = status_error(provider, status);
@@ -1292,6 +1306,9 @@ async fn handle(st: &State, sock: &mut TcpStream, req: Arc<Request>) -> Flow {
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let prompt = ctl
+        .prompt_tokens
+        .unwrap_or((req.body.len() as u64).div_ceil(4));
     let job = Job {
         req: &req,
         ctl,
@@ -1300,7 +1317,7 @@ async fn handle(st: &State, sock: &mut TcpStream, req: Arc<Request>) -> Flow {
         id,
         model,
         created,
-        prompt: (req.body.len() as u64).div_ceil(4),
+        prompt,
         out,
         stream,
         include_usage,
@@ -1408,12 +1425,13 @@ async fn admin(st: &State, sock: &mut TcpStream, req: &Request) -> Flow {
 // OpenAI: chat completions
 // ---------------------------------------------------------------------------
 
-fn chat_usage(prompt: u64, out: usize) -> String {
+fn chat_usage(prompt: u64, out: usize, cached: u64) -> String {
     format!(
-        r#"{{"prompt_tokens":{p},"completion_tokens":{c},"total_tokens":{t},"prompt_tokens_details":{{"cached_tokens":0,"audio_tokens":0}},"completion_tokens_details":{{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}}"#,
+        r#"{{"prompt_tokens":{p},"completion_tokens":{c},"total_tokens":{t},"prompt_tokens_details":{{"cached_tokens":{cached},"audio_tokens":0}},"completion_tokens_details":{{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}}"#,
         p = prompt,
         c = out,
-        t = prompt + out as u64
+        t = prompt.saturating_add(out as u64),
+        cached = cached.min(prompt)
     )
 }
 
@@ -1421,7 +1439,10 @@ async fn chat(sock: &mut TcpStream, job: &Job<'_>) -> Flow {
     let id = format!("chatcmpl-{}", job.id);
     if !job.stream {
         let usage = if job.usage {
-            format!(r#""usage":{},"#, chat_usage(job.prompt, job.out))
+            format!(
+                r#""usage":{},"#,
+                chat_usage(job.prompt, job.out, job.ctl.cached_tokens)
+            )
         } else {
             String::new()
         };
@@ -1468,7 +1489,7 @@ async fn chat(sock: &mut TcpStream, job: &Job<'_>) -> Flow {
         d.clear();
         d.push_str(&pre);
         d.push_str(r#"],"usage":"#);
-        d.push_str(&chat_usage(job.prompt, job.out));
+        d.push_str(&chat_usage(job.prompt, job.out, job.ctl.cached_tokens));
         d.push('}');
         s.data(&d).await?;
     }
