@@ -142,8 +142,9 @@ pub struct Admission {
     pub price: Option<(String, Price)>,
     /// The request's worst-case cost, to reserve before forwarding.
     pub worst: Nanos,
-    /// The exact body to send upstream.
-    pub body: Vec<u8>,
+    /// The body to send upstream when it differs from the client's; `None`: forward the
+    /// client's bytes as they are (no copy).
+    pub rewritten: Option<Vec<u8>>,
     /// Remove the usage chunk Tollgate asked for from the stream the client sees.
     pub strip_usage_chunk: bool,
     /// The providers to try, in order (never empty).
@@ -205,7 +206,7 @@ pub fn decide(cfg: &Config, f: &Facts, seen: &mut Seen) -> Result<Admission, Gat
             .filter(|_| bound.inject)
             .map(|field| (field, bound.tokens)),
     };
-    let body = request::rewrite(f.body, &rw).unwrap_or_else(|| f.body.to_vec());
+    let rewritten = request::rewrite(f.body, &rw);
 
     let planned = route.attempt_plan(f.pick);
     // Providers whose circuit is open are left out, as long as another one is left in.
@@ -219,7 +220,7 @@ pub fn decide(cfg: &Config, f: &Facts, seen: &mut Seen) -> Result<Admission, Gat
     Ok(Admission {
         price: price.map(|(k, p)| (k.to_string(), p.clone())),
         worst,
-        body,
+        rewritten,
         strip_usage_chunk: strip,
         attempts,
         deadline: longest * DEADLINE_READ_TIMEOUTS,

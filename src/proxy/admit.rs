@@ -90,7 +90,7 @@ impl Gateway {
         attempts.deadline = ctx.started.checked_add(a.deadline);
         attempts.provider = a.attempts.first().copied();
         attempts.plan = crate::engine::route::Plan::new(a.attempts);
-        Ok(Admit::Forward(Bytes::from(a.body)))
+        Ok(Admit::Forward(Bytes::from(a.rewritten.unwrap_or(body))))
     }
 }
 
