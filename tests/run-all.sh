@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tollgate's whole test suite on a fresh Debian machine: installs what the build and the tests
 # need (apt: cmake for pingora's zlib-ng, redis-server and sqlite3 for the store tests,
-# openssl for the TLS test, systemd for `systemd-analyze`, python3-venv for the SDK tests,
+# openssl for the TLS test, systemd for `systemd-analyze`, prometheus for `promtool`, python3-venv for the SDK tests,
 # wrk and nginx-light for the load-test smoke run; PyPI: the official openai and anthropic
 # SDKs), then runs the Rust unit and integration tests, the SDK end-to-end tests and a few
 # seconds of the load-test harness (so it cannot rot; no timing is asserted).
@@ -17,6 +17,7 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -38,6 +39,10 @@ fi
 echo "== cargo test"
 cargo build --bins --example bare_pingora
 cargo test --all-targets
+
+echo "== alert rules (promtool check and unit tests)"
+promtool check rules conf/alerts.yml
+promtool test rules conf/alerts.test.yml
 
 echo "== systemd unit (systemd-analyze verify and security score)"
 systemd/verify.sh target/debug/tollgate
