@@ -946,6 +946,7 @@ impl ProxyHttp for Gateway {
                         .collect();
                     names.join(",")
                 }),
+                overrun_nanos: 0,
             });
         }
         log::info!(
