@@ -14,7 +14,8 @@ use pingora::protocols::http::ServerSession;
 
 use crate::engine::config::Config;
 use crate::engine::error::{json_string, ErrorShape, GatewayError};
-use crate::ledger::{DecisionRecord, Ledger};
+use crate::engine::pricing::Nanos;
+use crate::ledger::{DecisionRecord, Ledger, ProjectStatus};
 use crate::reload::Reloader;
 
 pub struct Admin {
@@ -40,8 +41,18 @@ fn error(e: GatewayError) -> Response<Vec<u8>> {
     json(e.status(), e.body(ErrorShape::OpenAi))
 }
 
-fn usd(n: crate::engine::pricing::Nanos) -> String {
-    format!("{:.6}", n.as_usd())
+/// Every amount in admin JSON: exact nano-dollars (SPEC "Admin listener"), never rounded.
+fn usd(n: Nanos) -> String {
+    n.usd_exact()
+}
+
+/// A JSON number, or `null` for NaN and infinities (which JSON cannot carry).
+fn finite_3dp(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.3}")
+    } else {
+        "null".to_string()
+    }
 }
 
 fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
@@ -55,7 +66,7 @@ pub fn decision_json(d: &DecisionRecord) -> String {
     let opt_s = |v: &Option<String>| v.as_deref().map_or("null".to_string(), json_string);
     let opt_n = |v: Option<u64>| v.map_or("null".to_string(), |n| n.to_string());
     format!(
-        r#"{{"id":{},"time":{},"project":{},"key_id":{},"endpoint":{},"model":{},"provider":{},"decision":{},"reason":{},"status":{},"prompt_tokens":{},"completion_tokens":{},"usage_source":{},"cost_usd":{},"latency_ms":{:.3},"stream":{},"attempts":{},"providers_tried":{}}}"#,
+        r#"{{"id":{},"time":{},"project":{},"key_id":{},"endpoint":{},"model":{},"provider":{},"decision":{},"reason":{},"status":{},"prompt_tokens":{},"completion_tokens":{},"usage_source":{},"cost_usd":{},"overrun_usd":{},"latency_ms":{},"stream":{},"attempts":{},"providers_tried":{}}}"#,
         json_string(&d.id),
         json_string(&crate::engine::time::rfc3339_millis(d.time_ms)),
         opt_s(&d.project),
@@ -69,12 +80,28 @@ pub fn decision_json(d: &DecisionRecord) -> String {
         opt_n(d.prompt_tokens),
         opt_n(d.completion_tokens),
         json_string(&d.usage_source),
-        d.cost_nanos
-            .map_or("null".to_string(), |c| format!("{:.9}", c as f64 / 1e9)),
-        d.latency_ms,
+        d.cost_nanos.map_or("null".to_string(), |c| usd(Nanos(c))),
+        usd(Nanos(d.overrun_nanos)),
+        finite_3dp(d.latency_ms),
         d.stream,
         d.attempts,
         opt_s(&d.providers_tried)
+    )
+}
+
+/// One entry of `GET /admin/projects`; `limit_usd` and `remaining_usd` are `null` for a
+/// project without a budget.
+pub fn project_json(s: &ProjectStatus) -> String {
+    let opt = |v: Option<Nanos>| v.map_or("null".to_string(), usd);
+    format!(
+        r#"{{"id":{},"period":"{}","spent_usd":{},"reserved_usd":{},"limit_usd":{},"remaining_usd":{},"frozen":{}}}"#,
+        json_string(&s.id),
+        s.period,
+        usd(s.spent),
+        usd(s.reserved),
+        opt(s.limit),
+        opt(s.remaining),
+        s.frozen
     )
 }
 
@@ -152,20 +179,7 @@ impl Admin {
         let items: Vec<String> = cfg
             .projects
             .iter()
-            .map(|p| {
-                let s = self.ledger.status(p);
-                let opt = |v: Option<crate::engine::pricing::Nanos>| v.map_or("null".to_string(), usd);
-                format!(
-                    r#"{{"id":{},"period":"{}","spent_usd":{},"reserved_usd":{},"limit_usd":{},"remaining_usd":{},"frozen":{}}}"#,
-                    json_string(&s.id),
-                    s.period,
-                    usd(s.spent),
-                    usd(s.reserved),
-                    opt(s.limit),
-                    opt(s.remaining),
-                    s.frozen
-                )
-            })
+            .map(|p| project_json(&self.ledger.status(p)))
             .collect();
         format!(r#"{{"projects":[{}]}}"#, items.join(","))
     }
@@ -294,5 +308,141 @@ impl ServeHttp for Admin {
             }
             _ => error(GatewayError::NotFound(format!("Unknown path {path}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn parse(text: &str) -> Value {
+        match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => panic!("not JSON ({e}): {text}"),
+        }
+    }
+
+    fn record() -> DecisionRecord {
+        DecisionRecord {
+            id: "req-1".into(),
+            time_ms: 1_795_341_600_000,
+            project: Some("checkout-bot".into()),
+            key_id: Some("a1b2c3d4".into()),
+            endpoint: Some("/v1/chat/completions".into()),
+            model: Some("gpt-4o-mini".into()),
+            provider: Some("openai".into()),
+            decision: "allow".into(),
+            reason: "ok".into(),
+            status: 200,
+            prompt_tokens: Some(100),
+            completion_tokens: Some(250),
+            usage_source: "reported".into(),
+            cost_nanos: Some(164_500),
+            latency_ms: 12.25,
+            stream: false,
+            attempts: 1,
+            providers_tried: Some("openai".into()),
+            overrun_nanos: 0,
+        }
+    }
+
+    #[test]
+    fn a_decisions_cost_keeps_every_nano_dollar() {
+        let text = decision_json(&record());
+        assert!(
+            text.contains(r#""cost_usd":0.0001645,"#),
+            "164,500 nanos read 0.0001645, not a rounded 0.000164: {text}"
+        );
+        assert_eq!(parse(&text)["cost_usd"].as_f64(), Some(0.0001645));
+        assert!(
+            text.contains(r#""overrun_usd":0.0,"#),
+            "no overrun is 0.0: {text}"
+        );
+    }
+
+    #[test]
+    fn an_overrun_shows_as_overrun_usd() {
+        let mut d = record();
+        d.cost_nanos = Some(1_250_000_001);
+        d.overrun_nanos = 250_000_001;
+        let text = decision_json(&d);
+        assert!(text.contains(r#""cost_usd":1.250000001,"#), "{text}");
+        assert!(text.contains(r#""overrun_usd":0.250000001,"#), "{text}");
+        parse(&text);
+    }
+
+    #[test]
+    fn a_blocked_records_usage_is_zero_and_only_unknowns_are_null() {
+        let mut d = record();
+        d.decision = "block".into();
+        d.reason = "secret_detected".into();
+        d.status = 403;
+        d.provider = None;
+        d.prompt_tokens = Some(0);
+        d.completion_tokens = Some(0);
+        d.usage_source = "none".into();
+        d.cost_nanos = Some(0);
+        d.attempts = 0;
+        d.providers_tried = None;
+        let text = decision_json(&d);
+        for field in [
+            r#""prompt_tokens":0,"#,
+            r#""completion_tokens":0,"#,
+            r#""cost_usd":0.0,"#,
+        ] {
+            assert!(text.contains(field), "SPEC example: {field} in {text}");
+        }
+        let v = parse(&text);
+        assert!(v["provider"].is_null() && v["providers_tried"].is_null());
+
+        d.prompt_tokens = None;
+        d.completion_tokens = None;
+        d.cost_nanos = None;
+        let v = parse(&decision_json(&d));
+        for field in ["prompt_tokens", "completion_tokens", "cost_usd"] {
+            assert!(v[field].is_null(), "an unknown {field} is null, not 0");
+        }
+    }
+
+    #[test]
+    fn a_nan_latency_is_null_so_the_page_stays_json() {
+        let mut d = record();
+        d.latency_ms = f64::NAN;
+        assert!(parse(&decision_json(&d))["latency_ms"].is_null());
+        d.latency_ms = 0.4;
+        assert_eq!(parse(&decision_json(&d))["latency_ms"].as_f64(), Some(0.4));
+    }
+
+    #[test]
+    fn project_amounts_keep_the_ledgers_full_precision() {
+        let s = ProjectStatus {
+            id: "checkout-bot".into(),
+            period: "month",
+            spent: Nanos(1_250_164_500),
+            reserved: Nanos(20_000_001),
+            limit: Some(Nanos(50_000_000_000)),
+            remaining: Some(Nanos(48_729_835_499)),
+            frozen: false,
+        };
+        assert_eq!(
+            project_json(&s),
+            r#"{"id":"checkout-bot","period":"month","spent_usd":1.2501645,"reserved_usd":0.020000001,"limit_usd":50.0,"remaining_usd":48.729835499,"frozen":false}"#
+        );
+        let unbudgeted = ProjectStatus {
+            spent: Nanos::ZERO,
+            reserved: Nanos::ZERO,
+            limit: None,
+            remaining: None,
+            frozen: true,
+            ..s
+        };
+        let v = parse(&project_json(&unbudgeted));
+        assert_eq!(v["spent_usd"].as_f64(), Some(0.0));
+        assert!(
+            v["limit_usd"].is_null() && v["remaining_usd"].is_null(),
+            "no budget: no limit, nothing remaining to show"
+        );
+        assert_eq!(v["frozen"], Value::Bool(true));
     }
 }

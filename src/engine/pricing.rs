@@ -36,6 +36,16 @@ impl Nanos {
         s
     }
 
+    /// Dollars with every nano-dollar kept (`0.0001645`, `50.0`, `0.0`): the integer part, then
+    /// up to nine decimals with trailing zeros trimmed but at least one kept, so the text is a
+    /// JSON number that reads back to exactly this amount. Integer arithmetic only.
+    pub fn usd_exact(self) -> String {
+        let (whole, frac) = (self.0 / 1_000_000_000, self.0 % 1_000_000_000);
+        let digits = format!("{frac:09}");
+        let kept = digits.trim_end_matches('0');
+        format!("{whole}.{}", if kept.is_empty() { "0" } else { kept })
+    }
+
     pub fn saturating_add(self, o: Nanos) -> Nanos {
         Nanos(self.0.saturating_add(o.0))
     }
@@ -219,6 +229,20 @@ mod tests {
     #[test]
     fn huge_products_saturate_instead_of_overflowing() {
         assert_eq!(cost_of(u64::MAX, u64::MAX), Nanos(u64::MAX));
+    }
+
+    #[test]
+    fn exact_dollars_keep_every_nano_and_trim_only_trailing_zeros() {
+        for (n, want) in [
+            (0u64, "0.0"),
+            (1, "0.000000001"),
+            (164_500, "0.0001645"),
+            (50_000_000_000, "50.0"),
+            (1_250_000_000, "1.25"),
+            (u64::MAX, "18446744073.709551615"),
+        ] {
+            assert_eq!(Nanos(n).usd_exact(), want, "{n} nanos");
+        }
     }
 
     #[test]

@@ -134,9 +134,9 @@ fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
 #[derive(Clone, Debug)]
 pub struct Provider {
     pub name: String,
-    /// The wire format. Requests use `wire` (built from it at load); only the config's
-    /// tests read this back.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// The wire format. Requests use `wire` (built from it at load); nothing reads this back
+    /// yet, but it is the provider's identity in the config and the next routes need it.
+    #[allow(dead_code)]
     pub kind: ProviderKind,
     pub base: BaseUrl,
     /// `None` when the config names no `api_key_env` (a local server that needs no key).

@@ -115,16 +115,6 @@ impl Plan {
         self.at
     }
 
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.attempts.len()
-    }
-
-    #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
-        self.attempts.is_empty()
-    }
-
     /// Is there an attempt after the current one?
     pub fn has_next(&self) -> bool {
         self.at + 1 < self.attempts.len()

@@ -8,8 +8,8 @@
 //! and returns at once. A dedicated std thread ("tollgate-store") drains the
 //! channel into a batch and commits the batch as ONE transaction when the
 //! flush interval (default 200 ms) has passed since the oldest uncommitted
-//! write, when [`FLUSH_AT_WRITES`] writes are pending, on [`StoreHandle::flush`],
-//! and on [`StoreHandle::shutdown`]. Spend writes for the same
+//! write, when [`FLUSH_AT_WRITES`] writes are pending, and on
+//! [`StoreHandle::shutdown`] (tests also have `StoreHandle::flush`). Spend writes for the same
 //! (project, period) are summed in memory before they reach SQLite, so a busy
 //! project costs one UPSERT per flush, not one per request.
 //! [`Reader`] is a second, read-only connection for the (blocking) start-up
@@ -19,7 +19,7 @@
 //! A send does not wake the writer. The writer sleeps (parked) until its
 //! batch is due and then drains the channel; a sender unparks it only when it
 //! is idle (nothing pending, so the first write of a batch starts the clock),
-//! every [`FLUSH_AT_WRITES`] writes, and for `flush`/`shutdown`. Under load
+//! every [`FLUSH_AT_WRITES`] writes, and for `shutdown` (and the tests' `flush`). Under load
 //! that is a few wake-ups a second instead of one per request: waking a
 //! thread costs a futex call and a context switch, which on a small machine
 //! was the largest single cost of the ledger on the request path.
@@ -51,7 +51,8 @@
 //! alerted on; at a few hundred bytes a write, a minute of backlog at 1k req/s
 //! is tens of MB.
 //!
-//! # Schema (`PRAGMA user_version` = 2; v2 added `decisions.attempts` and `providers_tried`)
+//! # Schema (`PRAGMA user_version` = 3)
+//! v2 added `decisions.attempts` and `providers_tried`; v3 added `decisions.overrun_nanos`.
 //! ```sql
 //! CREATE TABLE spend(
 //!   project TEXT NOT NULL, period TEXT NOT NULL,  -- period: "2026-11", "2026-11-22", "week-of-2026-11-16", "total"
@@ -68,7 +69,10 @@
 //!   prompt_tokens INTEGER, completion_tokens INTEGER, usage_source TEXT NOT NULL,
 //!   cost_nanos INTEGER, cost_usd REAL,            -- cost_usd = cost_nanos / 1e9, for people
 //!   latency_ms REAL,                              -- NULL only if the gateway sent NaN
-//!   stream INTEGER NOT NULL);
+//!   stream INTEGER NOT NULL,
+//!   attempts INTEGER NOT NULL DEFAULT 0,          -- v2: upstream tries
+//!   providers_tried TEXT,                         -- v2: "openai,openai-backup"
+//!   overrun_nanos INTEGER NOT NULL DEFAULT 0);    -- v3: usage charged beyond the reservation
 //! CREATE INDEX decisions_time ON decisions(time_ms DESC, id DESC);
 //! CREATE INDEX decisions_project_time ON decisions(project, time_ms DESC, id DESC);
 //! ```
@@ -90,7 +94,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// A batch this large is committed without waiting for the timer, so a burst
 /// becomes several medium transactions instead of one huge one.
@@ -140,6 +144,9 @@ pub struct DecisionRecord {
     pub attempts: u32,
     /// The provider of each try, in order, comma-separated (`None`: no try).
     pub providers_tried: Option<String>,
+    /// How far the charged cost exceeded the reserved worst case, in nano-dollars (0: it did
+    /// not, or nothing was reserved).
+    pub overrun_nanos: u64,
 }
 
 /// (project, period), as used by [`Reader::all_spend_for`].
@@ -202,6 +209,7 @@ struct Shared {
 
 enum Msg {
     Write(Write),
+    #[cfg(test)]
     Flush(Sender<Result<(), String>>),
     Shutdown(Sender<Result<(), String>>),
 }
@@ -268,7 +276,9 @@ impl StoreHandle {
         }
     }
 
-    /// Block until everything sent before this call is committed (for graceful stop and tests). Returns Err(String) on a SQLite failure.
+    /// Block until everything sent before this call is committed. Returns Err(String) on a
+    /// SQLite failure. Tests only: the gateway commits on its timer and at `shutdown`.
+    #[cfg(test)]
     pub fn flush(&self) -> Result<(), String> {
         let (reply_tx, reply_rx) = mpsc::channel();
         {
@@ -450,6 +460,18 @@ CREATE INDEX IF NOT EXISTS decisions_time ON decisions(time_ms DESC, id DESC);
 CREATE INDEX IF NOT EXISTS decisions_project_time ON decisions(project, time_ms DESC, id DESC);
 ";
 
+/// v2: every try of a request (retries, fallbacks) in its decision record.
+const MIGRATE_TO_V2: &str = "
+ALTER TABLE decisions ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE decisions ADD COLUMN providers_tried TEXT;
+";
+
+/// v3: usage charged beyond the reserved worst case (SPEC "Money": an overrun is never
+/// silent). Rows written before it had no way to know, so they read 0.
+const MIGRATE_TO_V3: &str = "
+ALTER TABLE decisions ADD COLUMN overrun_nanos INTEGER NOT NULL DEFAULT 0;
+";
+
 fn migrate(conn: &mut Connection) -> Result<(), String> {
     // IMMEDIATE: two processes opening a fresh file at once must not both
     // decide to create the schema from the same old version.
@@ -469,14 +491,14 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
             .map_err(|e| format!("create schema v1: {e}"))?;
     }
     if version < 2 {
-        // v2: every try of a request (retries, fallbacks) in its decision record.
-        tx.execute_batch(
-            "ALTER TABLE decisions ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
-             ALTER TABLE decisions ADD COLUMN providers_tried TEXT;",
-        )
-        .map_err(|e| format!("migrate schema to v2: {e}"))?;
+        tx.execute_batch(MIGRATE_TO_V2)
+            .map_err(|e| format!("migrate schema to v2: {e}"))?;
     }
-    // Later versions: `if version < 3 { ... }`.
+    if version < 3 {
+        tx.execute_batch(MIGRATE_TO_V3)
+            .map_err(|e| format!("migrate schema to v3: {e}"))?;
+    }
+    // Later versions: `if version < 4 { ... }`.
     if version != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| format!("set user_version: {e}"))?;
@@ -560,6 +582,7 @@ impl Writer {
                             let _ = self.commit();
                         }
                     }
+                    #[cfg(test)]
                     Msg::Flush(reply) => {
                         attempted = true;
                         let _ = reply.send(self.commit());
@@ -726,8 +749,8 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
         let mut decision = tx.prepare_cached(
             "INSERT INTO decisions(id, time_ms, time, project, key_id, endpoint, model, provider,
                decision, reason, status, prompt_tokens, completion_tokens, usage_source,
-               cost_nanos, cost_usd, latency_ms, stream, attempts, providers_tried)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+               cost_nanos, cost_usd, latency_ms, stream, attempts, providers_tried, overrun_nanos)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
         )?;
         let mut time_buf = [0u8; 24];
         for d in &batch.decisions {
@@ -761,6 +784,7 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
                 d.stream,
                 d.attempts,
                 d.providers_tried,
+                clamp_i64(d.overrun_nanos),
             ])?;
         }
     }
@@ -781,7 +805,7 @@ pub struct Reader {
 const DECISION_COLUMNS: &str =
     "id, time_ms, project, key_id, endpoint, model, provider, decision, reason, \
      status, prompt_tokens, completion_tokens, usage_source, cost_nanos, latency_ms, stream, \
-     attempts, providers_tried";
+     attempts, providers_tried, overrun_nanos";
 
 impl Reader {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -790,7 +814,9 @@ impl Reader {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Spend of one project in one period; 0 if nothing was ever recorded.
+    /// Spend of one project in one period; 0 if nothing was ever recorded (tests; the
+    /// gateway reads many at once with [`Reader::all_spend_for`]).
+    #[cfg(test)]
     pub fn spend(&self, project: &str, period: &str) -> Result<u64, String> {
         let conn = self.conn();
         let mut stmt = conn
@@ -901,6 +927,7 @@ impl Reader {
                     stream: r.get(15)?,
                     attempts: r.get(16)?,
                     providers_tried: r.get(17)?,
+                    overrun_nanos: r.get(18)?,
                 })
             })
             .map_err(|e| format!("ledger store: read decisions: {e}"))?;
@@ -964,6 +991,7 @@ mod tests {
             stream: true,
             attempts: 2,
             providers_tried: Some("a,b".into()),
+            overrun_nanos: 0,
         }
     }
 
@@ -1124,6 +1152,7 @@ mod tests {
             stream: false,
             attempts: 2,
             providers_tried: Some("a,b".into()),
+            overrun_nanos: 164_500,
         };
         let empty = DecisionRecord {
             id: "req-empty".into(),
@@ -1144,6 +1173,7 @@ mod tests {
             stream: true,
             attempts: 2,
             providers_tried: Some("a,b".into()),
+            overrun_nanos: 0,
         };
         h.send(decision(full.clone()));
         h.send(decision(empty.clone()));
@@ -1523,6 +1553,91 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_version_2_file_is_migrated_in_place_and_its_old_records_read_no_overrun() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.execute_batch(MIGRATE_TO_V2).unwrap();
+            c.pragma_update(None, "user_version", 2).unwrap();
+            c.execute(
+                "INSERT INTO decisions(id, time_ms, time, decision, reason, status, usage_source,
+                   stream, cost_nanos, attempts, providers_tried)
+                 VALUES ('old', 5, 't', 'allow', 'ok', 200, 'reported', 0, 164500, 2, 'a,b')",
+                [],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO spend(project, period, spent_nanos) VALUES ('p', 'total', 77)",
+                [],
+            )
+            .unwrap();
+        }
+        let (h, reader) = Store::open(&path, LONG).unwrap();
+        let got = reader.decisions(None, 10, None).unwrap();
+        assert_eq!(got.len(), 1, "the v2 record is kept");
+        assert_eq!(
+            (
+                got[0].id.as_str(),
+                got[0].cost_nanos,
+                got[0].attempts,
+                got[0].providers_tried.as_deref(),
+                got[0].overrun_nanos
+            ),
+            ("old", Some(164_500), 2, Some("a,b"), 0),
+            "v2 columns survive and the new column reads 0 for rows written before it"
+        );
+        assert_eq!(reader.spend("p", "total").unwrap(), 77, "spend is kept");
+
+        let mut new = rec("new", 6, Some("p"));
+        new.overrun_nanos = 1_000_000_001;
+        h.send(decision(new.clone()));
+        h.flush().unwrap();
+        assert_eq!(
+            reader.decisions(None, 1, None).unwrap(),
+            vec![new],
+            "the migrated file stores overruns"
+        );
+        h.shutdown().unwrap();
+        let c = Connection::open(&path).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 3, "the file is now version 3");
+        assert_eq!(SCHEMA_VERSION, 3);
+    }
+
+    #[test]
+    fn a_blocked_records_zero_usage_reads_back_as_zero_not_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, r) = open(&db_path(&dir), LONG);
+        let mut blocked = rec("blocked", 1, Some("p"));
+        blocked.decision = "block".into();
+        blocked.reason = "secret_detected".into();
+        blocked.status = 403;
+        blocked.prompt_tokens = Some(0);
+        blocked.completion_tokens = Some(0);
+        blocked.cost_nanos = Some(0);
+        blocked.usage_source = "none".into();
+        blocked.attempts = 0;
+        blocked.providers_tried = None;
+        h.send(decision(blocked.clone()));
+        h.flush().unwrap();
+        let got = r.decisions(None, 10, None).unwrap();
+        assert_eq!(
+            (
+                got[0].prompt_tokens,
+                got[0].completion_tokens,
+                got[0].cost_nanos
+            ),
+            (Some(0), Some(0), Some(0)),
+            "0 is a known amount (nothing reached a provider); only None may become NULL"
+        );
+        assert_eq!(got, vec![blocked]);
     }
 
     #[test]

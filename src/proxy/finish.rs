@@ -58,12 +58,10 @@ impl Gateway {
             usage.completion_tokens = Some(0);
             cost = Some(Nanos::ZERO);
         }
-        let mut overrun = Nanos::ZERO;
-        if let Some(r) = ctx.admitted.reservation.take() {
-            let charged = cost.unwrap_or(Nanos::ZERO);
-            overrun = charged.saturating_sub(r.amount());
-            r.settle(charged);
-        }
+        let overrun = match ctx.admitted.reservation.take() {
+            Some(r) => r.settle(cost.unwrap_or(Nanos::ZERO)),
+            None => Nanos::ZERO,
+        };
         if let (Some(cfg), Some(p), Some(f)) = (ctx.cfg.as_deref(), ctx.seen.project, format) {
             self.limits
                 .add_tokens(&cfg.projects[p], usage.total_tokens(f));
@@ -194,7 +192,7 @@ fn record(ctx: &Ctx, end: &Ending) -> DecisionRecord {
         completion_tokens: end.usage.completion_tokens,
         usage_source: end.source.as_str().to_string(),
         cost_nanos: end.cost.map(|c| c.0),
-        // MERGE-LEDGER: overrun_nanos: end.overrun.0,
+        overrun_nanos: end.overrun.0,
         latency_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
         stream: ctx.seen.stream,
         attempts: ctx.attempts.count(),
