@@ -256,6 +256,11 @@ fn an_overrun_is_charged_in_full_and_never_silent() {
     // 999,999,999,999 prompt tokens at $0.15 per million.
     let cost = d["cost_usd"].as_f64().unwrap_or_default();
     assert!((cost - 150_000.0).abs() < 0.01, "the truth is charged: {d}");
+    let overrun = d["overrun_usd"].as_f64().unwrap_or_default();
+    assert!(
+        overrun > 149_000.0 && overrun < cost,
+        "the excess over the reserved worst case is on the record: {d}"
+    );
     let m = metrics(admin);
     assert_eq!(
         sample(&m, r#"tollgate_reservation_overruns_total{project="p1"}"#),

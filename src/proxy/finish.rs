@@ -77,11 +77,11 @@ impl Gateway {
         };
         if overrun > Nanos::ZERO {
             log::warn!(
-                "{}: project {} was charged ${:.9} more than the ${:.9} reserved for it: the provider reported more usage than the worst case ({} prompt, {} completion tokens)",
+                "{}: project {} was charged ${} more than the ${} reserved for it: the provider reported more usage than the worst case ({} prompt, {} completion tokens)",
                 ctx.request_id,
                 self.project_name(ctx),
-                overrun.as_usd(),
-                cost.unwrap_or(Nanos::ZERO).saturating_sub(overrun).as_usd(),
+                overrun.usd_exact(),
+                cost.unwrap_or(Nanos::ZERO).saturating_sub(overrun).usd_exact(),
                 end.usage.prompt_tokens.unwrap_or(0),
                 end.usage.completion_tokens.unwrap_or(0),
             );
@@ -231,7 +231,7 @@ fn access_log(ctx: &Ctx, e: Option<&Error>, end: &Ending, project: &str) {
         n(end.usage.prompt_tokens),
         n(end.usage.completion_tokens),
         end.source.as_str(),
-        end.cost.map_or("-".to_string(), |c| format!("{:.9}", c.as_usd())),
+        end.cost.map_or("-".to_string(), |c| c.usd_exact()),
         ctx.started.elapsed().as_secs_f64() * 1000.0,
         match e {
             Some(e) if ctx.error.is_none() => format!(" error={}", e.etype().as_str()),
