@@ -23,7 +23,7 @@ use crate::engine::config::{Config, ProjectIdx, Unpriced};
 use crate::engine::error::{json_string, GatewayError, PolicyCode};
 use crate::engine::policy;
 use crate::engine::pricing::{Nanos, Price};
-use crate::engine::provider::Endpoint;
+use crate::engine::provider::{Endpoint, ProviderKind};
 use crate::engine::request::{self, Rewrite};
 use crate::engine::route::ProviderIdx;
 
@@ -53,6 +53,10 @@ pub struct Head<'a> {
     pub key: Option<&'a [u8]>,
     /// `Content-Length`, when declared.
     pub content_length: Option<u64>,
+    /// The client sent `anthropic-version`: `/v1/models` answers in Anthropic's shape.
+    pub anthropic: bool,
+    /// The client asked for a protocol upgrade (a WebSocket).
+    pub upgrade: bool,
 }
 
 /// What to do after [`before_body`].
@@ -75,7 +79,15 @@ pub fn before_body(
         GatewayError::NotFound(format!("Unknown path {}", truncate(head.path, 200)))
     })?;
     seen.endpoint = Some(endpoint);
-    if head.method != endpoint.method() {
+    if head.upgrade {
+        // Codex tries a WebSocket on /v1/responses first and falls back to HTTP on a 426.
+        return Err(GatewayError::UpgradeRequired(format!(
+            "Tollgate does not proxy WebSockets; send {} {} over HTTP",
+            endpoint.method(),
+            truncate(head.path, 200)
+        )));
+    }
+    if !endpoint.allows(head.method) {
         return Err(GatewayError::MethodNotAllowed(format!(
             "{} {} is not supported; use {}",
             head.method,
@@ -83,7 +95,7 @@ pub fn before_body(
             endpoint.method()
         )));
     }
-    if endpoint == Endpoint::Healthz {
+    if matches!(endpoint, Endpoint::Healthz | Endpoint::Root) {
         return Ok(Next::Answer(200, r#"{"status":"ok"}"#.to_string()));
     }
     let key = head.key.ok_or_else(|| {
@@ -105,8 +117,27 @@ pub fn before_body(
             format!("Project {} is frozen by an operator", project.id),
         ));
     }
-    if endpoint == Endpoint::Models {
-        return Ok(Next::Answer(200, models_list(cfg, project_idx)));
+    let shape = if head.anthropic {
+        ModelShape::Anthropic
+    } else {
+        ModelShape::OpenAi
+    };
+    match endpoint {
+        Endpoint::Models => return Ok(Next::Answer(200, models_list(cfg, project_idx, shape))),
+        Endpoint::Model => {
+            let id = head.path.trim_end_matches('/');
+            let id = id.strip_prefix("/v1/models/").unwrap_or(id);
+            let id = percent_decode(id);
+            return match model_info(cfg, project_idx, &id, shape) {
+                Some(body) => Ok(Next::Answer(200, body)),
+                None => Err(GatewayError::NotFound(format!(
+                    "Model {} is not available to project {}",
+                    truncate(&id, 200),
+                    project.id
+                ))),
+            };
+        }
+        _ => {}
     }
     let max = cfg.server.max_body_bytes;
     if head.content_length.is_some_and(|n| n > max as u64) {
@@ -138,6 +169,8 @@ pub struct Facts<'a> {
 /// An admitted request: what to reserve, what to send, where to try.
 #[derive(Clone, Debug)]
 pub struct Admission {
+    /// Reserve, settle and count tokens for it; false for token counting, which is free.
+    pub charged: bool,
     /// The matched price and its key (the bounded `model` label); `None`: unpriced.
     pub price: Option<(String, Price)>,
     /// The request's worst-case cost, to reserve before forwarding.
@@ -172,6 +205,9 @@ pub fn decide(cfg: &Config, f: &Facts, seen: &mut Seen) -> Result<Admission, Gat
         Some(format) => Some(policy::check_prompt(project, format, f.body)?),
         None => None,
     };
+    if f.endpoint == Endpoint::CountTokens {
+        return count_tokens(cfg, f, route, &facts.model, upstream_model);
+    }
 
     let price = cfg.prices.lookup(upstream_model);
     if price.is_none() && project.unpriced == Unpriced::Block {
@@ -218,6 +254,7 @@ pub fn decide(cfg: &Config, f: &Facts, seen: &mut Seen) -> Result<Admission, Gat
         .max()
         .unwrap_or(Duration::ZERO);
     Ok(Admission {
+        charged: true,
         price: price.map(|(k, p)| (k.to_string(), p.clone())),
         worst,
         rewritten,
@@ -225,6 +262,77 @@ pub fn decide(cfg: &Config, f: &Facts, seen: &mut Seen) -> Result<Admission, Gat
         attempts,
         deadline: longest * DEADLINE_READ_TIMEOUTS,
     })
+}
+
+/// `POST /v1/messages/count_tokens`: the model rules and prompt rules have passed; only a
+/// provider that counts tokens (kind `anthropic`) can answer it. Nothing is reserved.
+fn count_tokens(
+    cfg: &Config,
+    f: &Facts,
+    route: &crate::engine::route::Route,
+    model: &str,
+    upstream_model: &str,
+) -> Result<Admission, GatewayError> {
+    let planned = route.attempt_plan(f.pick);
+    let counting: Vec<ProviderIdx> = planned
+        .iter()
+        .copied()
+        .filter(|&p| cfg.providers[p].kind == ProviderKind::Anthropic)
+        .collect();
+    let Some(&first) = counting.first() else {
+        let provider = planned
+            .first()
+            .map_or("-", |&p| cfg.providers[p].name.as_str());
+        return Err(GatewayError::InvalidRequest(format!(
+            "Model {} is served by provider {provider} (kind openai), which has no token counting; count_tokens needs a provider of kind anthropic",
+            truncate(model, 200)
+        )));
+    };
+    let usable: Vec<ProviderIdx> = counting
+        .iter()
+        .copied()
+        .filter(|&p| (f.usable)(p))
+        .collect();
+    let attempts = if usable.is_empty() { counting } else { usable };
+    let rw = Rewrite {
+        model: (upstream_model != model).then_some(upstream_model),
+        ..Rewrite::default()
+    };
+    Ok(Admission {
+        charged: false,
+        price: None,
+        worst: Nanos::ZERO,
+        rewritten: request::rewrite(f.body, &rw),
+        strip_usage_chunk: false,
+        deadline: cfg.providers[first].read_timeout * DEADLINE_READ_TIMEOUTS,
+        attempts,
+    })
+}
+
+/// `%2F` and friends in a model id of a path (`/v1/models/openai%2Fgpt-4o-mini`); anything
+/// that does not decode to UTF-8 is kept as it was.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).and_then(|&c| hex(c)),
+            b.get(i + 2).and_then(|&c| hex(c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
 }
 
 /// At most `n` characters of `s`, for messages and records that quote what a client sent.
@@ -235,9 +343,16 @@ pub fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
-/// `GET /v1/models`: the priced models this project may use and that have a route, in the
-/// names a client would send (bare, and with each stripping route's prefix).
-pub fn models_list(cfg: &Config, project: ProjectIdx) -> String {
+/// The shape a models answer comes in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelShape {
+    OpenAi,
+    Anthropic,
+}
+
+/// The priced models this project may use and that have a route, in the names a client would
+/// send (bare, and with each stripping route's prefix), sorted, each with its provider.
+fn allowed_models(cfg: &Config, project: ProjectIdx) -> Vec<(String, String)> {
     let p = &cfg.projects[project];
     let mut names: Vec<String> = Vec::new();
     let mut consider = |name: String| {
@@ -271,22 +386,71 @@ pub fn models_list(cfg: &Config, project: ProjectIdx) -> String {
         }
     }
     names.sort();
-    let data: Vec<String> = names
-        .iter()
+    names
+        .into_iter()
         .map(|n| {
             let owner = cfg
                 .routes
-                .lookup(n)
+                .lookup(&n)
                 .and_then(|r| r.targets.first())
-                .map_or("tollgate", |t| cfg.providers[t.provider].name.as_str());
-            format!(
-                r#"{{"id":{},"object":"model","created":0,"owned_by":{}}}"#,
-                json_string(n),
-                json_string(owner)
-            )
+                .map_or("tollgate", |t| cfg.providers[t.provider].name.as_str())
+                .to_string();
+            (n, owner)
         })
+        .collect()
+}
+
+/// Tollgate knows no release dates; Anthropic's shape requires one.
+const MODEL_CREATED_AT: &str = "1970-01-01T00:00:00Z";
+
+fn model_json(name: &str, owner: &str, shape: ModelShape) -> String {
+    match shape {
+        ModelShape::OpenAi => format!(
+            r#"{{"id":{},"object":"model","created":0,"owned_by":{}}}"#,
+            json_string(name),
+            json_string(owner)
+        ),
+        ModelShape::Anthropic => format!(
+            r#"{{"type":"model","id":{n},"display_name":{n},"created_at":"{MODEL_CREATED_AT}"}}"#,
+            n = json_string(name)
+        ),
+    }
+}
+
+/// `GET /v1/models`, in the caller's shape.
+pub fn models_list(cfg: &Config, project: ProjectIdx, shape: ModelShape) -> String {
+    let models = allowed_models(cfg, project);
+    let data: Vec<String> = models
+        .iter()
+        .map(|(n, o)| model_json(n, o, shape))
         .collect();
-    format!(r#"{{"object":"list","data":[{}]}}"#, data.join(","))
+    match shape {
+        ModelShape::OpenAi => format!(r#"{{"object":"list","data":[{}]}}"#, data.join(",")),
+        ModelShape::Anthropic => {
+            let id = |m: Option<&(String, String)>| {
+                m.map_or("null".to_string(), |(n, _)| json_string(n))
+            };
+            format!(
+                r#"{{"data":[{}],"has_more":false,"first_id":{},"last_id":{}}}"#,
+                data.join(","),
+                id(models.first()),
+                id(models.last())
+            )
+        }
+    }
+}
+
+/// `GET /v1/models/{id}`: the model, if this project may use it.
+pub fn model_info(
+    cfg: &Config,
+    project: ProjectIdx,
+    id: &str,
+    shape: ModelShape,
+) -> Option<String> {
+    allowed_models(cfg, project)
+        .iter()
+        .find(|(n, _)| n == id)
+        .map(|(n, o)| model_json(n, o, shape))
 }
 
 #[cfg(test)]

@@ -48,6 +48,9 @@ pub enum GatewayError {
     NotFound(String),
     MethodNotAllowed(String),
     RequestTooLarge(String),
+    /// A protocol upgrade (a WebSocket) Tollgate does not serve: 426, so the client falls back
+    /// to plain HTTP at once.
+    UpgradeRequired(String),
     /// `retry_after_s` becomes the `Retry-After` header.
     RateLimited {
         message: String,
@@ -75,6 +78,7 @@ impl GatewayError {
             GatewayError::NotFound(_) => 404,
             GatewayError::MethodNotAllowed(_) => 405,
             GatewayError::RequestTooLarge(_) => 413,
+            GatewayError::UpgradeRequired(_) => 426,
             GatewayError::RateLimited { .. } => 429,
             GatewayError::UpstreamUnavailable(_) => 502,
             GatewayError::UpstreamTimeout(_) => 504,
@@ -93,6 +97,7 @@ impl GatewayError {
             GatewayError::NotFound(_) => "not_found",
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::RequestTooLarge(_) => "request_too_large",
+            GatewayError::UpgradeRequired(_) => "upgrade_required",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
@@ -118,6 +123,7 @@ impl GatewayError {
             | GatewayError::NotFound(m)
             | GatewayError::MethodNotAllowed(m)
             | GatewayError::RequestTooLarge(m)
+            | GatewayError::UpgradeRequired(m)
             | GatewayError::UpstreamUnavailable(m)
             | GatewayError::UpstreamTimeout(m)
             | GatewayError::Internal(m) => m,

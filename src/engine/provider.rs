@@ -134,9 +134,7 @@ fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
 #[derive(Clone, Debug)]
 pub struct Provider {
     pub name: String,
-    /// The wire format. Requests use `wire` (built from it at load); nothing reads this back
-    /// yet, but it is the provider's identity in the config and the next routes need it.
-    #[allow(dead_code)]
+    /// The wire format (requests use `wire`, built from it at load; token counting asks it).
     pub kind: ProviderKind,
     pub base: BaseUrl,
     /// `None` when the config names no `api_key_env` (a local server that needs no key).
@@ -241,21 +239,37 @@ pub enum Endpoint {
     Embeddings,
     Responses,
     Messages,
+    /// Anthropic's `POST /v1/messages/count_tokens`: forwarded, never charged.
+    CountTokens,
     Models,
+    /// `GET /v1/models/{id}`: one model this project may use.
+    Model,
     Healthz,
+    /// `GET /` and `HEAD /`: clients probe the base URL.
+    Root,
 }
 
 impl Endpoint {
     /// Path (without query) → endpoint. A trailing slash is tolerated because some clients add
     /// one.
     pub fn from_path(path: &str) -> Option<Endpoint> {
+        if path == "/" {
+            return Some(Endpoint::Root);
+        }
         let path = path.strip_suffix('/').unwrap_or(path);
+        if path
+            .strip_prefix("/v1/models/")
+            .is_some_and(|id| !id.is_empty())
+        {
+            return Some(Endpoint::Model);
+        }
         Some(match path {
             "/v1/chat/completions" => Endpoint::ChatCompletions,
             "/v1/completions" => Endpoint::Completions,
             "/v1/embeddings" => Endpoint::Embeddings,
             "/v1/responses" => Endpoint::Responses,
             "/v1/messages" => Endpoint::Messages,
+            "/v1/messages/count_tokens" => Endpoint::CountTokens,
             "/v1/models" => Endpoint::Models,
             "/healthz" => Endpoint::Healthz,
             _ => return None,
@@ -264,9 +278,24 @@ impl Endpoint {
 
     pub fn method(self) -> &'static str {
         match self {
-            Endpoint::Models | Endpoint::Healthz => "GET",
+            Endpoint::Models | Endpoint::Model | Endpoint::Healthz | Endpoint::Root => "GET",
             _ => "POST",
         }
+    }
+
+    /// Whether `method` is served here (`HEAD` wherever `GET` is).
+    pub fn allows(self, method: &str) -> bool {
+        method == self.method() || (method == "HEAD" && self.method() == "GET")
+    }
+
+    /// Anthropic's paths answer in Anthropic's error shape, whatever the outcome.
+    pub fn is_anthropic_path(path: &str) -> bool {
+        path == "/v1/messages" || path.starts_with("/v1/messages/")
+    }
+
+    /// Requests to this endpoint get a decision record (the LLM calls, charged or not).
+    pub fn is_recorded(self) -> bool {
+        self.wire_format().is_some() || self == Endpoint::CountTokens
     }
 
     pub fn wire_format(self) -> Option<WireFormat> {
@@ -276,7 +305,11 @@ impl Endpoint {
             Endpoint::Embeddings => WireFormat::OpenAiEmbeddings,
             Endpoint::Responses => WireFormat::OpenAiResponses,
             Endpoint::Messages => WireFormat::AnthropicMessages,
-            Endpoint::Models | Endpoint::Healthz => return None,
+            Endpoint::CountTokens
+            | Endpoint::Models
+            | Endpoint::Model
+            | Endpoint::Healthz
+            | Endpoint::Root => return None,
         })
     }
 
@@ -288,8 +321,8 @@ impl Endpoint {
             Endpoint::Completions => Format::Completions,
             Endpoint::Embeddings => Format::Embeddings,
             Endpoint::Responses => Format::Responses,
-            Endpoint::Messages => Format::Messages,
-            Endpoint::Models | Endpoint::Healthz => return None,
+            Endpoint::Messages | Endpoint::CountTokens => Format::Messages,
+            Endpoint::Models | Endpoint::Model | Endpoint::Healthz | Endpoint::Root => return None,
         })
     }
 
@@ -317,8 +350,11 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
             Endpoint::Responses => "responses",
             Endpoint::Messages => "messages",
+            Endpoint::CountTokens => "count_tokens",
             Endpoint::Models => "models",
+            Endpoint::Model => "model",
             Endpoint::Healthz => "healthz",
+            Endpoint::Root => "root",
         }
     }
 }

@@ -40,11 +40,15 @@ impl Gateway {
             content_length: header("content-length")
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .and_then(|v| v.trim().parse::<u64>().ok()),
+            anthropic: req.headers.contains_key("anthropic-version"),
+            upgrade: req.headers.contains_key(http::header::UPGRADE),
         };
-        if Endpoint::from_path(head.path) == Some(Endpoint::Messages) {
+        if Endpoint::is_anthropic_path(head.path) {
             ctx.shape = ErrorShape::Anthropic;
         }
         let declared = head.content_length;
+        let expects_continue =
+            header("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
         let frozen = |id: &str| self.ledger.is_frozen(id);
         match admission::before_body(&cfg, &head, &frozen, &mut ctx.seen)? {
             Next::Answer(status, body) => {
@@ -61,6 +65,16 @@ impl Gateway {
         let project = &cfg.projects[project_idx];
         self.limits.admit(project)?;
 
+        if expects_continue {
+            // The key and the declared size passed: now the client may send the body (curl
+            // waits a second for this before sending a large one anyway).
+            session.write_continue_response().await.map_err(|e| {
+                GatewayError::InvalidRequest(format!(
+                    "Could not answer Expect: 100-continue: {}",
+                    e.etype().as_str()
+                ))
+            })?;
+        }
         let body = read_body(session, declared, cfg.server.max_body_bytes).await?;
         ctx.admitted.request_bytes = body.len();
         let now = health::now_ms();
@@ -77,10 +91,12 @@ impl Gateway {
             },
             &mut ctx.seen,
         )?;
-        let reservation = self.ledger.reserve(project, a.worst)?;
         let admitted = &mut ctx.admitted;
-        admitted.remaining = reservation.remaining();
-        admitted.reservation = Some(reservation);
+        if a.charged {
+            let reservation = self.ledger.reserve(project, a.worst)?;
+            admitted.remaining = reservation.remaining();
+            admitted.reservation = Some(reservation);
+        }
         admitted.strip_usage_chunk = a.strip_usage_chunk;
         if let Some((key, price)) = a.price {
             admitted.price_key = Some(key);

@@ -52,6 +52,10 @@ impl Gateway {
             (Some(p), Some(f)) => Some(p.cost(&usage, f)),
             _ => None,
         };
+        if ctx.seen.endpoint == Some(Endpoint::CountTokens) {
+            // Token counting is free: nothing to charge, whatever the provider answered.
+            cost = Some(Nanos::ZERO);
+        }
         if blocked {
             // Nothing reached a provider, so nothing is unknown: the record says 0, not null.
             usage.prompt_tokens = Some(0);
@@ -87,7 +91,7 @@ impl Gateway {
             );
         }
         self.observe(ctx, &end);
-        if ctx.seen.endpoint.is_some_and(|e| e.wire_format().is_some()) {
+        if ctx.seen.endpoint.is_some_and(|e| e.is_recorded()) {
             self.ledger.record(record(ctx, &end));
         }
         access_log(ctx, e, &end, self.project_name(ctx));
@@ -105,7 +109,7 @@ impl Gateway {
         let Some(m) = crate::metrics::get() else {
             return;
         };
-        if ctx.seen.endpoint == Some(Endpoint::Healthz) {
+        if matches!(ctx.seen.endpoint, Some(Endpoint::Healthz | Endpoint::Root)) {
             // Liveness probes are not traffic: counting them would inflate request rates.
             return;
         }
@@ -121,7 +125,7 @@ impl Gateway {
             .with_label_values(&[project, model, crate::metrics::status_label(end.status)])
             .inc();
         let format = ctx.seen.endpoint.and_then(|e| e.wire_format());
-        if let Some(format) = format {
+        if ctx.seen.endpoint.is_some_and(|e| e.is_recorded()) {
             let reason = match &ctx.error {
                 Some(e) if end.blocked => e.code(),
                 _ => "ok",
@@ -133,7 +137,10 @@ impl Gateway {
             m.usage_source
                 .with_label_values(&[project, end.source.as_str()])
                 .inc();
-            if let Some(n) = end.usage.input_tokens(format).filter(|_| !end.blocked) {
+            if let Some(n) = format
+                .and_then(|f| end.usage.input_tokens(f))
+                .filter(|_| !end.blocked)
+            {
                 m.tokens
                     .with_label_values(&[project, model, "prompt"])
                     .inc_by(n);

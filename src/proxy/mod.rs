@@ -228,6 +228,8 @@ impl ProxyHttp for Gateway {
         }
         // Usage is read from the response bytes, so they must arrive uncompressed.
         req.remove_header("accept-encoding");
+        // Tollgate holds the whole body by now (and answered the client's Expect itself).
+        req.remove_header(&http::header::EXPECT);
         req.insert_header("x-tollgate-request-id", ctx.request_id_value.clone())?;
         if let Some(b) = &ctx.admitted.body {
             req.remove_header("transfer-encoding");

@@ -74,6 +74,8 @@ fn head<'a>(method: &'a str, path: &'a str, key: Option<&'a [u8]>) -> Head<'a> {
         path,
         key,
         content_length: None,
+        anthropic: false,
+        upgrade: false,
     }
 }
 
@@ -412,4 +414,130 @@ fn embeddings_reserve_no_output() {
         body.as_bytes(),
     );
     assert_eq!(a.worst, price.worst_case(prompt, 0));
+}
+
+#[test]
+fn the_base_url_answers_get_and_head_without_a_key() {
+    let c = config("");
+    for method in ["GET", "HEAD"] {
+        assert!(
+            matches!(
+                stage1(&c, &head(method, "/", None)),
+                Ok(Next::Answer(200, _))
+            ),
+            "{method} /"
+        );
+    }
+    assert_eq!(
+        code(stage1(&c, &head("POST", "/", None))),
+        (405, "method_not_allowed")
+    );
+}
+
+#[test]
+fn a_websocket_upgrade_gets_426_at_once() {
+    let c = config("");
+    let mut h = head("GET", "/v1/responses", None);
+    h.upgrade = true;
+    assert_eq!(code(stage1(&c, &h)), (426, "upgrade_required"));
+}
+
+#[test]
+fn models_come_in_anthropic_shape_when_the_client_speaks_anthropic() {
+    let c = config("");
+    let mut h = head("GET", "/v1/models", Some(KEY));
+    h.anthropic = true;
+    let Ok(Next::Answer(200, body)) = stage1(&c, &h) else {
+        panic!("a local answer")
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["has_more"], false, "{v}");
+    assert_eq!(v["first_id"], v["data"][0]["id"], "{v}");
+    assert_eq!(v["data"][0]["type"], "model", "{v}");
+    assert!(v["data"][0]["display_name"].is_string(), "{v}");
+    assert!(v["data"][0]["created_at"].is_string(), "{v}");
+    let last = v["data"].as_array().map_or(0, |d| d.len()) - 1;
+    assert_eq!(v["last_id"], v["data"][last]["id"], "{v}");
+}
+
+#[test]
+fn one_model_is_served_in_the_callers_shape_and_others_are_404() {
+    let c = config(r#"deny_models = ["claude-*"]"#);
+    let Ok(Next::Answer(200, body)) = stage1(
+        &c,
+        &head("GET", "/v1/models/openai%2Fgpt-4o-mini", Some(KEY)),
+    ) else {
+        panic!("the model is served")
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["id"], "openai/gpt-4o-mini");
+    assert_eq!(v["object"], "model");
+    let mut h = head("GET", "/v1/models/gpt-4o-mini", Some(KEY));
+    h.anthropic = true;
+    let Ok(Next::Answer(200, body)) = stage1(&c, &h) else {
+        panic!("the model is served")
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (v["type"].as_str(), v["id"].as_str()),
+        (Some("model"), Some("gpt-4o-mini"))
+    );
+    assert_eq!(
+        code(stage1(
+            &c,
+            &head("GET", "/v1/models/claude-sonnet-4", Some(KEY))
+        )),
+        (404, "not_found"),
+        "a denied model is not there"
+    );
+}
+
+#[test]
+fn count_tokens_is_free_and_goes_only_to_a_provider_that_counts() {
+    let c = config("");
+    let a = decide_body(
+        &c,
+        Endpoint::CountTokens,
+        r#"{"model":"claude-sonnet-4","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .expect("admitted");
+    assert!(!a.charged, "nothing is reserved or charged");
+    assert_eq!(a.worst, Nanos::ZERO);
+    assert_eq!(
+        a.attempts,
+        vec![c.provider_index("anthropic").expect("anthropic")]
+    );
+    assert_eq!(a.rewritten, None, "forwarded byte for byte");
+    let e = decide_body(
+        &c,
+        Endpoint::CountTokens,
+        r#"{"model":"gpt-4o-mini","messages":[]}"#,
+    )
+    .expect_err("openai has no token counting");
+    assert_eq!((e.status(), e.code()), (400, "invalid_request"));
+    assert!(
+        e.message().contains("gpt-4o-mini") && e.message().contains("openai"),
+        "names the model and its provider: {}",
+        e.message()
+    );
+}
+
+#[test]
+fn count_tokens_obeys_the_model_rules_and_the_prompt_rules() {
+    let c = config(r#"deny_models = ["claude-*"]"#);
+    assert_eq!(
+        code(decide_body(
+            &c,
+            Endpoint::CountTokens,
+            r#"{"model":"claude-sonnet-4","messages":[]}"#
+        )),
+        (403, "model_not_allowed")
+    );
+    let c = config("block_secrets = true");
+    let secret = r#"{"model":"claude-sonnet-4","messages":[{"role":"user","content":"AKIAZ7Q4X9R2M6T8W3K5"}]}"#;
+    assert_eq!(
+        code(decide_body(&c, Endpoint::CountTokens, secret)),
+        (403, "secret_detected"),
+        "a prompt with a credential never leaves, counted or not"
+    );
 }
