@@ -203,7 +203,6 @@ impl Control {
 impl BackgroundService for Control {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let r = &self.reloader;
-        r.resolver.refresh(&r.config.load()).await;
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -216,9 +215,18 @@ impl BackgroundService for Control {
             .into_iter()
             .flatten()
             .collect();
-        if listeners_accept(&listeners, READY_WITHIN).await {
-            crate::notify::ready();
-        }
+        // Startup (the first DNS refresh, then READY=1 once every listener accepts) runs as one
+        // branch of the loop below, never before it: a SIGTERM that arrives while it waits must
+        // still stop the process promptly. (It did not: Pingora closes the listeners on SIGTERM,
+        // so a readiness probe still polling then could only give up after READY_WITHIN, 10 s.)
+        let startup = async {
+            r.resolver.refresh(&r.config.load()).await;
+            if listeners_accept(&listeners, READY_WITHIN).await {
+                crate::notify::ready();
+            }
+        };
+        tokio::pin!(startup);
+        let mut started = false;
         let mut phases = self.phases.lock().ok().and_then(|mut p| p.take());
         let mut handing_over = false;
         let mut lag = crate::metrics::FlushLag::default();
@@ -236,6 +244,7 @@ impl BackgroundService for Control {
                     }
                     return;
                 }
+                () = &mut startup, if !started => started = true,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     let _ = r.reload().await;
                 }
