@@ -7,10 +7,22 @@
 //! the requests in flight finish, so a graceful stop loses nothing. There is no daemon mode:
 //! Pingora forks inside `run`, which would lose the store's writer thread; systemd runs
 //! Tollgate in the foreground anyway.
+//!
+//! Tollgate binds its listening sockets itself (or, with `--upgrade`, takes them over from the
+//! old process) and hands them to Pingora through Pingora's table of listening fds, the way a
+//! graceful upgrade hands them over; so `listen = "127.0.0.1:0"` works and the address the
+//! kernel chose is known. Once a socket is bound (it queues connections from then on) one line
+//! goes to stdout: `LISTENING <addr>` for the gateway, `ADMIN_LISTENING <addr>` for the admin
+//! listener.
+//!
+//! SIGTERM, SIGQUIT and SIGINT are registered before anything binds ([`EarlySignals`]): a
+//! signal sent the moment a listener is reported is neither fatal nor lost.
 
+use std::io::Write;
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -18,9 +30,13 @@ use async_trait::async_trait;
 use pingora::prelude::Opt;
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownWatch};
+use pingora::server::{
+    ExecutionPhase, ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
+};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
+use pingora::services::Service as PingoraService;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::admin::Admin;
 use crate::engine::config::Config;
@@ -69,19 +85,38 @@ pub fn run(cfg: Config, opts: RunOptions) -> i32 {
         test: false,
         conf: None,
     };
+    // Before any socket is bound: from the first LISTENING line on, a signal must reach us.
+    let (signals, _signal_runtime) = match EarlySignals::register() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot register the signal handlers: {e}");
+            return 1;
+        }
+    };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let listen = cfg.server.listen.to_string();
+    let listen = cfg.server.listen;
     let admin_listen = cfg.server.admin_listen;
+    let bound = Arc::new(BoundAddrs {
+        admin_expected: admin_listen.is_some(),
+        ..BoundAddrs::default()
+    });
     let config = Arc::new(ArcSwap::from_pointee(cfg));
     let resolver = Arc::new(Resolver::new());
     let limits = Arc::new(RateLimiter::new());
 
     let gateway = Gateway::new(config.clone(), resolver.clone(), ledger.clone(), limits);
     let mut proxy = http_proxy_service(&server.configuration, gateway);
-    proxy.add_tcp(&listen);
-    server.add_service(proxy);
+    let key = fd_key(Role::Gateway, listen);
+    proxy.add_tcp(&key);
+    server.add_service(Prebound {
+        inner: proxy,
+        role: Role::Gateway,
+        configured: listen,
+        key,
+        bound: bound.clone(),
+    });
 
     let reloader = Arc::new(Reloader {
         config: config.clone(),
@@ -95,6 +130,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> i32 {
             reloader: reloader.clone(),
             store: store.clone(),
             phases: Mutex::new(Some(server.watch_execution_phase())),
+            bound: bound.clone(),
         },
     ));
     if let Some(addr) = admin_listen {
@@ -106,15 +142,21 @@ pub fn run(cfg: Config, opts: RunOptions) -> i32 {
                 reloader,
             },
         );
-        admin.add_tcp(&addr.to_string());
-        server.add_service(admin);
+        let key = fd_key(Role::Admin, addr);
+        admin.add_tcp(&key);
+        server.add_service(Prebound {
+            inner: admin,
+            role: Role::Admin,
+            configured: addr,
+            key,
+            bound,
+        });
     }
 
-    log::info!(
-        "tollgate {} listening on {listen}",
-        env!("CARGO_PKG_VERSION")
-    );
-    server.run(RunArgs::default());
+    log::info!("tollgate {} starting", env!("CARGO_PKG_VERSION"));
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
     // Requests in flight have finished (or the grace period ran out): commit what they charged.
     let code = match store.shutdown() {
         Ok(()) => 0,
@@ -125,6 +167,219 @@ pub fn run(cfg: Config, opts: RunOptions) -> i32 {
     };
     log::info!("tollgate stopped");
     code
+}
+
+/// Which listener a socket is: the two have separate report lines and fd-table keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Gateway,
+    Admin,
+}
+
+impl Role {
+    /// The stdout line's tag: `LISTENING <addr>` / `ADMIN_LISTENING <addr>`.
+    fn tag(self) -> &'static str {
+        match self {
+            Role::Gateway => "LISTENING",
+            Role::Admin => "ADMIN_LISTENING",
+        }
+    }
+}
+
+/// The key of a listener in Pingora's fd table (also the address string Pingora is given, and
+/// the name the socket carries to a successor in a graceful upgrade). A fixed address is its
+/// own key, as before, so an upgrade between versions still matches sockets. Port 0 names no
+/// socket (the gateway and the admin listener may both say `127.0.0.1:0`), so such a key also
+/// says which listener it is; Pingora never parses it, because [`Prebound`] puts the socket in
+/// the table before Pingora looks.
+fn fd_key(role: Role, configured: SocketAddr) -> String {
+    if configured.port() != 0 {
+        return configured.to_string();
+    }
+    match role {
+        Role::Gateway => format!("tollgate-gateway@{configured}"),
+        Role::Admin => format!("tollgate-admin@{configured}"),
+    }
+}
+
+/// The addresses the listeners got, for the readiness probe.
+#[derive(Default)]
+struct BoundAddrs {
+    gateway: OnceLock<SocketAddr>,
+    admin: OnceLock<SocketAddr>,
+    admin_expected: bool,
+}
+
+impl BoundAddrs {
+    fn set(&self, role: Role, addr: SocketAddr) {
+        let _ = match role {
+            Role::Gateway => self.gateway.set(addr),
+            Role::Admin => self.admin.set(addr),
+        };
+    }
+
+    /// Every expected address, once all are known.
+    fn all(&self) -> Option<Vec<SocketAddr>> {
+        let mut v = vec![*self.gateway.get()?];
+        if self.admin_expected {
+            v.push(*self.admin.get()?);
+        }
+        Some(v)
+    }
+}
+
+/// How often, and how many times, a bind that finds the address in use is retried (Pingora's
+/// own values: a restart may find the old process still holding the port for a moment).
+const BIND_TRIES: u32 = 30;
+const BIND_RETRY: Duration = Duration::from_secs(1);
+
+/// A Pingora listening service whose one TCP socket Tollgate provides: taken over from the
+/// old process (an upgrade put it in the fd table under `key`) or bound here. Pingora then
+/// finds it in the table and serves on it instead of binding `key` itself.
+struct Prebound<S> {
+    inner: S,
+    role: Role,
+    configured: SocketAddr,
+    key: String,
+    bound: Arc<BoundAddrs>,
+}
+
+impl<S> Prebound<S> {
+    /// The socket under `key` in `table`, binding it first if no predecessor handed it over.
+    async fn claim(&self, table: &ListenFds) -> std::io::Result<SocketAddr> {
+        let inherited = table.lock().get(&self.key).copied();
+        if let Some(fd) = inherited {
+            return local_addr(fd);
+        }
+        let listener = bind_retrying(self.configured).await?;
+        let addr = listener.local_addr()?;
+        table.lock().add(self.key.clone(), listener.into_raw_fd());
+        Ok(addr)
+    }
+}
+
+/// `getsockname` of a listening fd the table owns (it stays open).
+fn local_addr(fd: RawFd) -> std::io::Result<SocketAddr> {
+    // SAFETY: `fd` is an open socket owned by Pingora's fd table; ManuallyDrop never closes it.
+    let l = std::mem::ManuallyDrop::new(unsafe { std::net::TcpListener::from_raw_fd(fd) });
+    l.local_addr()
+}
+
+async fn bind_retrying(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let mut tries = 1;
+    loop {
+        // std sets SO_REUSEADDR, as Pingora does; Pingora raises the backlog when it takes the
+        // socket. Non-blocking, as a tokio listener must be.
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => {
+                l.set_nonblocking(true)?;
+                return Ok(l);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < BIND_TRIES => {
+                log::warn!("{addr} is in use, will try again");
+                tries += 1;
+                tokio::time::sleep(BIND_RETRY).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[async_trait]
+impl<S: PingoraService> PingoraService for Prebound<S> {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+    ) {
+        if let Some(table) = &fds {
+            match self.claim(table).await {
+                Ok(addr) => {
+                    log::info!("{} listening on {addr}", self.inner.name());
+                    self.bound.set(self.role, addr);
+                    // The documented report; a closed stdout is no reason to stop serving.
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{} {addr}", self.role.tag()).and_then(|()| out.flush());
+                }
+                Err(e) => {
+                    // Pingora would only panic this service's task and serve on half-started.
+                    log::error!("cannot listen on {}: {e}", self.configured);
+                    std::process::exit(1);
+                }
+            }
+        }
+        self.inner
+            .start_service(fds, shutdown, listeners_per_fd)
+            .await
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.inner.threads()
+    }
+
+    fn runtime_opts_override(
+        &self,
+        global: &pingora::server::RuntimeOpts,
+    ) -> Option<pingora::server::RuntimeOpts> {
+        self.inner.runtime_opts_override(global)
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        self.inner.listen_addresses()
+    }
+}
+
+/// Pingora's own signal watch registers SIGTERM, SIGQUIT and SIGINT only when its main loop
+/// starts, after the services (and so the listeners) have started: a SIGTERM in between gets
+/// the default action and kills the process without a final flush. These are registered
+/// first, in `run`, and Pingora is given them instead; a signal that arrives before Pingora
+/// asks is kept, not lost.
+struct EarlySignals {
+    signals: tokio::sync::Mutex<(Signal, Signal, Signal)>,
+}
+
+impl EarlySignals {
+    /// Registering needs a tokio runtime; the returned one must outlive the server (drop it
+    /// after `Server::run` returns, outside any runtime). Delivery does not depend on it: any
+    /// runtime's signal driver (Pingora's have one) broadcasts a caught signal.
+    fn register() -> std::io::Result<(EarlySignals, tokio::runtime::Runtime)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let signals = {
+            let _in = rt.enter();
+            (
+                signal(SignalKind::quit())?,
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            )
+        };
+        Ok((
+            EarlySignals {
+                signals: tokio::sync::Mutex::new(signals),
+            },
+            rt,
+        ))
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for EarlySignals {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut guard = self.signals.lock().await;
+        let (quit, term, int) = &mut *guard;
+        // The same meaning as Pingora's `UnixShutdownSignalWatch`.
+        tokio::select! {
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = term.recv() => ShutdownSignal::GracefulTerminate,
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+        }
+    }
 }
 
 /// How often the store's backlog, its flush lag and the budgets left are published as metrics.
@@ -138,6 +393,23 @@ struct Control {
     store: StoreHandle,
     /// Pingora's execution phases: a shutdown after a SIGQUIT hand-over is not a service stop.
     phases: Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
+    /// The addresses the listeners got (the config may say port 0).
+    bound: Arc<BoundAddrs>,
+}
+
+/// The bound addresses, once every listener has one (bounded, like the probe).
+async fn bound_addrs(bound: &BoundAddrs, within: Duration) -> Option<Vec<SocketAddr>> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = bound.all() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            log::error!("the listeners did not bind; not telling systemd READY=1");
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Poll-connect to every listener until each accepts (bounded): only then is READY=1 true.
@@ -203,7 +475,6 @@ impl Control {
 impl BackgroundService for Control {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let r = &self.reloader;
-        r.resolver.refresh(&r.config.load()).await;
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -211,14 +482,21 @@ impl BackgroundService for Control {
                 None
             }
         };
-        let server = r.config.load().server.clone();
-        let listeners: Vec<SocketAddr> = [Some(server.listen), server.admin_listen]
-            .into_iter()
-            .flatten()
-            .collect();
-        if listeners_accept(&listeners, READY_WITHIN).await {
-            crate::notify::ready();
-        }
+        // Startup (the first DNS refresh, then READY=1 once every listener accepts) runs as one
+        // branch of the loop below, never before it: a SIGTERM that arrives while it waits must
+        // still stop the process promptly. (It did not: Pingora closes the listeners on SIGTERM,
+        // so a readiness probe still polling then could only give up after READY_WITHIN, 10 s.)
+        let startup = async {
+            r.resolver.refresh(&r.config.load()).await;
+            let Some(listeners) = bound_addrs(&self.bound, READY_WITHIN).await else {
+                return;
+            };
+            if listeners_accept(&listeners, READY_WITHIN).await {
+                crate::notify::ready();
+            }
+        };
+        tokio::pin!(startup);
+        let mut started = false;
         let mut phases = self.phases.lock().ok().and_then(|mut p| p.take());
         let mut handing_over = false;
         let mut lag = crate::metrics::FlushLag::default();
@@ -236,6 +514,7 @@ impl BackgroundService for Control {
                     }
                     return;
                 }
+                () = &mut startup, if !started => started = true,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     let _ = r.reload().await;
                 }

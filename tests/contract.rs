@@ -4,58 +4,14 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 
-const ADMIN: &str = "contract-admin-token";
-
-fn env_with_admin() -> Vec<(&'static str, &'static str)> {
-    let mut e = provider_env();
-    e.push(("TEST_ADMIN_TOKEN", ADMIN));
-    e
-}
-
 fn start(body: &str) -> (Gateway, u16) {
-    let admin_port = free_port();
-    let extra = format!(
-        "admin_listen = \"127.0.0.1:{admin_port}\"\nadmin_token_env = \"TEST_ADMIN_TOKEN\""
-    );
-    (
-        Gateway::start_with(body, &extra, &env_with_admin()),
-        admin_port,
-    )
+    start_admin(body)
 }
 
-fn admin_get(port: u16, path: &str) -> Resp {
-    let auth = format!("Bearer {ADMIN}");
-    get(
-        &format!("http://127.0.0.1:{port}{path}"),
-        &[("authorization", &auth)],
-    )
-}
-
-fn metrics(port: u16) -> String {
-    admin_get(port, "/metrics").body
-}
-
-/// The value of the one sample whose line starts with `series`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn metrics(port: u16, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    value(&scrape(port), name, labels)
 }
 
 /// The decision record of `id`, once the store has it.
@@ -71,7 +27,7 @@ fn record(admin: u16, id: &str) -> serde_json::Value {
     found.unwrap_or_default()
 }
 
-fn chat(gw: &Gateway, headers: &[(&str, &str)], body: &str) -> Resp {
+fn chat_with(gw: &Gateway, headers: &[(&str, &str)], body: &str) -> Resp {
     let auth = format!("Bearer {KEY}");
     let mut h = vec![
         ("authorization", auth.as_str()),
@@ -85,7 +41,7 @@ fn chat(gw: &Gateway, headers: &[(&str, &str)], body: &str) -> Resp {
 fn openai_cached_prompt_tokens_are_counted_once_in_the_token_metric() {
     let mock = Mock::start();
     let (gw, admin) = start(&standard_config(&mock));
-    let r = chat(
+    let r = chat_with(
         &gw,
         &[
             ("x-mock-prompt-tokens", "1000"),
@@ -95,12 +51,19 @@ fn openai_cached_prompt_tokens_are_counted_once_in_the_token_metric() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     gw.access_line(&r.request_id());
-    let m = metrics(admin);
-    let prompt = r#"tollgate_tokens_total{kind="prompt",model="gpt-4o-mini",project="p1"}"#;
+    let prompt = metrics(
+        admin,
+        "tollgate_tokens_total",
+        &[
+            ("kind", "prompt"),
+            ("model", "gpt-4o-mini"),
+            ("project", "p1"),
+        ],
+    );
     assert_eq!(
-        sample(&m, prompt),
+        prompt,
         Some(1000.0),
-        "OpenAI's 800 cached tokens are inside its 1000 prompt tokens, not on top:\n{m}"
+        "OpenAI's 800 cached tokens are inside its 1000 prompt tokens, not on top"
     );
 }
 
@@ -180,7 +143,7 @@ keys = ["{KEY}"]
 fn a_429_without_retry_after_is_retried_on_the_same_target() {
     let mock = Mock::start();
     let (gw, admin) = start(&single_target(&mock, "", ""));
-    let r = chat(
+    let r = chat_with(
         &gw,
         &[("x-mock-status", "429"), ("x-mock-fault", "no-retry-after")],
         r#"{"model":"gpt-4o-mini","max_tokens":5}"#,
@@ -208,12 +171,13 @@ fn the_last_provider_error_answer_reaches_the_client_when_a_later_try_gets_no_an
 [[providers]]
 name = "dead"
 kind = "openai"
-base_url = "http://127.0.0.1:1"
+base_url = "http://{refused}"
 api_key_env = "TEST_OPENAI_KEY"
 connect_timeout_ms = 500
 "#;
-    let (gw, admin) = start(&single_target(&mock, dead, r#"fallbacks = ["dead"]"#));
-    let r = chat(
+    let dead = dead.replace("{refused}", &refused_addr().to_string());
+    let (gw, admin) = start(&single_target(&mock, &dead, r#"fallbacks = ["dead"]"#));
+    let r = chat_with(
         &gw,
         &[("x-mock-status", "500")],
         r#"{"model":"gpt-4o-mini","max_tokens":5}"#,
@@ -246,7 +210,7 @@ fn an_overrun_is_charged_in_full_and_never_silent() {
         "[[projects]]\nid = \"p1\"\nbudget = { limit_usd = 100.0, period = \"month\" }",
     );
     let (gw, admin) = start(&body);
-    let r = chat(
+    let r = chat_with(
         &gw,
         &[("x-mock-prompt-tokens", "999999999999")],
         r#"{"model":"gpt-4o-mini","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#,
@@ -261,11 +225,13 @@ fn an_overrun_is_charged_in_full_and_never_silent() {
         overrun > 149_000.0 && overrun < cost,
         "the excess over the reserved worst case is on the record: {d}"
     );
-    let m = metrics(admin);
     assert_eq!(
-        sample(&m, r#"tollgate_reservation_overruns_total{project="p1"}"#),
-        Some(1.0),
-        "{m}"
+        metrics(
+            admin,
+            "tollgate_reservation_overruns_total",
+            &[("project", "p1")]
+        ),
+        Some(1.0)
     );
     assert!(
         gw.log()

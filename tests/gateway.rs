@@ -5,11 +5,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-fn chat(model: &str) -> String {
-    json!({"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5})
-        .to_string()
-}
-
 fn setup() -> (Mock, Gateway) {
     let mock = Mock::start();
     let gw = Gateway::start(&standard_config(&mock));
@@ -23,7 +18,7 @@ fn chat_completion_is_forwarded_with_the_provider_credential_and_usage_is_counte
     let r = post(
         &gw.url("/v1/chat/completions"),
         &[(k, &v)],
-        &chat("gpt-4o-mini"),
+        &chat("gpt-4o-mini", 5),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let body = r.json();
@@ -63,7 +58,7 @@ fn all_three_key_headers_authenticate_and_none_reaches_the_provider() {
         let r = post(
             &gw.url("/v1/chat/completions"),
             &[(name, &value)],
-            &chat("gpt-4o-mini"),
+            &chat("gpt-4o-mini", 5),
         );
         assert_eq!(r.status, 200, "{name}: {}", r.body);
         let up = mock.last_request();
@@ -81,7 +76,7 @@ fn the_sha256_form_of_a_key_authenticates_its_key() {
     let r = post(
         &gw.url("/v1/messages"),
         &[("x-api-key", KEY2)],
-        &chat("claude-sonnet-4"),
+        &chat("claude-sonnet-4", 5),
     );
     assert_eq!(r.status, 200, "{}", r.body);
 }
@@ -93,7 +88,7 @@ fn anthropic_gets_x_api_key_and_a_default_version() {
     let r = post(
         &gw.url("/v1/messages"),
         &[(k, &v)],
-        &chat("claude-sonnet-4"),
+        &chat("claude-sonnet-4", 5),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["type"], "message");
@@ -120,7 +115,7 @@ fn a_client_anthropic_version_is_kept() {
     let r = post(
         &gw.url("/v1/messages"),
         &[("x-api-key", KEY), ("anthropic-version", "2024-01-01")],
-        &chat("claude-sonnet-4"),
+        &chat("claude-sonnet-4", 5),
     );
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -170,7 +165,7 @@ fn a_one_mebibyte_prompt_is_forwarded_intact() {
     let r = post(
         &gw.url("/v1/chat/completions"),
         &[("x-api-key", KEY)],
-        &chat("gpt-4o-mini"),
+        &chat("gpt-4o-mini", 5),
     );
     assert_eq!(r.status, 200);
 }
@@ -505,13 +500,13 @@ fn oversized_bodies_get_413_whether_declared_or_streamed() {
 #[test]
 fn an_unreachable_provider_is_502_and_a_silent_one_504() {
     let mock = Mock::start();
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dead = format!("http://{}", refused_addr());
     let cfg = standard_config(&mock).replacen(&mock.url(), &dead, 1);
     let gw = Gateway::start(&cfg);
     let r = post(
         &gw.url("/v1/chat/completions"),
         &[("x-api-key", KEY)],
-        &chat("gpt-4o-mini"),
+        &chat("gpt-4o-mini", 5),
     );
     assert_eq!(r.status, 502, "{}", r.body);
     assert_eq!(error_of(&r, false).0, "upstream_unavailable");
@@ -552,7 +547,7 @@ fn an_unreachable_provider_is_502_and_a_silent_one_504() {
         let r = post(
             &gw2.url(path),
             &[("x-api-key", KEY), ("x-mock-fault", fault)],
-            &chat(model),
+            &chat(model, 5),
         );
         assert_eq!(r.status, status, "{path} {fault}: {}", r.body);
         assert_eq!(error_of(&r, path == "/v1/messages").0, ty, "{path} {fault}");
@@ -567,7 +562,7 @@ fn an_unresolvable_provider_host_is_502_not_a_crash() {
     let r = post(
         &gw.url("/v1/chat/completions"),
         &[("x-api-key", KEY)],
-        &chat("gpt-4o-mini"),
+        &chat("gpt-4o-mini", 5),
     );
     assert_eq!(r.status, 502, "{}", r.body);
     // Still serving.
@@ -580,7 +575,7 @@ fn provider_errors_pass_through_unchanged() {
     let r = post(
         &gw.url("/v1/chat/completions"),
         &[("x-api-key", KEY), ("x-mock-status", "429")],
-        &chat("gpt-4o-mini"),
+        &chat("gpt-4o-mini", 5),
     );
     assert_eq!(r.status, 429);
     assert_eq!(
@@ -604,11 +599,14 @@ fn the_client_never_sees_the_provider_key() {
         let r = post(
             &gw.url(path),
             &[("x-api-key", KEY)],
-            &chat(if path == "/v1/messages" {
-                "claude-sonnet-4"
-            } else {
-                "gpt-4o-mini"
-            }),
+            &chat(
+                if path == "/v1/messages" {
+                    "claude-sonnet-4"
+                } else {
+                    "gpt-4o-mini"
+                },
+                5,
+            ),
         );
         let all = format!("{:?}{}", r.headers, r.body);
         assert!(!all.contains("SECRET"), "{path}: {all}");
@@ -682,38 +680,42 @@ fn an_https_provider_with_an_untrusted_certificate_is_refused_not_trusted() {
         .map(|s| s.success())
         .unwrap_or(false);
     assert!(ok, "openssl is needed to make a test certificate");
-    let port = free_port();
+    // The server binds port 0 and prints the port once it listens.
     let script = format!(
         "import http.server, ssl\n\
          class H(http.server.BaseHTTPRequestHandler):\n\
          \x20   def do_POST(self):\n\
          \x20       self.send_response(200); self.send_header('content-length','2'); self.end_headers(); self.wfile.write(b'{{}}')\n\
-         s = http.server.HTTPServer(('127.0.0.1', {port}), H)\n\
+         s = http.server.HTTPServer(('127.0.0.1', 0), H)\n\
          c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain('{}', '{}')\n\
          s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+         print(s.server_address[1], flush=True)\n\
          s.serve_forever()\n",
         cert.display(),
         key.display()
     );
     let mut server = std::process::Command::new("python3")
         .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "TLS test server did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port: u16 = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("TLS test server did not start: {line:?}"));
     let mock = Mock::start();
     let cfg = standard_config(&mock).replacen(&mock.url(), &format!("https://localhost:{port}"), 1);
     let gw = Gateway::start(&cfg);
     let r = post(
         &gw.url("/v1/chat/completions"),
         &[("x-api-key", KEY)],
-        &chat("gpt-4o-mini"),
+        &chat("gpt-4o-mini", 5),
     );
     let _ = server.kill();
     let _ = server.wait();

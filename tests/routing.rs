@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-const ADMIN: &str = "admin-token-for-routing";
-
 /// A provider of the test config: its name, the mock (or a dead address) and its read timeout.
 struct P<'a> {
     name: &'a str,
@@ -31,7 +29,7 @@ fn p<'a>(name: &'a str, mock: &Mock) -> P<'a> {
 fn dead<'a>(name: &'a str) -> P<'a> {
     P {
         name,
-        url: format!("http://127.0.0.1:{}", free_port()),
+        url: format!("http://{}", refused_addr()),
         read_timeout_ms: 3000,
     }
 }
@@ -49,21 +47,13 @@ fn start(providers: &[P], route: &str, server_extra: &str) -> (Gateway, u16) {
     body.push_str(&format!(
         "[[routes]]\nprefix = \"ha/\"\nstrip_prefix = true\n{route}\n\n[prices.\"gpt-4o-mini\"]\ninput = 0.15\noutput = 0.60\nmax_output_tokens = 16384\n\n[[projects]]\nid = \"p1\"\nkeys = [\"{KEY}\"]\nbudget = {{ limit_usd = 100.0, period = \"day\" }}\n"
     ));
-    let admin_port = free_port();
-    let extra = format!(
-        "admin_listen = \"127.0.0.1:{admin_port}\"\nadmin_token_env = \"TEST_ADMIN_TOKEN\"\n{server_extra}"
+    let gw = Gateway::start_with(
+        &body,
+        &format!("{ADMIN_EXTRA}{server_extra}"),
+        &env_with_admin(),
     );
-    let mut env = provider_env();
-    env.push(("TEST_ADMIN_TOKEN", ADMIN));
-    (Gateway::start_with(&body, &extra, &env), admin_port)
-}
-
-fn admin_get(port: u16, path: &str) -> Resp {
-    let auth = format!("Bearer {ADMIN}");
-    get(
-        &format!("http://127.0.0.1:{port}{path}"),
-        &[("authorization", &auth)],
-    )
+    let admin = gw.admin_port();
+    (gw, admin)
 }
 
 fn chat_body(max_tokens: u64) -> String {
@@ -71,7 +61,7 @@ fn chat_body(max_tokens: u64) -> String {
         .to_string()
 }
 
-fn chat(gw: &Gateway, headers: &[(&str, &str)]) -> Resp {
+fn chat_ha(gw: &Gateway, headers: &[(&str, &str)]) -> Resp {
     let mut h = vec![("x-api-key", KEY)];
     h.extend_from_slice(headers);
     post(&gw.url("/v1/chat/completions"), &h, &chat_body(5))
@@ -79,15 +69,6 @@ fn chat(gw: &Gateway, headers: &[(&str, &str)]) -> Resp {
 
 fn provider_of(r: &Resp) -> &str {
     r.header("x-tollgate-provider").unwrap_or("-")
-}
-
-/// A sample of a metric family with these labels (0 when absent).
-fn metric(admin: u16, name: &str, labels: &str) -> f64 {
-    let text = get(&format!("http://127.0.0.1:{admin}/metrics"), &[]).body;
-    let prefix = format!("{name}{{{labels}}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0.0, |v| v.trim().parse().unwrap_or(f64::NAN))
 }
 
 fn provider_status(admin: u16, name: &str) -> Value {
@@ -102,14 +83,6 @@ fn provider_status(admin: u16, name: &str) -> Value {
         .unwrap_or_else(|| panic!("no provider {name} in {}", r.body))
 }
 
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn weighted_targets_share_traffic_three_to_one() {
     let (a, b) = (Mock::start(), Mock::start());
@@ -120,7 +93,7 @@ fn weighted_targets_share_traffic_three_to_one() {
     );
     let mut served = (0u64, 0u64);
     for _ in 0..200 {
-        let r = chat(&gw, &[]);
+        let r = chat_ha(&gw, &[]);
         assert_eq!(r.status, 200, "{}", r.body);
         match provider_of(&r) {
             "a" => served.0 += 1,
@@ -147,7 +120,7 @@ fn a_failing_target_is_retried_then_the_fallback_gets_the_exact_rewritten_body()
         "provider = \"a\"\nretries = 1\nfallbacks = [\"b\"]",
         "",
     );
-    let r = chat(&gw, &[]);
+    let r = chat_ha(&gw, &[]);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(provider_of(&r), "b");
     assert_eq!(a.count(), 2, "the target: 1 + retries tries");
@@ -183,7 +156,7 @@ fn a_failing_target_is_retried_then_the_fallback_gets_the_exact_rewritten_body()
         metric(
             admin,
             "tollgate_upstream_attempts_total",
-            "outcome=\"status_5xx\",provider=\"a\""
+            &[("outcome", "status_5xx"), ("provider", "a")]
         ),
         2.0
     );
@@ -191,7 +164,7 @@ fn a_failing_target_is_retried_then_the_fallback_gets_the_exact_rewritten_body()
         metric(
             admin,
             "tollgate_upstream_attempts_total",
-            "outcome=\"ok\",provider=\"b\"",
+            &[("outcome", "ok"), ("provider", "b")],
         ) == 1.0
     });
 
@@ -263,7 +236,7 @@ fn when_every_target_is_down_the_fallback_serves() {
         "targets = [{ provider = \"a\" }, { provider = \"b\" }]\nretries = 1\nfallbacks = [\"c\"]",
         "",
     );
-    let r = chat(&gw, &[]);
+    let r = chat_ha(&gw, &[]);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(provider_of(&r), "c");
     assert_eq!((a.count(), b.count(), c.count()), (2, 2, 1));
@@ -280,7 +253,7 @@ fn when_everything_is_down_the_client_gets_502_json_within_the_deadline() {
         "",
     );
     let t = Instant::now();
-    let r = chat(&gw, &[]);
+    let r = chat_ha(&gw, &[]);
     let took = t.elapsed();
     assert_eq!(r.status, 502, "{}", r.body);
     let v = r.json();
@@ -291,6 +264,8 @@ fn when_everything_is_down_the_client_gets_502_json_within_the_deadline() {
         "{msg}"
     );
     assert_eq!(a.count(), 3);
+    // The bound is the behaviour: the gateway's own deadline (2 x 3 s) caps the attempts,
+    // which against a closing and a refusing provider take milliseconds.
     assert!(
         took < Duration::from_secs(6),
         "deadline is 2 x 3 s: {took:?}"
@@ -309,7 +284,7 @@ fn when_every_provider_answers_an_error_the_client_gets_the_last_one_unchanged()
         "provider = \"a\"\nfallbacks = [\"b\"]",
         "",
     );
-    let r = chat(&gw, &[]);
+    let r = chat_ha(&gw, &[]);
     assert_eq!(r.status, 500, "{}", r.body);
     assert_eq!(provider_of(&r), "b");
     // The mock's own error body, not a Tollgate one.
@@ -332,7 +307,7 @@ fn a_429_with_a_short_retry_after_is_waited_out_then_the_next_provider_serves() 
         "",
     );
     let t = Instant::now();
-    let r = chat(&gw, &[]);
+    let r = chat_ha(&gw, &[]);
     let took = t.elapsed();
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(provider_of(&r), "b");
@@ -347,7 +322,7 @@ fn a_429_with_a_short_retry_after_is_waited_out_then_the_next_provider_serves() 
 fn a_429_on_the_last_attempt_reaches_the_client_with_its_retry_after() {
     let a = Mock::start_with(&["--status", "429"]);
     let (gw, _) = start(&[p("a", &a)], "provider = \"a\"\nretries = 1", "");
-    let r = chat(&gw, &[]);
+    let r = chat_ha(&gw, &[]);
     assert_eq!(r.status, 429, "{}", r.body);
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(a.count(), 2);
@@ -368,19 +343,22 @@ fn a_silent_target_times_out_and_the_next_one_serves() {
         "",
     );
     let t = Instant::now();
-    let r = chat(&gw, &[]);
+    let r = chat_ha(&gw, &[]);
     let took = t.elapsed();
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(provider_of(&r), "b");
+    // The timing is the behaviour: a waits out its 1 s read timeout (a lower bound, which load
+    // cannot break), then b serves; the upper bound only tells that from a hang (which only
+    // the client's 30 s timeout would end), generous for a loaded machine.
     assert!(
-        took >= Duration::from_millis(950) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(950) && took < Duration::from_secs(10),
         "{took:?}"
     );
     assert_eq!(
         metric(
             admin,
             "tollgate_upstream_attempts_total",
-            "outcome=\"timeout\",provider=\"a\""
+            &[("outcome", "timeout"), ("provider", "a")]
         ),
         1.0
     );
@@ -419,7 +397,7 @@ fn a_stream_broken_after_the_first_byte_is_not_retried_and_is_charged() {
         metric(
             admin,
             "tollgate_upstream_attempts_total",
-            "outcome=\"broken\",provider=\"a\""
+            &[("outcome", "broken"), ("provider", "a")]
         ),
         1.0
     );
@@ -442,7 +420,7 @@ fn the_circuit_opens_after_n_failures_and_closes_after_the_cooldown() {
     );
     assert_eq!(provider_status(admin, "a")["state"], "closed");
     for _ in 0..3 {
-        let r = chat(&gw, &[]);
+        let r = chat_ha(&gw, &[]);
         assert_eq!(provider_of(&r), "b");
     }
     assert_eq!(a.count(), 3);
@@ -450,21 +428,28 @@ fn the_circuit_opens_after_n_failures_and_closes_after_the_cooldown() {
     assert_eq!(s["state"], "open", "{s}");
     assert_eq!(s["consecutive_failures"], 3, "{s}");
     assert!(s["open_until"].is_string(), "{s}");
-    assert_eq!(metric(admin, "tollgate_provider_up", "provider=\"a\""), 0.0);
-    assert_eq!(metric(admin, "tollgate_provider_up", "provider=\"b\""), 1.0);
+    assert_eq!(
+        metric(admin, "tollgate_provider_up", &[("provider", "a")]),
+        0.0
+    );
+    assert_eq!(
+        metric(admin, "tollgate_provider_up", &[("provider", "b")]),
+        1.0
+    );
 
     // Open: a is skipped even though it would now answer.
     for _ in 0..3 {
-        let r = chat(&gw, &[("x-mock-status", "none")]);
+        let r = chat_ha(&gw, &[("x-mock-status", "none")]);
         assert_eq!(r.status, 200);
         assert_eq!(provider_of(&r), "b");
     }
     assert_eq!(a.count(), 3, "no request reached the open provider");
 
-    // After the cool-down one probe goes to a; it succeeds and closes the circuit.
-    std::thread::sleep(Duration::from_millis(1600));
-    assert_eq!(provider_status(admin, "a")["state"], "half_open");
-    let r = chat(&gw, &[("x-mock-status", "none")]);
+    // After the cool-down (1.5 s) one probe goes to a; it succeeds and closes the circuit.
+    eventually("the cool-down ends: half_open", || {
+        provider_status(admin, "a")["state"] == "half_open"
+    });
+    let r = chat_ha(&gw, &[("x-mock-status", "none")]);
     assert_eq!(provider_of(&r), "a", "{}", r.body);
     eventually("the probe closes the circuit", || {
         provider_status(admin, "a")["state"] == "closed"
@@ -473,8 +458,11 @@ fn the_circuit_opens_after_n_failures_and_closes_after_the_cooldown() {
     assert_eq!(s["state"], "closed", "{s}");
     assert_eq!(s["consecutive_failures"], 0, "{s}");
     assert!(s["open_until"].is_null(), "{s}");
-    assert_eq!(metric(admin, "tollgate_provider_up", "provider=\"a\""), 1.0);
-    let r = chat(&gw, &[("x-mock-status", "none")]);
+    assert_eq!(
+        metric(admin, "tollgate_provider_up", &[("provider", "a")]),
+        1.0
+    );
+    let r = chat_ha(&gw, &[("x-mock-status", "none")]);
     assert_eq!(provider_of(&r), "a");
 }
 

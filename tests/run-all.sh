@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tollgate's whole test suite on a fresh Debian machine: installs what the build and the tests
-# need (apt: cmake for pingora's zlib-ng, redis-server and sqlite3 for the store tests,
-# openssl for the TLS test, systemd for `systemd-analyze`, prometheus for `promtool`, python3-venv for the SDK tests,
+# need (apt: cmake for pingora's zlib-ng, sqlite3 for looking into the store,
+# openssl for the TLS test, systemd for `systemd-analyze`, prometheus for `promtool`,
+# python3-venv for the SDK tests,
 # wrk and nginx-light for the load-test smoke run; PyPI: the official openai and anthropic
 # SDKs), then runs the Rust unit and integration tests, the SDK end-to-end tests and a few
 # seconds of the load-test harness (so it cannot rot; no timing is asserted).
@@ -11,7 +12,6 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v cc >/dev/null || need_apt+=(build-essential)
-command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v wrk >/dev/null || need_apt+=(wrk)

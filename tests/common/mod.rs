@@ -1,14 +1,23 @@
 //! Test harness: the real `tollgate` binary and the mock provider, each a child process on an
 //! ephemeral loopback port, plus a small HTTP client. Nothing global: every test starts its own.
+//!
+//! No port is ever picked for a child: each binds port 0 and reports the address it got on
+//! stdout (`LISTENING <addr>`, and the gateway's `ADMIN_LISTENING <addr>`). No sleep stands in
+//! for synchronisation: [`eventually`] polls the state that proves a condition.
 #![allow(dead_code)]
 
+mod prom;
+
+pub use prom::*;
+
 use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub const KEY: &str = "tg_test_key_project_one_0001";
 pub const KEY2: &str = "tg_test_key_project_two_0002";
@@ -95,11 +104,124 @@ pub fn req_header(req: &Value, name: &str) -> Option<String> {
     })
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// An address where nothing listens (a connection is refused) and that nothing else can bind
+/// for the rest of the test process: the local end of a loopback connection held open.
+pub fn refused_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let client = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+    let (server, _) = l.accept().expect("accept");
+    let addr = client.local_addr().expect("local addr");
+    // Held (leaked) so the port stays taken; a handful per test binary.
+    std::mem::forget((client, server));
+    addr
+}
+
+/// How long [`eventually`] waits: generous, for a loaded 2-core machine; polling ends as soon
+/// as the condition holds, so a passing test never waits it out.
+pub const EVENTUALLY: Duration = Duration::from_secs(15);
+
+/// Wait until `f` holds, polling every 20 ms, for at most [`EVENTUALLY`].
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + EVENTUALLY;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The admin token every test's gateway reads from `TEST_ADMIN_TOKEN`.
+pub const ADMIN: &str = "admin-token-for-tests";
+
+/// `[server]` lines for an admin listener on port 0 with the token from `TEST_ADMIN_TOKEN`.
+pub const ADMIN_EXTRA: &str =
+    "admin_listen = \"127.0.0.1:0\"\nadmin_token_env = \"TEST_ADMIN_TOKEN\"\n";
+
+/// The provider credentials plus the admin token.
+pub fn env_with_admin() -> Vec<(&'static str, &'static str)> {
+    let mut e = provider_env();
+    e.push(("TEST_ADMIN_TOKEN", ADMIN));
+    e
+}
+
+/// A gateway with an admin listener and the token set (grace period 5 s); its admin port.
+pub fn start_admin(body: &str) -> (Gateway, u16) {
+    let gw = Gateway::start_with(
+        body,
+        &format!("{ADMIN_EXTRA}grace_period_s = 5"),
+        &env_with_admin(),
+    );
+    let port = gw.admin_port();
+    (gw, port)
+}
+
+pub fn admin_url(port: u16, path: &str) -> String {
+    format!("http://127.0.0.1:{port}{path}")
+}
+
+pub fn admin_get(port: u16, path: &str) -> Resp {
+    let auth = format!("Bearer {ADMIN}");
+    get(&admin_url(port, path), &[("authorization", &auth)])
+}
+
+pub fn admin_post(port: u16, path: &str) -> Resp {
+    let auth = format!("Bearer {ADMIN}");
+    post(&admin_url(port, path), &[("authorization", &auth)], "")
+}
+
+/// A project's entry in `/admin/projects`.
+pub fn project(port: u16, id: &str) -> Value {
+    let r = admin_get(port, "/admin/projects");
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["projects"]
+        .as_array()
+        .expect("projects")
+        .iter()
+        .find(|p| p["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no project {id} in {}", r.body))
+}
+
+/// A chat completions body: one user message, `max_tokens`.
+pub fn chat(model: &str, max_tokens: u64) -> String {
+    json!({"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": max_tokens})
+        .to_string()
+}
+
+/// POST a [`chat`] body to the gateway's `/v1/chat/completions` with `key`.
+pub fn chat_as(gw: &Gateway, key: &str, model: &str, max_tokens: u64) -> Resp {
+    post(
+        &gw.url("/v1/chat/completions"),
+        &[("x-api-key", key)],
+        &chat(model, max_tokens),
+    )
+}
+
+/// The standard config with its `[[projects]]` replaced.
+pub fn body_with_projects(mock: &Mock, projects: &str) -> String {
+    let std = standard_config(mock);
+    let cut = std
+        .find("[[projects]]")
+        .expect("projects in the standard config");
+    format!("{}{projects}", &std[..cut])
+}
+
+/// Replace a config file in one step (write a sibling, rename over it).
+pub fn rewrite(path: &Path, text: &str) {
+    let tmp = path.with_extension("toml.new");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("replace config");
+}
+
+/// A config the way [`Gateway::start_with`] writes one: gateway on port 0, `extra` in
+/// `[server]`, the store in `dir`.
+pub fn write_config(dir: &Path, extra: &str, body: &str) -> PathBuf {
+    let path = dir.join("tollgate.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 2\n{extra}\n[store]\npath = \"{}\"\n{body}",
+        dir.join("ledger.db").display()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
 }
 
 /// The standard test config: both providers on `mock`, two projects.
@@ -167,11 +289,34 @@ allow_models = ["claude-*"]
 
 pub struct Gateway {
     child: Child,
+    /// The gateway listener's address, as the process reported it (see [`Gateway::url`]).
     pub addr: SocketAddr,
+    admin: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     log_path: PathBuf,
+    /// The process's stdout lines, read on a thread (to the end, so it never blocks on a
+    /// full pipe).
+    stdout: mpsc::Receiver<String>,
 }
+
+/// Read `out` line by line onto a channel until EOF.
+fn read_lines(out: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Not yet reported (a process started with [`Gateway::spawn_on`]).
+const UNKNOWN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 pub fn provider_env() -> Vec<(&'static str, &'static str)> {
     vec![
@@ -182,54 +327,37 @@ pub fn provider_env() -> Vec<(&'static str, &'static str)> {
 
 impl Gateway {
     /// Start `tollgate serve` with `body` (everything but `[server]`/`[store]`, which are
-    /// prepended with a free port and a private store path).
+    /// prepended: the gateway on port 0 and a private store path).
     pub fn start(body: &str) -> Gateway {
         Gateway::start_with(body, "", &provider_env())
     }
 
+    /// [`Gateway::start`] with `server_extra` lines in `[server]` (an `admin_listen` there
+    /// should say port 0: the harness reads the address the admin listener got).
     pub fn start_with(body: &str, server_extra: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let config_path = dir.path().join("tollgate.toml");
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\n{server_extra}\n[store]\npath = \"{}\"\n{body}",
-            dir.path().join("ledger.db").display()
-        );
-        std::fs::write(&config_path, text).expect("write config");
-        let log_path = dir.path().join("tollgate.log");
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let mut cmd = Command::new(bin());
-        cmd.args(["serve", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("start tollgate");
-        let mut gw = Gateway {
-            child,
-            addr: format!("127.0.0.1:{port}").parse().expect("addr"),
-            dir,
-            config_path,
-            log_path,
-        };
+        let config_path = write_config(dir.path(), server_extra, body);
+        let mut gw = Gateway::spawn_in(dir, &config_path, &[], env);
         gw.wait_ready();
         gw
     }
 
     /// Start `tollgate serve --config CONFIG EXTRA...` on an existing config file (say, a
     /// successor started with `--upgrade`, or a config a test wrote itself) without waiting for
-    /// it: a successor answers only once the old process has handed its sockets over. `addr` is
-    /// the config's `server.listen`. The log goes to a tempdir of its own.
-    pub fn spawn_on(
-        config_path: &std::path::Path,
-        addr: SocketAddr,
+    /// it: a successor binds nothing and reports its addresses only once the old process has
+    /// handed its sockets over. Call [`Gateway::wait_listening`] before using its addresses.
+    /// The log goes to a tempdir of its own.
+    pub fn spawn_on(config_path: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Gateway::spawn_in(dir, config_path, extra_args, env)
+    }
+
+    fn spawn_in(
+        dir: tempfile::TempDir,
+        config_path: &Path,
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Gateway {
-        let dir = tempfile::tempdir().expect("tempdir");
         let log_path = dir.path().join("tollgate.log");
         let log = std::fs::File::create(&log_path).expect("log file");
         let mut cmd = Command::new(bin());
@@ -237,43 +365,76 @@ impl Gateway {
             .arg(config_path)
             .args(extra_args)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("start tollgate");
+        let mut child = cmd.spawn().expect("start tollgate");
+        let stdout = read_lines(child.stdout.take().expect("tollgate stdout"));
         Gateway {
             child,
-            addr,
+            addr: UNKNOWN,
+            admin: None,
             dir,
             config_path: config_path.to_path_buf(),
             log_path,
+            stdout,
         }
     }
 
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+    /// Wait for the process to report its listeners (`LISTENING`, and `ADMIN_LISTENING` when
+    /// its config has an admin listener): from then on they queue connections.
+    pub fn wait_listening(&mut self) {
+        let config = std::fs::read_to_string(&self.config_path).expect("read config");
+        let want_admin = config
+            .lines()
+            .any(|l| l.trim_start().starts_with("admin_listen"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.addr == UNKNOWN || (want_admin && self.admin.is_none()) {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("tollgate exited with {status}:\n{}", self.log());
             }
-            if let Ok(r) = try_request("GET", &self.url("/healthz"), &[], None) {
-                if r.status == 200 {
-                    return;
-                }
-            }
             assert!(
                 Instant::now() < deadline,
-                "tollgate did not become ready:\n{}",
+                "tollgate did not report its listeners:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            let Ok(line) = self.stdout.recv_timeout(Duration::from_millis(50)) else {
+                continue;
+            };
+            let parse = |a: &str| {
+                a.parse::<SocketAddr>()
+                    .unwrap_or_else(|e| panic!("{line:?}: {e}"))
+            };
+            if let Some(a) = line.strip_prefix("LISTENING ") {
+                self.addr = parse(a);
+            } else if let Some(a) = line.strip_prefix("ADMIN_LISTENING ") {
+                self.admin = Some(parse(a));
+            }
         }
     }
 
+    /// Listening, and the gateway answers `/healthz` (the proxy's accept loop runs).
+    fn wait_ready(&mut self) {
+        self.wait_listening();
+        let r = get(&self.url("/healthz"), &[]);
+        assert_eq!(r.status, 200, "{}\n{}", r.body, self.log());
+    }
+
     pub fn url(&self, path: &str) -> String {
+        assert_ne!(self.addr, UNKNOWN, "wait_listening() first");
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The admin listener's address (the config must have one).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .unwrap_or_else(|| panic!("no admin listener reported (wait_listening() first?)"))
+    }
+
+    pub fn admin_port(&self) -> u16 {
+        self.admin_addr().port()
     }
 
     pub fn pid(&self) -> u32 {
@@ -426,4 +587,16 @@ pub fn get(url: &str, headers: &[(&str, &str)]) -> Resp {
 /// `Authorization: Bearer KEY`.
 pub fn bearer(key: &str) -> (&'static str, String) {
     ("authorization", format!("Bearer {key}"))
+}
+
+/// A route to a provider that does not exist: `check` rejects the file.
+pub const BAD_ROUTE: &str = "\n[[routes]]\nprefix = \"zzz-\"\nprovider = \"no-such-provider\"\n";
+
+/// `tollgate_config_reloads_total{result}`, scraped now.
+pub fn reloads(admin_port: u16, result: &str) -> f64 {
+    metric(
+        admin_port,
+        "tollgate_config_reloads_total",
+        &[("result", result)],
+    )
 }

@@ -1,10 +1,8 @@
 """Start the mock provider and the real tollgate binary on loopback ports for the SDK tests."""
 import hashlib
 import os
-import socket
 import subprocess
 import tempfile
-import time
 import urllib.request
 
 import pytest
@@ -16,14 +14,6 @@ MOCK = os.environ.get("MOCK_BIN", os.path.join(TARGET, "debug", "mock-provider")
 
 KEY = "tg_sdk_test_key_0000000001"
 KEY_LIMITED = "tg_sdk_test_key_limited_02"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture(scope="session")
@@ -39,11 +29,10 @@ def mock():
 @pytest.fixture(scope="session")
 def gateway(mock):
     tmp = tempfile.mkdtemp()
-    port = free_port()
     limited = hashlib.sha256(KEY_LIMITED.encode()).hexdigest()
     cfg = f"""
 [server]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 max_body_bytes = 100000
 [store]
 path = "{tmp}/ledger.db"
@@ -95,18 +84,13 @@ allow_models = ["claude-*"]
     env = dict(os.environ, SDK_OPENAI_KEY="sk-openai-provider-secret", SDK_ANTHROPIC_KEY="sk-ant-provider-secret",
                RUST_LOG="info")
     log = open(os.path.join(tmp, "tollgate.log"), "w")
-    p = subprocess.Popen([TOLLGATE, "serve", "--config", path], env=env, stderr=log, stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 20
-    while True:
-        assert p.poll() is None, open(os.path.join(tmp, "tollgate.log")).read()
-        try:
-            if urllib.request.urlopen(base + "/healthz", timeout=1).status == 200:
-                break
-        except OSError:
-            pass
-        assert time.time() < deadline, "tollgate did not start"
-        time.sleep(0.05)
+    p = subprocess.Popen([TOLLGATE, "serve", "--config", path], env=env, stderr=log, stdout=subprocess.PIPE, text=True)
+    # Port 0: tollgate prints `LISTENING <addr>` once its listener is bound (it queues
+    # connections from then on). EOF means it exited.
+    line = p.stdout.readline().strip()
+    assert line.startswith("LISTENING "), (line, open(os.path.join(tmp, "tollgate.log")).read())
+    base = "http://" + line.split(" ", 1)[1]
+    assert urllib.request.urlopen(base + "/healthz", timeout=30).status == 200
     yield {"base": base, "log": os.path.join(tmp, "tollgate.log")}
     p.kill()
     p.wait()
