@@ -34,6 +34,9 @@ def wait_port(port, proc, what, within=20):
 
 # The project key of the benchmark configuration.
 KEY = "tg_bench_key_0000000000001"
+# The key of its `agents` project: the same controls, with room for agents' output caps
+# (Claude Code asks for max_tokens 32000).
+AGENT_KEY = "tg_bench_agent_key_00000001"
 
 
 def tollgate_toml(port, upstream, store_path, admin_port=None):
@@ -54,13 +57,29 @@ name = "openai"
 kind = "openai"
 base_url = "http://{upstream}"
 api_key_env = "BENCH_PROVIDER_KEY"
+[[providers]]
+name = "anthropic"
+kind = "anthropic"
+base_url = "http://{upstream}"
+api_key_env = "BENCH_PROVIDER_KEY"
 [[routes]]
 prefix = "gpt-"
 provider = "openai"
+[[routes]]
+prefix = "claude-"
+provider = "anthropic"
 [prices."gpt-4o-mini"]
 input = 0.15
 output = 0.60
 max_output_tokens = 16384
+[prices."gpt-5"]
+input = 1.25
+output = 10.0
+max_output_tokens = 128000
+[prices."claude-sonnet-4"]
+input = 3.0
+output = 15.0
+max_output_tokens = 64000
 [[projects]]
 id = "bench"
 keys = ["{KEY}"]
@@ -69,6 +88,13 @@ rate_limit = {{ rpm = 100000000, tpm = 100000000000 }}
 block_secrets = true
 block_patterns = ["(?i)internal use only"]
 max_tokens = 4096
+[[projects]]
+id = "agents"
+keys = ["{AGENT_KEY}"]
+budget = {{ limit_usd = 1000000.0, period = "month" }}
+rate_limit = {{ rpm = 100000000, tpm = 100000000000 }}
+block_secrets = true
+block_patterns = ["(?i)internal use only"]
 """
 
 
