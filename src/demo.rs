@@ -214,6 +214,11 @@ fn prepare(text: &str, mock: SocketAddr) -> Result<Session, String> {
         key,
         project,
     };
+    // Pingora cannot report a listener it failed to bind; say it here instead, plainly.
+    for addr in [session.gateway, session.admin] {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("{addr} is not free ({e}): is another demo running?"))?;
+    }
     let out = toml::to_string(&doc).map_err(|e| format!("{e}"))?;
     std::fs::write(&session.config, out)
         .map_err(|e| format!("cannot write {}: {e}", session.config.display()))?;
