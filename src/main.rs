@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod demo;
+
 /// jemalloc instead of glibc's malloc: a proxy allocates and frees many small, short-lived
 /// buffers per request, which glibc serves at several times jemalloc's cost (and pingora's
 /// own benchmarks run on jemalloc for its flatter RSS under load).
@@ -37,6 +39,17 @@ enum Command {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
     },
+    /// Try Tollgate offline: the gateway and the bundled mock provider, a project with a tiny
+    /// budget and policy rules, and the calls to try. Needs `cargo build --bins` (the mock).
+    Demo {
+        /// The demo config (default: conf/demo.toml, or the copy built into this binary).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Make the calls (a proxied call, 403s, 402 and the decision records), check each
+        /// answer, print them and exit: 0 when every answer was the expected one.
+        #[arg(long)]
+        run: bool,
+    },
     /// Project keys.
     Key {
         #[command(subcommand)]
@@ -52,7 +65,11 @@ enum KeyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let filter = match &cli.command {
+        Command::Demo { run, .. } => demo::default_log_filter(*run),
+        _ => "info",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter)).init();
     match cli.command {
         Command::Check { config } => match tollgate::check(&config) {
             Ok(summary) => {
@@ -68,6 +85,13 @@ fn main() -> ExitCode {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => {
                 eprint!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Demo { config, run } => match demo::run(config, run) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("{}", e.trim_end());
                 ExitCode::FAILURE
             }
         },

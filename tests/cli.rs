@@ -38,6 +38,35 @@ fn the_shipped_example_config_passes_check() {
 }
 
 #[test]
+fn the_demo_config_passes_check() {
+    let (code, out, err) = tollgate(
+        &["check", "--config", &repo("conf/demo.toml")],
+        &[("TOLLGATE_DEMO_PROVIDER_KEY", "mock-provider-key")],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("OK"), "{out}");
+}
+
+/// README's first command, on the debug build: the demo makes its calls, checks each answer
+/// (200, 403 secret_detected, 403 model_not_allowed, 402 budget_exceeded, the decision
+/// records) and exits 0 only when all were as promised. It listens on the demo config's fixed
+/// ports (127.0.0.1:8787 and 9797), outside the ephemeral range the other tests draw from.
+#[test]
+fn the_demo_shows_a_proxied_call_both_blocks_and_the_records() {
+    let (code, out, err) = tollgate(&["demo", "--run"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    for shown in [
+        "-> 200 from provider openai",
+        "-> 403 secret_detected",
+        "-> 403 model_not_allowed",
+        "-> 402 budget_exceeded",
+        "Every answer was the expected one",
+    ] {
+        assert!(out.contains(shown), "the demo shows {shown:?}:\n{out}");
+    }
+}
+
+#[test]
 fn the_spec_example_passes_check_unchanged() {
     let (code, out, err) = tollgate(
         &[

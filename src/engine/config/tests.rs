@@ -296,3 +296,166 @@ fn circuit_settings_default_and_are_validated() {
         "{fields:?}"
     );
 }
+
+/// Every message of every section, pinned as one report: the text users and scripts see.
+#[test]
+fn the_report_of_every_kind_of_problem_is_unchanged() {
+    let text = r#"
+[server]
+listen = "nowhere"
+admin_listen = "127.0.0.1"
+admin_token_env = ""
+max_body_bytes = 0
+threads = 5000
+grace_period_s = -1
+circuit_failures = 1001
+circuit_cooldown_ms = 0
+
+[store]
+path = ""
+flush_interval_ms = 60001
+
+[[providers]]
+name = ""
+kind = "azure"
+base_url = "ftp://x"
+api_key_env = "NOT_SET"
+connect_timeout_ms = 0
+read_timeout_ms = 3600001
+
+[[providers]]
+name = "a"
+kind = "openai"
+base_url = "http://127.0.0.1:1"
+
+[[providers]]
+name = "a"
+kind = "anthropic"
+base_url = "http://127.0.0.1:2"
+
+[[routes]]
+prefix = ""
+provider = "a"
+
+[[routes]]
+prefix = "x"
+provider = "a"
+targets = [{ provider = "a" }]
+
+[[routes]]
+prefix = "x"
+targets = []
+retries = 11
+
+[[routes]]
+prefix = "y"
+targets = [{ provider = "b", weight = 0 }]
+fallbacks = ["c"]
+
+[prices.""]
+input = 1.0
+output = 1.0
+
+[prices."m"]
+input = 1.0
+output = 2000000.0
+cache_read = -1.0
+max_output_tokens = 0
+
+[[projects]]
+id = "bad id"
+keys = ["short", "has a space in it!", "sha256:abc", "tg_valid_key_000001", "tg_valid_key_000001"]
+budget = { limit_usd = -1.0, period = "year" }
+rate_limit = { rpm = 0, tpm = -5 }
+allow_models = [""]
+deny_models = ["", "ok"]
+max_tokens = 0
+block_patterns = ["(", "[z-a]"]
+unpriced = "sometimes"
+
+[[projects]]
+id = "bad id"
+
+[[projects]]
+id = ""
+"#;
+    let report = parse(text, "all.toml", &env_all).unwrap_err().to_string();
+    assert_eq!(
+        report, GOLDEN,
+        "a split of the validator must not change what users read"
+    );
+}
+
+const GOLDEN: &str = r#"all.toml: 47 errors in the configuration
+  all.toml:3:10: server.listen: "nowhere" is not an IP:port address (e.g. "127.0.0.1:8080")
+  all.toml:4:16: server.admin_listen: "127.0.0.1" is not an IP:port address (e.g. "127.0.0.1:8080")
+  all.toml:5:19: server.admin_token_env: must name an environment variable
+  all.toml:6:18: server.max_body_bytes: must be between 1 and 1073741824, got 0
+  all.toml:7:11: server.threads: must be between 1 and 1024, got 5000
+  all.toml:8:18: server.grace_period_s: must be between 1 and 86400, got -1
+  all.toml:9:20: server.circuit_failures: must be between 1 and 1000, got 1001
+  all.toml:10:23: server.circuit_cooldown_ms: must be between 1 and 3600000, got 0
+  all.toml:13:8: store.path: must not be empty
+  all.toml:14:21: store.flush_interval_ms: must be between 1 and 60000, got 60001
+  all.toml:17:8: providers[0].name: must not be empty
+  all.toml:18:8: providers[0].kind: unknown kind "azure" (expected "openai" or "anthropic")
+  all.toml:19:12: providers[0].base_url: base_url "ftp://x" must start with http:// or https://
+  all.toml:20:15: providers[0].api_key_env: environment variable NOT_SET is not set (provider "" needs its key there)
+  all.toml:21:22: providers[0].connect_timeout_ms: must be between 1 and 600000, got 0
+  all.toml:22:19: providers[0].read_timeout_ms: must be between 1 and 3600000, got 3600001
+  all.toml:30:8: providers[2].name: duplicate provider name "a" (first at providers[1])
+  all.toml:35:10: routes[0].prefix: must not be empty
+  all.toml:40:12: routes[1]: give either `provider` or `targets`, not both
+  all.toml:44:10: routes[2].prefix: duplicate prefix "x" (first at routes[1])
+  all.toml:45:11: routes[2].targets: must name at least one provider
+  all.toml:46:11: routes[2].retries: must be between 1 and 10, got 11
+  all.toml:50:25: routes[3].targets[0].provider: unknown provider "b" (known: , a, a)
+  all.toml:50:25: routes[3].targets[0].weight: must be between 1 and 1000000, got 0
+  all.toml:51:14: routes[3].fallbacks[0]: unknown provider "c" (known: , a, a)
+  all.toml:53:9: prices: a price needs a model name
+  all.toml:57:1: prices."m".output: must be a price in USD per million tokens between 0 and 1000000, got 2000000
+  all.toml:57:1: prices."m".cache_read: must be a price in USD per million tokens between 0 and 1000000, got -1
+  all.toml:57:1: prices."m".max_output_tokens: must be between 1 and 100000000, got 0
+  all.toml:64:6: projects[0].id: "bad id" must be non-empty and use only letters, digits, '-', '_' and '.'
+  all.toml:65:9: projects[0].keys[0]: a plaintext key must be at least 16 characters, this one has 5
+  all.toml:65:18: projects[0].keys[1]: a key must be printable ASCII without spaces (it travels in an HTTP header)
+  all.toml:65:40: projects[0].keys[2]: a sha256: entry needs exactly 64 hex digits (see `tollgate key new`)
+  all.toml:65:77: projects[0].keys[4]: duplicate key: the same key is already listed at projects[0].keys[3]
+  all.toml:66:10: projects[0].budget.limit_usd: must be between 0 and 1000000000 dollars, got -1
+  all.toml:66:39: projects[0].budget.period: unknown period "year" (expected day, week, month or total)
+  all.toml:67:14: projects[0].rate_limit.rpm: must be positive, got 0
+  all.toml:67:14: projects[0].rate_limit.tpm: must be positive, got -5
+  all.toml:68:17: projects[0].allow_models[0]: must not be empty
+  all.toml:69:16: projects[0].deny_models[0]: must not be empty
+  all.toml:70:14: projects[0].max_tokens: must be between 1 and 100000000, got 0
+  all.toml:71:19: projects[0].block_patterns[0]: bad regex: regex parse error:     (     ^ error: unclosed group
+  all.toml:71:24: projects[0].block_patterns[1]: bad regex: regex parse error:     [z-a]      ^^^ error: invalid character class range, the start must be <= the end
+  all.toml:72:12: projects[0].unpriced: unknown value "sometimes" (expected "block" or "allow")
+  all.toml:75:6: projects[1].id: "bad id" must be non-empty and use only letters, digits, '-', '_' and '.'
+  all.toml:75:6: projects[1].id: duplicate project id "bad id" (first at projects[0])
+  all.toml:78:6: projects[2].id: "" must be non-empty and use only letters, digits, '-', '_' and '.'
+"#;
+
+#[test]
+fn an_empty_file_gives_every_named_default() {
+    let c = parse("", "t", &env_all).unwrap();
+    let (s, d) = (&c.server, ServerConfig::default());
+    assert_eq!(s.listen, ServerConfig::DEFAULT_LISTEN);
+    assert_eq!(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    assert_eq!(s.grace_period_s, 30, "SPEC: grace_period_s defaults to 30");
+    assert_eq!(
+        (s.upgrade_sock.as_str(), s.pid_file.as_str()),
+        (d.upgrade_sock.as_str(), d.pid_file.as_str())
+    );
+    assert_eq!(s.circuit, d.circuit);
+    assert!(s.admin_listen.is_none() && s.admin_token.is_none());
+    assert_eq!(c.store.flush_interval, StoreConfig::DEFAULT_FLUSH_INTERVAL);
+    let p = parse(
+        "[[providers]]\nname = \"a\"\nkind = \"anthropic\"\nbase_url = \"http://127.0.0.1:1\"\n",
+        "t",
+        &env_all,
+    )
+    .unwrap();
+    assert_eq!(p.providers[0].connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+    assert_eq!(p.providers[0].read_timeout, DEFAULT_READ_TIMEOUT);
+}

@@ -1,0 +1,168 @@
+//! The validated runtime configuration: what the gateway reads on every request. Built only by
+//! the validator (`validate/`) from the file schema (`file.rs`), never deserialized directly,
+//! so every value here has been checked. The defaults of every optional setting live here,
+//! beside the types they fill, as `impl Default` and named constants; the validator takes them
+//! from here and holds no literals of its own.
+
+use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use regex::RegexSet;
+
+use crate::engine::auth::KeyDigest;
+use crate::engine::budget::Budget;
+use crate::engine::circuit::CircuitParams;
+use crate::engine::policy::Glob;
+use crate::engine::pricing::PriceTable;
+use crate::engine::provider::{Provider, Secret};
+use crate::engine::route::RouteTable;
+
+/// `server.max_body_bytes` when unset: 4 MiB, the SPEC example's value.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// `providers[].connect_timeout_ms` when unset: no connection in time is a 502.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(5_000);
+/// `providers[].read_timeout_ms` when unset: a provider silent this long is a 504. Long,
+/// because a model may think for a minute before its first token.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_millis(120_000);
+/// `providers[].anthropic_version` when unset: the header added when the client sent none.
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    /// The admin token's value; `None` (variable unset) disables `/admin/*`.
+    pub admin_token: Option<Secret>,
+    pub admin_token_env: Option<String>,
+    pub max_body_bytes: usize,
+    pub threads: usize,
+    pub grace_period_s: u64,
+    pub upgrade_sock: String,
+    pub pid_file: String,
+    /// Provider circuit breaker: `circuit_failures` and `circuit_cooldown_ms`.
+    pub circuit: CircuitParams,
+}
+
+impl ServerConfig {
+    /// `server.listen` when unset: loopback, so an unconfigured gateway is not reachable from
+    /// the network.
+    pub const DEFAULT_LISTEN: SocketAddr =
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 8080));
+    pub const DEFAULT_THREADS: usize = 2;
+    /// Seconds requests in flight get to finish on SIGTERM (SPEC "Stopping").
+    pub const DEFAULT_GRACE_PERIOD_S: u64 = 30;
+    /// Pingora's graceful-upgrade socket; under systemd, its RuntimeDirectory instead.
+    pub const DEFAULT_UPGRADE_SOCK: &'static str = "/tmp/tollgate_upgrade.sock";
+    /// Only read by Pingora's daemon mode, which Tollgate does not use.
+    pub const DEFAULT_PID_FILE: &'static str = "/tmp/tollgate.pid";
+}
+
+/// Every optional `[server]` setting at its default; no admin listener, no admin token.
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: Self::DEFAULT_LISTEN,
+            admin_listen: None,
+            admin_token: None,
+            admin_token_env: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            threads: Self::DEFAULT_THREADS,
+            grace_period_s: Self::DEFAULT_GRACE_PERIOD_S,
+            upgrade_sock: Self::DEFAULT_UPGRADE_SOCK.to_string(),
+            pid_file: Self::DEFAULT_PID_FILE.to_string(),
+            circuit: CircuitParams::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub flush_interval: Duration,
+}
+
+impl StoreConfig {
+    /// Relative to the working directory, as README's first command expects.
+    pub const DEFAULT_PATH: &'static str = "data/tollgate.db";
+    /// How often the ledger batcher commits: at most this much is lost to a `kill -9`.
+    pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from(Self::DEFAULT_PATH),
+            flush_interval: Self::DEFAULT_FLUSH_INTERVAL,
+        }
+    }
+}
+
+/// What to do with a model that has no price.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Unpriced {
+    /// The default: a cost Tollgate cannot compute is a cost it cannot cap.
+    #[default]
+    Block,
+    Allow,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Project {
+    pub id: String,
+    pub budget: Option<Budget>,
+    pub rate_limit: Option<RateLimit>,
+    /// `None`: every routable model is allowed.
+    pub allow_models: Option<Vec<Glob>>,
+    pub deny_models: Vec<Glob>,
+    pub max_tokens: Option<u64>,
+    pub block_secrets: bool,
+    pub block_patterns: Option<RegexSet>,
+    pub unpriced: Unpriced,
+}
+
+/// Index into `Config::projects`.
+pub type ProjectIdx = usize;
+
+/// One validated configuration. Immutable: a reload builds a new one and swaps it in whole.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub providers: Vec<Provider>,
+    pub routes: RouteTable,
+    pub prices: PriceTable,
+    pub projects: Vec<Project>,
+    pub(super) keys: HashMap<KeyDigest, ProjectIdx>,
+}
+
+impl Config {
+    /// The project whose key has this SHA-256 digest. The digest is compared again in constant
+    /// time, so a lookup reveals nothing about how close a wrong key came.
+    pub fn project_for_digest(&self, digest: &KeyDigest) -> Option<ProjectIdx> {
+        use subtle::ConstantTimeEq;
+        let (stored, idx) = self.keys.get_key_value(digest)?;
+        bool::from(stored.ct_eq(digest)).then_some(*idx)
+    }
+
+    pub fn project_index(&self, id: &str) -> Option<ProjectIdx> {
+        self.projects.iter().position(|p| p.id == id)
+    }
+
+    /// Tests name providers; the gateway only ever holds indexes from the route table.
+    #[cfg(test)]
+    pub fn provider_index(&self, name: &str) -> Option<usize> {
+        self.providers.iter().position(|p| p.name == name)
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+}
