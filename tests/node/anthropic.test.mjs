@@ -4,11 +4,12 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import Anthropic from '@anthropic-ai/sdk';
 
-import { KEY, decisionFor, requestIdOf, startStack } from './harness.mjs';
+import { KEY, WAIT_MS, decisionFor, decisions, pause, requestIdOf, startStack } from './harness.mjs';
 
 const T = { timeout: 60_000 };
 let stack;
 let client;
+let charged = 0; // messages that reached the provider and must be charged from reported usage
 
 before(async () => {
   stack = await startStack();
@@ -40,6 +41,7 @@ const hi = [{ role: 'user', content: 'hi' }];
 
 describe('anthropic messages', () => {
   test('plain', T, async () => {
+    charged++;
     const { data: m, response } = await client.messages
       .create({ model: 'claude-sonnet-4', max_tokens: 6, messages: hi })
       .withResponse();
@@ -50,6 +52,7 @@ describe('anthropic messages', () => {
   });
 
   test('with a system prompt', T, async () => {
+    charged++;
     const m = await client.messages.create({
       model: 'claude-sonnet-4',
       max_tokens: 3,
@@ -60,6 +63,7 @@ describe('anthropic messages', () => {
   });
 
   test('messages.stream: text events and finalMessage', T, async () => {
+    charged++;
     const s = client.messages.stream({ model: 'claude-sonnet-4', max_tokens: 6, messages: hi });
     let text = '';
     s.on('text', (t) => {
@@ -74,6 +78,7 @@ describe('anthropic messages', () => {
   });
 
   test('messages.create with stream: true, iterated', T, async () => {
+    charged++;
     const { data: stream, response } = await client.messages
       .create({ model: 'claude-sonnet-4', max_tokens: 4, messages: hi, stream: true })
       .withResponse();
@@ -140,5 +145,24 @@ describe('anthropic models', () => {
       assert.equal(e.error?.error?.type, 'not_found', JSON.stringify(e.error));
       return true;
     });
+  });
+});
+
+describe('anthropic charges', () => {
+  test('every message has one decision record, charged from reported usage', T, async () => {
+    const deadline = Date.now() + WAIT_MS;
+    let records;
+    do {
+      records = (await decisions(stack, 'sdk')).filter((d) => d.endpoint === 'messages');
+    } while (records.length < charged && Date.now() < deadline && (await pause()));
+    assert.equal(records.length, charged, JSON.stringify(records));
+    for (const d of records) {
+      assert.equal(d.decision, 'allow', JSON.stringify(d));
+      assert.equal(d.usage_source, 'reported', JSON.stringify(d));
+      assert.ok(d.completion_tokens > 0 && d.cost_usd > 0, JSON.stringify(d));
+    }
+    const counts = (await decisions(stack, 'sdk')).filter((d) => d.endpoint === 'count_tokens');
+    assert.equal(counts.length, 1, JSON.stringify(counts));
+    assert.equal(counts[0].cost_usd, 0, JSON.stringify(counts));
   });
 });

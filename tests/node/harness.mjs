@@ -223,9 +223,12 @@ export async function decisionFor(stack, project, requestId) {
     if (Date.now() > deadline) {
       throw new Error(`no decision record ${requestId} for ${project} within ${WAIT_MS} ms; have ${JSON.stringify(seen)}`);
     }
-    await new Promise((r) => setTimeout(r, 25)); // polling interval, not a synchronisation
+    await pause();
   }
 }
 
 /** The request id of a fetch Response / SDK `withResponse()` response. */
 export const requestIdOf = (response) => response.headers.get('x-tollgate-request-id');
+
+/** One polling interval (25 ms) of a bounded wait, never a synchronisation; resolves true. */
+export const pause = () => new Promise((r) => setTimeout(() => r(true), 25));

@@ -4,11 +4,12 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
 
-import { KEY, decisionFor, requestIdOf, startStack } from './harness.mjs';
+import { KEY, WAIT_MS, decisionFor, decisions, pause, requestIdOf, startStack } from './harness.mjs';
 
 const T = { timeout: 60_000 };
 let stack;
 let client;
+let charged = 0; // calls that reached the provider and must be charged from reported usage
 
 before(async () => {
   stack = await startStack();
@@ -37,6 +38,7 @@ async function assertCharged(response, { endpoint, model, prompt, completion, st
 
 describe('openai chat completions', () => {
   test('plain', T, async () => {
+    charged++;
     const { data, response } = await client.chat.completions
       .create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }], max_tokens: 5 })
       .withResponse();
@@ -52,6 +54,7 @@ describe('openai chat completions', () => {
   });
 
   test('through a strip_prefix route the provider sees the bare name', T, async () => {
+    charged++;
     const r = await client.chat.completions.create({
       model: 'openai/gpt-4o-mini',
       messages: [{ role: 'user', content: 'hi' }],
@@ -61,6 +64,7 @@ describe('openai chat completions', () => {
   });
 
   test('streamed without include_usage: text arrives, no usage chunk reaches the client', T, async () => {
+    charged++;
     const { data: stream, response } = await client.chat.completions
       .create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }], max_tokens: 4, stream: true })
       .withResponse();
@@ -83,6 +87,7 @@ describe('openai chat completions', () => {
   });
 
   test('streamed with stream_options.include_usage: text and usage arrive', T, async () => {
+    charged++;
     const { data: stream, response } = await client.chat.completions
       .create({
         model: 'gpt-4o-mini',
@@ -114,6 +119,7 @@ describe('openai chat completions', () => {
 
 describe('openai responses', () => {
   test('plain', T, async () => {
+    charged++;
     const { data, response } = await client.responses
       .create({ model: 'gpt-4o-mini', input: 'hi', max_output_tokens: 4 })
       .withResponse();
@@ -129,6 +135,7 @@ describe('openai responses', () => {
   });
 
   test('streamed: text deltas and the completed response with usage', T, async () => {
+    charged++;
     const { data: stream, response } = await client.responses
       .create({ model: 'gpt-4o-mini', input: 'hi', max_output_tokens: 4, stream: true })
       .withResponse();
@@ -151,6 +158,7 @@ describe('openai responses', () => {
   });
 
   test('the responses.stream() helper and finalResponse()', T, async () => {
+    charged++;
     const s = client.responses.stream({ model: 'gpt-4o-mini', input: 'hi', max_output_tokens: 3 });
     let text = '';
     s.on('response.output_text.delta', (ev) => {
@@ -191,5 +199,22 @@ describe('openai models', () => {
       assert.equal(e.type, 'not_found');
       return true;
     });
+  });
+});
+
+describe('openai charges', () => {
+  test('every charged call has one decision record, charged from reported usage', T, async () => {
+    const wanted = new Set(['chat_completions', 'responses']);
+    const deadline = Date.now() + WAIT_MS;
+    let records;
+    do {
+      records = (await decisions(stack, 'sdk')).filter((d) => wanted.has(d.endpoint));
+    } while (records.length < charged && Date.now() < deadline && (await pause()));
+    assert.equal(records.length, charged, JSON.stringify(records));
+    for (const d of records) {
+      assert.equal(d.decision, 'allow', JSON.stringify(d));
+      assert.equal(d.usage_source, 'reported', JSON.stringify(d));
+      assert.ok(d.completion_tokens > 0 && d.cost_usd > 0, JSON.stringify(d));
+    }
   });
 });
