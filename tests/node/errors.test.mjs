@@ -141,16 +141,18 @@ describe('403 policy blocked', () => {
 
 describe('404 no route for the model', () => {
   test('openai: NotFoundError, not_found', T, async () => {
-    await refused(
+    const e = await refused(
       chat(openai(KEY), 'llama-3'),
       openaiError(OpenAI.NotFoundError, 404, 'not_found', 'not_found', /No route for model llama-3/),
     );
+    await assertBlocked(e, 'sdk', 404, 'not_found');
   });
   test('anthropic: NotFoundError, not_found', T, async () => {
-    await refused(
+    const e = await refused(
       message(anthropic(KEY), 'mistral-large'),
       anthropicError(Anthropic.NotFoundError, 404, 'not_found', 'not_found', /No route for model mistral-large/),
     );
+    await assertBlocked(e, 'sdk', 404, 'not_found');
   });
 });
 
