@@ -2,10 +2,12 @@
 # Tollgate's whole test suite on a fresh Debian machine: installs what the build and the tests
 # need (apt: cmake for pingora's zlib-ng, sqlite3 for looking into the store,
 # openssl for the TLS test, systemd for `systemd-analyze`, prometheus for `promtool`,
-# python3-venv for the SDK tests,
+# python3-venv for the SDK tests, nodejs and npm for the Node SDK tests,
 # wrk and nginx-light for the load-test smoke run; PyPI: the official openai and anthropic
-# SDKs), then runs the Rust unit and integration tests, the SDK end-to-end tests and a few
-# seconds of the load-test harness (so it cannot rot; no timing is asserted).
+# SDKs; npm: the official openai and @anthropic-ai/sdk packages, pinned by
+# tests/node/package-lock.json), then runs the Rust unit and integration tests, the SDK
+# end-to-end tests (Python, then Node) and a few seconds of the load-test harness (so it
+# cannot rot; no timing is asserted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +22,8 @@ command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   echo "== installing with apt: ${need_apt[*]}"
@@ -35,6 +39,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt
+(cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== cargo test"
 cargo build --bins --example bare_pingora
@@ -49,6 +54,9 @@ systemd/verify.sh target/debug/tollgate
 
 echo "== SDK end-to-end tests (official openai and anthropic Python SDKs)"
 .venv/bin/python -m pytest -q tests/sdk
+
+echo "== SDK end-to-end tests (official openai and @anthropic-ai/sdk npm packages, node --test)"
+(cd tests/node && node --test *.test.mjs)
 
 echo "== load-test harness smoke run (debug build, a few seconds, no peers)"
 python3 load-tests/bench.py --smoke --bin-dir target/debug
