@@ -174,6 +174,14 @@ fn one_model_is_served_in_the_callers_shape_and_an_unknown_one_is_404() {
     let r = get(&gw.url("/v1/models/llama-9"), &[("authorization", &bearer)]);
     assert_eq!(r.status, 404, "{}", r.body);
     assert_eq!(r.json()["error"]["code"], "not_found");
+    let r = get(&gw.url("/v1/models/llama-9"), &anthropic_headers(KEY));
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(
+        r.json()["type"],
+        "error",
+        "asked in Anthropic's dialect: {}",
+        r.body
+    );
 }
 
 #[test]

@@ -20,6 +20,7 @@ command -v wrk >/dev/null || need_apt+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v curl >/dev/null || need_apt+=(curl)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v node >/dev/null || need_apt+=(nodejs)
@@ -45,6 +46,9 @@ echo "== cargo test"
 cargo build --bins --example bare_pingora
 cargo test --all-targets
 
+echo "== README's commands, as written (the demo and serve; release build)"
+tests/readme-commands.sh
+
 echo "== alert rules (promtool check and unit tests)"
 promtool check rules conf/alerts.yml
 promtool test rules conf/alerts.test.yml
@@ -60,3 +64,4 @@ echo "== SDK end-to-end tests (official openai and @anthropic-ai/sdk npm package
 
 echo "== load-test harness smoke run (debug build, a few seconds, no peers)"
 python3 load-tests/bench.py --smoke --bin-dir target/debug
+python3 load-tests/agents.py --smoke --bin-dir target/debug

@@ -43,7 +43,13 @@ impl Gateway {
             anthropic: req.headers.contains_key("anthropic-version"),
             upgrade: req.headers.contains_key(http::header::UPGRADE),
         };
-        if Endpoint::is_anthropic_path(head.path) {
+        // Anthropic's paths, and the shared model routes asked in Anthropic's dialect, answer
+        // errors in Anthropic's shape.
+        let models = matches!(
+            Endpoint::from_path(head.path),
+            Some(Endpoint::Models | Endpoint::Model)
+        );
+        if Endpoint::is_anthropic_path(head.path) || (models && head.anthropic) {
             ctx.shape = ErrorShape::Anthropic;
         }
         let declared = head.content_length;
