@@ -1,0 +1,435 @@
+#!/usr/bin/env bash
+# Real coding agents through Tollgate: Claude Code (`claude -p`) and Codex CLI (`codex exec`),
+# installed from npm at the versions pinned in tests/agents/package.json (package-lock.json
+# committed), each run headless against target/debug/tollgate, which forwards to
+# target/debug/mock-provider. Nothing leaves the machine: the agents' HOME, config and working
+# directory are fresh temp directories, their environment is built from nothing (env -i), and
+# telemetry, auto-update and non-essential traffic are switched off.
+#
+# Afterwards the admin API (GET /admin/decisions) must show, for each agent's own project, at
+# least one call, every call allowed with a 2xx status, every charged call priced from the
+# provider's reported usage (usage_source "reported", cost_usd > 0). A summary table is printed;
+# the exit status is non-zero if any agent failed (each failure is named).
+#
+# Builds nothing: run `cargo build --bins` first. Bounded: each step has its own deadline and the
+# whole script stops after TOLLGATE_AGENTS_TIMEOUT_S (default 300) seconds. Every process it
+# starts is killed on exit.
+#
+#   tests/agents/run.sh                 # both agents
+#   tests/agents/run.sh claude codex    # a subset, by name
+#   KEEP_TMP=1 tests/agents/run.sh      # keep the temp dir (configs, logs, agent output)
+set -euo pipefail
+
+LIMIT_S="${TOLLGATE_AGENTS_TIMEOUT_S:-300}"
+if [ -z "${TOLLGATE_AGENTS_INNER:-}" ]; then
+  # The whole run under one deadline; the inner script's EXIT trap cleans up on TERM.
+  export TOLLGATE_AGENTS_INNER=1
+  timeout -k 15 "$LIMIT_S" "$0" "$@" && exit 0
+  rc=$?
+  [ "$rc" = 124 ] && echo "FAIL: tests/agents/run.sh did not finish within ${LIMIT_S}s" >&2
+  exit "$rc"
+fi
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+TOLLGATE="${TOLLGATE_BIN:-$TARGET/debug/tollgate}"
+MOCK="${MOCK_BIN:-$TARGET/debug/mock-provider}"
+AGENTS=("$@")
+[ ${#AGENTS[@]} -gt 0 ] || AGENTS=(claude codex)
+T0=$(date +%s)
+say() { printf '== [%3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
+die() { echo "FAIL: $*" >&2; exit 1; }
+
+# ---- processes and temp dir: everything is torn down on exit -------------------------------
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/tollgate-agents.XXXXXX")"
+PIDS=()
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  if [ -n "${KEEP_TMP:-}" ] || [ "$rc" != 0 ]; then
+    echo "(logs, configs and agent output kept in $TMP)" >&2
+  else
+    rm -rf "$TMP"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
+
+# ---- prerequisites ---------------------------------------------------------------------------
+for b in "$TOLLGATE" "$MOCK"; do
+  [ -x "$b" ] || die "$b is missing: build it first with 'cargo build --bins' (this script builds nothing)"
+done
+need_apt=()
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  say "installing with apt: ${need_apt[*]}"
+  timeout 120 $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive timeout 240 $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# npm ci: exactly the lock file's versions, unless node_modules already holds them.
+installed_matches_lock() {
+  node -e '
+    const fs = require("fs"), dir = process.argv[1];
+    const lock = JSON.parse(fs.readFileSync(dir + "/package-lock.json", "utf8")).packages;
+    for (const [p, v] of Object.entries(lock)) {
+      if (!p || v.optional) continue;          // the root; platform packages npm may skip
+      const m = JSON.parse(fs.readFileSync(dir + "/" + p + "/package.json", "utf8"));
+      if (m.version !== v.version) process.exit(1);
+    }' "$HERE" 2>/dev/null \
+  && [ -x "$HERE/node_modules/.bin/claude" ] && [ -x "$HERE/node_modules/.bin/codex" ]
+}
+if ! installed_matches_lock; then
+  say "npm ci (versions pinned in tests/agents/package-lock.json)"
+  (cd "$HERE" && timeout 240 npm ci --no-audit --no-fund --loglevel=error) \
+    || die "npm ci in tests/agents failed (see above)"
+fi
+CLAUDE="$HERE/node_modules/.bin/claude"
+CODEX="$HERE/node_modules/.bin/codex"
+
+# ---- mock provider and gateway on port 0 -----------------------------------------------------
+# start NAME TAG... : run "$@" after the tags with stdout on a FIFO, read one `TAG <addr>` line
+# per tag (20 s at most each), set ADDR_<TAG>.
+start() {
+  local name=$1; shift
+  local tags=()
+  while [ "$1" != -- ]; do tags+=("$1"); shift; done
+  shift
+  local fifo="$TMP/$name.stdout"
+  mkfifo "$fifo"
+  "$@" >"$fifo" 2>"$TMP/$name.log" &
+  PIDS+=($!)
+  local fd
+  exec {fd}<"$fifo"
+  local want=${#tags[@]} line
+  while [ "$want" -gt 0 ]; do
+    if ! IFS= read -r -t 20 line <&"$fd"; then
+      cat "$TMP/$name.log" >&2
+      die "$name did not print its listening address within 20 s (log above)"
+    fi
+    for t in "${tags[@]}"; do
+      if [ "${line%% *}" = "$t" ]; then
+        printf -v "ADDR_$t" '%s' "${line#* }"; want=$((want - 1))
+      fi
+    done
+  done
+  # The fd stays open (and is never read again): the process never gets SIGPIPE on stdout.
+}
+
+say "starting mock-provider and tollgate"
+start mock LISTENING -- "$MOCK" --listen 127.0.0.1:0 --threads 1 --log
+MOCK_URL="http://$ADDR_LISTENING"
+
+KEY_CLAUDE="tg_agents_claude_code_key_01"
+KEY_CODEX="tg_agents_codex_cli_key_0002"
+ADMIN_TOKEN="agents-admin-token-$$-$RANDOM"
+ANTHROPIC_SECRET="sk-ant-mock-provider-secret-$RANDOM"
+OPENAI_SECRET="sk-openai-mock-provider-secret-$RANDOM"
+# Prices per million tokens, the providers' list prices (so Claude Code's own cost figure can
+# be compared with Tollgate's charge). Longest prefix wins: "claude-" and "gpt-" price whatever
+# model the agent's default is today; the named entries make the common ones exact.
+cat >"$TMP/tollgate.toml" <<EOF
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token_env = "AGENTS_ADMIN_TOKEN"
+max_body_bytes = 4194304
+threads = 2
+
+[store]
+path = "$TMP/ledger.db"
+
+[[providers]]
+name = "anthropic"
+kind = "anthropic"
+base_url = "$MOCK_URL"
+api_key_env = "AGENTS_ANTHROPIC_KEY"
+read_timeout_ms = 30000
+
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "$MOCK_URL"
+api_key_env = "AGENTS_OPENAI_KEY"
+read_timeout_ms = 30000
+
+[[routes]]
+prefix = "claude-"
+provider = "anthropic"
+
+[[routes]]
+prefix = "gpt-"
+provider = "openai"
+
+[[routes]]
+prefix = "o"
+provider = "openai"
+
+[[routes]]
+prefix = "codex-"
+provider = "openai"
+
+[prices."claude-"]
+input = 3.0
+output = 15.0
+max_output_tokens = 64000
+
+[prices."claude-sonnet-4"]
+input = 3.0
+output = 15.0
+max_output_tokens = 64000
+
+[prices."claude-opus-4"]
+input = 5.0
+output = 25.0
+max_output_tokens = 64000
+
+# Claude Code 2.1.332's default model; the price it computes its own cost figure with
+# (modelUsage.costBasis "list"): 4 and 20 dollars per million.
+[prices."claude-opus-5"]
+input = 4.0
+output = 20.0
+max_output_tokens = 128000
+
+[prices."claude-haiku-4"]
+input = 1.0
+output = 5.0
+max_output_tokens = 64000
+
+[prices."claude-3-5-haiku"]
+input = 0.8
+output = 4.0
+max_output_tokens = 8192
+
+[prices."gpt-"]
+input = 1.25
+output = 10.0
+max_output_tokens = 128000
+
+[prices."o"]
+input = 1.25
+output = 10.0
+max_output_tokens = 128000
+
+[prices."codex-"]
+input = 1.25
+output = 10.0
+max_output_tokens = 128000
+
+[[projects]]
+id = "claude-code"
+keys = ["$KEY_CLAUDE"]
+budget = { limit_usd = 100.0, period = "total" }
+
+[[projects]]
+id = "codex"
+keys = ["$KEY_CODEX"]
+budget = { limit_usd = 100.0, period = "total" }
+EOF
+start tollgate LISTENING ADMIN_LISTENING -- env AGENTS_ADMIN_TOKEN="$ADMIN_TOKEN" \
+  AGENTS_ANTHROPIC_KEY="$ANTHROPIC_SECRET" AGENTS_OPENAI_KEY="$OPENAI_SECRET" \
+  RUST_LOG=info "$TOLLGATE" serve --config "$TMP/tollgate.toml"
+GW="http://$ADDR_LISTENING"
+ADMIN="http://$ADDR_ADMIN_LISTENING"
+curl -fsS --max-time 10 "$GW/healthz" >/dev/null || die "gateway $GW/healthz did not answer 200"
+curl -fsS --max-time 10 -H "Authorization: Bearer $ADMIN_TOKEN" "$ADMIN/admin/projects" >/dev/null \
+  || die "admin API $ADMIN/admin/projects did not answer 200 with the token"
+say "mock $MOCK_URL, gateway $GW, admin $ADMIN"
+
+# ---- the agents ------------------------------------------------------------------------------
+BASE_PATH="$(dirname "$(command -v node)"):/usr/local/bin:/usr/bin:/bin"
+# run_bounded SECONDS OUTFILE CMD...: run in the background and wait (wait is interruptible, so
+# the TERM of the outer deadline is handled at once); stdin is /dev/null.
+run_bounded() {
+  local secs=$1 out=$2; shift 2
+  timeout -k 5 "$secs" "$@" </dev/null >"$out" 2>"$out.stderr" &
+  local pid=$!
+  PIDS+=("$pid")
+  local rc=0
+  wait "$pid" || rc=$?
+  return "$rc"
+}
+
+mock_mark() { curl -fsS --max-time 10 "$MOCK_URL/_mock/count" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).count))'; }
+
+# mock_requests_since MARK AGENT PROJECT_KEY PROVIDER_SECRET: what the mock received since MARK
+# (method, path, model, body size, a few headers). Each request must carry the provider's
+# credential and nowhere the project key (SPEC: the key is removed before forwarding).
+mock_requests_since() {
+  local verdict
+  verdict="$(curl -fsS --max-time 10 "$MOCK_URL/_mock/requests" | node -e '
+    let s=""; process.stdin.on("data",d=>s+=d).on("end",()=>{
+      const [from, key, secret] = process.argv.slice(1), reqs = JSON.parse(s).requests.slice(+from);
+      for (const r of reqs) {
+        const h=Object.fromEntries(r.headers);
+        const hs = JSON.stringify(r.headers);
+        if (hs.includes(key) || r.body.includes(key)) console.log(`BAD\t${r.method} ${r.path}: the project key reached the provider`);
+        if (!hs.includes(secret)) console.log(`BAD\t${r.method} ${r.path}: the provider credential is missing upstream`);
+        let model="-"; try { model=JSON.parse(r.body).model ?? "-" } catch {}
+        console.log(`  ${r.method} ${r.path} model=${model} body=${r.body_len}B` +
+          (h["anthropic-beta"] ? ` anthropic-beta=${h["anthropic-beta"]}` : "") +
+          (h["user-agent"] ? ` ua=${h["user-agent"]}` : ""));
+      }
+    })' "$1" "$3" "$4")" || { agent_fail "$2" "GET /_mock/requests failed"; return; }
+  grep -v '^BAD' <<<"$verdict" || true
+  local b
+  while IFS= read -r b; do [ -n "$b" ] && agent_fail "$2" "${b#BAD	}"; done < <(grep '^BAD' <<<"$verdict" || true)
+}
+
+RESULTS=()
+FAILED=()
+agent_fail() { FAILED+=("$1: $2"); echo "FAIL: $1: $2" >&2; }
+
+# check_project AGENT VERSION PROJECT SECONDS [AGENT_COST_USD] [AGENT_TOTAL_TOKENS]: the admin
+# API's records for the project; the agent's own cost figure and token count, where it prints
+# them, must equal what Tollgate charged and counted.
+check_project() {
+  local agent=$1 version=$2 project=$3 secs=$4 want_cost=${5:-} want_tokens=${6:-}
+  local json
+  json="$(curl -fsS --max-time 10 -H "Authorization: Bearer $ADMIN_TOKEN" \
+    "$ADMIN/admin/decisions?project=$project&limit=1000")" || { agent_fail "$agent" "GET /admin/decisions failed"; return; }
+  local verdict
+  verdict="$(node -e '
+    const [agent, version, secs] = process.argv.slice(1);
+    const ds = JSON.parse(require("fs").readFileSync(0, "utf8")).decisions;
+    const bad = [], eps = {}, models = new Set();
+    let cost = 0, pin = 0, pout = 0;
+    for (const d of ds) {
+      eps[d.endpoint] = (eps[d.endpoint] || 0) + 1;
+      models.add(d.model);
+      cost += d.cost_usd || 0; pin += d.prompt_tokens || 0; pout += d.completion_tokens || 0;
+      const free = d.endpoint === "count_tokens";   // SPEC: forwarded, never charged
+      const why = [];
+      if (d.decision !== "allow") why.push(`decision=${d.decision} reason=${d.reason}`);
+      if (!(d.status >= 200 && d.status < 300)) why.push(`status=${d.status}`);
+      if (!free && d.usage_source !== "reported") why.push(`usage_source=${d.usage_source}`);
+      if (!free && !(d.cost_usd > 0)) why.push(`cost_usd=${d.cost_usd}`);
+      if (why.length) bad.push(`${d.endpoint} ${d.model} ${d.id}: ${why.join(", ")}`);
+    }
+    if (ds.length === 0) bad.push("no decision recorded: the agent made no call through Tollgate");
+    const [wantCost, wantTokens] = process.argv.slice(4);
+    if (wantCost && Math.abs(+wantCost - cost) > 1e-6)
+      bad.push(`${agent} reported its cost as $${wantCost}, Tollgate charged $${cost}`);
+    if (wantTokens && +wantTokens !== pin + pout)
+      bad.push(`the agent counted ${wantTokens} tokens, Tollgate ${pin} + ${pout} = ${pin + pout}`);
+    const e = Object.entries(eps).map(([k, v]) => `${k}x${v}`).join(",") || "-";
+    console.log(["ROW", agent, version, ds.length, e, [...models].join(",") || "-",
+                 `${pin}/${pout}`, cost.toFixed(6), secs].join("\t"));
+    for (const b of bad) console.log("BAD\t" + b);
+  ' "$agent" "$version" "$secs" "$want_cost" "$want_tokens" <<<"$json")"
+  local row
+  row="$(grep '^ROW' <<<"$verdict" | cut -f2-)"
+  RESULTS+=("$row")
+  local b
+  while IFS= read -r b; do
+    [ -n "$b" ] && agent_fail "$agent" "${b#BAD	}"
+  done < <(grep '^BAD' <<<"$verdict" || true)
+}
+
+run_claude() {
+  local version home work out t1 rc=0
+  version="$("$CLAUDE" --version 2>/dev/null | awk '{print $1}')" || true
+  home="$TMP/claude-home"; work="$TMP/claude-work"; out="$TMP/claude.json"
+  mkdir -p "$home" "$work"
+  say "Claude Code $version: claude -p 'say hi' --output-format json"
+  local mark; mark="$(mock_mark)"
+  t1=$(date +%s)
+  (cd "$work" && run_bounded 120 "$out" env -i PATH="$BASE_PATH" HOME="$home" TERM=dumb LANG=C.UTF-8 \
+      TMPDIR="$TMP" USER=agents SHELL=/bin/bash \
+      ANTHROPIC_BASE_URL="$GW" ANTHROPIC_API_KEY="$KEY_CLAUDE" \
+      DISABLE_TELEMETRY=1 DISABLE_AUTOUPDATER=1 DISABLE_ERROR_REPORTING=1 \
+      CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 \
+      "$CLAUDE" -p "say hi" --output-format json) || rc=$?
+  local secs=$(( $(date +%s) - t1 ))
+  echo "-- what the mock received from Claude Code:"; mock_requests_since "$mark" claude "$KEY_CLAUDE" "$ANTHROPIC_SECRET"
+  if [ "$rc" != 0 ]; then
+    agent_fail claude "claude -p exited $rc after ${secs}s; stdout: $(head -c 2000 "$out"); stderr: $(head -c 2000 "$out.stderr")"
+  elif ! node -e '
+      const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+      if (r.is_error || r.subtype !== "success") { console.error(JSON.stringify(r).slice(0, 2000)); process.exit(1) }
+      console.log(`-- claude result: ${r.num_turns} turn(s), its own cost figure $${r.total_cost_usd}, result ${JSON.stringify(String(r.result).slice(0, 60))}...`);
+    ' "$out"; then
+    agent_fail claude "claude -p did not report success (its JSON above)"
+  fi
+  local cost=""
+  cost="$(node -e 'try { const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); if (typeof r.total_cost_usd === "number") console.log(r.total_cost_usd) } catch {}' "$out")"
+  check_project claude "$version" claude-code "$secs" "$cost"
+}
+
+run_codex() {
+  local version home work out t1 rc=0
+  version="$("$CODEX" --version 2>/dev/null | awk '{print $2}')" || true
+  home="$TMP/codex-home"; work="$TMP/codex-work"; out="$TMP/codex.out"
+  mkdir -p "$home/codex" "$work"
+  cat >"$home/codex/config.toml" <<EOF
+model_provider = "tollgate"
+check_for_update_on_startup = false
+
+[model_providers.tollgate]
+name = "Tollgate"
+base_url = "$GW/v1"
+env_key = "TOLLGATE_API_KEY"
+wire_api = "responses"
+
+[analytics]
+enabled = false
+
+[feedback]
+enabled = false
+EOF
+  say "Codex CLI $version: codex exec --skip-git-repo-check 'say hi'"
+  local mark; mark="$(mock_mark)"
+  t1=$(date +%s)
+  (cd "$work" && run_bounded 120 "$out" env -i PATH="$BASE_PATH" HOME="$home" TERM=dumb LANG=C.UTF-8 \
+      TMPDIR="$TMP" USER=agents SHELL=/bin/bash \
+      CODEX_HOME="$home/codex" TOLLGATE_API_KEY="$KEY_CODEX" \
+      "$CODEX" exec --skip-git-repo-check "say hi") || rc=$?
+  local secs=$(( $(date +%s) - t1 ))
+  echo "-- what the mock received from Codex:"; mock_requests_since "$mark" codex "$KEY_CODEX" "$OPENAI_SECRET"
+  if [ "$rc" != 0 ]; then
+    agent_fail codex "codex exec exited $rc after ${secs}s; stdout: $(head -c 2000 "$out"); stderr: $(tail -c 3000 "$out.stderr")"
+  else
+    echo "-- codex answered: $(head -c 80 "$out")..."
+  fi
+  # `codex exec` ends its stderr with "tokens used" and the total on the next line.
+  local tokens=""
+  tokens="$(awk 'p { gsub(/,/, ""); print; exit } /^tokens used/ { p = 1 }' "$out.stderr")"
+  check_project codex "$version" codex "$secs" "" "$tokens"
+}
+
+for a in "${AGENTS[@]}"; do
+  case "$a" in
+    claude) run_claude ;;
+    codex) run_codex ;;
+    *) die "unknown agent '$a' (claude, codex)" ;;
+  esac
+done
+
+echo "-- gateway access log (one line per request):"
+grep 'tollgate::access' "$TMP/tollgate.log" | sed 's/^/  /' || echo "  (none)"
+
+# ---- summary ---------------------------------------------------------------------------------
+echo
+{
+  printf 'agent\tversion\tcalls\tendpoints\tmodels\ttokens in/out\tcost_usd\tagent_s\n'
+  for r in "${RESULTS[@]}"; do printf '%s\n' "$r"; done
+} | if command -v column >/dev/null; then column -t -s $'\t'; else cat; fi
+echo
+say "done"
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "${#FAILED[@]} failure(s):" >&2
+  for f in "${FAILED[@]}"; do echo "  $f" >&2; done
+  exit 1
+fi
+echo "all agents worked through Tollgate"
