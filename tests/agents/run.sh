@@ -36,7 +36,7 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 TOLLGATE="${TOLLGATE_BIN:-$TARGET/debug/tollgate}"
 MOCK="${MOCK_BIN:-$TARGET/debug/mock-provider}"
 AGENTS=("$@")
-[ ${#AGENTS[@]} -gt 0 ] || AGENTS=(claude codex)
+[ ${#AGENTS[@]} -gt 0 ] || AGENTS=(claude codex codex-ws)
 T0=$(date +%s)
 say() { printf '== [%3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 die() { echo "FAIL: $*" >&2; exit 1; }
@@ -133,6 +133,7 @@ MOCK_URL="http://$ADDR_LISTENING"
 
 KEY_CLAUDE="tg_agents_claude_code_key_01"
 KEY_CODEX="tg_agents_codex_cli_key_0002"
+KEY_CODEX_WS="tg_agents_codex_ws_key_00003"
 ADMIN_TOKEN="agents-admin-token-$$-$RANDOM"
 ANTHROPIC_SECRET="sk-ant-mock-provider-secret-$RANDOM"
 OPENAI_SECRET="sk-openai-mock-provider-secret-$RANDOM"
@@ -235,6 +236,11 @@ budget = { limit_usd = 100.0, period = "total" }
 [[projects]]
 id = "codex"
 keys = ["$KEY_CODEX"]
+budget = { limit_usd = 100.0, period = "total" }
+
+[[projects]]
+id = "codex-ws"
+keys = ["$KEY_CODEX_WS"]
 budget = { limit_usd = 100.0, period = "total" }
 EOF
 start tollgate LISTENING ADMIN_LISTENING -- env AGENTS_ADMIN_TOKEN="$ADMIN_TOKEN" \
@@ -367,10 +373,13 @@ run_claude() {
   check_project claude "$version" claude-code "$secs" "$cost"
 }
 
+# run_codex NAME PROJECT KEY [PROVIDER_LINE...]: `codex exec` with Tollgate as a custom model
+# provider (extra lines go into its [model_providers.tollgate] table).
 run_codex() {
+  local name=$1 project=$2 key=$3; shift 3
   local version home work out t1 rc=0
   version="$("$CODEX" --version 2>/dev/null | awk '{print $2}')" || true
-  home="$TMP/codex-home"; work="$TMP/codex-work"; out="$TMP/codex.out"
+  home="$TMP/$name-home"; work="$TMP/$name-work"; out="$TMP/$name.out"
   mkdir -p "$home/codex" "$work"
   cat >"$home/codex/config.toml" <<EOF
 model_provider = "tollgate"
@@ -381,38 +390,50 @@ name = "Tollgate"
 base_url = "$GW/v1"
 env_key = "TOLLGATE_API_KEY"
 wire_api = "responses"
-
+$(printf '%s\n' "$@")
 [analytics]
 enabled = false
 
 [feedback]
 enabled = false
 EOF
-  say "Codex CLI $version: codex exec --skip-git-repo-check 'say hi'"
+  say "Codex CLI $version ($name): codex exec --skip-git-repo-check 'say hi'${*:+ with $*}"
   local mark; mark="$(mock_mark)"
+  local upgrades0; upgrades0="$(grep -c 'status=426 reason=upgrade_required' "$TMP/tollgate.log" || true)"
   t1=$(date +%s)
   (cd "$work" && run_bounded 120 "$out" env -i PATH="$BASE_PATH" HOME="$home" TERM=dumb LANG=C.UTF-8 \
       TMPDIR="$TMP" USER=agents SHELL=/bin/bash \
-      CODEX_HOME="$home/codex" TOLLGATE_API_KEY="$KEY_CODEX" \
+      CODEX_HOME="$home/codex" TOLLGATE_API_KEY="$key" \
       "$CODEX" exec --skip-git-repo-check "say hi") || rc=$?
   local secs=$(( $(date +%s) - t1 ))
-  echo "-- what the mock received from Codex:"; mock_requests_since "$mark" codex "$KEY_CODEX" "$OPENAI_SECRET"
+  echo "-- what the mock received from Codex ($name):"; mock_requests_since "$mark" "$name" "$key" "$OPENAI_SECRET"
   if [ "$rc" != 0 ]; then
-    agent_fail codex "codex exec exited $rc after ${secs}s; stdout: $(head -c 2000 "$out"); stderr: $(tail -c 3000 "$out.stderr")"
+    agent_fail "$name" "codex exec exited $rc after ${secs}s; stdout: $(head -c 2000 "$out"); stderr: $(tail -c 3000 "$out.stderr")"
   else
     echo "-- codex answered: $(head -c 80 "$out")..."
+  fi
+  local upgrades; upgrades=$(( $(grep -c 'status=426 reason=upgrade_required' "$TMP/tollgate.log" || true) - upgrades0 ))
+  if [[ " $* " == *" supports_websockets = true "* ]]; then
+    if [ "$upgrades" -gt 0 ]; then
+      echo "-- $name tried a WebSocket on /v1/responses $upgrades time(s), got 426 from Tollgate, fell back to HTTP"
+    else
+      agent_fail "$name" "no WebSocket attempt (426 upgrade_required) in the gateway's access log: the fallback path was not exercised"
+    fi
   fi
   # `codex exec` ends its stderr with "tokens used" and the total on the next line.
   local tokens=""
   tokens="$(awk 'p { gsub(/,/, ""); print; exit } /^tokens used/ { p = 1 }' "$out.stderr")"
-  check_project codex "$version" codex "$secs" "" "$tokens"
+  check_project "$name" "$version" "$project" "$secs" "" "$tokens"
 }
 
 for a in "${AGENTS[@]}"; do
   case "$a" in
     claude) run_claude ;;
-    codex) run_codex ;;
-    *) die "unknown agent '$a' (claude, codex)" ;;
+    codex) run_codex codex codex "$KEY_CODEX" ;;
+    # Codex's built-in OpenAI provider prefers a WebSocket on /v1/responses; a custom provider
+    # does so with supports_websockets = true, and falls back to HTTP on a 426.
+    codex-ws) run_codex codex-ws codex-ws "$KEY_CODEX_WS" "supports_websockets = true" ;;
+    *) die "unknown agent '$a' (claude, codex, codex-ws)" ;;
   esac
 done
 
