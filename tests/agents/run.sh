@@ -41,6 +41,11 @@ T0=$(date +%s)
 say() { printf '== [%3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 die() { echo "FAIL: $*" >&2; exit 1; }
 
+# ---- prerequisites ---------------------------------------------------------------------------
+for b in "$TOLLGATE" "$MOCK"; do
+  [ -x "$b" ] || die "$b is missing: build it first with 'cargo build --bins' (this script builds nothing)"
+done
+
 # ---- processes and temp dir: everything is torn down on exit -------------------------------
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/tollgate-agents.XXXXXX")"
 PIDS=()
@@ -63,10 +68,6 @@ trap cleanup EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
 
-# ---- prerequisites ---------------------------------------------------------------------------
-for b in "$TOLLGATE" "$MOCK"; do
-  [ -x "$b" ] || die "$b is missing: build it first with 'cargo build --bins' (this script builds nothing)"
-done
 need_apt=()
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
@@ -351,16 +352,19 @@ run_claude() {
   say "Claude Code $version: claude -p 'say hi' --output-format json"
   local mark; mark="$(mock_mark)"
   t1=$(date +%s)
-  (cd "$work" && run_bounded 120 "$out" env -i PATH="$BASE_PATH" HOME="$home" TERM=dumb LANG=C.UTF-8 \
+  run_bounded 120 "$out" env -i -C "$work" PATH="$BASE_PATH" HOME="$home" TERM=dumb LANG=C.UTF-8 \
       TMPDIR="$TMP" USER=agents SHELL=/bin/bash \
       ANTHROPIC_BASE_URL="$GW" ANTHROPIC_API_KEY="$KEY_CLAUDE" \
       DISABLE_TELEMETRY=1 DISABLE_AUTOUPDATER=1 DISABLE_ERROR_REPORTING=1 \
       CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 \
-      "$CLAUDE" -p "say hi" --output-format json) || rc=$?
+      "$CLAUDE" -p "say hi" --output-format json || rc=$?
   local secs=$(( $(date +%s) - t1 ))
   echo "-- what the mock received from Claude Code:"; mock_requests_since "$mark" claude "$KEY_CLAUDE" "$ANTHROPIC_SECRET"
   if [ "$rc" != 0 ]; then
-    agent_fail claude "claude -p exited $rc after ${secs}s; stdout: $(head -c 2000 "$out"); stderr: $(head -c 2000 "$out.stderr")"
+    local said
+    said="$(node -e 'const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); console.log(`result ${JSON.stringify(r.result)}, api_error_status ${r.api_error_status}, api_error_type ${r.api_error_type}`)' "$out" 2>/dev/null)" \
+      || said="stdout: $(head -c 2000 "$out")"
+    agent_fail claude "claude -p exited $rc after ${secs}s; $said; stderr: $(head -c 2000 "$out.stderr")"
   elif ! node -e '
       const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
       if (r.is_error || r.subtype !== "success") { console.error(JSON.stringify(r).slice(0, 2000)); process.exit(1) }
@@ -401,14 +405,14 @@ EOF
   local mark; mark="$(mock_mark)"
   local upgrades0; upgrades0="$(grep -c 'status=426 reason=upgrade_required' "$TMP/tollgate.log" || true)"
   t1=$(date +%s)
-  (cd "$work" && run_bounded 120 "$out" env -i PATH="$BASE_PATH" HOME="$home" TERM=dumb LANG=C.UTF-8 \
+  run_bounded 120 "$out" env -i -C "$work" PATH="$BASE_PATH" HOME="$home" TERM=dumb LANG=C.UTF-8 \
       TMPDIR="$TMP" USER=agents SHELL=/bin/bash \
       CODEX_HOME="$home/codex" TOLLGATE_API_KEY="$key" \
-      "$CODEX" exec --skip-git-repo-check "say hi") || rc=$?
+      "$CODEX" exec --skip-git-repo-check "say hi" || rc=$?
   local secs=$(( $(date +%s) - t1 ))
   echo "-- what the mock received from Codex ($name):"; mock_requests_since "$mark" "$name" "$key" "$OPENAI_SECRET"
   if [ "$rc" != 0 ]; then
-    agent_fail "$name" "codex exec exited $rc after ${secs}s; stdout: $(head -c 2000 "$out"); stderr: $(tail -c 3000 "$out.stderr")"
+    agent_fail "$name" "codex exec exited $rc after ${secs}s; stdout: $(head -c 2000 "$out"); stderr (its end): $(grep -v '^$' "$out.stderr" | tail -n 8 | tail -c 2000)"
   else
     echo "-- codex answered: $(head -c 80 "$out")..."
   fi
