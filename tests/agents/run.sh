@@ -294,6 +294,23 @@ mock_requests_since() {
   while IFS= read -r b; do [ -n "$b" ] && agent_fail "$2" "${b#BAD	}"; done < <(grep '^BAD' <<<"$verdict" || true)
 }
 
+# access_count: how many access-log lines the gateway has written.
+access_count() { grep -c 'tollgate::access' "$TMP/tollgate.log" || true; }
+# check_access AGENT MARK [ALLOWED_STATUS...]: every request the agent made of the gateway got a
+# 2xx (or one of the allowed statuses); a 404 or 405 here is a route an agent needs that
+# Tollgate does not serve. The access line has no path: rerun with the agent pointed at the
+# mock (`mock-provider --log` prints method and path) to see which.
+check_access() {
+  local agent=$1 mark=$2; shift 2
+  local line st
+  while IFS= read -r line; do
+    st="$(sed -n 's/.* status=\([0-9]*\) .*/\1/p' <<<"$line")"
+    case "$st" in 2??) continue ;; esac
+    [[ " $* " == *" $st "* ]] && continue
+    agent_fail "$agent" "the gateway answered $st: ${line#*tollgate::access\] }"
+  done < <(grep 'tollgate::access' "$TMP/tollgate.log" | tail -n +"$((mark + 1))")
+}
+
 RESULTS=()
 FAILED=()
 agent_fail() { FAILED+=("$1: $2"); echo "FAIL: $1: $2" >&2; }
@@ -351,6 +368,7 @@ run_claude() {
   mkdir -p "$home" "$work"
   say "Claude Code $version: claude -p 'say hi' --output-format json"
   local mark; mark="$(mock_mark)"
+  local amark; amark="$(access_count)"
   t1=$(date +%s)
   run_bounded 120 "$out" env -i -C "$work" PATH="$BASE_PATH" HOME="$home" TERM=dumb LANG=C.UTF-8 \
       TMPDIR="$TMP" USER=agents SHELL=/bin/bash \
@@ -375,6 +393,7 @@ run_claude() {
   local cost=""
   cost="$(node -e 'try { const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); if (typeof r.total_cost_usd === "number") console.log(r.total_cost_usd) } catch {}' "$out")"
   check_project claude "$version" claude-code "$secs" "$cost"
+  check_access claude "$amark"
 }
 
 # run_codex NAME PROJECT KEY [PROVIDER_LINE...]: `codex exec` with Tollgate as a custom model
@@ -404,6 +423,7 @@ EOF
   say "Codex CLI $version ($name): codex exec --skip-git-repo-check 'say hi'${*:+ with $*}"
   local mark; mark="$(mock_mark)"
   local upgrades0; upgrades0="$(grep -c 'status=426 reason=upgrade_required' "$TMP/tollgate.log" || true)"
+  local amark; amark="$(access_count)"
   t1=$(date +%s)
   run_bounded 120 "$out" env -i -C "$work" PATH="$BASE_PATH" HOME="$home" TERM=dumb LANG=C.UTF-8 \
       TMPDIR="$TMP" USER=agents SHELL=/bin/bash \
@@ -428,6 +448,7 @@ EOF
   local tokens=""
   tokens="$(awk 'p { gsub(/,/, ""); print; exit } /^tokens used/ { p = 1 }' "$out.stderr")"
   check_project "$name" "$version" "$project" "$secs" "" "$tokens"
+  if [[ " $* " == *" supports_websockets = true "* ]]; then check_access "$name" "$amark" 426; else check_access "$name" "$amark"; fi
 }
 
 for a in "${AGENTS[@]}"; do
