@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# Real coding agents through Tollgate: Claude Code (`claude -p`) and Codex CLI (`codex exec`),
-# installed from npm at the versions pinned in tests/agents/package.json (package-lock.json
-# committed), each run headless against target/debug/tollgate, which forwards to
-# target/debug/mock-provider. Nothing leaves the machine: the agents' HOME, config and working
-# directory are fresh temp directories, their environment is built from nothing (env -i), and
-# telemetry, auto-update and non-essential traffic are switched off.
+# Real clients through Tollgate, unchanged: Claude Code (`claude -p`), Codex CLI (`codex exec`,
+# over HTTP and with its WebSocket try), and the official OpenAI and Anthropic SDKs for Node and
+# Python configured by environment variables alone. The npm packages are installed at the
+# versions pinned in tests/agents/package.json (package-lock.json committed; the Python SDKs come
+# from .venv, which tests/run-all.sh makes from tests/sdk/requirements.txt). Each client runs
+# against target/debug/tollgate, which forwards to target/debug/mock-provider. Nothing leaves
+# the machine: the agents' HOME, config and working directory are fresh temp directories, their
+# environment is built from nothing (env -i), telemetry, auto-update and non-essential traffic
+# are off.
 #
-# Afterwards the admin API (GET /admin/decisions) must show, for each agent's own project, at
-# least one call, every call allowed with a 2xx status, every charged call priced from the
-# provider's reported usage (usage_source "reported", cost_usd > 0). A summary table is printed;
-# the exit status is non-zero if any agent failed (each failure is named).
+# Each client has its own project. Afterwards the admin API (GET /admin/decisions) must show for
+# it at least one call, every call allowed with a 2xx, every charged call priced from the
+# provider's reported usage (usage_source "reported", cost_usd > 0; count_tokens is free); the
+# agent's own cost figure (Claude Code) and token count (Codex) must equal Tollgate's; every
+# request the client made of the gateway must get a 2xx (a 404 is a route a client needs); the
+# provider must see its own credential and never the project key. A summary table is printed;
+# the exit status is non-zero if any client failed (each failure is named).
 #
 # Builds nothing: run `cargo build --bins` first. Bounded: each step has its own deadline and the
 # whole script stops after TOLLGATE_AGENTS_TIMEOUT_S (default 300) seconds. Every process it
 # starts is killed on exit.
 #
-#   tests/agents/run.sh                 # both agents
-#   tests/agents/run.sh claude codex    # a subset, by name
-#   KEEP_TMP=1 tests/agents/run.sh      # keep the temp dir (configs, logs, agent output)
+#   tests/agents/run.sh                         # all: claude codex codex-ws node-sdk python-sdk
+#   tests/agents/run.sh claude codex            # a subset, by name
+#   KEEP_TMP=1 tests/agents/run.sh              # keep the temp dir (configs, logs, agent output)
 set -euo pipefail
 
 LIMIT_S="${TOLLGATE_AGENTS_TIMEOUT_S:-300}"
@@ -36,7 +42,7 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 TOLLGATE="${TOLLGATE_BIN:-$TARGET/debug/tollgate}"
 MOCK="${MOCK_BIN:-$TARGET/debug/mock-provider}"
 AGENTS=("$@")
-[ ${#AGENTS[@]} -gt 0 ] || AGENTS=(claude codex codex-ws)
+[ ${#AGENTS[@]} -gt 0 ] || AGENTS=(claude codex codex-ws node-sdk python-sdk)
 T0=$(date +%s)
 say() { printf '== [%3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 die() { echo "FAIL: $*" >&2; exit 1; }
@@ -135,6 +141,8 @@ MOCK_URL="http://$ADDR_LISTENING"
 KEY_CLAUDE="tg_agents_claude_code_key_01"
 KEY_CODEX="tg_agents_codex_cli_key_0002"
 KEY_CODEX_WS="tg_agents_codex_ws_key_00003"
+KEY_NODE_SDK="tg_agents_node_sdk_key_00004"
+KEY_PYTHON_SDK="tg_agents_python_sdk_key_05"
 ADMIN_TOKEN="agents-admin-token-$$-$RANDOM"
 ANTHROPIC_SECRET="sk-ant-mock-provider-secret-$RANDOM"
 OPENAI_SECRET="sk-openai-mock-provider-secret-$RANDOM"
@@ -243,6 +251,16 @@ budget = { limit_usd = 100.0, period = "total" }
 id = "codex-ws"
 keys = ["$KEY_CODEX_WS"]
 budget = { limit_usd = 100.0, period = "total" }
+
+[[projects]]
+id = "node-sdk"
+keys = ["$KEY_NODE_SDK"]
+budget = { limit_usd = 100.0, period = "total" }
+
+[[projects]]
+id = "python-sdk"
+keys = ["$KEY_PYTHON_SDK"]
+budget = { limit_usd = 100.0, period = "total" }
 EOF
 start tollgate LISTENING ADMIN_LISTENING -- env AGENTS_ADMIN_TOKEN="$ADMIN_TOKEN" \
   AGENTS_ANTHROPIC_KEY="$ANTHROPIC_SECRET" AGENTS_OPENAI_KEY="$OPENAI_SECRET" \
@@ -270,25 +288,26 @@ run_bounded() {
 
 mock_mark() { curl -fsS --max-time 10 "$MOCK_URL/_mock/count" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).count))'; }
 
-# mock_requests_since MARK AGENT PROJECT_KEY PROVIDER_SECRET: what the mock received since MARK
-# (method, path, model, body size, a few headers). Each request must carry the provider's
-# credential and nowhere the project key (SPEC: the key is removed before forwarding).
+# mock_requests_since MARK AGENT PROJECT_KEY: what the mock received since MARK (method, path,
+# model, body size, a few headers). Each request must carry its provider's credential in that
+# provider's scheme and nowhere the project key (SPEC: the key is removed before forwarding).
 mock_requests_since() {
   local verdict
   verdict="$(curl -fsS --max-time 10 "$MOCK_URL/_mock/requests" | node -e '
     let s=""; process.stdin.on("data",d=>s+=d).on("end",()=>{
-      const [from, key, secret] = process.argv.slice(1), reqs = JSON.parse(s).requests.slice(+from);
+      const [from, key, antSecret, oaSecret] = process.argv.slice(1), reqs = JSON.parse(s).requests.slice(+from);
       for (const r of reqs) {
         const h=Object.fromEntries(r.headers);
         const hs = JSON.stringify(r.headers);
         if (hs.includes(key) || r.body.includes(key)) console.log(`BAD\t${r.method} ${r.path}: the project key reached the provider`);
-        if (!hs.includes(secret)) console.log(`BAD\t${r.method} ${r.path}: the provider credential is missing upstream`);
+        const ok = r.path.startsWith("/v1/messages") ? h["x-api-key"] === antSecret : h["authorization"] === `Bearer ${oaSecret}`;
+        if (!ok) console.log(`BAD\t${r.method} ${r.path}: the provider credential is not in its scheme upstream`);
         let model="-"; try { model=JSON.parse(r.body).model ?? "-" } catch {}
         console.log(`  ${r.method} ${r.path} model=${model} body=${r.body_len}B` +
           (h["anthropic-beta"] ? ` anthropic-beta=${h["anthropic-beta"]}` : "") +
           (h["user-agent"] ? ` ua=${h["user-agent"]}` : ""));
       }
-    })' "$1" "$3" "$4")" || { agent_fail "$2" "GET /_mock/requests failed"; return; }
+    })' "$1" "$3" "$ANTHROPIC_SECRET" "$OPENAI_SECRET")" || { agent_fail "$2" "GET /_mock/requests failed"; return; }
   grep -v '^BAD' <<<"$verdict" || true
   local b
   while IFS= read -r b; do [ -n "$b" ] && agent_fail "$2" "${b#BAD	}"; done < <(grep '^BAD' <<<"$verdict" || true)
@@ -377,7 +396,7 @@ run_claude() {
       CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 \
       "$CLAUDE" -p "say hi" --output-format json || rc=$?
   local secs=$(( $(date +%s) - t1 ))
-  echo "-- what the mock received from Claude Code:"; mock_requests_since "$mark" claude "$KEY_CLAUDE" "$ANTHROPIC_SECRET"
+  echo "-- what the mock received from Claude Code:"; mock_requests_since "$mark" claude "$KEY_CLAUDE"
   if [ "$rc" != 0 ]; then
     local said
     said="$(node -e 'const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); console.log(`result ${JSON.stringify(r.result)}, api_error_status ${r.api_error_status}, api_error_type ${r.api_error_type}`)' "$out" 2>/dev/null)" \
@@ -430,7 +449,7 @@ EOF
       CODEX_HOME="$home/codex" TOLLGATE_API_KEY="$key" \
       "$CODEX" exec --skip-git-repo-check "say hi" || rc=$?
   local secs=$(( $(date +%s) - t1 ))
-  echo "-- what the mock received from Codex ($name):"; mock_requests_since "$mark" "$name" "$key" "$OPENAI_SECRET"
+  echo "-- what the mock received from Codex ($name):"; mock_requests_since "$mark" "$name" "$key"
   if [ "$rc" != 0 ]; then
     agent_fail "$name" "codex exec exited $rc after ${secs}s; stdout: $(head -c 2000 "$out"); stderr (its end): $(grep -v '^$' "$out.stderr" | tail -n 8 | tail -c 2000)"
   else
@@ -451,6 +470,31 @@ EOF
   if [[ " $* " == *" supports_websockets = true "* ]]; then check_access "$name" "$amark" 426; else check_access "$name" "$amark"; fi
 }
 
+# run_sdk NAME PROJECT KEY CMD...: an SDK script configured by the environment alone
+# (OPENAI_BASE_URL = the gateway + /v1, ANTHROPIC_BASE_URL = the gateway, both keys the project's).
+run_sdk() {
+  local name=$1 project=$2 key=$3; shift 3
+  local out="$TMP/$name.out" rc=0 t1 secs mark amark version
+  mark="$(mock_mark)"; amark="$(access_count)"
+  say "$name: $(basename "${@: -1}")"
+  t1=$(date +%s)
+  run_bounded 60 "$out" env -i -C "$HERE" PATH="$BASE_PATH" HOME="$TMP" LANG=C.UTF-8 TMPDIR="$TMP" \
+      OPENAI_BASE_URL="$GW/v1" OPENAI_API_KEY="$key" ANTHROPIC_BASE_URL="$GW" ANTHROPIC_API_KEY="$key" \
+      "$@" || rc=$?
+  secs=$(( $(date +%s) - t1 ))
+  version="$(head -n 1 "$out")"
+  sed -n '2,$p' "$out"
+  echo "-- what the mock received from $name:"; mock_requests_since "$mark" "$name" "$key"
+  [ "$rc" = 0 ] || agent_fail "$name" "exited $rc after ${secs}s: $(tail -c 2000 "$out.stderr")"
+  check_project "$name" "${version:-?}" "$project" "$secs"
+  check_access "$name" "$amark"
+}
+
+# The Python SDKs: tests/run-all.sh installs them into .venv (tests/sdk/requirements.txt).
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+[ -x "$PYTHON" ] || PYTHON=python3
+SKIPPED=()
+
 for a in "${AGENTS[@]}"; do
   case "$a" in
     claude) run_claude ;;
@@ -458,7 +502,14 @@ for a in "${AGENTS[@]}"; do
     # Codex's built-in OpenAI provider prefers a WebSocket on /v1/responses; a custom provider
     # does so with supports_websockets = true, and falls back to HTTP on a 426.
     codex-ws) run_codex codex-ws codex-ws "$KEY_CODEX_WS" "supports_websockets = true" ;;
-    *) die "unknown agent '$a' (claude, codex, codex-ws)" ;;
+    node-sdk) run_sdk node-sdk node-sdk "$KEY_NODE_SDK" node "$HERE/sdk.mjs" ;;
+    python-sdk)
+      if "$PYTHON" -c 'import openai, anthropic' 2>/dev/null; then
+        run_sdk python-sdk python-sdk "$KEY_PYTHON_SDK" "$PYTHON" "$HERE/sdk.py"
+      else
+        SKIPPED+=("python-sdk: no Python with the openai and anthropic packages ($PYTHON); tests/run-all.sh makes .venv")
+      fi ;;
+    *) die "unknown agent '$a' (claude, codex, codex-ws, node-sdk, python-sdk)" ;;
   esac
 done
 
@@ -473,9 +524,10 @@ echo
 } | if command -v column >/dev/null; then column -t -s $'\t'; else cat; fi
 echo
 say "done"
+for sk in "${SKIPPED[@]}"; do echo "SKIPPED $sk"; done
 if [ ${#FAILED[@]} -gt 0 ]; then
   echo "${#FAILED[@]} failure(s):" >&2
   for f in "${FAILED[@]}"; do echo "  $f" >&2; done
   exit 1
 fi
-echo "all agents worked through Tollgate"
+echo "all clients worked through Tollgate: ${AGENTS[*]}"
