@@ -104,6 +104,10 @@ if ! installed_matches_lock; then
 fi
 CLAUDE="$HERE/node_modules/.bin/claude"
 CODEX="$HERE/node_modules/.bin/codex"
+# Both ship a native binary in a platform package from npm; Claude Code's postinstall
+# (node install.cjs) puts it in place of bin/claude.exe, a stub until then.
+"$CLAUDE" --version >/dev/null 2>&1 || die "Claude Code does not start ($CLAUDE --version failed): did its postinstall (node install.cjs) run? $("$CLAUDE" --version 2>&1 | head -c 500)"
+"$CODEX" --version >/dev/null 2>&1 || die "Codex does not start ($CODEX --version failed): $("$CODEX" --version 2>&1 | head -c 500)"
 
 # ---- mock provider and gateway on port 0 -----------------------------------------------------
 # start NAME TAG... : run "$@" after the tags with stdout on a FIFO, read one `TAG <addr>` line
