@@ -38,9 +38,11 @@ fn the_base_url_answers_get_and_head_without_a_key() {
     let gw = Gateway::start(&standard_config(&mock));
     let r = get(&gw.url("/"), &[]);
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = try_request("HEAD", &gw.url("/"), &[], None).expect("HEAD /");
-    assert_eq!(r.status, 200);
-    assert!(r.body.is_empty(), "a HEAD answer has no body: {:?}", r.body);
+    for path in ["/", "/api/hello"] {
+        let r = try_request("HEAD", &gw.url(path), &[], None).expect("HEAD");
+        assert_eq!(r.status, 200, "HEAD {path}");
+        assert!(r.body.is_empty(), "a HEAD answer has no body: {:?}", r.body);
+    }
     assert_eq!(mock.count(), 0, "the probe never reaches a provider");
 }
 

@@ -62,6 +62,9 @@ echo "== SDK end-to-end tests (official openai and anthropic Python SDKs)"
 echo "== SDK end-to-end tests (official openai and @anthropic-ai/sdk npm packages, node --test)"
 (cd tests/node && node --test *.test.mjs)
 
+echo "== real clients: Claude Code, Codex CLI and the Node and Python SDKs through Tollgate (pinned in tests/agents)"
+tests/agents/run.sh
+
 echo "== load-test harness smoke run (debug build, a few seconds, no peers)"
 python3 load-tests/bench.py --smoke --bin-dir target/debug
 python3 load-tests/agents.py --smoke --bin-dir target/debug

@@ -253,7 +253,9 @@ impl Endpoint {
     /// Path (without query) → endpoint. A trailing slash is tolerated because some clients add
     /// one.
     pub fn from_path(path: &str) -> Option<Endpoint> {
-        if path == "/" {
+        // Claude Code probes the base URL (`HEAD /`, and `HEAD /api/hello` when its
+        // non-essential traffic is on) before its first call.
+        if path == "/" || path == "/api/hello" {
             return Some(Endpoint::Root);
         }
         let path = path.strip_suffix('/').unwrap_or(path);

@@ -94,7 +94,12 @@ impl Gateway {
         if ctx.seen.endpoint.is_some_and(|e| e.is_recorded()) {
             self.ledger.record(record(ctx, &end));
         }
-        access_log(ctx, e, &end, self.project_name(ctx));
+        // An unknown path is named in the log, so a route a client needs is easy to spot.
+        let path = match ctx.seen.endpoint {
+            None => Some(session.req_header().uri.path()),
+            Some(_) => None,
+        };
+        access_log(ctx, e, &end, self.project_name(ctx), path);
     }
 
     fn project_name<'a>(&self, ctx: &'a Ctx) -> &'a str {
@@ -215,7 +220,7 @@ fn record(ctx: &Ctx, end: &Ending) -> DecisionRecord {
     }
 }
 
-fn access_log(ctx: &Ctx, e: Option<&Error>, end: &Ending, project: &str) {
+fn access_log(ctx: &Ctx, e: Option<&Error>, end: &Ending, project: &str, path: Option<&str>) {
     let provider = ctx
         .cfg
         .as_deref()
@@ -225,10 +230,11 @@ fn access_log(ctx: &Ctx, e: Option<&Error>, end: &Ending, project: &str) {
     let n = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
     log::info!(
         target: "tollgate::access",
-        "id={} project={} endpoint={} model={} provider={} attempts={} status={} reason={} stream={} prompt_tokens={} completion_tokens={} usage={} cost_usd={} latency_ms={:.1}{}",
+        "id={} project={} endpoint={}{} model={} provider={} attempts={} status={} reason={} stream={} prompt_tokens={} completion_tokens={} usage={} cost_usd={} latency_ms={:.1}{}",
         ctx.request_id,
         project,
         ctx.seen.endpoint.map_or("-", |e| e.as_str()),
+        path.map_or(String::new(), |p| format!(" path={}", truncate(p, 100))),
         ctx.seen.model.as_deref().map_or("-", |m| truncate(m, 100)),
         provider,
         ctx.attempts.count(),
