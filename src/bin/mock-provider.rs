@@ -1129,7 +1129,7 @@ fn controls(req: &Request, cfg: &Config) -> Result<Ctl, String> {
     let mut ctl = Ctl {
         latency_ms: cfg.latency_ms,
         chunk_delay_ms: cfg.chunk_delay_ms,
-        tokens: None, // `--tokens` is applied later: the request's max_* wins over it
+        tokens: cfg.tokens,
         prompt_tokens: None,
         cached_tokens: 0,
         status: cfg.status,
@@ -1152,6 +1152,16 @@ fn controls(req: &Request, cfg: &Config) -> Result<Ctl, String> {
         }
     }
     Ok(ctl)
+}
+
+/// The output token count: `x-mock-tokens`, else `--tokens` (both in `tokens`), else 8; then capped by the
+/// request's own limit (`max_tokens` and friends are a ceiling, as for a real model, never a
+/// length to fill) and by [`MAX_OUT_TOKENS`].
+fn out_tokens(tokens: Option<u64>, requested: Option<u64>) -> usize {
+    tokens
+        .unwrap_or(DEFAULT_OUT_TOKENS)
+        .min(requested.unwrap_or(u64::MAX))
+        .min(MAX_OUT_TOKENS) as usize
 }
 
 /// Everything a generator needs for one API request.
@@ -1290,12 +1300,7 @@ async fn handle(st: &State, sock: &mut TcpStream, req: Arc<Request>) -> Flow {
         Route::Responses => limit_field(&["max_output_tokens"]),
         _ => None,
     };
-    let out = ctl
-        .tokens
-        .or(requested)
-        .or(st.cfg.tokens)
-        .unwrap_or(DEFAULT_OUT_TOKENS)
-        .min(MAX_OUT_TOKENS) as usize;
+    let out = out_tokens(ctl.tokens, requested);
     let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
     let include_usage = body
         .get("stream_options")
