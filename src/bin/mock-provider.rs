@@ -34,9 +34,11 @@
 //! | `GET /v1/models` | OpenAI list, or Anthropic list when `anthropic-version` or `x-api-key` is sent |
 //! | `GET /v1/models/{id}` | one model, same choice of shape: OpenAI `{"id","object":"model","created","owned_by"}`, Anthropic `{"type":"model","id","display_name","created_at"}` |
 //!
-//! `GET /v1/models/{id}` answers every id, as the other routes accept every model name: a
-//! listed one with its list entry, any other with made-up dates (`x-mock-status: 404` gives the
-//! provider's "model not found"). An unknown route gets a 404 in the provider's error shape. OpenAI routes
+//! `GET /v1/models/{id}` answers every id, as the other routes accept every
+//! model name: a listed one with its list entry, any other with made-up dates
+//! (`x-mock-status: 404` gives the provider's "model not found").
+//!
+//! An unknown route gets a 404 in the provider's error shape. OpenAI routes
 //! need `Authorization: Bearer <key>`. Anthropic routes need a key in
 //! `x-api-key`, or in `Authorization: Bearer <key>` as the Python Anthropic
 //! SDK 2.x sends it (401 if both are missing). They also need
@@ -163,6 +165,13 @@
 //! a 400 and the connection is closed. JSON replies carry `Content-Length`.
 //! SSE replies use `Transfer-Encoding: chunked` with one chunk written per
 //! event.
+//!
+//! ## Unit tests
+//!
+//! `cargo test --bin mock-provider` runs the parser (framing, pipelining,
+//! `Expect`, malformed input) and whole exchanges over an in-memory pipe: every
+//! reply checked as JSON or as SSE events whose data is JSON and whose `event:`
+//! name is its `type`, with usage where the gateway's scanner reads it.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
