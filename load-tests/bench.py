@@ -148,9 +148,10 @@ class Procs:
             self.stop(p)
 
 
-def start_mock(procs, extra=()):
+def start_mock(procs, extra=(), tokens=16):
+    # The mock's reply length is `--tokens` (capped by the body's max_tokens): 16 for BODIES.
     p = procs.start([os.path.join(REL, "mock-provider"), "--listen", "127.0.0.1:0", "--threads", "1",
-                     "--no-record", *extra], stdout=subprocess.PIPE, text=True)
+                     "--no-record", "--tokens", str(tokens), *extra], stdout=subprocess.PIPE, text=True)
     line = p.stdout.readline().split()
     if len(line) != 2 or line[0] != "LISTENING":
         sys.exit("mock-provider did not start")
@@ -353,7 +354,7 @@ def slope_mib_per_min(samples):
 
 def memory_tests(procs, tmp, a, lines, verdicts):
     """2,000 open streams against a slow upstream, then a soak. Each on a fresh Tollgate."""
-    slow, slow_addr = start_mock(procs, ["--chunk-delay-ms", str(SLOW_CHUNK_MS)])
+    slow, slow_addr = start_mock(procs, ["--chunk-delay-ms", str(SLOW_CHUNK_MS)], tokens=200)
     gw, port, admin = start_tollgate(procs, tmp, slow_addr, name="tollgate-streams")
     ng, ng_port = start_nginx(procs, tmp, slow_addr, name="nginx-streams")
     bare, bare_port = start_pingora(procs, slow_addr)

@@ -111,7 +111,7 @@ def main():
     tmp = a.keep or tempfile.mkdtemp(prefix="tollgate-cg-")
     os.makedirs(tmp, exist_ok=True)
     mock = subprocess.Popen([os.path.join(REL, "mock-provider"), "--listen", "127.0.0.1:0", "--threads", "1",
-                             "--no-record"], stdout=subprocess.PIPE, text=True, start_new_session=True)
+                             "--no-record", "--tokens", "16"], stdout=subprocess.PIPE, text=True, start_new_session=True)
     mock_addr = mock.stdout.readline().split()[1]
     try:
         rows = []

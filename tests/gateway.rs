@@ -309,7 +309,11 @@ fn a_stream_cut_by_the_provider_is_estimated() {
     let r = try_request(
         "POST",
         &gw.url("/v1/messages"),
-        &[("x-api-key", KEY), ("x-mock-fault", "close-mid-stream")],
+        &[
+            ("x-api-key", KEY),
+            ("x-mock-tokens", "50"),
+            ("x-mock-fault", "close-mid-stream"),
+        ],
         Some(body.as_bytes()),
     );
     // The client sees a stream that ends early (or a transport error); either way it is logged.

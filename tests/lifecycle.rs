@@ -143,6 +143,7 @@ fn slow_stream(
             .post(&url)
             .set("x-api-key", KEY)
             .set("x-mock-chunk-delay-ms", "100")
+            .set("x-mock-tokens", "20")
             .send_string(&body)
             .expect("stream response");
         let status = resp.status();

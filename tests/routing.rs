@@ -366,7 +366,7 @@ fn a_silent_target_times_out_and_the_next_one_serves() {
 
 #[test]
 fn a_stream_broken_after_the_first_byte_is_not_retried_and_is_charged() {
-    let a = Mock::start_with(&["--fault", "close-mid-stream"]);
+    let a = Mock::start_with(&["--fault", "close-mid-stream", "--tokens", "50"]);
     let b = Mock::start();
     let (gw, admin) = start(
         &[p("a", &a), p("b", &b)],

@@ -284,7 +284,7 @@ fn every_way_a_request_ends_releases_its_reservation() {
     ];
     let mut last_spent = 0.0;
     for (what, extra, body) in cases {
-        let mut h = vec![("x-api-key", KEY)];
+        let mut h = vec![("x-api-key", KEY), ("x-mock-tokens", "20")];
         h.extend(extra);
         let _ = try_request("POST", &gw.url("/v1/messages"), &h, Some(body.as_bytes()));
         eventually(what, || project(admin, "p1")["reserved_usd"] == 0.0);
@@ -306,7 +306,7 @@ fn every_way_a_request_ends_releases_its_reservation() {
                 .to_string();
         write!(
             s,
-            "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\nx-mock-chunk-delay-ms: 50\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\nx-mock-chunk-delay-ms: 50\r\nx-mock-tokens: 50\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         )
         .unwrap();

@@ -30,8 +30,13 @@
 //! | `POST /v1/embeddings` | OpenAI embeddings (`float` or `base64`) |
 //! | `POST /v1/responses` | OpenAI Responses API (JSON or typed SSE events) |
 //! | `POST /v1/messages` | Anthropic Messages (JSON or SSE) |
-//! | `POST /v1/messages/count_tokens` | Anthropic token counting |
+//! | `POST /v1/messages/count_tokens` | Anthropic token counting: `{"input_tokens":N}` (needs `model` and `messages`) |
 //! | `GET /v1/models` | OpenAI list, or Anthropic list when `anthropic-version` or `x-api-key` is sent |
+//! | `GET /v1/models/{id}` | one model, same choice of shape: OpenAI `{"id","object":"model","created","owned_by"}`, Anthropic `{"type":"model","id","display_name","created_at"}` |
+//!
+//! `GET /v1/models/{id}` answers every id, as the other routes accept every
+//! model name: a listed one with its list entry, any other with made-up dates
+//! (`x-mock-status: 404` gives the provider's "model not found").
 //!
 //! An unknown route gets a 404 in the provider's error shape. OpenAI routes
 //! need `Authorization: Bearer <key>`. Anthropic routes need a key in
@@ -43,23 +48,87 @@
 //! ## Deterministic content
 //!
 //! The reply text is built from a fixed word list, one word per token and one
-//! token per stream event. The output token count comes from the first of
-//! these that is set: `x-mock-tokens`, the request's `max_completion_tokens` /
-//! `max_tokens` / `max_output_tokens`, `--tokens`, or 8. It is capped at 4096.
-//! Input tokens are `ceil(request_body_len / 4)`. Usage is the same in JSON
-//! and stream replies. OpenAI chat and completions streams carry usage only
-//! when the request asked for `"stream_options":{"include_usage":true}`. The
-//! mock always stops naturally (`stop` / `end_turn` / `completed`).
+//! token per stream event. **The reply is short unless a length is asked for**:
+//! the output token count is `x-mock-tokens`, else `--tokens`, else 8; then it
+//! is capped by the request's own limit (`max_completion_tokens` / `max_tokens`
+//! on chat, `max_tokens` on completions and Anthropic, `max_output_tokens` on
+//! Responses) and by 4096. A limit is a ceiling, as for a real model, never a
+//! length to fill: Claude Code's `max_tokens: 32000` still gets 8 words, and a
+//! test that needs N output tokens sends `x-mock-tokens: N` (or starts the mock
+//! with `--tokens N`). Input tokens are `ceil(request_body_len / 4)`. Usage is
+//! the same in JSON and stream replies. OpenAI chat and completions streams
+//! carry usage only when the request asked for
+//! `"stream_options":{"include_usage":true}`. The mock stops naturally (`stop` /
+//! `end_turn` / `completed`) unless it answers with a tool call.
+//!
+//! ## Tool calls
+//!
+//! Chat, Responses and Anthropic Messages answer with one tool call instead of
+//! text when either
+//!
+//! * the request has `x-mock-tool-call: NAME` (optionally `x-mock-tool-args: JSON`,
+//!   a JSON object; `{}` without it), or
+//! * the text of the **last message**, when the user sent it, contains
+//!   `mock:tool:NAME`, optionally followed at once by a JSON object of arguments:
+//!   `what's the weather? mock:tool:get_weather{"city":"Paris"}`. For headless
+//!   agents (Claude Code `-p`, Codex `exec`) that cannot add headers. The last
+//!   message is `messages[-1]` (chat: `content` string or `text` parts;
+//!   Anthropic: `text` blocks) or `input` / `input[-1]` (Responses: a string or
+//!   `input_text` parts). Once the agent sends the tool's result, the last
+//!   message is a `tool` message, a `tool_result` block or a
+//!   `function_call_output` item, so the next turn is text: no loop.
+//!
+//! NAME is 1 to 128 of `[A-Za-z0-9_-]`; the header wins over the trigger; the
+//! tool need not be declared in the request's `tools`; bad arguments get a 400.
+//! The call replaces the text; usage is reported as usual (output tokens as
+//! above). Ids: `call_<id>` (chat), `fc_<id>` with `call_id` `call_<id>`
+//! (Responses), `toolu_<id>` (Anthropic). As the providers send it:
+//!
+//! * chat: `message.content: null`, `message.tool_calls[0]` `{id, type:"function",
+//!   function:{name, arguments}}` (arguments a JSON string), `finish_reason:
+//!   "tool_calls"`. Streamed: the first chunk's `delta.tool_calls[0]` has `index: 0`,
+//!   `id`, `type`, `function.name` and `arguments: ""`; then one chunk per
+//!   arguments fragment (`index` and `function.arguments` only); then
+//!   `finish_reason: "tool_calls"`, the usage chunk if asked for, `[DONE]`.
+//! * Responses: one `function_call` output item `{id, type, status, arguments,
+//!   call_id, name}`. Streamed: `response.created`, `response.in_progress`,
+//!   `response.output_item.added` (arguments `""`), one
+//!   `response.function_call_arguments.delta` per fragment,
+//!   `response.function_call_arguments.done` (with `name` and `arguments`),
+//!   `response.output_item.done`, `response.completed` (with usage).
+//! * Anthropic: a `tool_use` content block `{id, name, input}`, `stop_reason:
+//!   "tool_use"`. Streamed: `message_start`, `content_block_start` with
+//!   `{"type":"tool_use",id,name,"input":{}}`, `ping`, `content_block_delta`s with
+//!   `input_json_delta` (`partial_json` `""` first, then the fragments),
+//!   `content_block_stop`, `message_delta` (`stop_reason: "tool_use"`, usage),
+//!   `message_stop`.
+//!
+//! The arguments are streamed in fragments of up to 8 bytes that concatenate to
+//! the compact JSON.
 //!
 //! ## Control headers (per request)
 //!
 //! * `x-mock-latency-ms: N`: wait N ms before the response head.
 //! * `x-mock-chunk-delay-ms: N`: wait N ms between stream events.
-//! * `x-mock-tokens: N`: number of output tokens (overrides `max_tokens`).
+//! * `x-mock-tokens: N`: number of output tokens (overrides `--tokens`; still capped by
+//!   the request's `max_tokens` / `max_output_tokens` and by 4096).
 //! * `x-mock-prompt-tokens: N`: report N input tokens instead of `ceil(body_len / 4)` (a
 //!   provider whose count exceeds any bound, for overrun tests).
-//! * `x-mock-cached-tokens: N`: OpenAI chat reports N of its prompt tokens as
-//!   `prompt_tokens_details.cached_tokens` (a subset of `prompt_tokens`, as OpenAI counts).
+//! * `x-mock-cached-tokens: N`: OpenAI reports N of its prompt tokens as cached (a subset
+//!   of the prompt tokens, as OpenAI counts, so capped at them): chat
+//!   `usage.prompt_tokens_details.cached_tokens`, Responses
+//!   `usage.input_tokens_details.cached_tokens` (JSON, and the stream's usage chunk /
+//!   `response.completed`). 0 by default.
+//! * `x-mock-cache-read-tokens: N`: Anthropic `cache_read_input_tokens: N` (in addition to
+//!   `input_tokens`, as Anthropic counts), in the JSON usage and in the stream's
+//!   `message_start` and `message_delta` usage. On OpenAI routes, the same as
+//!   `x-mock-cached-tokens` when that is not sent.
+//! * `x-mock-cache-write-tokens: N`: Anthropic `cache_creation_input_tokens: N` (and
+//!   `cache_creation.ephemeral_5m_input_tokens`), same places. Ignored on OpenAI
+//!   routes (OpenAI reports no cache writes).
+//! * `x-mock-tool-call: NAME`, `x-mock-tool-args: JSON`: answer with a tool call (see
+//!   "Tool calls"); ignored on routes without tool calls (completions, embeddings,
+//!   count_tokens, models). `x-mock-tool-args` alone is a 400.
 //! * `x-mock-status: CODE`: answer with that 4xx/5xx status and a
 //!   provider-shaped error body. 429 also sends `retry-after: 1`. `none` or a
 //!   2xx code cancels a `--status` default.
@@ -96,6 +165,13 @@
 //! a 400 and the connection is closed. JSON replies carry `Content-Length`.
 //! SSE replies use `Transfer-Encoding: chunked` with one chunk written per
 //! event.
+//!
+//! ## Unit tests
+//!
+//! `cargo test --bin mock-provider` runs the parser (framing, pipelining,
+//! `Expect`, malformed input) and whole exchanges over an in-memory pipe: every
+//! reply checked as JSON or as SSE events whose data is JSON and whose `event:`
+//! name is its `type`, with usage where the gateway's scanner reads it.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -106,8 +182,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A connection: a TCP socket when serving, an in-memory pipe in the unit tests.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -195,7 +276,7 @@ fn parse_num(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("expected a non-negative integer, got '{s}'"))
 }
 
-fn parse_args() -> Result<Config, String> {
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
     let mut cfg = Config {
         listen: "127.0.0.1:0".to_string(),
         threads: None,
@@ -208,7 +289,7 @@ fn parse_args() -> Result<Config, String> {
         record: true,
         log: false,
     };
-    let mut args = std::env::args().skip(1);
+    let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
@@ -276,6 +357,19 @@ struct State {
 }
 
 impl State {
+    fn new(cfg: Config) -> State {
+        let boot = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() ^ (d.as_secs() as u32));
+        State {
+            cfg,
+            log: Mutex::new(Log::default()),
+            total: AtomicU64::new(0),
+            ids: AtomicU64::new(1),
+            boot,
+        }
+    }
+
     fn record(&self, req: &Arc<Request>) {
         self.total.fetch_add(1, Ordering::Relaxed);
         if !self.cfg.record {
@@ -348,7 +442,7 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
         .map(|p| p + start)
 }
 
-async fn fill(sock: &mut TcpStream, buf: &mut BytesMut, want: usize) -> Result<(), ReadError> {
+async fn fill(sock: &mut dyn Io, buf: &mut BytesMut, want: usize) -> Result<(), ReadError> {
     if buf.capacity() - buf.len() < want {
         buf.reserve(want);
     }
@@ -443,10 +537,7 @@ fn has_token(headers: &[(String, String)], name: &str, token: &str) -> bool {
 }
 
 /// Reads one request. `Ok(None)` means the peer closed cleanly between requests.
-async fn read_request(
-    sock: &mut TcpStream,
-    buf: &mut BytesMut,
-) -> Result<Option<Request>, ReadError> {
+async fn read_request(sock: &mut dyn Io, buf: &mut BytesMut) -> Result<Option<Request>, ReadError> {
     // ---- head ----
     let mut scanned = 0usize;
     let head_end = loop {
@@ -575,7 +666,7 @@ async fn read_request(
     }))
 }
 
-async fn read_chunked(sock: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes, ReadError> {
+async fn read_chunked(sock: &mut dyn Io, buf: &mut BytesMut) -> Result<Bytes, ReadError> {
     const BAD: ReadError = ReadError::Bad(400, "malformed chunked body");
     let mut body = BytesMut::new();
     loop {
@@ -623,7 +714,7 @@ async fn read_chunked(sock: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes,
 }
 
 /// Waits until `buf` holds a CRLF-terminated line; returns the index of the CR.
-async fn read_line(sock: &mut TcpStream, buf: &mut BytesMut) -> Result<usize, ReadError> {
+async fn read_line(sock: &mut dyn Io, buf: &mut BytesMut) -> Result<usize, ReadError> {
     let mut from = 0;
     loop {
         if let Some(p) = find_crlf(buf, from) {
@@ -682,7 +773,7 @@ fn reason(status: u16) -> &'static str {
 /// Writes a complete JSON response. With `truncate`, only the head and half
 /// of the body are sent and the connection is closed (close-mid-stream fault).
 async fn send_json(
-    sock: &mut TcpStream,
+    sock: &mut dyn Io,
     req: &Request,
     status: u16,
     extra: &str,
@@ -726,7 +817,7 @@ async fn send_json(
 
 /// A server-sent-events response: one chunk written per event.
 struct Sse<'a> {
-    sock: &'a mut TcpStream,
+    sock: &'a mut dyn Io,
     chunked: bool,
     keep_alive: bool,
     delay: Duration,
@@ -736,7 +827,7 @@ struct Sse<'a> {
 }
 
 impl<'a> Sse<'a> {
-    async fn begin(sock: &'a mut TcpStream, job: &Job<'_>) -> Result<Sse<'a>, Close> {
+    async fn begin(sock: &'a mut dyn Io, job: &Job<'_>) -> Result<Sse<'a>, Close> {
         let chunked = job.req.minor == 1;
         let mut head = String::with_capacity(256);
         head.push_str(
@@ -995,13 +1086,15 @@ enum Route {
     Messages,
     CountTokens,
     Models(Provider),
+    /// `GET /v1/models/{id}`.
+    Model(Provider),
 }
 
 impl Route {
     fn provider(self) -> Provider {
         match self {
             Route::Messages | Route::CountTokens => Provider::Anthropic,
-            Route::Models(p) => p,
+            Route::Models(p) | Route::Model(p) => p,
             _ => Provider::OpenAi,
         }
     }
@@ -1027,6 +1120,16 @@ fn route(req: &Request) -> Option<Route> {
         } else {
             Provider::OpenAi
         })),
+        ("GET", p)
+            if p.strip_prefix("/v1/models/")
+                .is_some_and(|id| !id.is_empty()) =>
+        {
+            Some(Route::Model(if looks_anthropic(req) {
+                Provider::Anthropic
+            } else {
+                Provider::OpenAi
+            }))
+        }
         _ => None,
     }
 }
@@ -1120,18 +1223,155 @@ struct Ctl {
     chunk_delay_ms: u64,
     tokens: Option<u64>,
     prompt_tokens: Option<u64>,
+    /// OpenAI `cached_tokens` (`x-mock-cached-tokens`, or `x-mock-cache-read-tokens`).
     cached_tokens: u64,
+    /// Anthropic `cache_read_input_tokens` (`x-mock-cache-read-tokens`).
+    cache_read_tokens: u64,
+    /// Anthropic `cache_creation_input_tokens` (`x-mock-cache-write-tokens`).
+    cache_write_tokens: u64,
+    /// `x-mock-tool-call`: answer with a call of this tool.
+    tool_call: Option<String>,
+    /// `x-mock-tool-args`: its arguments, compact JSON (an object).
+    tool_args: Option<String>,
     status: Option<u16>,
     faults: Faults,
+}
+
+fn is_tool_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// A tool name as both providers accept it: 1 to 128 of `[A-Za-z0-9_-]`.
+fn parse_tool_name(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 128 || !s.chars().all(is_tool_name_char) {
+        return Err(format!("expected a tool name of [A-Za-z0-9_-], got '{s}'"));
+    }
+    Ok(s.to_string())
+}
+
+/// The in-band trigger for a tool call, for clients that cannot add headers.
+const TOOL_TRIGGER: &str = "mock:tool:";
+
+/// The texts of the request's last message, if the user sent it (not a tool result):
+/// `messages[-1]` (chat, Anthropic) or `input` / `input[-1]` (Responses).
+fn last_user_texts(route: Route, body: &Value) -> Vec<&str> {
+    let last = match route {
+        Route::Chat | Route::Messages => body
+            .get("messages")
+            .and_then(Value::as_array)
+            .and_then(|m| m.last()),
+        Route::Responses => match body.get("input") {
+            Some(Value::String(s)) => return vec![s.as_str()],
+            Some(Value::Array(items)) => items.last(),
+            _ => None,
+        },
+        _ => None,
+    };
+    let Some(last) = last else {
+        return Vec::new();
+    };
+    if last.get("role").and_then(Value::as_str) != Some("user") {
+        return Vec::new();
+    }
+    match last.get("content") {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter(|p| {
+                matches!(
+                    p.get("type").and_then(Value::as_str),
+                    Some("text" | "input_text")
+                )
+            })
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A tool call asked for in band: `mock:tool:NAME` in the last user message, optionally
+/// followed at once by a JSON object of arguments (`mock:tool:get_weather{"city":"Paris"}`).
+/// `Err` when a `{` follows the name but is not a JSON object.
+fn tool_trigger(route: Route, body: &Value) -> Result<Option<ToolCall>, String> {
+    for text in last_user_texts(route, body) {
+        let Some(at) = text.find(TOOL_TRIGGER) else {
+            continue;
+        };
+        let rest = &text[at + TOOL_TRIGGER.len()..];
+        let end = rest
+            .find(|c: char| !is_tool_name_char(c))
+            .unwrap_or(rest.len());
+        let Ok(name) = parse_tool_name(&rest[..end]) else {
+            continue;
+        };
+        let after = &rest[end..];
+        let args = if after.starts_with('{') {
+            match serde_json::Deserializer::from_str(after)
+                .into_iter::<Value>()
+                .next()
+            {
+                Some(Ok(v @ Value::Object(_))) => v.to_string(),
+                _ => {
+                    let what = "are not a JSON object";
+                    return Err(format!(
+                        "mock-provider: the arguments after {TOOL_TRIGGER}{name} {what}"
+                    ));
+                }
+            }
+        } else {
+            "{}".to_string()
+        };
+        return Ok(Some(ToolCall { name, args }));
+    }
+    Ok(None)
+}
+
+/// The tool call a reply carries instead of text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ToolCall {
+    name: String,
+    /// Compact JSON object.
+    args: String,
+}
+
+impl ToolCall {
+    /// The arguments cut into the fragments a stream carries (up to 8 bytes each, on char
+    /// boundaries), as providers stream them: concatenated they are the JSON.
+    fn fragments(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        let mut rest = self.args.as_str();
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(8);
+            while !rest.is_char_boundary(cut) {
+                cut += 1;
+            }
+            out.push(&rest[..cut]);
+            rest = &rest[cut..];
+        }
+        out
+    }
+}
+
+/// Tool arguments: a JSON object, returned compact.
+fn parse_tool_args(s: &str) -> Result<String, String> {
+    match serde_json::from_str::<Value>(s) {
+        Ok(v @ Value::Object(_)) => Ok(v.to_string()),
+        _ => Err(format!("expected a JSON object, got '{s}'")),
+    }
 }
 
 fn controls(req: &Request, cfg: &Config) -> Result<Ctl, String> {
     let mut ctl = Ctl {
         latency_ms: cfg.latency_ms,
         chunk_delay_ms: cfg.chunk_delay_ms,
-        tokens: None, // `--tokens` is applied later: the request's max_* wins over it
+        tokens: cfg.tokens,
         prompt_tokens: None,
         cached_tokens: 0,
+        cache_read_tokens: 0,
+        cache_write_tokens: 0,
+        tool_call: None,
+        tool_args: None,
         status: cfg.status,
         faults: cfg.faults,
     };
@@ -1146,12 +1386,32 @@ fn controls(req: &Request, cfg: &Config) -> Result<Ctl, String> {
             "tokens" => ctl.tokens = Some(parse_num(value).map_err(bad)?),
             "prompt-tokens" => ctl.prompt_tokens = Some(parse_num(value).map_err(bad)?),
             "cached-tokens" => ctl.cached_tokens = parse_num(value).map_err(bad)?,
+            "cache-read-tokens" => ctl.cache_read_tokens = parse_num(value).map_err(bad)?,
+            "cache-write-tokens" => ctl.cache_write_tokens = parse_num(value).map_err(bad)?,
+            "tool-call" => ctl.tool_call = Some(parse_tool_name(value).map_err(bad)?),
+            "tool-args" => ctl.tool_args = Some(parse_tool_args(value).map_err(bad)?),
             "status" => ctl.status = parse_status(value).map_err(bad)?,
             "fault" => ctl.faults = Faults::parse(value).map_err(bad)?,
             _ => return Err(format!("mock-provider: unknown control header {name}")),
         }
     }
+    if ctl.tool_args.is_some() && ctl.tool_call.is_none() {
+        return Err("mock-provider: x-mock-tool-args needs x-mock-tool-call".to_string());
+    }
+    if ctl.cached_tokens == 0 {
+        ctl.cached_tokens = ctl.cache_read_tokens;
+    }
     Ok(ctl)
+}
+
+/// The output token count: `x-mock-tokens`, else `--tokens` (both in `tokens`), else 8; then capped by the
+/// request's own limit (`max_tokens` and friends are a ceiling, as for a real model, never a
+/// length to fill) and by [`MAX_OUT_TOKENS`].
+fn out_tokens(tokens: Option<u64>, requested: Option<u64>) -> usize {
+    tokens
+        .unwrap_or(DEFAULT_OUT_TOKENS)
+        .min(requested.unwrap_or(u64::MAX))
+        .min(MAX_OUT_TOKENS) as usize
 }
 
 /// Everything a generator needs for one API request.
@@ -1168,9 +1428,10 @@ struct Job<'a> {
     stream: bool,
     include_usage: bool,
     usage: bool,
+    tool: Option<ToolCall>,
 }
 
-async fn handle(st: &State, sock: &mut TcpStream, req: Arc<Request>) -> Flow {
+async fn handle(st: &State, sock: &mut dyn Io, req: Arc<Request>) -> Flow {
     if req.path == "/_mock" || req.path.starts_with("/_mock/") {
         return admin(st, sock, &req).await;
     }
@@ -1247,6 +1508,20 @@ async fn handle(st: &State, sock: &mut TcpStream, req: Arc<Request>) -> Flow {
         )
         .await;
     }
+    if let Route::Model(p) = route {
+        let path = req.path.strip_suffix('/').unwrap_or(&req.path);
+        let id = path.strip_prefix("/v1/models/").unwrap_or(path);
+        let body = model_object(p, id);
+        return send_json(
+            sock,
+            &req,
+            200,
+            &extra,
+            body.as_bytes(),
+            ctl.faults.close_mid_stream,
+        )
+        .await;
+    }
 
     let body: Value = match serde_json::from_slice(&req.body) {
         Ok(v @ Value::Object(_)) => v,
@@ -1274,6 +1549,10 @@ async fn handle(st: &State, sock: &mut TcpStream, req: Arc<Request>) -> Flow {
             return send_json(sock, &req, 400, &extra, body.as_bytes(), false).await;
         }
     };
+    if route == Route::CountTokens && !body.get("messages").is_some_and(Value::is_array) {
+        let body = invalid_request(provider, "messages: Field required", None);
+        return send_json(sock, &req, 400, &extra, body.as_bytes(), false).await;
+    }
     if route == Route::Messages && !body.get("max_tokens").is_some_and(Value::is_u64) {
         let body = invalid_request(provider, "max_tokens: Field required", None);
         return send_json(sock, &req, 400, &extra, body.as_bytes(), false).await;
@@ -1290,12 +1569,23 @@ async fn handle(st: &State, sock: &mut TcpStream, req: Arc<Request>) -> Flow {
         Route::Responses => limit_field(&["max_output_tokens"]),
         _ => None,
     };
-    let out = ctl
-        .tokens
-        .or(requested)
-        .or(st.cfg.tokens)
-        .unwrap_or(DEFAULT_OUT_TOKENS)
-        .min(MAX_OUT_TOKENS) as usize;
+    let out = out_tokens(ctl.tokens, requested);
+    let tool = match route {
+        Route::Chat | Route::Responses | Route::Messages => match &ctl.tool_call {
+            Some(name) => Some(ToolCall {
+                name: name.clone(),
+                args: ctl.tool_args.clone().unwrap_or_else(|| "{}".to_string()),
+            }),
+            None => match tool_trigger(route, &body) {
+                Ok(t) => t,
+                Err(msg) => {
+                    let body = invalid_request(provider, &msg, None);
+                    return send_json(sock, &req, 400, &extra, body.as_bytes(), false).await;
+                }
+            },
+        },
+        _ => None,
+    };
     let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
     let include_usage = body
         .get("stream_options")
@@ -1322,6 +1612,7 @@ async fn handle(st: &State, sock: &mut TcpStream, req: Arc<Request>) -> Flow {
         stream,
         include_usage,
         usage,
+        tool,
     };
     match route {
         Route::Chat => chat(sock, &job).await,
@@ -1333,11 +1624,11 @@ async fn handle(st: &State, sock: &mut TcpStream, req: Arc<Request>) -> Flow {
             let body = format!(r#"{{"input_tokens":{}}}"#, job.prompt);
             finish_json(sock, &job, body).await
         }
-        Route::Models(_) => Ok(()),
+        Route::Models(_) | Route::Model(_) => Ok(()),
     }
 }
 
-async fn finish_json(sock: &mut TcpStream, job: &Job<'_>, body: String) -> Flow {
+async fn finish_json(sock: &mut dyn Io, job: &Job<'_>, body: String) -> Flow {
     send_json(
         sock,
         job.req,
@@ -1350,7 +1641,7 @@ async fn finish_json(sock: &mut TcpStream, job: &Job<'_>, body: String) -> Flow 
 }
 
 /// Never answers; returns once the client closes or resets the connection.
-async fn hang(sock: &mut TcpStream) -> Flow {
+async fn hang(sock: &mut dyn Io) -> Flow {
     let mut scratch = [0u8; 4096];
     loop {
         match sock.read(&mut scratch).await {
@@ -1360,7 +1651,7 @@ async fn hang(sock: &mut TcpStream) -> Flow {
     }
 }
 
-async fn admin(st: &State, sock: &mut TcpStream, req: &Request) -> Flow {
+async fn admin(st: &State, sock: &mut dyn Io, req: &Request) -> Flow {
     let (status, body) = match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/_mock/requests") => {
             let snapshot: Vec<Arc<Request>> = st
@@ -1435,7 +1726,7 @@ fn chat_usage(prompt: u64, out: usize, cached: u64) -> String {
     )
 }
 
-async fn chat(sock: &mut TcpStream, job: &Job<'_>) -> Flow {
+async fn chat(sock: &mut dyn Io, job: &Job<'_>) -> Flow {
     let id = format!("chatcmpl-{}", job.id);
     if !job.stream {
         let usage = if job.usage {
@@ -1446,11 +1737,23 @@ async fn chat(sock: &mut TcpStream, job: &Job<'_>) -> Flow {
         } else {
             String::new()
         };
+        let (content, calls, finish) = match &job.tool {
+            Some(t) => (
+                "null".to_string(),
+                format!(
+                    r#""tool_calls":[{{"id":"call_{id}","type":"function","function":{{"name":"{name}","arguments":{args}}}}}],"#,
+                    id = job.id,
+                    name = t.name,
+                    args = quoted(&t.args)
+                ),
+                "tool_calls",
+            ),
+            None => (format!(r#""{}""#, text_of(job.out)), String::new(), "stop"),
+        };
         let body = format!(
-            r#"{{"id":"{id}","object":"chat.completion","created":{cr},"model":{m},"choices":[{{"index":0,"message":{{"role":"assistant","content":"{text}","refusal":null,"annotations":[]}},"logprobs":null,"finish_reason":"stop"}}],{usage}"service_tier":"default","system_fingerprint":"fp_mock"}}"#,
+            r#"{{"id":"{id}","object":"chat.completion","created":{cr},"model":{m},"choices":[{{"index":0,"message":{{"role":"assistant","content":{content},{calls}"refusal":null,"annotations":[]}},"logprobs":null,"finish_reason":"{finish}"}}],{usage}"service_tier":"default","system_fingerprint":"fp_mock"}}"#,
             cr = job.created,
             m = job.model,
-            text = text_of(job.out),
         );
         return finish_json(sock, job, body).await;
     }
@@ -1468,21 +1771,55 @@ async fn chat(sock: &mut TcpStream, job: &Job<'_>) -> Flow {
     let mut s = Sse::begin(sock, job).await?;
     let mut d = String::with_capacity(pre.len() + 160);
     d.push_str(&pre);
-    d.push_str(r#"{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}"#);
-    d.push_str(post);
-    s.data(&d).await?;
-    for i in 0..job.out {
-        d.clear();
-        d.push_str(&pre);
-        d.push_str(r#"{"index":0,"delta":{"content":""#);
-        d.push_str(token(i));
-        d.push_str(r#""},"logprobs":null,"finish_reason":null}"#);
-        d.push_str(post);
-        s.data(&d).await?;
+    match &job.tool {
+        // As OpenAI streams a call: the id and name first, then the arguments in fragments.
+        Some(t) => {
+            let _ = write!(
+                d,
+                r#"{{"index":0,"delta":{{"role":"assistant","content":null,"tool_calls":[{{"index":0,"id":"call_{id}","type":"function","function":{{"name":"{name}","arguments":""}}}}],"refusal":null}},"logprobs":null,"finish_reason":null}}"#,
+                id = job.id,
+                name = t.name
+            );
+            d.push_str(post);
+            s.data(&d).await?;
+            for frag in t.fragments() {
+                d.clear();
+                d.push_str(&pre);
+                d.push_str(
+                    r#"{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"#,
+                );
+                json_str(&mut d, frag);
+                d.push_str(r#"}}]},"logprobs":null,"finish_reason":null}"#);
+                d.push_str(post);
+                s.data(&d).await?;
+            }
+        }
+        None => {
+            d.push_str(r#"{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}"#);
+            d.push_str(post);
+            s.data(&d).await?;
+            for i in 0..job.out {
+                d.clear();
+                d.push_str(&pre);
+                d.push_str(r#"{"index":0,"delta":{"content":""#);
+                d.push_str(token(i));
+                d.push_str(r#""},"logprobs":null,"finish_reason":null}"#);
+                d.push_str(post);
+                s.data(&d).await?;
+            }
+        }
     }
     d.clear();
     d.push_str(&pre);
-    d.push_str(r#"{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}"#);
+    let finish = if job.tool.is_some() {
+        "tool_calls"
+    } else {
+        "stop"
+    };
+    let _ = write!(
+        d,
+        r#"{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"{finish}"}}"#
+    );
     d.push_str(post);
     s.data(&d).await?;
     if with_usage {
@@ -1510,7 +1847,7 @@ fn completion_usage(prompt: u64, out: usize) -> String {
     )
 }
 
-async fn completions(sock: &mut TcpStream, job: &Job<'_>) -> Flow {
+async fn completions(sock: &mut dyn Io, job: &Job<'_>) -> Flow {
     let id = format!("cmpl-{}", job.id);
     if !job.stream {
         let usage = if job.usage {
@@ -1625,7 +1962,7 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-async fn embeddings(sock: &mut TcpStream, job: &Job<'_>) -> Flow {
+async fn embeddings(sock: &mut dyn Io, job: &Job<'_>) -> Flow {
     let fail = |msg: &str, param: &str| invalid_request(Provider::OpenAi, msg, Some(param));
     // One seed per input: same text (or token array) => same vector.
     let seeds: Result<Vec<u64>, String> = match job.body.get("input") {
@@ -1728,12 +2065,22 @@ async fn embeddings(sock: &mut TcpStream, job: &Job<'_>) -> Flow {
 // OpenAI: Responses API
 // ---------------------------------------------------------------------------
 
-fn responses_usage(prompt: u64, out: usize) -> String {
+fn responses_usage(prompt: u64, out: usize, cached: u64) -> String {
     format!(
-        r#"{{"input_tokens":{p},"input_tokens_details":{{"cached_tokens":0,"cache_write_tokens":0}},"output_tokens":{c},"output_tokens_details":{{"reasoning_tokens":0}},"total_tokens":{t}}}"#,
+        r#"{{"input_tokens":{p},"input_tokens_details":{{"cached_tokens":{cached},"cache_write_tokens":0}},"output_tokens":{c},"output_tokens_details":{{"reasoning_tokens":0}},"total_tokens":{t}}}"#,
         p = prompt,
         c = out,
-        t = prompt + out as u64
+        t = prompt.saturating_add(out as u64),
+        cached = cached.min(prompt)
+    )
+}
+
+/// A Responses `function_call` output item; `args` is already a JSON string literal.
+fn function_call_item(job: &Job<'_>, t: &ToolCall, status: &str, args: &str) -> String {
+    format!(
+        r#"{{"id":"fc_{id}","type":"function_call","status":"{status}","arguments":{args},"call_id":"call_{id}","name":"{name}"}}"#,
+        id = job.id,
+        name = t.name
     )
 }
 
@@ -1799,7 +2146,7 @@ fn message_item(mid: &str, status: &str, content: &str) -> String {
     )
 }
 
-async fn responses(sock: &mut TcpStream, job: &Job<'_>) -> Flow {
+async fn responses(sock: &mut dyn Io, job: &Job<'_>) -> Flow {
     let rid = format!("resp_{}", job.id);
     let mid = format!("msg_{}", job.id);
     let params = EchoParams::from(&job.body);
@@ -1807,10 +2154,13 @@ async fn responses(sock: &mut TcpStream, job: &Job<'_>) -> Flow {
     let part = output_text_part(full);
     let done_item = message_item(&mid, "completed", &part);
     let usage = if job.usage {
-        responses_usage(job.prompt, job.out)
+        responses_usage(job.prompt, job.out, job.ctl.cached_tokens)
     } else {
         "null".to_string()
     };
+    if let Some(t) = &job.tool {
+        return responses_tool(sock, job, t, &params, &rid, &usage).await;
+    }
     if !job.stream {
         let body = response_object(job, &params, &rid, "completed", &done_item, &usage);
         return finish_json(sock, job, body).await;
@@ -1870,37 +2220,111 @@ async fn responses(sock: &mut TcpStream, job: &Job<'_>) -> Flow {
     s.end().await
 }
 
+/// A Responses reply whose one output item is a `function_call`.
+async fn responses_tool(
+    sock: &mut dyn Io,
+    job: &Job<'_>,
+    t: &ToolCall,
+    params: &EchoParams,
+    rid: &str,
+    usage: &str,
+) -> Flow {
+    let done_item = function_call_item(job, t, "completed", &quoted(&t.args));
+    if !job.stream {
+        let body = response_object(job, params, rid, "completed", &done_item, usage);
+        return finish_json(sock, job, body).await;
+    }
+    let fid = format!("fc_{}", job.id);
+    let mut s = Sse::begin(sock, job).await?;
+    let mut seq = 0u64;
+    let mut d = String::with_capacity(1024);
+    macro_rules! emit {
+        ($name:expr, $($fmt:tt)*) => {{
+            d.clear();
+            let _ = write!(d, r#"{{"type":"{}","sequence_number":{}"#, $name, seq);
+            let _ = write!(d, $($fmt)*);
+            d.push('}');
+            seq += 1;
+            s.event($name, &d).await?;
+        }};
+    }
+    let pending = response_object(job, params, rid, "in_progress", "", "null");
+    emit!("response.created", r#","response":{pending}"#);
+    emit!("response.in_progress", r#","response":{pending}"#);
+    let empty_item = function_call_item(job, t, "in_progress", r#""""#);
+    emit!(
+        "response.output_item.added",
+        r#","output_index":0,"item":{empty_item}"#
+    );
+    for frag in t.fragments() {
+        emit!(
+            "response.function_call_arguments.delta",
+            r#","item_id":"{fid}","output_index":0,"delta":{}"#,
+            quoted(frag)
+        );
+    }
+    emit!(
+        "response.function_call_arguments.done",
+        r#","item_id":"{fid}","name":"{}","output_index":0,"arguments":{}"#,
+        t.name,
+        quoted(&t.args)
+    );
+    emit!(
+        "response.output_item.done",
+        r#","output_index":0,"item":{done_item}"#
+    );
+    let done = response_object(job, params, rid, "completed", &done_item, usage);
+    emit!("response.completed", r#","response":{done}"#);
+    let _ = seq;
+    s.end().await
+}
+
 // ---------------------------------------------------------------------------
 // Anthropic: Messages
 // ---------------------------------------------------------------------------
 
-fn anthropic_usage(prompt: u64, out: usize) -> String {
+/// Anthropic's usage object; the cache counts are in addition to `input_tokens`.
+fn anthropic_usage(job: &Job<'_>, out: usize) -> String {
     format!(
-        r#"{{"input_tokens":{prompt},"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"cache_creation":{{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0}},"output_tokens":{out},"service_tier":"standard"}}"#
+        r#"{{"input_tokens":{p},"cache_creation_input_tokens":{w},"cache_read_input_tokens":{r},"cache_creation":{{"ephemeral_5m_input_tokens":{w},"ephemeral_1h_input_tokens":0}},"output_tokens":{out},"service_tier":"standard"}}"#,
+        p = job.prompt,
+        w = job.ctl.cache_write_tokens,
+        r = job.ctl.cache_read_tokens,
     )
 }
 
-async fn messages(sock: &mut TcpStream, job: &Job<'_>) -> Flow {
+async fn messages(sock: &mut dyn Io, job: &Job<'_>) -> Flow {
     let id = format!("msg_{}", job.id);
     if !job.stream {
         let usage = if job.usage {
-            format!(r#","usage":{}"#, anthropic_usage(job.prompt, job.out))
+            format!(r#","usage":{}"#, anthropic_usage(job, job.out))
         } else {
             String::new()
         };
+        let (content, stop) = match &job.tool {
+            Some(t) => (
+                format!(
+                    r#"{{"type":"tool_use","id":"toolu_{tid}","name":"{name}","input":{args}}}"#,
+                    tid = job.id,
+                    name = t.name,
+                    args = t.args
+                ),
+                "tool_use",
+            ),
+            None => (
+                format!(r#"{{"type":"text","text":"{}"}}"#, text_of(job.out)),
+                "end_turn",
+            ),
+        };
         let body = format!(
-            r#"{{"id":"{id}","type":"message","role":"assistant","model":{m},"content":[{{"type":"text","text":"{text}"}}],"stop_reason":"end_turn","stop_sequence":null{usage}}}"#,
+            r#"{{"id":"{id}","type":"message","role":"assistant","model":{m},"content":[{content}],"stop_reason":"{stop}","stop_sequence":null{usage}}}"#,
             m = job.model,
-            text = text_of(job.out),
         );
         return finish_json(sock, job, body).await;
     }
     let mut s = Sse::begin(sock, job).await?;
     let start_usage = if job.usage {
-        format!(
-            r#","usage":{}"#,
-            anthropic_usage(job.prompt, job.out.min(1))
-        )
+        format!(r#","usage":{}"#, anthropic_usage(job, job.out.min(1)))
     } else {
         String::new()
     };
@@ -1912,21 +2336,46 @@ async fn messages(sock: &mut TcpStream, job: &Job<'_>) -> Flow {
         ),
     )
     .await?;
-    s.event(
-        "content_block_start",
-        r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
-    )
-    .await?;
-    s.event("ping", r#"{"type": "ping"}"#).await?;
     let mut d = String::with_capacity(128);
-    for i in 0..job.out {
-        d.clear();
-        d.push_str(
-            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":""#,
-        );
-        d.push_str(token(i));
-        d.push_str(r#""}}"#);
-        s.event("content_block_delta", &d).await?;
+    match &job.tool {
+        // As Anthropic streams a tool_use block: empty `input`, then `input_json_delta`
+        // fragments (the first one empty) that concatenate to the arguments.
+        Some(t) => {
+            let _ = write!(
+                d,
+                r#"{{"type":"content_block_start","index":0,"content_block":{{"type":"tool_use","id":"toolu_{tid}","name":"{name}","input":{{}}}}}}"#,
+                tid = job.id,
+                name = t.name
+            );
+            s.event("content_block_start", &d).await?;
+            s.event("ping", r#"{"type": "ping"}"#).await?;
+            for frag in std::iter::once("").chain(t.fragments()) {
+                d.clear();
+                d.push_str(
+                    r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"#,
+                );
+                json_str(&mut d, frag);
+                d.push_str("}}");
+                s.event("content_block_delta", &d).await?;
+            }
+        }
+        None => {
+            s.event(
+                "content_block_start",
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            )
+            .await?;
+            s.event("ping", r#"{"type": "ping"}"#).await?;
+            for i in 0..job.out {
+                d.clear();
+                d.push_str(
+                    r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":""#,
+                );
+                d.push_str(token(i));
+                d.push_str(r#""}}"#);
+                s.event("content_block_delta", &d).await?;
+            }
+        }
     }
     s.event(
         "content_block_stop",
@@ -1935,8 +2384,10 @@ async fn messages(sock: &mut TcpStream, job: &Job<'_>) -> Flow {
     .await?;
     let delta_usage = if job.usage {
         format!(
-            r#","usage":{{"input_tokens":{p},"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":{c}}}"#,
+            r#","usage":{{"input_tokens":{p},"cache_creation_input_tokens":{w},"cache_read_input_tokens":{r},"output_tokens":{c}}}"#,
             p = job.prompt,
+            w = job.ctl.cache_write_tokens,
+            r = job.ctl.cache_read_tokens,
             c = job.out
         )
     } else {
@@ -1945,7 +2396,8 @@ async fn messages(sock: &mut TcpStream, job: &Job<'_>) -> Flow {
     s.event(
         "message_delta",
         &format!(
-            r#"{{"type":"message_delta","delta":{{"stop_reason":"end_turn","stop_sequence":null}}{delta_usage}}}"#
+            r#"{{"type":"message_delta","delta":{{"stop_reason":"{stop}","stop_sequence":null}}{delta_usage}}}"#,
+            stop = if job.tool.is_some() { "tool_use" } else { "end_turn" }
         ),
     )
     .await?;
@@ -1962,12 +2414,37 @@ const OPENAI_MODELS: &str = r#"{"object":"list","data":[{"id":"gpt-4o","object":
 
 const ANTHROPIC_MODELS: &str = r#"{"data":[{"type":"model","id":"claude-sonnet-4-20250514","display_name":"Claude Sonnet 4","created_at":"2025-05-22T00:00:00Z"},{"type":"model","id":"claude-3-5-haiku-20241022","display_name":"Claude Haiku 3.5","created_at":"2024-10-22T00:00:00Z"}],"has_more":false,"first_id":"claude-sonnet-4-20250514","last_id":"claude-3-5-haiku-20241022"}"#;
 
+/// `GET /v1/models/{id}`: the listed model, or any other id answered alike (the mock serves
+/// every model name on its other routes too), in the provider's shape.
+fn model_object(provider: Provider, id: &str) -> String {
+    let list = match provider {
+        Provider::OpenAi => OPENAI_MODELS,
+        Provider::Anthropic => ANTHROPIC_MODELS,
+    };
+    let listed: Value = serde_json::from_str(list).unwrap_or(Value::Null);
+    if let Some(m) = listed["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|m| m["id"] == id))
+    {
+        return m.to_string();
+    }
+    match provider {
+        Provider::OpenAi => format!(
+            r#"{{"id":{},"object":"model","created":1700000000,"owned_by":"system"}}"#,
+            quoted(id)
+        ),
+        Provider::Anthropic => format!(
+            r#"{{"type":"model","id":{id},"display_name":{id},"created_at":"2025-01-01T00:00:00Z"}}"#,
+            id = quoted(id)
+        ),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Connections and main
 // ---------------------------------------------------------------------------
 
-async fn serve_conn(st: Arc<State>, mut sock: TcpStream) {
-    let _ = sock.set_nodelay(true);
+async fn serve_conn<S: Io>(st: Arc<State>, mut sock: S) {
     let mut buf = BytesMut::with_capacity(8192);
     loop {
         let req = match read_request(&mut sock, &mut buf).await {
@@ -2015,19 +2492,11 @@ async fn run(cfg: Config) {
         let _ = out.flush();
     }
     let _ = text(); // build the word table before the first request
-    let boot = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() ^ (d.as_secs() as u32));
-    let st = Arc::new(State {
-        cfg,
-        log: Mutex::new(Log::default()),
-        total: AtomicU64::new(0),
-        ids: AtomicU64::new(1),
-        boot,
-    });
+    let st = Arc::new(State::new(cfg));
     loop {
         match listener.accept().await {
             Ok((sock, _)) => {
+                let _ = sock.set_nodelay(true);
                 let st = Arc::clone(&st);
                 tokio::spawn(serve_conn(st, sock));
             }
@@ -2038,7 +2507,7 @@ async fn run(cfg: Config) {
 }
 
 fn main() {
-    let cfg = match parse_args() {
+    let cfg = match parse_args(std::env::args().skip(1)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mock-provider: {e}\n{USAGE}");
@@ -2060,5 +2529,846 @@ fn main() {
             eprintln!("mock-provider: cannot start runtime: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Unit tests
+// ---------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, DuplexStream};
+
+    // ---- the request parser ----
+
+    /// Parses `raw` (written in one go, then the client's write side closed) into requests.
+    async fn parse_all(raw: &[u8]) -> (Vec<Request>, Option<ReadError>) {
+        let (mut client, mut server) = duplex(1 << 20);
+        client.write_all(raw).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        loop {
+            match read_request(&mut server, &mut buf).await {
+                Ok(Some(r)) => out.push(r),
+                Ok(None) => return (out, None),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+    }
+
+    async fn bad_status(raw: &[u8]) -> u16 {
+        match parse_all(raw).await {
+            (_, Some(ReadError::Bad(status, _))) => status,
+            (reqs, Some(ReadError::Io)) => panic!("io error after {} requests", reqs.len()),
+            (reqs, None) => panic!("accepted {} requests", reqs.len()),
+        }
+    }
+
+    #[tokio::test]
+    async fn parses_a_content_length_body() {
+        let (reqs, err) = parse_all(
+            b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nX-Mixed-Case:  v \r\n\r\nhello",
+        )
+        .await;
+        assert!(err.is_none());
+        let r = &reqs[0];
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str()),
+            ("POST", "/v1/chat/completions")
+        );
+        assert_eq!(r.target, "/v1/chat/completions?x=1");
+        assert_eq!(&r.body[..], b"hello");
+        assert_eq!(r.header("x-mixed-case"), Some("v"), "lowercased, trimmed");
+        assert!(r.keep_alive);
+    }
+
+    #[tokio::test]
+    async fn parses_a_chunked_body_with_extensions_and_trailers() {
+        let (reqs, err) = parse_all(
+            b"POST /v1/messages HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n",
+        )
+        .await;
+        assert!(err.is_none());
+        assert_eq!(&reqs[0].body[..], b"hello world");
+    }
+
+    #[tokio::test]
+    async fn parses_pipelined_requests_in_order() {
+        let (reqs, err) = parse_all(
+            b"POST /a HTTP/1.1\r\nContent-Length: 1\r\n\r\n1\r\nGET /b HTTP/1.1\r\n\r\nPOST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n3\r\n0\r\n\r\nGET /d HTTP/1.0\r\n\r\n",
+        )
+        .await;
+        assert!(err.is_none());
+        let paths: Vec<_> = reqs.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["/a", "/b", "/c", "/d"]);
+        assert_eq!(&reqs[0].body[..], b"1");
+        assert_eq!(&reqs[2].body[..], b"3");
+        assert!(!reqs[3].keep_alive, "HTTP/1.0 without keep-alive");
+    }
+
+    #[tokio::test]
+    async fn answers_expect_100_continue_before_the_body_is_sent() {
+        let (mut client, mut server) = duplex(1 << 16);
+        let reader = tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            let r = read_request(&mut server, &mut buf).await;
+            r.ok().flatten().map(|r| r.body)
+        });
+        client
+            .write_all(
+                b"POST /v1/responses HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut got = [0u8; 25];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"HTTP/1.1 100 Continue\r\n\r\n");
+        client.write_all(b"body").await.unwrap();
+        assert_eq!(&reader.await.unwrap().unwrap()[..], b"body");
+    }
+
+    #[tokio::test]
+    async fn rejects_malformed_requests() {
+        assert_eq!(bad_status(b"GET / HTTP/1.1 extra\r\n\r\n").await, 400);
+        assert_eq!(bad_status(b"GET /\r\n\r\n").await, 400);
+        assert_eq!(bad_status(b"GET / HTTP/2.0\r\n\r\n").await, 505);
+        assert_eq!(bad_status(b"GET / HTTP/1.1\r\nno colon\r\n\r\n").await, 400);
+        assert_eq!(
+            bad_status(b"GET / HTTP/1.1\r\na: b\r\n folded\r\n\r\n").await,
+            400
+        );
+        assert_eq!(
+            bad_status(b"GET / HTTP/1.1\r\nbad name: v\r\n\r\n").await,
+            400
+        );
+        assert_eq!(
+            bad_status(
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            .await,
+            400,
+            "both framings"
+        );
+        assert_eq!(
+            bad_status(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n").await,
+            400
+        );
+        assert_eq!(
+            bad_status(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").await,
+            400
+        );
+        assert_eq!(
+            bad_status(b"POST / HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n").await,
+            413
+        );
+        assert_eq!(
+            bad_status(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n").await,
+            501
+        );
+        assert_eq!(
+            bad_status(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").await,
+            400,
+            "bad chunk size"
+        );
+        assert_eq!(
+            bad_status(
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n"
+            )
+            .await,
+            400,
+            "chunk longer than its size"
+        );
+        assert_eq!(
+            bad_status(b"POST / HTTP/1.1\r\nExpect: magic\r\n\r\n").await,
+            417
+        );
+        let mut huge = b"GET / HTTP/1.1\r\nx: ".to_vec();
+        huge.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));
+        huge.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(bad_status(&huge).await, 431);
+    }
+
+    #[tokio::test]
+    async fn a_truncated_body_is_a_connection_error() {
+        let (_, err) = parse_all(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc").await;
+        assert!(matches!(err, Some(ReadError::Io)));
+    }
+
+    // ---- whole exchanges: request bytes in, response bytes out ----
+
+    struct Resp {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl Resp {
+        fn json(&self) -> Value {
+            serde_json::from_slice(&self.body)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+        }
+
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+
+        /// The SSE events, `(event name, data)`; every data but `[DONE]` must be JSON, and an
+        /// event's name must match its `type`, as the gateway's scanner expects.
+        fn events(&self) -> Vec<(Option<String>, Value)> {
+            let text = String::from_utf8(self.body.clone()).expect("utf-8 stream");
+            assert!(text.ends_with("\n\n"), "stream ends with a complete event");
+            let mut out = Vec::new();
+            for block in text.split("\n\n").filter(|b| !b.is_empty()) {
+                let mut name = None;
+                let mut data = None;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        name = Some(v.to_string());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = Some(v.to_string());
+                    } else {
+                        panic!("unexpected SSE line {line:?}");
+                    }
+                }
+                let data = data.expect("every event has data");
+                if data == "[DONE]" {
+                    out.push((name, Value::String(data)));
+                    continue;
+                }
+                let v: Value = serde_json::from_str(&data)
+                    .unwrap_or_else(|e| panic!("{e}: event data {data}"));
+                if let Some(n) = &name {
+                    assert_eq!(v["type"], n.as_str(), "event name is its type: {data}");
+                }
+                out.push((name, v));
+            }
+            out
+        }
+    }
+
+    /// Reads one response (after any 1xx) from `r`.
+    async fn read_response(r: &mut DuplexStream) -> Option<Resp> {
+        let mut raw = Vec::new();
+        let mut byte = [0u8; 1];
+        let head = loop {
+            if r.read(&mut byte).await.ok()? == 0 {
+                return None;
+            }
+            raw.push(byte[0]);
+            if raw.ends_with(b"\r\n\r\n") {
+                let head = String::from_utf8(std::mem::take(&mut raw)).unwrap();
+                if head.starts_with("HTTP/1.1 1") {
+                    continue;
+                }
+                break head;
+            }
+        };
+        let mut lines = head.lines();
+        let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(": "))
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+            .collect();
+        let find = |n: &str| headers.iter().find(|(h, _)| h == n).map(|(_, v)| v.clone());
+        let mut body = Vec::new();
+        if let Some(len) = find("content-length") {
+            body.resize(len.parse().unwrap(), 0);
+            r.read_exact(&mut body).await.ok()?;
+        } else if find("transfer-encoding").as_deref() == Some("chunked") {
+            loop {
+                let mut line = Vec::new();
+                while !line.ends_with(b"\r\n") {
+                    r.read_exact(&mut byte).await.ok()?;
+                    line.push(byte[0]);
+                }
+                let size =
+                    usize::from_str_radix(std::str::from_utf8(&line).unwrap().trim(), 16).unwrap();
+                let mut chunk = vec![0u8; size + 2];
+                r.read_exact(&mut chunk).await.ok()?;
+                assert_eq!(&chunk[size..], b"\r\n");
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else {
+            r.read_to_end(&mut body).await.ok()?;
+        }
+        Some(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Serves `raw` on a fresh mock started with `args`; every response.
+    async fn exchange_with(args: &[&str], raw: &[u8]) -> Vec<Resp> {
+        let cfg = parse_args(args.iter().map(|a| a.to_string())).unwrap();
+        let st = Arc::new(State::new(cfg));
+        let (mut client, server) = duplex(1 << 20);
+        let task = tokio::spawn(serve_conn(st, server));
+        client.write_all(raw).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        while let Some(r) = read_response(&mut client).await {
+            out.push(r);
+        }
+        task.await.unwrap();
+        out
+    }
+
+    fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Vec<u8> {
+        let mut raw = format!("{method} {path} HTTP/1.1\r\nhost: mock\r\n");
+        for (n, v) in headers {
+            raw.push_str(&format!("{n}: {v}\r\n"));
+        }
+        raw.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+        raw.into_bytes()
+    }
+
+    const OPENAI: (&str, &str) = ("authorization", "Bearer sk-test");
+    const ANTHROPIC: [(&str, &str); 2] =
+        [("x-api-key", "sk-ant"), ("anthropic-version", "2023-06-01")];
+
+    /// One request to a default mock; its response.
+    async fn call(path: &str, headers: &[(&str, &str)], body: Value) -> Resp {
+        call_with(&[], path, headers, body).await
+    }
+
+    async fn call_with(args: &[&str], path: &str, headers: &[(&str, &str)], body: Value) -> Resp {
+        let mut h: Vec<(&str, &str)> = if path.starts_with("/v1/messages") {
+            ANTHROPIC.to_vec()
+        } else {
+            vec![OPENAI]
+        };
+        h.extend_from_slice(headers);
+        let raw = request("POST", path, &h, &body.to_string());
+        exchange_with(args, &raw).await.pop().expect("a response")
+    }
+
+    fn chat_body(max: u64, stream: bool) -> Value {
+        serde_json::json!({"model": "gpt-4o-mini", "max_tokens": max, "stream": stream,
+            "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "hi"}]})
+    }
+
+    fn messages_body(max: u64, stream: bool) -> Value {
+        serde_json::json!({"model": "claude-sonnet-4", "max_tokens": max, "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}]})
+    }
+
+    fn responses_body(max: u64, stream: bool) -> Value {
+        serde_json::json!({"model": "gpt-4o-mini", "max_output_tokens": max, "stream": stream,
+            "input": "hi"})
+    }
+
+    #[test]
+    fn output_length_is_asked_for_and_max_tokens_only_caps_it() {
+        assert_eq!(
+            out_tokens(None, Some(32_000)),
+            8,
+            "a short reply by default"
+        );
+        assert_eq!(out_tokens(None, Some(3)), 3, "capped by the request");
+        assert_eq!(out_tokens(Some(20), Some(5)), 5);
+        assert_eq!(out_tokens(Some(20), None), 20);
+        assert_eq!(out_tokens(Some(100_000), None), MAX_OUT_TOKENS as usize);
+        assert_eq!(out_tokens(Some(0), Some(10)), 0);
+    }
+
+    #[tokio::test]
+    async fn claude_code_sized_max_tokens_gets_a_short_reply() {
+        let r = call("/v1/messages", &[], messages_body(32_000, false)).await;
+        assert_eq!(r.status, 200);
+        let v = r.json();
+        assert_eq!(v["usage"]["output_tokens"], 8);
+        assert_eq!(
+            v["content"][0]["text"],
+            "The quick brown fox jumps over the lazy"
+        );
+        let r = call_with(
+            &["--tokens", "12"],
+            "/v1/chat/completions",
+            &[],
+            chat_body(32_000, false),
+        )
+        .await;
+        assert_eq!(
+            r.json()["usage"]["completion_tokens"],
+            12,
+            "--tokens sets the length"
+        );
+        let r = call_with(
+            &["--tokens", "12"],
+            "/v1/chat/completions",
+            &[("x-mock-tokens", "30")],
+            chat_body(20, false),
+        )
+        .await;
+        assert_eq!(
+            r.json()["usage"]["completion_tokens"],
+            20,
+            "x-mock-tokens, capped"
+        );
+        let r = call(
+            "/v1/responses",
+            &[("x-mock-tokens", "30")],
+            responses_body(32_000, false),
+        )
+        .await;
+        assert_eq!(r.json()["usage"]["output_tokens"], 30);
+    }
+
+    const WEATHER: &str = r#"{"city":"Paris","days":[1,2],"note":"caf\u00e9 \"quoted\""}"#;
+
+    fn weather() -> Value {
+        serde_json::from_str(WEATHER).unwrap()
+    }
+
+    fn tool_headers() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("x-mock-tool-call", "get_weather"),
+            ("x-mock-tool-args", WEATHER),
+        ]
+    }
+
+    #[tokio::test]
+    async fn chat_tool_call_json() {
+        let r = call(
+            "/v1/chat/completions",
+            &tool_headers(),
+            chat_body(100, false),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        let v = r.json();
+        let choice = &v["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert_eq!(choice["message"]["content"], Value::Null);
+        let call = &choice["message"]["tool_calls"][0];
+        assert!(call["id"].as_str().unwrap().starts_with("call_"));
+        assert_eq!(call["type"], "function");
+        assert_eq!(call["function"]["name"], "get_weather");
+        let args: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, weather());
+        assert_eq!(v["usage"]["completion_tokens"], 8, "usage still reported");
+    }
+
+    #[tokio::test]
+    async fn chat_tool_call_stream() {
+        let r = call(
+            "/v1/chat/completions",
+            &tool_headers(),
+            chat_body(100, true),
+        )
+        .await;
+        assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+        let ev = r.events();
+        assert_eq!(ev.last().unwrap().1, "[DONE]");
+        let chunks: Vec<&Value> = ev
+            .iter()
+            .map(|(_, v)| v)
+            .filter(|v| v.is_object())
+            .collect();
+        let first = &chunks[0]["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(first["index"], 0);
+        assert!(first["id"].as_str().unwrap().starts_with("call_"));
+        assert_eq!(first["function"]["name"], "get_weather");
+        assert_eq!(first["function"]["arguments"], "");
+        let mut args = String::new();
+        for c in &chunks[1..] {
+            if let Some(tc) = c["choices"][0]["delta"]["tool_calls"].as_array() {
+                assert_eq!(tc[0]["index"], 0);
+                assert!(tc[0].get("id").is_none(), "id only in the first fragment");
+                args.push_str(tc[0]["function"]["arguments"].as_str().unwrap());
+            }
+        }
+        assert!(chunks.len() > 4, "arguments come in several fragments");
+        assert_eq!(serde_json::from_str::<Value>(&args).unwrap(), weather());
+        let fin = chunks
+            .iter()
+            .find(|c| c["choices"][0]["finish_reason"].is_string())
+            .unwrap();
+        assert_eq!(fin["choices"][0]["finish_reason"], "tool_calls");
+        let usage = &chunks.last().unwrap()["usage"];
+        assert_eq!(usage["completion_tokens"], 8);
+        assert!(usage["prompt_tokens"].as_u64().unwrap() > 0);
+    }
+
+    #[tokio::test]
+    async fn responses_tool_call_json_and_stream() {
+        let r = call("/v1/responses", &tool_headers(), responses_body(100, false)).await;
+        let v = r.json();
+        let item = &v["output"][0];
+        assert_eq!(v["output"].as_array().unwrap().len(), 1);
+        assert_eq!(item["type"], "function_call");
+        assert_eq!(item["name"], "get_weather");
+        assert_eq!(item["status"], "completed");
+        assert!(item["call_id"].as_str().unwrap().starts_with("call_"));
+        assert!(item["id"].as_str().unwrap().starts_with("fc_"));
+        let args: Value = serde_json::from_str(item["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, weather());
+        assert_eq!(v["usage"]["output_tokens"], 8);
+
+        let r = call("/v1/responses", &tool_headers(), responses_body(100, true)).await;
+        let ev = r.events();
+        let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_deref().unwrap()).collect();
+        let mut deduped = names.clone();
+        deduped.dedup();
+        assert_eq!(
+            deduped,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.completed"
+            ]
+        );
+        for (i, (_, v)) in ev.iter().enumerate() {
+            assert_eq!(v["sequence_number"], i, "sequence numbers count up");
+        }
+        let added = &ev[2].1["item"];
+        assert_eq!(
+            (added["type"].as_str(), added["arguments"].as_str()),
+            (Some("function_call"), Some(""))
+        );
+        let args: String = ev
+            .iter()
+            .filter(|(n, _)| n.as_deref() == Some("response.function_call_arguments.delta"))
+            .map(|(_, v)| v["delta"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(serde_json::from_str::<Value>(&args).unwrap(), weather());
+        let done = &ev[names.len() - 3].1;
+        assert_eq!(done["arguments"].as_str().unwrap(), args);
+        assert_eq!(done["item_id"], added["id"]);
+        let completed = &ev.last().unwrap().1["response"];
+        assert_eq!(completed["status"], "completed");
+        assert_eq!(completed["output"][0]["type"], "function_call");
+        assert_eq!(completed["usage"]["output_tokens"], 8);
+    }
+
+    #[tokio::test]
+    async fn anthropic_tool_use_json_and_stream() {
+        let r = call("/v1/messages", &tool_headers(), messages_body(100, false)).await;
+        let v = r.json();
+        assert_eq!(v["stop_reason"], "tool_use");
+        let block = &v["content"][0];
+        assert_eq!(block["type"], "tool_use");
+        assert!(block["id"].as_str().unwrap().starts_with("toolu_"));
+        assert_eq!(block["name"], "get_weather");
+        assert_eq!(block["input"], weather());
+        assert_eq!(v["usage"]["output_tokens"], 8);
+
+        let r = call("/v1/messages", &tool_headers(), messages_body(100, true)).await;
+        let ev = r.events();
+        let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_deref().unwrap()).collect();
+        assert_eq!(
+            &names[..3],
+            ["message_start", "content_block_start", "ping"]
+        );
+        assert_eq!(
+            &names[names.len() - 3..],
+            ["content_block_stop", "message_delta", "message_stop"]
+        );
+        let start = &ev[1].1["content_block"];
+        assert_eq!(start["type"], "tool_use");
+        assert_eq!(start["name"], "get_weather");
+        assert_eq!(start["input"], serde_json::json!({}));
+        let mut json = String::new();
+        for (n, v) in &ev {
+            if n.as_deref() == Some("content_block_delta") {
+                assert_eq!(v["delta"]["type"], "input_json_delta");
+                json.push_str(v["delta"]["partial_json"].as_str().unwrap());
+            }
+        }
+        assert_eq!(serde_json::from_str::<Value>(&json).unwrap(), weather());
+        let delta = &ev[names.len() - 2].1;
+        assert_eq!(delta["delta"]["stop_reason"], "tool_use");
+        assert_eq!(delta["usage"]["output_tokens"], 8);
+        assert_eq!(ev[0].1["message"]["usage"]["output_tokens"], 1);
+    }
+
+    #[tokio::test]
+    async fn the_last_user_message_can_ask_for_a_tool_call() {
+        let ask = format!("please mock:tool:get_weather{WEATHER} now");
+        let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": ask}]}]});
+        let v = call("/v1/chat/completions", &[], body).await.json();
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+            "get_weather"
+        );
+        // The tool's result comes back: a text reply, no loop.
+        let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [
+            {"role": "user", "content": ask},
+            {"role": "assistant", "content": null, "tool_calls": []},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]});
+        let v = call("/v1/chat/completions", &[], body).await.json();
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+
+        let body = serde_json::json!({"model": "claude-sonnet-4", "max_tokens": 32000, "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "<system-reminder>x</system-reminder>"},
+                                         {"type": "text", "text": "run mock:tool:Bash"}]}]});
+        let v = call("/v1/messages", &[], body).await.json();
+        assert_eq!(v["content"][0]["name"], "Bash");
+        assert_eq!(
+            v["content"][0]["input"],
+            serde_json::json!({}),
+            "no arguments: {{}}"
+        );
+        let body = serde_json::json!({"model": "claude-sonnet-4", "max_tokens": 100, "messages": [
+            {"role": "user", "content": "run mock:tool:Bash"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}]}]});
+        let v = call("/v1/messages", &[], body).await.json();
+        assert_eq!(v["stop_reason"], "end_turn");
+
+        let body = serde_json::json!({"model": "gpt-4o-mini", "input": "mock:tool:shell{\"cmd\":[\"ls\"]}"});
+        let v = call("/v1/responses", &[], body).await.json();
+        assert_eq!(v["output"][0]["name"], "shell");
+        assert_eq!(v["output"][0]["arguments"], r#"{"cmd":["ls"]}"#);
+        let body = serde_json::json!({"model": "gpt-4o-mini", "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "mock:tool:shell"}]},
+            {"type": "function_call_output", "call_id": "call_1", "output": "ok"}]});
+        let v = call("/v1/responses", &[], body).await.json();
+        assert_eq!(v["output"][0]["type"], "message");
+
+        let body = serde_json::json!({"model": "gpt-4o-mini", "input": "mock:tool:shell{oops"});
+        let r = call("/v1/responses", &[], body).await;
+        assert_eq!(r.status, 400, "bad in-band arguments fail loudly");
+    }
+
+    #[tokio::test]
+    async fn bad_tool_controls_get_a_400() {
+        for h in [
+            vec![("x-mock-tool-call", "has space")],
+            vec![("x-mock-tool-call", "f"), ("x-mock-tool-args", "[1]")],
+            vec![("x-mock-tool-call", "f"), ("x-mock-tool-args", "{")],
+            vec![("x-mock-tool-args", "{}")],
+        ] {
+            let r = call("/v1/chat/completions", &h, chat_body(5, false)).await;
+            assert_eq!(r.status, 400, "{h:?}");
+            assert!(
+                String::from_utf8_lossy(&r.body).contains("x-mock-tool"),
+                "names the header"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn openai_cached_tokens_in_chat_and_responses() {
+        let h = [
+            ("x-mock-prompt-tokens", "1000"),
+            ("x-mock-cached-tokens", "800"),
+        ];
+        let v = call("/v1/chat/completions", &h, chat_body(5, false))
+            .await
+            .json();
+        assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 800);
+        let v = call("/v1/responses", &h, responses_body(5, false))
+            .await
+            .json();
+        assert_eq!(v["usage"]["input_tokens"], 1000);
+        assert_eq!(v["usage"]["input_tokens_details"]["cached_tokens"], 800);
+        let ev = call("/v1/responses", &h, responses_body(5, true))
+            .await
+            .events();
+        let (name, done) = ev.last().unwrap();
+        assert_eq!(name.as_deref(), Some("response.completed"));
+        assert_eq!(
+            done["response"]["usage"]["input_tokens_details"]["cached_tokens"],
+            800
+        );
+        // A subset of the prompt, as OpenAI counts; cache-read is accepted as an alias.
+        let h = [
+            ("x-mock-prompt-tokens", "10"),
+            ("x-mock-cache-read-tokens", "800"),
+        ];
+        let v = call("/v1/responses", &h, responses_body(5, false))
+            .await
+            .json();
+        assert_eq!(v["usage"]["input_tokens_details"]["cached_tokens"], 10);
+    }
+
+    #[tokio::test]
+    async fn anthropic_cache_tokens_in_json_and_stream() {
+        let h = [
+            ("x-mock-prompt-tokens", "10"),
+            ("x-mock-cache-read-tokens", "5000"),
+            ("x-mock-cache-write-tokens", "300"),
+        ];
+        let v = call("/v1/messages", &h, messages_body(5, false))
+            .await
+            .json();
+        let u = &v["usage"];
+        assert_eq!(
+            (
+                &u["input_tokens"],
+                &u["cache_read_input_tokens"],
+                &u["cache_creation_input_tokens"]
+            ),
+            (&Value::from(10), &Value::from(5000), &Value::from(300)),
+            "in addition to input_tokens, as Anthropic counts"
+        );
+        assert_eq!(u["cache_creation"]["ephemeral_5m_input_tokens"], 300);
+        let ev = call("/v1/messages", &h, messages_body(5, true))
+            .await
+            .events();
+        let start = &ev[0].1["message"]["usage"];
+        assert_eq!(start["cache_read_input_tokens"], 5000);
+        assert_eq!(start["cache_creation_input_tokens"], 300);
+        let delta = &ev
+            .iter()
+            .find(|(n, _)| n.as_deref() == Some("message_delta"))
+            .unwrap()
+            .1;
+        assert_eq!(delta["usage"]["cache_read_input_tokens"], 5000);
+        assert_eq!(delta["usage"]["cache_creation_input_tokens"], 300);
+        assert_eq!(delta["usage"]["output_tokens"], 5);
+        // Nothing asked: zeros, as a first uncached call reports.
+        let v = call("/v1/messages", &[], messages_body(5, false))
+            .await
+            .json();
+        assert_eq!(v["usage"]["cache_read_input_tokens"], 0);
+    }
+
+    #[tokio::test]
+    async fn models_retrieve_in_both_shapes() {
+        let get = |path: &str, headers: &[(&str, &str)]| request("GET", path, headers, "");
+        let mut raw = get("/v1/models/gpt-4o", &[OPENAI]);
+        raw.extend(get("/v1/models/some-new-model", &[OPENAI]));
+        raw.extend(get("/v1/models/claude-sonnet-4-20250514", &ANTHROPIC));
+        raw.extend(get("/v1/models/claude-x", &ANTHROPIC));
+        raw.extend(get("/v1/models/gpt-4o", &[]));
+        raw.extend(get(
+            "/v1/models/gpt-4o",
+            &[OPENAI, ("x-mock-status", "404")],
+        ));
+        let r = exchange_with(&[], &raw).await;
+        assert_eq!(r.len(), 6, "keep-alive: every request answered");
+        assert_eq!(
+            r[0].json(),
+            serde_json::json!({"id": "gpt-4o", "object": "model", "created": 1715367049, "owned_by": "system"})
+        );
+        assert_eq!(r[1].json()["id"], "some-new-model");
+        assert_eq!(r[1].json()["object"], "model");
+        let a = r[2].json();
+        assert_eq!(
+            (a["type"].as_str(), a["display_name"].as_str()),
+            (Some("model"), Some("Claude Sonnet 4"))
+        );
+        let a = r[3].json();
+        assert_eq!(
+            (a["type"].as_str(), a["id"].as_str()),
+            (Some("model"), Some("claude-x"))
+        );
+        assert!(a["created_at"].is_string());
+        assert_eq!(r[4].status, 401);
+        assert_eq!(
+            (r[5].status, r[5].json()["error"]["code"].as_str()),
+            (404, Some("model_not_found"))
+        );
+    }
+
+    #[tokio::test]
+    async fn count_tokens_answers_like_anthropic() {
+        let body = serde_json::json!({"model": "claude-sonnet-4", "messages": [{"role": "user", "content": "hi"}]})
+            .to_string();
+        let len = body.len() as u64;
+        let mut raw = request("POST", "/v1/messages/count_tokens", &ANTHROPIC, &body);
+        raw.extend(request(
+            "POST",
+            "/v1/messages/count_tokens",
+            &[ANTHROPIC[0]],
+            &body,
+        ));
+        raw.extend(request(
+            "POST",
+            "/v1/messages/count_tokens",
+            &[ANTHROPIC[1]],
+            &body,
+        ));
+        raw.extend(request(
+            "POST",
+            "/v1/messages/count_tokens",
+            &ANTHROPIC,
+            r#"{"model":"m"}"#,
+        ));
+        let r = exchange_with(&[], &raw).await;
+        assert_eq!(r[0].status, 200);
+        assert_eq!(
+            r[0].json(),
+            serde_json::json!({"input_tokens": len.div_ceil(4)})
+        );
+        assert!(r[0].header("request-id").is_some());
+        assert_eq!(
+            (r[1].status, r[1].json()["type"].as_str()),
+            (400, Some("error")),
+            "no anthropic-version"
+        );
+        assert_eq!(r[2].status, 401, "no key");
+        assert_eq!(r[3].status, 400, "no messages");
+    }
+
+    #[tokio::test]
+    async fn text_streams_still_carry_usage_where_the_scanner_reads_it() {
+        let ev = call("/v1/chat/completions", &[], chat_body(3, true))
+            .await
+            .events();
+        let objs: Vec<&Value> = ev
+            .iter()
+            .map(|(_, v)| v)
+            .filter(|v| v.is_object())
+            .collect();
+        let text: String = objs
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, "The quick brown");
+        assert_eq!(objs.last().unwrap()["usage"]["completion_tokens"], 3);
+        let ev = call("/v1/messages", &[], messages_body(3, true))
+            .await
+            .events();
+        let delta = ev
+            .iter()
+            .find(|(n, _)| n.as_deref() == Some("message_delta"))
+            .unwrap();
+        assert_eq!(delta.1["delta"]["stop_reason"], "end_turn");
+        assert_eq!(delta.1["usage"]["output_tokens"], 3);
+        let ev = call("/v1/responses", &[], responses_body(3, true))
+            .await
+            .events();
+        assert_eq!(ev.len(), 3 + 8);
+        assert_eq!(
+            ev.last().unwrap().1["response"]["usage"]["output_tokens"],
+            3
+        );
+    }
+
+    #[test]
+    fn fragments_concatenate_to_the_arguments_on_char_boundaries() {
+        let t = ToolCall {
+            name: "f".into(),
+            args: r#"{"s":"ééééééé","n":1}"#.into(),
+        };
+        let f = t.fragments();
+        assert!(f.len() > 2);
+        assert!(f.iter().all(|p| !p.is_empty()));
+        assert_eq!(f.concat(), t.args);
+        let empty = ToolCall {
+            name: "f".into(),
+            args: String::new(),
+        };
+        assert!(empty.fragments().is_empty());
     }
 }
