@@ -106,19 +106,20 @@ fn without_the_token_variable_the_admin_api_is_off_but_metrics_and_healthz_serve
         }
     }
     // The refused freeze did nothing.
-    assert_eq!(chat_as(&gw, KEY, "gpt-4o-mini", 2).status, 200);
+    let r = chat_as(&gw, KEY, "gpt-4o-mini", 2);
+    assert_eq!(r.status, 200);
     assert_eq!(get(&admin_url(admin, "/healthz"), &[]).status, 200);
-    let m = scrape(admin);
+    // The client has its answer before `logging` counts the request: wait for the count.
+    let labels = [
+        ("project", "p1"),
+        ("model", "gpt-4o-mini"),
+        ("status", "200"),
+    ];
+    eventually("the request is counted", || {
+        value(&scrape(admin), "tollgate_requests_total", &labels).is_some()
+    });
     assert_eq!(
-        value(
-            &m,
-            "tollgate_requests_total",
-            &[
-                ("project", "p1"),
-                ("model", "gpt-4o-mini"),
-                ("status", "200")
-            ]
-        ),
+        value(&scrape(admin), "tollgate_requests_total", &labels),
         Some(1.0)
     );
 }
