@@ -131,7 +131,9 @@ fn start_mock() -> Result<(Child, SocketAddr), String> {
         ));
     }
     let mut child = Command::new(&bin)
-        .args(["--listen", "127.0.0.1:0"])
+        // Replies as long as each call allows, so the budget is really spent: the mock's own
+        // default is a short reply, whatever `max_tokens` says.
+        .args(["--listen", "127.0.0.1:0", "--tokens", "4096"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
