@@ -19,19 +19,6 @@ fn anthropic_headers(key: &str) -> Vec<(&str, &str)> {
     ]
 }
 
-/// The decision record of `id`, once the store has it.
-fn record(admin: u16, id: &str) -> Value {
-    let mut found = None;
-    eventually("the decision record", || {
-        let v = admin_get(admin, "/admin/decisions?limit=50").json();
-        found = v["decisions"]
-            .as_array()
-            .and_then(|d| d.iter().find(|r| r["id"] == id).cloned());
-        found.is_some()
-    });
-    found.unwrap_or_default()
-}
-
 #[test]
 fn the_base_url_answers_get_and_head_without_a_key() {
     let mock = Mock::start();
@@ -72,7 +59,7 @@ fn count_tokens_is_forwarded_recorded_and_never_charged() {
         Some(ANTHROPIC_SECRET),
         "the provider's credential, not the project key"
     );
-    let d = record(admin, &r.request_id());
+    let d = decision(admin, &r.request_id());
     assert_eq!(d["endpoint"], "count_tokens", "{d}");
     assert_eq!(d["decision"], "allow", "{d}");
     assert_eq!(

@@ -14,19 +14,6 @@ fn metrics(port: u16, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     value(&scrape(port), name, labels)
 }
 
-/// The decision record of `id`, once the store has it.
-fn record(admin: u16, id: &str) -> serde_json::Value {
-    let mut found = None;
-    eventually("the decision record", || {
-        let v = admin_get(admin, "/admin/decisions?limit=50").json();
-        found = v["decisions"]
-            .as_array()
-            .and_then(|d| d.iter().find(|r| r["id"] == id).cloned());
-        found.is_some()
-    });
-    found.unwrap_or_default()
-}
-
 fn chat_with(gw: &Gateway, headers: &[(&str, &str)], body: &str) -> Resp {
     let auth = format!("Bearer {KEY}");
     let mut h = vec![
@@ -78,7 +65,7 @@ fn a_blocked_request_is_recorded_with_zero_tokens_and_zero_cost() {
         r#"{"model":"gpt-4o-mini","messages":[]}"#,
     );
     assert_eq!(r.status, 403, "p2 may only use claude-*: {}", r.body);
-    let d = record(admin, &r.request_id());
+    let d = decision(admin, &r.request_id());
     assert_eq!(d["decision"], "block", "{d}");
     assert_eq!(d["prompt_tokens"], 0, "nothing reached a provider: {d}");
     assert_eq!(d["completion_tokens"], 0, "{d}");
@@ -158,7 +145,7 @@ fn a_429_without_retry_after_is_retried_on_the_same_target() {
         2,
         "retries = 1: the same target is tried twice"
     );
-    let d = record(admin, &r.request_id());
+    let d = decision(admin, &r.request_id());
     assert_eq!(d["attempts"], 2, "{d}");
     assert_eq!(d["providers_tried"], "openai,openai", "{d}");
 }
@@ -197,7 +184,7 @@ connect_timeout_ms = 500
         2,
         "both tries of the mock ran before the fallback"
     );
-    let d = record(admin, &r.request_id());
+    let d = decision(admin, &r.request_id());
     assert_eq!(d["status"], 500, "{d}");
     assert_eq!(d["providers_tried"], "openai,openai,dead", "{d}");
 }
@@ -216,7 +203,7 @@ fn an_overrun_is_charged_in_full_and_never_silent() {
         r#"{"model":"gpt-4o-mini","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#,
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    let d = record(admin, &r.request_id());
+    let d = decision(admin, &r.request_id());
     // 999,999,999,999 prompt tokens at $0.15 per million.
     let cost = d["cost_usd"].as_f64().unwrap_or_default();
     assert!((cost - 150_000.0).abs() < 0.01, "the truth is charged: {d}");

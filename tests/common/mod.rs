@@ -163,6 +163,19 @@ pub fn admin_get(port: u16, path: &str) -> Resp {
     get(&admin_url(port, path), &[("authorization", &auth)])
 }
 
+/// The decision record of request `id` (its `x-tollgate-request-id`), once the store has it.
+pub fn decision(admin_port: u16, id: &str) -> Value {
+    let mut found = None;
+    eventually("the decision record", || {
+        let v = admin_get(admin_port, "/admin/decisions?limit=100").json();
+        found = v["decisions"]
+            .as_array()
+            .and_then(|d| d.iter().find(|r| r["id"] == id).cloned());
+        found.is_some()
+    });
+    found.unwrap_or_default()
+}
+
 pub fn admin_post(port: u16, path: &str) -> Resp {
     let auth = format!("Bearer {ADMIN}");
     post(&admin_url(port, path), &[("authorization", &auth)], "")
