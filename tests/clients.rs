@@ -334,3 +334,61 @@ fn a_websocket_attempt_on_responses_gets_426_at_once() {
     );
     assert_eq!(mock.count(), 0);
 }
+
+#[test]
+fn an_anthropic_stream_with_cache_tokens_is_charged_for_every_input_token() {
+    let mock = Mock::start();
+    let body = standard_config(&mock).replace(
+        "[prices.\"claude-sonnet-4\"]\ninput = 3.0\noutput = 15.0",
+        "[prices.\"claude-sonnet-4\"]\ninput = 3.0\noutput = 15.0\ncache_read = 0.3\ncache_write = 3.75",
+    );
+    let (gw, admin) = start_admin(&body);
+    let mut h = anthropic_headers(KEY);
+    h.extend([
+        ("x-mock-prompt-tokens", "100"),
+        ("x-mock-cache-read-tokens", "1000"),
+        ("x-mock-cache-write-tokens", "200"),
+        ("x-mock-tokens", "10"),
+    ]);
+    let r = post(
+        &gw.url("/v1/messages"),
+        &h,
+        r#"{"model":"claude-sonnet-4","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("cache_read_input_tokens"), "{}", r.body);
+    let d = decision(admin, &r.request_id());
+    assert_eq!(d["usage_source"], "reported", "{d}");
+    assert_eq!(d["completion_tokens"], 10, "{d}");
+    // 100 uncached at $3, 1000 read at $0.30, 200 written at $3.75, 10 out at $15, per million.
+    let expected = (100.0 * 3.0 + 1000.0 * 0.3 + 200.0 * 3.75 + 10.0 * 15.0) / 1e6;
+    let cost = d["cost_usd"].as_f64().unwrap_or_default();
+    assert!((cost - expected).abs() < 1e-12, "{cost} != {expected}: {d}");
+}
+
+#[test]
+fn a_streamed_tool_call_passes_through_and_is_charged_from_reported_usage() {
+    let mock = Mock::start();
+    let (gw, admin) = start_admin(&standard_config(&mock));
+    let bearer = format!("Bearer {KEY}");
+    let r = post(
+        &gw.url("/v1/chat/completions"),
+        &[
+            ("authorization", &bearer),
+            ("x-mock-tool-call", "get_weather"),
+            ("x-mock-tool-args", r#"{"city":"Paris"}"#),
+        ],
+        r#"{"model":"gpt-4o-mini","stream":true,"max_tokens":50,"messages":[{"role":"user","content":"weather?"}],"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("\"tool_calls\""), "{}", r.body);
+    assert!(r.body.contains("get_weather"), "{}", r.body);
+    assert!(
+        !r.body.contains("\"usage\":{"),
+        "the client did not ask for usage: the injected usage chunk is removed: {}",
+        r.body
+    );
+    let d = decision(admin, &r.request_id());
+    assert_eq!(d["usage_source"], "reported", "{d}");
+    assert!(d["cost_usd"].as_f64().is_some_and(|c| c > 0.0), "{d}");
+}
