@@ -541,3 +541,25 @@ fn count_tokens_obeys_the_model_rules_and_the_prompt_rules() {
         "a prompt with a credential never leaves, counted or not"
     );
 }
+
+#[test]
+fn each_block_pattern_keeps_its_own_flags_in_the_combined_regex() {
+    let c = config(r#"block_patterns = ["(?i)alpha", "Beta", "^start"]"#);
+    let ask = |text: &str| {
+        let body = format!(
+            r#"{{"model":"gpt-4o-mini","max_tokens":5,"messages":[{{"role":"user","content":"{text}"}}]}}"#
+        );
+        decide_body(&c, Endpoint::ChatCompletions, &body).map(|_| ())
+    };
+    assert_eq!(code(ask("say ALPHA now")), (403, "pattern_blocked"));
+    assert_eq!(code(ask("say Beta now")), (403, "pattern_blocked"));
+    assert!(
+        ask("say beta now").is_ok(),
+        "(?i) of the first pattern does not reach the second"
+    );
+    assert_eq!(code(ask("start here")), (403, "pattern_blocked"));
+    assert!(
+        ask("do not start here").is_ok(),
+        "^ anchors its own pattern only"
+    );
+}

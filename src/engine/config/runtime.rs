@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use regex::RegexSet;
+use regex::Regex;
 
 use crate::engine::auth::KeyDigest;
 use crate::engine::budget::Budget;
@@ -124,7 +124,8 @@ pub struct Project {
     pub deny_models: Vec<Glob>,
     pub max_tokens: Option<u64>,
     pub block_secrets: bool,
-    pub block_patterns: Option<RegexSet>,
+    /// Every `block_patterns` entry as one alternation (see the projects validator).
+    pub block_patterns: Option<Regex>,
     pub unpriced: Unpriced,
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use regex::RegexSet;
+use regex::Regex;
 use toml::Spanned;
 
 use super::{Names, Validator};
@@ -172,9 +172,12 @@ impl Validator<'_> {
         g
     }
 
-    /// `block_patterns` compiled into one set; `None` when there are none or one is bad (each
+    /// `block_patterns` compiled into one regex, the alternation of all of them (each in its
+    /// own group, so a pattern's flags stay its own): policy only asks whether any matches,
+    /// and one regex keeps the literal prefilters a `RegexSet` loses, about 15x faster over a
+    /// long prompt (load-tests/scan_bench.rs). `None` when there are none or one is bad (each
     /// bad one is reported).
-    fn patterns(&mut self, at: &str, list: &[Spanned<String>]) -> Option<RegexSet> {
+    fn patterns(&mut self, at: &str, list: &[Spanned<String>]) -> Option<Regex> {
         if list.is_empty() {
             return None;
         }
@@ -189,7 +192,26 @@ impl Validator<'_> {
         if bad {
             return None;
         }
-        RegexSet::new(list.iter().map(|p| p.get_ref().as_str())).ok()
+        let alternation: Vec<String> = list
+            .iter()
+            .map(|p| format!("(?:{})", p.get_ref()))
+            .collect();
+        match Regex::new(&alternation.join("|")) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                // Each compiles alone, but not all together (the size limit): never drop them.
+                let msg = format!(
+                    "the patterns together are too large to compile: {}",
+                    e.to_string().replace('\n', " ")
+                );
+                self.err(
+                    list.first().map(|p| p.span()),
+                    format!("{at}.block_patterns"),
+                    msg,
+                );
+                None
+            }
+        }
     }
 }
 
