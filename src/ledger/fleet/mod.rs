@@ -102,8 +102,7 @@ impl fmt::Display for FleetError {
 impl std::error::Error for FleetError {}
 
 fn classify(e: RedisError) -> FleetError {
-    if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
-    {
+    if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
         return FleetError::Unavailable(e.to_string());
     }
     match e.code() {
@@ -166,7 +165,9 @@ pub enum Reservation {
     /// Nothing was held anywhere.
     Refused(Refused),
     /// The project is frozen; nothing was held.
-    Frozen { version: u64 },
+    Frozen {
+        version: u64,
+    },
     /// This hold id was settled before the reserve arrived (a late resend): nothing held.
     Void,
     /// `tg:gen` is gone: Redis lost its data. Nothing is admitted until the counters are
@@ -306,7 +307,9 @@ impl FleetStore {
             args.push(checked(a.amount, "amount")?.to_string());
         }
         let keys = accounts.iter().map(|a| a.key.as_str());
-        let r = self.fcall("FCALL", "tg_reserve", project, keys, &args).await?;
+        let r = self
+            .fcall("FCALL", "tg_reserve", project, keys, &args)
+            .await?;
         let (status, generation, n) = head(&r)?;
         let value = match status.as_str() {
             "ok" => {
@@ -352,7 +355,9 @@ impl FleetStore {
             args.push(checked(a.actual, "actual")?.to_string());
         }
         let keys = accounts.iter().map(|a| a.key.as_str());
-        let r = self.fcall("FCALL", "tg_settle", project, keys, &args).await?;
+        let r = self
+            .fcall("FCALL", "tg_settle", project, keys, &args)
+            .await?;
         let (status, generation, n) = head(&r)?;
         let overrun = || -> Result<Vec<Nanos>, FleetError> {
             if n.len() != accounts.len() {
@@ -374,7 +379,11 @@ impl FleetStore {
     }
 
     /// Burn up to `limit` expired holds of the project (and forget as many old tombstones).
-    pub async fn reap(&self, project: &ProjectKeys, limit: u32) -> Result<Answer<Reaped>, FleetError> {
+    pub async fn reap(
+        &self,
+        project: &ProjectKeys,
+        limit: u32,
+    ) -> Result<Answer<Reaped>, FleetError> {
         let args = [limit.to_string()];
         let r = self
             .fcall("FCALL", "tg_reap", project, std::iter::empty(), &args)
@@ -392,7 +401,11 @@ impl FleetStore {
     }
 
     /// Freeze (or unfreeze) the project; returns the new cfg version.
-    pub async fn freeze(&self, project: &ProjectKeys, frozen: bool) -> Result<Answer<u64>, FleetError> {
+    pub async fn freeze(
+        &self,
+        project: &ProjectKeys,
+        frozen: bool,
+    ) -> Result<Answer<u64>, FleetError> {
         let args = [if frozen { "1" } else { "0" }.to_string()];
         let r = self
             .fcall("FCALL", "tg_freeze", project, std::iter::empty(), &args)
@@ -408,9 +421,15 @@ impl FleetStore {
 
     /// Committed and held of each budget key, the freeze flag and the open holds. Read-only
     /// (`FCALL_RO`), so a replica could serve it.
-    pub async fn status(&self, project: &ProjectKeys, budget_keys: &[String]) -> Result<Answer<Status>, FleetError> {
+    pub async fn status(
+        &self,
+        project: &ProjectKeys,
+        budget_keys: &[String],
+    ) -> Result<Answer<Status>, FleetError> {
         let keys = budget_keys.iter().map(String::as_str);
-        let r = self.fcall("FCALL_RO", "tg_status", project, keys, &[]).await?;
+        let r = self
+            .fcall("FCALL_RO", "tg_status", project, keys, &[])
+            .await?;
         let (s, generation, n) = head(&r)?;
         if s != "status" || n.len() != 3 + 2 * budget_keys.len() {
             return Err(shape("tg_status", &r));
