@@ -14,6 +14,9 @@
 //! ([`crate::clock::unix_secs`] outside tests) and hands it to each reservation; the `*_at`
 //! variants take `now` directly, so unit tests cross period boundaries without sleeping.
 
+/// Fleet mode's Redis store: tested against a real redis-server, not yet wired into the
+/// proxy (the `Ledger` interface over local and fleet is the next step).
+mod fleet;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
