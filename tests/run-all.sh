@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tollgate's whole test suite on a fresh Debian machine: installs what the build and the tests
-# need (apt: cmake for pingora's zlib-ng, sqlite3 for looking into the store,
+# need (apt: cmake for pingora's zlib-ng, redis-server for the fleet store's tests,
+# sqlite3 for looking into the store,
 # openssl for the TLS test, systemd for `systemd-analyze`, prometheus for `promtool`,
 # python3-venv for the SDK tests, nodejs and npm for the Node SDK tests,
 # wrk and nginx-light for the load-test smoke run; PyPI: the official openai and anthropic
@@ -19,6 +20,7 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v python3 >/dev/null || need_apt+=(python3)
