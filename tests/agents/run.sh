@@ -139,7 +139,9 @@ start() {
 }
 
 say "starting mock-provider and tollgate"
-start mock LISTENING -- "$MOCK" --listen 127.0.0.1:0 --threads 1 --log
+# Replies of 16 tokens (capped by each request's max_tokens): the SDK checks expect the usage
+# the mock reported to reach the client unchanged.
+start mock LISTENING -- "$MOCK" --listen 127.0.0.1:0 --threads 1 --tokens 16 --log
 MOCK_URL="http://$ADDR_LISTENING"
 
 KEY_CLAUDE="tg_agents_claude_code_key_01"
