@@ -392,3 +392,24 @@ fn a_streamed_tool_call_passes_through_and_is_charged_from_reported_usage() {
     assert_eq!(d["usage_source"], "reported", "{d}");
     assert!(d["cost_usd"].as_f64().is_some_and(|c| c > 0.0), "{d}");
 }
+
+#[test]
+fn an_h2c_upgrade_offer_is_ignored_not_refused() {
+    let mock = Mock::start();
+    let gw = Gateway::start(&standard_config(&mock));
+    let body =
+        r#"{"model":"gpt-4o-mini","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (mut w, mut r) = raw_head(
+        &gw,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+            body.len()
+        ),
+    );
+    w.write_all(body.as_bytes()).expect("body");
+    let (status, _) = read_head(&mut r);
+    assert_eq!(
+        status, 200,
+        "only a WebSocket gets 426; an h2c offer is served over HTTP/1.1"
+    );
+}

@@ -55,7 +55,7 @@ pub struct Head<'a> {
     pub content_length: Option<u64>,
     /// The client sent `anthropic-version`: `/v1/models` answers in Anthropic's shape.
     pub anthropic: bool,
-    /// The client asked for a protocol upgrade (a WebSocket).
+    /// The client asked for a WebSocket (`Upgrade: websocket`).
     pub upgrade: bool,
 }
 

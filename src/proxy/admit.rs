@@ -41,7 +41,14 @@ impl Gateway {
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .and_then(|v| v.trim().parse::<u64>().ok()),
             anthropic: req.headers.contains_key("anthropic-version"),
-            upgrade: req.headers.contains_key(http::header::UPGRADE),
+            // Only a WebSocket: `Upgrade: h2c` (curl --http2 on http://) is for the server to
+            // ignore, not to refuse.
+            upgrade: req.headers.get(http::header::UPGRADE).is_some_and(|v| {
+                v.as_bytes()
+                    .to_ascii_lowercase()
+                    .windows(9)
+                    .any(|w| w == b"websocket")
+            }),
         };
         // Anthropic's paths, and the shared model routes asked in Anthropic's dialect, answer
         // errors in Anthropic's shape.
