@@ -15,6 +15,7 @@ use pingora::protocols::http::ServerSession;
 use crate::engine::config::Config;
 use crate::engine::error::{json_string, ErrorShape, GatewayError};
 use crate::engine::pricing::Nanos;
+use crate::ledger::fleet::Fleet;
 use crate::ledger::{DecisionRecord, Ledger, ProjectStatus};
 use crate::reload::Reloader;
 
@@ -22,6 +23,7 @@ pub struct Admin {
     pub config: Arc<ArcSwap<Config>>,
     pub ledger: Arc<Ledger>,
     pub reloader: Arc<Reloader>,
+    pub fleet: Option<Arc<Fleet>>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -63,11 +65,20 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 }
 
 pub fn decision_json(d: &DecisionRecord) -> String {
+    decision_json_of(d, None)
+}
+
+/// A decision record as JSON; in fleet mode with the `instance` that made it.
+pub fn decision_json_of(d: &DecisionRecord, instance: Option<&str>) -> String {
     let opt_s = |v: &Option<String>| v.as_deref().map_or("null".to_string(), json_string);
     let opt_n = |v: Option<u64>| v.map_or("null".to_string(), |n| n.to_string());
     format!(
-        r#"{{"id":{},"time":{},"project":{},"key_id":{},"endpoint":{},"model":{},"provider":{},"decision":{},"reason":{},"status":{},"prompt_tokens":{},"completion_tokens":{},"usage_source":{},"cost_usd":{},"overrun_usd":{},"latency_ms":{},"stream":{},"attempts":{},"providers_tried":{}}}"#,
+        r#"{{"id":{},{}"time":{},"project":{},"key_id":{},"endpoint":{},"model":{},"provider":{},"decision":{},"reason":{},"status":{},"prompt_tokens":{},"completion_tokens":{},"usage_source":{},"cost_usd":{},"overrun_usd":{},"latency_ms":{},"stream":{},"attempts":{},"providers_tried":{}}}"#,
         json_string(&d.id),
+        instance.map_or(String::new(), |i| format!(
+            r#""instance":{},"#,
+            json_string(i)
+        )),
         json_string(&crate::engine::time::rfc3339_millis(d.time_ms)),
         opt_s(&d.project),
         opt_s(&d.key_id),
@@ -92,9 +103,18 @@ pub fn decision_json(d: &DecisionRecord) -> String {
 /// One entry of `GET /admin/projects`; `limit_usd` and `remaining_usd` are `null` for a
 /// project without a budget.
 pub fn project_json(s: &ProjectStatus) -> String {
+    project_json_of(s, None)
+}
+
+/// Fleet mode adds `leased_usd` and says where the figures come from (`"fleet"`: Redis, the
+/// whole fleet; `"local"`: Redis could not be read, this instance's own share).
+fn project_json_of(s: &ProjectStatus, fleet: Option<(Nanos, &str)>) -> String {
     let opt = |v: Option<Nanos>| v.map_or("null".to_string(), usd);
+    let extra = fleet.map_or(String::new(), |(leased, source)| {
+        format!(r#","leased_usd":{},"source":"{source}""#, usd(leased))
+    });
     format!(
-        r#"{{"id":{},"period":"{}","spent_usd":{},"reserved_usd":{},"limit_usd":{},"remaining_usd":{},"frozen":{}}}"#,
+        r#"{{"id":{},"period":"{}","spent_usd":{},"reserved_usd":{},"limit_usd":{},"remaining_usd":{},"frozen":{}{extra}}}"#,
         json_string(&s.id),
         s.period,
         usd(s.spent),
@@ -145,6 +165,50 @@ pub fn providers_json(cfg: &Config) -> String {
 }
 
 impl Admin {
+    /// The fleet's recent records from the Redis stream, newest first; `None` when Redis
+    /// cannot be read (the caller falls back to this instance's SQLite).
+    async fn fleet_decisions(
+        &self,
+        fleet: &Fleet,
+        project: Option<&str>,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Option<String> {
+        let mut items = Vec::with_capacity(limit);
+        let mut cursor = before.map(str::to_string);
+        let mut last = None;
+        // A project filter reads the stream in pages until `limit` records match (bounded).
+        for _ in 0..20 {
+            let page = fleet.decisions(limit.max(100), cursor.as_deref()).await?;
+            let done = page.len() < limit.max(100);
+            for (id, d) in page {
+                cursor = Some(id.clone());
+                let keep = match project {
+                    Some(p) => serde_json::from_str::<serde_json::Value>(&d)
+                        .ok()
+                        .is_some_and(|v| v["project"] == p),
+                    None => true,
+                };
+                if keep && items.len() < limit {
+                    items.push(d);
+                    last = Some(id);
+                }
+            }
+            if done || items.len() >= limit {
+                break;
+            }
+        }
+        let next = last
+            .filter(|_| items.len() == limit)
+            .map_or("null".to_string(), |id| {
+                json_string(&format!("before_stream={id}"))
+            });
+        Some(format!(
+            r#"{{"decisions":[{}],"next":{next},"source":"fleet"}}"#,
+            items.join(",")
+        ))
+    }
+
     fn authorized(&self, cfg: &Config, session: &ServerSession) -> Result<(), GatewayError> {
         let Some(token) = &cfg.server.admin_token else {
             return Err(GatewayError::NotFound(format!(
@@ -175,12 +239,28 @@ impl Admin {
         Ok(())
     }
 
-    fn projects(&self, cfg: &Config) -> String {
-        let items: Vec<String> = cfg
-            .projects
-            .iter()
-            .map(|p| project_json(&self.ledger.status(p)))
-            .collect();
+    async fn projects(&self, cfg: &Config) -> String {
+        let mut items: Vec<String> = Vec::with_capacity(cfg.projects.len());
+        for p in &cfg.projects {
+            let mut s = self.ledger.status(p);
+            let Some(fleet) = &self.fleet else {
+                items.push(project_json(&s));
+                continue;
+            };
+            let source = match fleet.project_status(p).await {
+                Some((committed, held, frozen)) => {
+                    s.spent = committed;
+                    s.reserved = held;
+                    s.remaining = s
+                        .limit
+                        .map(|l| l.saturating_sub(committed).saturating_sub(held));
+                    s.frozen = frozen;
+                    "fleet"
+                }
+                None => "local",
+            };
+            items.push(project_json_of(&s, Some((Nanos::ZERO, source))));
+        }
         format!(r#"{{"projects":[{}]}}"#, items.join(","))
     }
 
@@ -198,6 +278,20 @@ impl Admin {
                 ))
             }
         };
+        let local_cursor = query_param(query, "before_ms").is_some();
+        if let (Some(f), false) = (&self.fleet, local_cursor) {
+            if let Some(page) = self
+                .fleet_decisions(
+                    f,
+                    project.as_deref(),
+                    limit,
+                    query_param(query, "before_stream"),
+                )
+                .await
+            {
+                return json(200, page);
+            }
+        }
         let before = query_param(query, "before_ms")
             .and_then(|t| t.parse::<i64>().ok())
             .map(|t| (t, query_param(query, "before_id").unwrap_or("").to_string()));
@@ -264,7 +358,13 @@ impl ServeHttp for Admin {
         }
         let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
         match (method.as_str(), segments.as_slice()) {
-            ("GET", ["", "admin", "projects"]) => json(200, self.projects(&cfg)),
+            ("GET", ["", "admin", "projects"]) => json(200, self.projects(&cfg).await),
+            ("GET", ["", "admin", "fleet"]) => match &self.fleet {
+                Some(f) => json(200, f.fleet_json().await),
+                None => error(GatewayError::NotFound(
+                    "Fleet mode is off: this instance has no [fleet] section".into(),
+                )),
+            },
             ("POST", ["", "admin", "projects", id, action @ ("freeze" | "unfreeze")]) => {
                 if cfg.project_index(id).is_none() {
                     return error(GatewayError::NotFound(format!("Unknown project {id}")));
@@ -275,6 +375,15 @@ impl ServeHttp for Admin {
                     "project {id} {}",
                     if frozen { "frozen" } else { "unfrozen" }
                 );
+                if let Some(f) = &self.fleet {
+                    if let Err(e) = f.freeze(id, frozen).await {
+                        return error(GatewayError::LedgerUnavailable(format!(
+                            "Project {id} is {} on this instance only: {} Retry to apply it to the whole fleet.",
+                            if frozen { "frozen" } else { "unfrozen" },
+                            e.message()
+                        )));
+                    }
+                }
                 json(
                     200,
                     format!(r#"{{"id":{},"frozen":{frozen}}}"#, json_string(id)),
@@ -297,6 +406,7 @@ impl ServeHttp for Admin {
                 ["", "admin", "projects"]
                 | ["", "admin", "reload"]
                 | ["", "admin", "decisions"]
+                | ["", "admin", "fleet"]
                 | ["", "admin", "providers"],
             ) => error(GatewayError::MethodNotAllowed(format!(
                 "{method} {path} is not supported"

@@ -39,7 +39,15 @@ pub struct Metrics {
     pub upstream_attempts: IntCounterVec,
     pub provider_up: IntGaugeVec,
     pub reservation_overruns: IntCounterVec,
+    pub fleet_redis_up: IntGauge,
+    pub fleet_roundtrip: HistogramVec,
 }
+
+/// Redis round trips: tens of microseconds on loopback, a millisecond across a network, and
+/// the call deadline (20 ms by default) at worst.
+const ROUNDTRIP_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
 
 /// The families, registered on first use. Registration fails only on a duplicate or malformed
 /// name, a programming error that the unit tests catch; should it ever happen in a running
@@ -153,6 +161,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "tollgate_reservation_overruns_total",
         "Requests whose reported cost exceeded the worst case reserved for them (the truth is charged)",
         &["project"]
+    )?,
+    fleet_redis_up: register_int_gauge!(
+        "tollgate_fleet_redis_up",
+        "Fleet mode: 1 while this instance reaches the shared Redis and has joined its generation, else 0"
+    )?,
+    fleet_roundtrip: register_histogram_vec!(
+        "tollgate_fleet_roundtrip_seconds",
+        "Fleet mode: Redis round trips by operation (reserve/settle/freeze/status/heartbeat/join/stream/read)",
+        &["op"],
+        ROUNDTRIP_BUCKETS.to_vec()
     )?,
 })
 }

@@ -106,7 +106,41 @@ pub fn run(cfg: Config, opts: RunOptions) -> i32 {
     let resolver = Arc::new(Resolver::new());
     let limits = Arc::new(RateLimiter::new());
 
-    let gateway = Gateway::new(config.clone(), resolver.clone(), ledger.clone(), limits);
+    // Fleet mode: its own runtime (kept alive until the server returns) and background loop.
+    let mut _fleet_runtime = None;
+    let fleet = match config.load().fleet.clone() {
+        Some(f) => {
+            let instance = f
+                .instance
+                .clone()
+                .unwrap_or_else(|| default_instance(listen));
+            match crate::ledger::fleet::Fleet::start(
+                f,
+                instance.clone(),
+                ledger.clone(),
+                config.clone(),
+                crate::proxy::in_flight,
+            ) {
+                Ok((fleet, rt)) => {
+                    log::info!("fleet mode: instance {instance}; connecting to Redis");
+                    _fleet_runtime = Some(rt);
+                    Some(fleet)
+                }
+                Err(e) => {
+                    eprintln!("cannot start the fleet runtime: {e}");
+                    return 1;
+                }
+            }
+        }
+        None => None,
+    };
+    let gateway = Gateway::new(
+        config.clone(),
+        resolver.clone(),
+        ledger.clone(),
+        limits,
+        fleet.clone(),
+    );
     let mut proxy = http_proxy_service(&server.configuration, gateway);
     let key = fd_key(Role::Gateway, listen);
     proxy.add_tcp(&key);
@@ -140,6 +174,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> i32 {
                 config,
                 ledger: ledger.clone(),
                 reloader,
+                fleet,
             },
         );
         let key = fd_key(Role::Admin, addr);
@@ -167,6 +202,31 @@ pub fn run(cfg: Config, opts: RunOptions) -> i32 {
     };
     log::info!("tollgate stopped");
     code
+}
+
+/// `[fleet] instance` when unset: the host name and the gateway port (with port 0, the pid,
+/// so two instances started on one machine for a test still differ).
+fn default_instance(listen: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tollgate".to_string());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match listen.port() {
+        0 => format!("{host}-pid{}", std::process::id()),
+        port => format!("{host}-{port}"),
+    }
 }
 
 /// Which listener a socket is: the two have separate report lines and fd-table keys.

@@ -82,6 +82,9 @@ pub struct Account {
     /// The UTC day (days since the epoch) on which `period_key` was last found current:
     /// every period starts at a UTC midnight, so within a day there is nothing to check.
     pub checked_day: Option<i64>,
+    /// Fleet mode: how many times `spent` was reported to a new fleet generation. A settle
+    /// notes the count it saw, so the fleet knows whether that report already included it.
+    pub snapshots: u64,
 }
 
 /// Why a request was refused: the numbers the 402 message shows.

@@ -56,6 +56,9 @@ pub enum GatewayError {
         message: String,
         retry_after_s: u64,
     },
+    /// Fleet mode: the shared ledger cannot be reached (or is rebuilding) and the request needs
+    /// it; 503 with `Retry-After`. A block: nothing was sent to a provider.
+    LedgerUnavailable(String),
     UpstreamUnavailable(String),
     UpstreamTimeout(String),
     /// Every try failed, and the last provider that answered at all answered with this error
@@ -79,6 +82,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => 405,
             GatewayError::RequestTooLarge(_) => 413,
             GatewayError::UpgradeRequired(_) => 426,
+            GatewayError::LedgerUnavailable(_) => 503,
             GatewayError::RateLimited { .. } => 429,
             GatewayError::UpstreamUnavailable(_) => 502,
             GatewayError::UpstreamTimeout(_) => 504,
@@ -98,6 +102,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::RequestTooLarge(_) => "request_too_large",
             GatewayError::UpgradeRequired(_) => "upgrade_required",
+            GatewayError::LedgerUnavailable(_) => "unavailable",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
@@ -110,6 +115,7 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::PolicyBlocked(c, _) => c.as_str(),
+            GatewayError::LedgerUnavailable(_) => "ledger_unavailable",
             other => other.error_type(),
         }
     }
@@ -124,6 +130,7 @@ impl GatewayError {
             | GatewayError::MethodNotAllowed(m)
             | GatewayError::RequestTooLarge(m)
             | GatewayError::UpgradeRequired(m)
+            | GatewayError::LedgerUnavailable(m)
             | GatewayError::UpstreamUnavailable(m)
             | GatewayError::UpstreamTimeout(m)
             | GatewayError::Internal(m) => m,
@@ -146,6 +153,7 @@ impl GatewayError {
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
             GatewayError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
+            GatewayError::LedgerUnavailable(_) => Some(1),
             _ => None,
         }
     }

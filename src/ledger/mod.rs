@@ -14,9 +14,9 @@
 //! ([`crate::clock::unix_secs`] outside tests) and hands it to each reservation; the `*_at`
 //! variants take `now` directly, so unit tests cross period boundaries without sleeping.
 
-/// Fleet mode's Redis store: tested against a real redis-server, not yet wired into the
-/// proxy (the `Ledger` interface over local and fleet is the next step).
-mod fleet;
+/// Fleet mode: the Redis store and the instance's side of it (admission, settle queue,
+/// generation, freezes, heartbeats).
+pub mod fleet;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -93,19 +93,32 @@ impl Reservation {
     /// overrun: how far `actual` exceeds the worst case reserved (`Nanos::ZERO` when it does
     /// not). The truth is charged either way, so an overrun can take spend past the limit;
     /// the caller counts and logs it.
+    #[cfg(test)]
     pub fn settle(self, actual: Nanos) -> Nanos {
         let now = (self.clock)();
         self.settle_at(actual, now)
     }
 
     /// [`Reservation::settle`] at `now_unix` (Unix seconds).
-    pub fn settle_at(mut self, actual: Nanos, now_unix: i64) -> Nanos {
+    #[cfg(test)]
+    pub fn settle_at(self, actual: Nanos, now_unix: i64) -> Nanos {
+        self.settle_seen_at(actual, now_unix).0
+    }
+
+    /// [`Reservation::settle`], also returning the account's snapshot count as the settle
+    /// found it (fleet mode: was this spend in the last report to the fleet?).
+    pub fn settle_seen(self, actual: Nanos) -> (Nanos, u64) {
+        let now = (self.clock)();
+        self.settle_seen_at(actual, now)
+    }
+
+    fn settle_seen_at(mut self, actual: Nanos, now_unix: i64) -> (Nanos, u64) {
         self.settled = true;
-        let period_key = {
+        let (period_key, seen) = {
             let mut a = lock(&self.cell);
             a.roll_at(self.period, now_unix);
             a.settle(self.amount, actual);
-            a.period_key.clone()
+            (a.period_key.clone(), a.snapshots)
         };
         if actual > Nanos::ZERO {
             if let Some(s) = &self.store {
@@ -116,7 +129,7 @@ impl Reservation {
                 });
             }
         }
-        actual.saturating_sub(self.amount())
+        (actual.saturating_sub(self.amount()), seen)
     }
 }
 
@@ -283,12 +296,33 @@ impl Ledger {
         amount: Nanos,
         now_unix: i64,
     ) -> Result<Reservation, GatewayError> {
+        self.reserve_checked(project, amount, now_unix, true)
+    }
+
+    /// Fleet mode: the fleet checked the budget; this instance only keeps its own share of
+    /// the spend (its SQLite record, and what it reports to a new fleet generation).
+    /// (Never refused; a `Result` only because it shares the checked path.)
+    pub fn reserve_unchecked(
+        &self,
+        project: &Project,
+        amount: Nanos,
+    ) -> Result<Reservation, GatewayError> {
+        self.reserve_checked(project, amount, (self.clock)(), false)
+    }
+
+    fn reserve_checked(
+        &self,
+        project: &Project,
+        amount: Nanos,
+        now_unix: i64,
+        check: bool,
+    ) -> Result<Reservation, GatewayError> {
         let cell = self.cell(&project.id);
         let period = period_of(project);
         let remaining = {
             let mut a = lock(&cell);
             a.roll_at(period, now_unix);
-            match project.budget {
+            match project.budget.filter(|_| check) {
                 Some(b) => {
                     a.admit(b.limit, amount).map_err(|r| {
                         GatewayError::BudgetExceeded(refusal_message(&project.id, b.period, &r))
@@ -310,6 +344,34 @@ impl Ledger {
             period,
             settled: false,
         })
+    }
+
+    /// Fleet mode: this instance's spend in the project's current period, to report to a new
+    /// fleet generation; bumps the account's snapshot count under the same lock, so every
+    /// settle knows whether it was in the report (returns period key, spend, the new count).
+    pub fn snapshot(&self, project: &Project) -> (String, Nanos, u64) {
+        let cell = self.cell(&project.id);
+        let mut a = lock(&cell);
+        a.roll_at(period_of(project), (self.clock)());
+        a.snapshots += 1;
+        (a.period_key.to_string(), a.spent, a.snapshots)
+    }
+
+    /// Fleet mode: how many snapshots of the project's spend were taken.
+    pub fn snapshots(&self, project: &Project) -> u64 {
+        lock(&self.cell(&project.id)).snapshots
+    }
+
+    /// Fleet mode: the fleet's freeze flag, as heard from Redis: applied and recorded only
+    /// when it differs from what this instance believes.
+    pub fn set_frozen_from_fleet(&self, project: &str, frozen: bool) {
+        if self.is_frozen(project) != frozen {
+            self.set_frozen(project, frozen);
+        }
+    }
+
+    pub fn store(&self) -> Option<&StoreHandle> {
+        self.store.as_ref()
     }
 
     pub fn status(&self, project: &Project) -> ProjectStatus {
@@ -345,7 +407,7 @@ impl Ledger {
 }
 
 /// Projects without a budget still account per month, so the admin view shows a useful number.
-fn period_of(p: &Project) -> Period {
+pub fn period_of(p: &Project) -> Period {
     p.budget.map_or(Period::Month, |b| b.period)
 }
 

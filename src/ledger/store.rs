@@ -51,8 +51,9 @@
 //! alerted on; at a few hundred bytes a write, a minute of backlog at 1k req/s
 //! is tens of MB.
 //!
-//! # Schema (`PRAGMA user_version` = 3)
-//! v2 added `decisions.attempts` and `providers_tried`; v3 added `decisions.overrun_nanos`.
+//! # Schema (`PRAGMA user_version` = 4)
+//! v2 added `decisions.attempts` and `providers_tried`; v3 added `decisions.overrun_nanos`;
+//! v4 added `fleet_settles`, fleet mode's queue of settlements not yet applied in Redis.
 //! ```sql
 //! CREATE TABLE spend(
 //!   project TEXT NOT NULL, period TEXT NOT NULL,  -- period: "2026-11", "2026-11-22", "week-of-2026-11-16", "total"
@@ -75,6 +76,10 @@
 //!   overrun_nanos INTEGER NOT NULL DEFAULT 0);    -- v3: usage charged beyond the reservation
 //! CREATE INDEX decisions_time ON decisions(time_ms DESC, id DESC);
 //! CREATE INDEX decisions_project_time ON decisions(project, time_ms DESC, id DESC);
+//! CREATE TABLE fleet_settles(                     -- v4: written before a settle is sent to Redis,
+//!   hold_id TEXT PRIMARY KEY,                     -- deleted once Redis applied it; what is left
+//!   body TEXT NOT NULL,                           -- is replayed (idempotent by hold id), also
+//!   created_ms INTEGER NOT NULL);                 -- after a crash
 //! ```
 //! `decisions` has no uniqueness on `id`: a unique index would slow every
 //! insert for a property the gateway already guarantees (request ids are
@@ -94,7 +99,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// A batch this large is committed without waiting for the timer, so a burst
 /// becomes several medium transactions instead of one huge one.
@@ -170,6 +175,16 @@ pub enum Write {
         time_ms: i64,
     },
     Decision(Box<DecisionRecord>),
+    /// Fleet mode: a settlement about to be sent to Redis (JSON `body`), kept until
+    /// [`Write::FleetDone`] says Redis applied it.
+    FleetQueue {
+        hold_id: String,
+        body: String,
+    },
+    /// Fleet mode: Redis applied this hold's settlement.
+    FleetDone {
+        hold_id: String,
+    },
 }
 
 /// Counters for metrics. `queued + committed + dropped + failed` = writes sent.
@@ -472,6 +487,15 @@ const MIGRATE_TO_V3: &str = "
 ALTER TABLE decisions ADD COLUMN overrun_nanos INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// v4: fleet mode's settle queue.
+const MIGRATE_TO_V4: &str = "
+CREATE TABLE IF NOT EXISTS fleet_settles(
+  hold_id TEXT PRIMARY KEY,
+  body TEXT NOT NULL,
+  created_ms INTEGER NOT NULL
+);
+";
+
 fn migrate(conn: &mut Connection) -> Result<(), String> {
     // IMMEDIATE: two processes opening a fresh file at once must not both
     // decide to create the schema from the same old version.
@@ -498,7 +522,11 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
         tx.execute_batch(MIGRATE_TO_V3)
             .map_err(|e| format!("migrate schema to v3: {e}"))?;
     }
-    // Later versions: `if version < 4 { ... }`.
+    if version < 4 {
+        tx.execute_batch(MIGRATE_TO_V4)
+            .map_err(|e| format!("migrate schema to v4: {e}"))?;
+    }
+    // Later versions: `if version < 5 { ... }`.
     if version != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| format!("set user_version: {e}"))?;
@@ -513,6 +541,9 @@ struct Batch {
     spend: HashMap<(Arc<str>, Arc<str>), u64>,
     freezes: HashMap<String, (bool, i64)>,
     decisions: Vec<DecisionRecord>,
+    /// Fleet settle queue: `Some(body)` to insert, `None` to delete. A settlement queued and
+    /// done within one batch never touches the disk.
+    fleet: HashMap<String, Option<String>>,
     /// Writes as sent (before coalescing), for the stats.
     writes: u64,
 }
@@ -537,6 +568,16 @@ impl Batch {
                 self.freezes.insert(project, (frozen, time_ms));
             }
             Write::Decision(d) => self.decisions.push(*d),
+            Write::FleetQueue { hold_id, body } => {
+                self.fleet.insert(hold_id, Some(body));
+            }
+            Write::FleetDone { hold_id } => {
+                if let Some(Some(_)) = self.fleet.get(&hold_id) {
+                    self.fleet.remove(&hold_id);
+                } else {
+                    self.fleet.insert(hold_id, None);
+                }
+            }
         }
     }
 
@@ -746,6 +787,19 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
         for (project, (frozen, time_ms)) in &batch.freezes {
             freeze.execute(params![project, frozen, time_ms])?;
         }
+        if !batch.fleet.is_empty() {
+            let mut queue = tx.prepare_cached(
+                "INSERT INTO fleet_settles(hold_id, body, created_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(hold_id) DO UPDATE SET body = excluded.body",
+            )?;
+            let mut done = tx.prepare_cached("DELETE FROM fleet_settles WHERE hold_id = ?1")?;
+            for (id, body) in &batch.fleet {
+                match body {
+                    Some(b) => queue.execute(params![id, b, now])?,
+                    None => done.execute(params![id])?,
+                };
+            }
+        }
         let mut decision = tx.prepare_cached(
             "INSERT INTO decisions(id, time_ms, time, project, key_id, endpoint, model, provider,
                decision, reason, status, prompt_tokens, completion_tokens, usage_source,
@@ -856,6 +910,23 @@ impl Reader {
         tx.finish()
             .map_err(|e| format!("ledger store: read spend: {e}"))?;
         Ok(out)
+    }
+
+    /// Fleet mode: settlements not yet applied in Redis, oldest first, at most `limit`.
+    pub fn fleet_pending(&self, limit: usize) -> Result<Vec<(String, String)>, String> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT hold_id, body FROM fleet_settles ORDER BY created_ms, hold_id LIMIT ?1",
+            )
+            .map_err(|e| format!("ledger store: read fleet settles: {e}"))?;
+        let rows = stmt
+            .query_map(params![clamp_i64(limit as u64)], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(|e| format!("ledger store: read fleet settles: {e}"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| format!("ledger store: read fleet settles: {e}"))
     }
 
     /// Every project that ever had a freeze write, with its current flag, by project name.

@@ -11,6 +11,7 @@ use super::{Ctx, Gateway};
 use crate::engine::admission::{self, Facts, Head, Next};
 use crate::engine::auth;
 use crate::engine::error::{ErrorShape, GatewayError};
+use crate::engine::pricing::Nanos;
 use crate::engine::provider::Endpoint;
 use crate::health::{self, HEALTH};
 
@@ -62,7 +63,10 @@ impl Gateway {
         let declared = head.content_length;
         let expects_continue =
             header("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
-        let frozen = |id: &str| self.ledger.is_frozen(id);
+        // In fleet mode the reserve is the authority on freezes (an unfreeze elsewhere lifts
+        // at once); the local view, kept from Redis, serves while Redis is unreachable.
+        let fleet_decides = self.fleet.as_ref().is_some_and(|f| f.is_up());
+        let frozen = |id: &str| !fleet_decides && self.ledger.is_frozen(id);
         match admission::before_body(&cfg, &head, &frozen, &mut ctx.seen)? {
             Next::Answer(status, body) => {
                 return Ok(Admit::Local {
@@ -76,7 +80,10 @@ impl Gateway {
             return Err(GatewayError::Internal("admission lost its facts".into()));
         };
         let project = &cfg.projects[project_idx];
-        self.limits.admit(project)?;
+        if self.fleet.is_none() {
+            // In fleet mode the limits are counted by Redis, with the reservation.
+            self.limits.admit(project)?;
+        }
 
         if expects_continue {
             // The key and the declared size passed: now the client may send the body (curl
@@ -105,7 +112,15 @@ impl Gateway {
             &mut ctx.seen,
         )?;
         let admitted = &mut ctx.admitted;
-        if a.charged {
+        if let Some(fleet) = &self.fleet {
+            let worst = if a.charged { a.worst } else { Nanos::ZERO };
+            let hold = fleet.reserve(project, worst).await?;
+            admitted.remaining = hold.remaining;
+            admitted.hold = Some(hold);
+            if a.charged {
+                admitted.reservation = Some(self.ledger.reserve_unchecked(project, a.worst)?);
+            }
+        } else if a.charged {
             let reservation = self.ledger.reserve(project, a.worst)?;
             admitted.remaining = reservation.remaining();
             admitted.reservation = Some(reservation);

@@ -17,6 +17,7 @@ use crate::engine::error::{ErrorShape, GatewayError};
 use crate::engine::pricing::{Nanos, Price};
 use crate::engine::route::{Plan, ProviderIdx};
 use crate::engine::usage::UsageScanner;
+use crate::ledger::fleet::FleetHold;
 use crate::ledger::Reservation;
 
 pub struct Ctx {
@@ -68,8 +69,12 @@ impl Ctx {
 /// What an admitted request holds until it finishes.
 #[derive(Default)]
 pub struct Admitted {
-    /// Money held for this request until `logging` settles it (or drop releases it).
+    /// Money held for this request until `logging` settles it (or drop releases it). In fleet
+    /// mode this is the instance's own share, not checked against the budget: [`Admitted::hold`]
+    /// is the fleet's.
     pub reservation: Option<Reservation>,
+    /// Fleet mode: the hold in Redis (budget and rate limits across the fleet).
+    pub hold: Option<FleetHold>,
     /// The matched price (None: unpriced model, cost unknown).
     pub price: Option<Price>,
     /// The bounded `model` label: the matched price key.

@@ -62,13 +62,18 @@ impl Gateway {
             usage.completion_tokens = Some(0);
             cost = Some(Nanos::ZERO);
         }
-        let overrun = match ctx.admitted.reservation.take() {
-            Some(r) => r.settle(cost.unwrap_or(Nanos::ZERO)),
-            None => Nanos::ZERO,
+        let charge = cost.unwrap_or(Nanos::ZERO);
+        let (overrun, seen) = match ctx.admitted.reservation.take() {
+            Some(r) => r.settle_seen(charge),
+            None => (Nanos::ZERO, u64::MAX),
         };
-        if let (Some(cfg), Some(p), Some(f)) = (ctx.cfg.as_deref(), ctx.seen.project, format) {
-            self.limits
-                .add_tokens(&cfg.projects[p], usage.total_tokens(f));
+        let tokens = format.map_or(0, |f| usage.total_tokens(f));
+        if let Some(hold) = ctx.admitted.hold.take() {
+            hold.settle(charge, tokens, seen);
+        } else if let (Some(cfg), Some(p), true) =
+            (ctx.cfg.as_deref(), ctx.seen.project, self.fleet.is_none())
+        {
+            self.limits.add_tokens(&cfg.projects[p], tokens);
         }
         let end = Ending {
             status,
@@ -92,7 +97,11 @@ impl Gateway {
         }
         self.observe(ctx, &end);
         if ctx.seen.endpoint.is_some_and(|e| e.is_recorded()) {
-            self.ledger.record(record(ctx, &end));
+            let d = record(ctx, &end);
+            if let Some(f) = &self.fleet {
+                f.record(crate::admin::decision_json_of(&d, Some(&f.instance)));
+            }
+            self.ledger.record(d);
         }
         // An unknown path is named in the log, so a route a client needs is easy to spot.
         let path = match ctx.seen.endpoint {

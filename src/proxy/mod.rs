@@ -40,6 +40,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::engine::auth;
 use crate::engine::error::GatewayError;
 use crate::engine::usage::{Feed, UsageScanner};
+use crate::ledger::fleet::Fleet;
 use crate::ledger::Ledger;
 use crate::ratelimit::RateLimiter;
 use crate::resolver::Resolver;
@@ -62,6 +63,8 @@ pub struct Gateway {
     pub resolver: Arc<Resolver>,
     pub ledger: Arc<Ledger>,
     pub limits: Arc<RateLimiter>,
+    /// Fleet mode: budgets, rate limits and freezes shared on Redis.
+    pub fleet: Option<Arc<Fleet>>,
     ids: RequestIds,
 }
 
@@ -73,12 +76,14 @@ impl Gateway {
         resolver: Arc<Resolver>,
         ledger: Arc<Ledger>,
         limits: Arc<RateLimiter>,
+        fleet: Option<Arc<Fleet>>,
     ) -> Gateway {
         Gateway {
             config,
             resolver,
             ledger,
             limits,
+            fleet,
             ids: RequestIds::new(),
         }
     }

@@ -14,6 +14,8 @@ pub struct FileConfig {
     pub server: FileServer,
     #[serde(default)]
     pub store: FileStore,
+    /// Fleet mode: several instances on one Redis (SPEC "Fleet").
+    pub fleet: Option<Spanned<FileFleet>>,
     #[serde(default)]
     pub providers: Vec<Spanned<FileProvider>>,
     #[serde(default)]
@@ -60,6 +62,21 @@ pub struct FileStore {
     pub path: Option<Spanned<String>>,
     /// How often the ledger batcher writes to SQLite (milliseconds).
     pub flush_interval_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFleet {
+    pub redis_url_env: Option<Spanned<String>>,
+    pub instance: Option<Spanned<String>>,
+    pub hold_ttl_s: Option<Spanned<i64>>,
+    /// Deadline of one Redis call (milliseconds).
+    pub timeout_ms: Option<Spanned<i64>>,
+    /// How long admission stays closed after Redis lost its data, while the instances report
+    /// their ledgers (milliseconds).
+    pub rebuild_grace_ms: Option<Spanned<i64>>,
+    /// Leases (budget slices admitted locally); `false`: a Redis hold per request.
+    pub leases: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

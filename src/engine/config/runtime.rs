@@ -99,6 +99,33 @@ impl Default for StoreConfig {
     }
 }
 
+/// `[fleet]`: several instances sharing budgets, limits and freezes on one Redis.
+#[derive(Clone, Debug)]
+pub struct FleetConfig {
+    /// `redis://…` or `rediss://…`; may hold a password, so it is a [`Secret`].
+    pub redis_url: Secret,
+    pub redis_url_env: String,
+    /// This instance's id in the fleet; `None`: the shell uses host name and gateway port.
+    pub instance: Option<String>,
+    pub hold_ttl_s: u32,
+    pub timeout: Duration,
+    pub rebuild_grace: Duration,
+}
+
+impl FleetConfig {
+    pub const DEFAULT_REDIS_URL_ENV: &'static str = "TOLLGATE_REDIS_URL";
+    /// A hold whose instance vanished counts as spent after this long (SPEC).
+    pub const DEFAULT_HOLD_TTL_S: u32 = 900;
+    /// Redis on the same network answers in well under a millisecond; a call that takes this
+    /// long is given up (its outcome is unknown, and handled as such: the request gets 503
+    /// and its hold, if one was made, is released).
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+    /// Instances poll the generation every second, so five seconds lets every live one report.
+    pub const DEFAULT_REBUILD_GRACE: Duration = Duration::from_millis(5_000);
+    /// The library's own bound on a hold's TTL.
+    pub const MAX_HOLD_TTL_S: i64 = 7 * 86_400;
+}
+
 /// What to do with a model that has no price.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Unpriced {
@@ -137,6 +164,8 @@ pub type ProjectIdx = usize;
 pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
+    /// `None`: a single instance on its own ledger.
+    pub fleet: Option<FleetConfig>,
     pub providers: Vec<Provider>,
     pub routes: RouteTable,
     pub prices: PriceTable,

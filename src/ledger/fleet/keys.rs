@@ -8,6 +8,8 @@
 use crate::engine::budget::Period;
 
 /// Which kind of account a budget key belongs to (SPEC "Budgets everywhere the money is").
+/// Only `Project` is used until team, key and user budgets land (issue 14).
+#[allow(dead_code)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccountKind {
     Project,
@@ -66,6 +68,12 @@ impl ProjectKeys {
     /// cfg, holds, hexp, done, dexp.
     pub fn meta(&self) -> [String; 5] {
         ["cfg", "holds", "hexp", "done", "dexp"].map(|s| format!("{}{s}", self.prefix))
+    }
+
+    /// A rate window of the project: `tg:{p:P}:r:<what>:<minute>` (`what`: `rpm`, `tpm`;
+    /// `minute`: Unix seconds / 60).
+    pub fn rate(&self, what: &str, minute: i64) -> String {
+        format!("{}r:{what}:{minute}", self.prefix)
     }
 
     /// The budget key of one account in one window: `tg:{p:P}:b:<kind>:<id>:<period>:<key>`,

@@ -8,17 +8,16 @@
 //! id, expired holds burned) is inside the library, so it is one atomic step on the server;
 //! this module only builds arguments, classifies errors and parses replies.
 //!
-//! Not yet wired: the proxy still talks to the local ledger only. The next step puts this
-//! behind the `Ledger` interface (leases, the settle queue in SQLite, rebuild after data
-//! loss); until then the public API here is unused by the binary, hence `allow(dead_code)`.
+//! [`node`] is this instance's side: admission, the settle queue, the generation, freezes.
 //!
 //! Must not import: `pingora`, the proxy. Nothing here panics on anything Redis returns.
 
-#![allow(dead_code)] // not wired into the proxy yet: the Ledger interface is the next step
-
 mod keys;
+mod node;
 #[cfg(test)]
 mod tests;
+
+pub use node::{Fleet, FleetHold};
 
 use std::fmt;
 use std::time::Duration;
@@ -29,7 +28,8 @@ use redis::{ErrorKind, RedisError, Value};
 use crate::engine::pricing::Nanos;
 #[cfg(test)]
 use keys::AccountKind;
-use keys::{ProjectKeys, GENERATION};
+pub use keys::ProjectKeys;
+use keys::GENERATION;
 
 /// The function library, embedded so that the binary always loads the code it was tested with.
 pub const LIBRARY: &str = include_str!("tollgate.lua");
@@ -41,6 +41,7 @@ pub const MAX_NANOS: u64 = (1 << 53) - 1;
 /// Most accounts one hold can span (the library's own bound).
 pub const MAX_ACCOUNTS: usize = 16;
 /// Longest hold TTL the library accepts (seconds).
+#[cfg(test)]
 pub const MAX_TTL_S: u32 = 7 * 86_400;
 
 /// How to reach Redis. The URL may hold a password: it comes from the environment, never
@@ -132,6 +133,29 @@ pub struct AccountActual {
     pub actual: Nanos,
 }
 
+/// A rate account checked (and counted) by a reserve, on per-minute window keys
+/// ([`ProjectKeys::rate`]): refused when `floor(prev × weight / 1000) + curr + need > limit`,
+/// otherwise `add` goes to the current window, which expires after `expire_s`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateCheck {
+    pub prev: String,
+    pub curr: String,
+    pub limit: u64,
+    pub need: u64,
+    pub add: u64,
+    /// Permille of the previous window still inside the sliding minute.
+    pub weight_permille: u16,
+    pub expire_s: u32,
+}
+
+/// Usage added to a rate window by a settle (tpm: the tokens the request used).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateAdd {
+    pub key: String,
+    pub add: u64,
+    pub expire_s: u32,
+}
+
 /// Every reply carries the store's generation id: a change (or `None`) means Redis lost its
 /// data since the caller last looked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,6 +188,14 @@ pub enum Reservation {
     Reserved(Reserved),
     /// Nothing was held anywhere.
     Refused(Refused),
+    /// A rate account is full (`rate` indexes the rate checks passed); nothing was held.
+    Limited {
+        rate: usize,
+        count: u64,
+        limit: u64,
+    },
+    /// The counters are being rebuilt after a data loss (`tg_begin`): nothing admitted yet.
+    Rebuilding,
     /// The project is frozen; nothing was held.
     Frozen {
         version: u64,
@@ -181,9 +213,23 @@ pub enum Settlement {
     Settled { overrun: Vec<Nanos> },
     /// The hold had expired and been burned; the difference was applied, once.
     Corrected { overrun: Vec<Nanos> },
-    /// No hold by this id (never reserved, refused, or forgotten). Nothing charged; a late
-    /// reserve with this id will hold nothing.
+    /// No hold by this id (never reserved, refused, or forgotten) and every actual was 0.
+    /// Nothing charged; a late reserve with this id will hold nothing.
     NotHeld,
+    /// No hold by this id and no record of one (Redis lost it with its data): the actual
+    /// cost was committed, once.
+    Charged,
+    /// The generation in force is not the one the caller expected: nothing changed.
+    Stale,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Joined {
+    Joined,
+    /// This member already reported into this generation: nothing changed.
+    Already,
+    /// Another generation is in force (the one given, or none): nothing changed.
+    Stale(Option<String>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -284,6 +330,7 @@ impl FleetStore {
     }
 
     /// Hold `amount` on every account, all or nothing, for `ttl_s` seconds (server time).
+    #[cfg(test)]
     pub async fn reserve(
         &self,
         project: &ProjectKeys,
@@ -291,6 +338,20 @@ impl FleetStore {
         owner: &str,
         ttl_s: u32,
         accounts: &[AccountHold],
+    ) -> Result<Answer<Reservation>, FleetError> {
+        self.reserve_with(project, hold_id, owner, ttl_s, accounts, &[])
+            .await
+    }
+
+    /// [`FleetStore::reserve`] that also checks and counts rate accounts, in the same step.
+    pub async fn reserve_with(
+        &self,
+        project: &ProjectKeys,
+        hold_id: &str,
+        owner: &str,
+        ttl_s: u32,
+        accounts: &[AccountHold],
+        rates: &[RateCheck],
     ) -> Result<Answer<Reservation>, FleetError> {
         if accounts.is_empty() || accounts.len() > MAX_ACCOUNTS {
             return Err(FleetError::BadArgument(format!(
@@ -306,7 +367,18 @@ impl FleetStore {
             });
             args.push(checked(a.amount, "amount")?.to_string());
         }
-        let keys = accounts.iter().map(|a| a.key.as_str());
+        for r in rates {
+            args.push(r.limit.to_string());
+            args.push(r.need.to_string());
+            args.push(r.add.to_string());
+            args.push(r.weight_permille.min(1000).to_string());
+            args.push(r.expire_s.to_string());
+        }
+        let keys = accounts.iter().map(|a| a.key.as_str()).chain(
+            rates
+                .iter()
+                .flat_map(|r| [r.prev.as_str(), r.curr.as_str()]),
+        );
         let r = self
             .fcall("FCALL", "tg_reserve", project, keys, &args)
             .await?;
@@ -335,8 +407,14 @@ impl FleetStore {
             "frozen" if n.len() == 1 => Reservation::Frozen {
                 version: unsigned(n[0], &r)?,
             },
+            "limited" if n.len() == 4 => Reservation::Limited {
+                rate: unsigned(n[1], &r)? as usize,
+                count: unsigned(n[2], &r)?,
+                limit: unsigned(n[3], &r)?,
+            },
             "void" if n.is_empty() => Reservation::Void,
             "nogen" if n.is_empty() => Reservation::NoGeneration,
+            "rebuilding" if n.is_empty() => Reservation::Rebuilding,
             _ => return Err(shape("tg_reserve", &r)),
         };
         Ok(Answer { generation, value })
@@ -344,17 +422,41 @@ impl FleetStore {
 
     /// Release the hold and commit the true cost on each of its accounts (same keys, same
     /// order as reserved). Idempotent by hold id.
+    #[cfg(test)]
     pub async fn settle(
         &self,
         project: &ProjectKeys,
         hold_id: &str,
         accounts: &[AccountActual],
     ) -> Result<Answer<Settlement>, FleetError> {
+        self.settle_with(project, hold_id, accounts, &[], None)
+            .await
+    }
+
+    /// [`FleetStore::settle`] that also adds usage to rate windows (first settle only).
+    pub async fn settle_with(
+        &self,
+        project: &ProjectKeys,
+        hold_id: &str,
+        accounts: &[AccountActual],
+        adds: &[RateAdd],
+        expected_generation: Option<&str>,
+    ) -> Result<Answer<Settlement>, FleetError> {
         let mut args = vec![hold_id.to_string()];
         for a in accounts {
             args.push(checked(a.actual, "actual")?.to_string());
         }
-        let keys = accounts.iter().map(|a| a.key.as_str());
+        for r in adds {
+            args.push(r.add.to_string());
+            args.push(r.expire_s.to_string());
+        }
+        if let Some(g) = expected_generation {
+            args.push(g.to_string());
+        }
+        let keys = accounts
+            .iter()
+            .map(|a| a.key.as_str())
+            .chain(adds.iter().map(|r| r.key.as_str()));
         let r = self
             .fcall("FCALL", "tg_settle", project, keys, &args)
             .await?;
@@ -373,9 +475,82 @@ impl FleetStore {
                 overrun: overrun()?,
             },
             "not_held" if n.is_empty() => Settlement::NotHeld,
+            "charged" if n.len() == accounts.len() => Settlement::Charged,
+            "stale" if n.is_empty() => Settlement::Stale,
             _ => return Err(shape("tg_settle", &r)),
         };
         Ok(Answer { generation, value })
+    }
+
+    /// Make sure a generation is in force: if `tg:gen` is gone (a fresh Redis, or one that
+    /// lost its data) a fresh one is set and admission stays closed for `grace_ms`, while the
+    /// instances report their own ledgers ([`FleetStore::join`]). Returns the generation and
+    /// how long admission stays closed (0: open).
+    pub async fn begin(&self, grace_ms: u64) -> Result<(String, u64), FleetError> {
+        let mut raw = [0u8; 16];
+        getrandom::getrandom(&mut raw)
+            .map_err(|e| FleetError::Protocol(format!("no randomness for the generation: {e}")))?;
+        let fresh = crate::engine::auth::hex(&raw);
+        let build = || {
+            let mut c = redis::cmd("FCALL");
+            c.arg("tg_begin")
+                .arg(0)
+                .arg(&fresh)
+                .arg(grace_ms.clamp(1, 600_000));
+            c
+        };
+        let mut conn = self.conn.clone();
+        let v: Value = match build().query_async::<Value>(&mut conn).await {
+            Ok(v) => v,
+            Err(e) if is_missing_function(&e) => {
+                // A Redis that lost its data lost the library too.
+                self.load_library().await?;
+                build().query_async(&mut conn).await.map_err(classify)?
+            }
+            Err(e) => return Err(classify(e)),
+        };
+        match head(&v)? {
+            (s, Some(g), n) if s == "gen" && n.len() == 1 => Ok((g, unsigned(n[0], &v)?)),
+            _ => Err(shape("tg_begin", &v)),
+        }
+    }
+
+    /// Carry `amounts` (what this instance's own ledger holds for each budget key) into the
+    /// fleet's counters, once per (generation, member, project).
+    pub async fn join(
+        &self,
+        project: &ProjectKeys,
+        generation: &str,
+        member: &str,
+        amounts: &[AccountActual],
+    ) -> Result<Joined, FleetError> {
+        let mut args = vec![generation.to_string(), member.to_string()];
+        for a in amounts {
+            args.push(checked(a.actual, "amount")?.to_string());
+        }
+        let keys = amounts.iter().map(|a| a.key.as_str());
+        let r = self.fcall("FCALL", "tg_join", project, keys, &args).await?;
+        match head(&r)? {
+            (s, _, n) if s == "joined" && n.is_empty() => Ok(Joined::Joined),
+            (s, _, n) if s == "already" && n.is_empty() => Ok(Joined::Already),
+            (s, g, n) if s == "stale" && n.is_empty() => Ok(Joined::Stale(g)),
+            _ => Err(shape("tg_join", &r)),
+        }
+    }
+
+    /// A plain command on the shared connection (heartbeats, the decision stream, reads for
+    /// the admin API), with the store's timeouts and error classes.
+    pub async fn command(&self, cmd: &redis::Cmd) -> Result<Value, FleetError> {
+        cmd.query_async(&mut self.conn.clone())
+            .await
+            .map_err(classify)
+    }
+
+    /// Several commands in one round trip.
+    pub async fn pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, FleetError> {
+        pipe.query_async(&mut self.conn.clone())
+            .await
+            .map_err(classify)
     }
 
     /// Burn up to `limit` expired holds of the project (and forget as many old tombstones).

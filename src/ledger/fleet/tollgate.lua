@@ -80,40 +80,50 @@ local function tag_of(k)
   return string.sub(k, s + 1, e - 1)
 end
 
--- The meta keys must be exactly the layout above, and every budget key must carry the same tag,
--- start with tg:{T}:b: and appear once. Returns the number of budget keys, or nil and an error.
-local function check_keys(keys, min_budget, max_budget)
+-- The meta keys must be exactly the layout above; then the budget keys (tg:{T}:b:…), then the
+-- rate keys (tg:{T}:r:…), each once and all with the same tag. Returns the number of budget keys
+-- and the number of rate keys, or nil and an error.
+local function check_keys(keys, min_budget, max_budget, max_rate)
   if #keys < META then
-    return nil, argerr('want the 5 meta keys first')
+    return nil, nil, argerr('want the 5 meta keys first')
   end
   local tag = tag_of(keys[1])
   if not tag then
-    return nil, argerr('KEYS[1] has no {hash tag}')
+    return nil, nil, argerr('KEYS[1] has no {hash tag}')
   end
   local p = 'tg:{' .. tag .. '}:'
   local want = { p .. 'cfg', p .. 'holds', p .. 'hexp', p .. 'done', p .. 'dexp' }
   for i = 1, META do
     if keys[i] ~= want[i] then
-      return nil, argerr('KEYS[' .. i .. '] must be ' .. want[i])
+      return nil, nil, argerr('KEYS[' .. i .. '] must be ' .. want[i])
     end
-  end
-  local n = #keys - META
-  if n < min_budget or n > max_budget then
-    return nil, argerr('want ' .. min_budget .. '..' .. max_budget .. ' budget keys, got ' .. n)
   end
   local seen = {}
-  local bp = p .. 'b:'
+  local bp, rp = p .. 'b:', p .. 'r:'
+  local n, r = 0, 0
   for i = META + 1, #keys do
     local k = keys[i]
-    if tag_of(k) ~= tag or string.sub(k, 1, #bp) ~= bp or #k == #bp then
-      return nil, argerr('budget key ' .. (i - META - 1) .. ' must start with ' .. bp)
+    local is_b = tag_of(k) == tag and string.sub(k, 1, #bp) == bp and #k > #bp
+    local is_r = tag_of(k) == tag and string.sub(k, 1, #rp) == rp and #k > #rp
+    if is_b and r == 0 then
+      n = n + 1
+    elseif is_r then
+      r = r + 1
+    else
+      return nil, nil, argerr('key ' .. (i - META - 1) .. ' must start with ' .. bp .. ' (budget keys first) or ' .. rp)
     end
     if seen[k] then
-      return nil, argerr('budget key ' .. (i - META - 1) .. ' repeats')
+      return nil, nil, argerr('key ' .. (i - META - 1) .. ' repeats')
     end
     seen[k] = true
   end
-  return n, nil
+  if n < min_budget or n > max_budget then
+    return nil, nil, argerr('want ' .. min_budget .. '..' .. max_budget .. ' budget keys, got ' .. n)
+  end
+  if r > (max_rate or 0) then
+    return nil, nil, argerr('want at most ' .. (max_rate or 0) .. ' rate keys, got ' .. r)
+  end
+  return n, r, nil
 end
 
 local function id_ok(s)
@@ -147,7 +157,7 @@ local function decode(raw)
   if ok and type(rec) == 'table' and type(rec.k) == 'table' and type(rec.m) == 'table' then
     return rec
   end
-  if ok and type(rec) == 'table' and rec.s == 'void' then
+  if ok and type(rec) == 'table' and (rec.s == 'void' or rec.s == 'charged') and type(rec.a) == 'table' then
     return rec
   end
   return nil
@@ -217,26 +227,58 @@ local function reap(keys, now, limit)
   return burned, #old
 end
 
+-- Reads a rate window's count: a number, or nil when it is not an integer.
+local function window_count(k)
+  local v = tonumber(redis.call('HGET', k, 'n') or '0')
+  if v == nil or v ~= math.floor(v) then
+    return nil
+  end
+  return v
+end
+
+-- Add `add` to the rate window k (and make it expire): the window keys are per minute.
+local function window_add(k, add, expire_s)
+  if add ~= 0 then
+    redis.call('HINCRBY', k, 'n', dec(add))
+    redis.call('EXPIRE', k, expire_s)
+  end
+end
+
+local MAX_RATE_ACCOUNTS = 4
+local MAX_EXPIRE_S = 3600
+
 --[[ tg_reserve
-KEYS: the 5 meta keys, then 1..16 budget keys.
-ARGV: hold_id, owner, ttl_s, then per budget key: limit (nanos, or -1: no limit), amount (nanos).
+KEYS: the 5 meta keys, then 1..16 budget keys (tg:{T}:b:…), then two rate keys per rate
+account (tg:{T}:r:…: the previous window, then the current one).
+ARGV: hold_id, owner, ttl_s, then per budget key: limit (nanos, or -1: no limit), amount
+(nanos); then per rate account: limit, need, add, weight (permille of the previous window still
+inside the sliding minute, 0..1000), expire_s (of the current window key).
+A rate account refuses when floor(prev × weight / 1000) + curr + need > limit, and otherwise adds
+`add` to the current window (rpm: need 1, add 1; tpm: need 1, add 0, tokens are added by settle).
 Replies:
   { "ok", gen, version, expires_ms, remaining_1, … }   remaining -1 for an account without limit
   { "refused", gen, version, index, committed, held, limit }   index 0-based, nothing changed
+  { "limited", gen, version, index, count, limit }  a rate account is full (index 0-based among
+                                  the rate accounts), nothing changed
   { "frozen", gen, version }      nothing changed
   { "void", gen }                 the id was settled before this reserve arrived: nothing held
   { "nogen", "" }                 tg:gen is gone (data lost): nothing admitted until rebuilt
+  { "rebuilding", gen }           the counters are being rebuilt (tg_begin): nothing admitted
 A repeated hold id returns the stored result of the first admission and changes nothing.
 Refusals are not stored: they hold nothing, so a resend is evaluated afresh (and a flood of
 refused requests costs no writes).
 ]]
 local function tg_reserve(keys, args)
-  local n, err = check_keys(keys, 1, MAX_ACCOUNTS)
+  local n, r, err = check_keys(keys, 1, MAX_ACCOUNTS, 2 * MAX_RATE_ACCOUNTS)
   if not n then
     return err
   end
-  if #args ~= 3 + 2 * n then
-    return argerr('want hold_id, owner, ttl_s and (limit, amount) for each of ' .. n .. ' budget keys')
+  if r % 2 ~= 0 then
+    return argerr('want two rate keys (previous, current window) per rate account')
+  end
+  local nr = r / 2
+  if #args ~= 3 + 2 * n + 5 * nr then
+    return argerr('want hold_id, owner, ttl_s, (limit, amount) for each of ' .. n .. ' budget keys and (limit, need, add, weight, expire_s) for each of ' .. nr .. ' rate accounts')
   end
   local id, owner = args[1], args[2]
   if not id_ok(id) then
@@ -260,6 +302,29 @@ local function tg_reserve(keys, args)
       return argerr('amount ' .. (i - 1) .. ' must be an integer in 0..' .. dec(MAX))
     end
   end
+  local rates = {}
+  for j = 1, nr do
+    local o = 3 + 2 * n + 5 * (j - 1)
+    local rl = {
+      limit = int_arg(args[o + 1], 0),
+      need = int_arg(args[o + 2], 0),
+      add = int_arg(args[o + 3], 0),
+      weight = int_arg(args[o + 4], 0),
+      expire = int_arg(args[o + 5], 1),
+    }
+    if not rl.limit or not rl.need or not rl.add then
+      return argerr('rate ' .. (j - 1) .. ': limit, need and add must be integers in 0..' .. dec(MAX))
+    end
+    if not rl.weight or rl.weight > 1000 then
+      return argerr('rate ' .. (j - 1) .. ': weight must be an integer in 0..1000')
+    end
+    if not rl.expire or rl.expire > MAX_EXPIRE_S then
+      return argerr('rate ' .. (j - 1) .. ': expire_s must be an integer in 1..' .. MAX_EXPIRE_S)
+    end
+    rl.prev = keys[META + n + 2 * j - 1]
+    rl.curr = keys[META + n + 2 * j]
+    rates[j] = rl
+  end
 
   local gen = generation()
   local prior = redis.call('HGET', keys[2], id) or redis.call('HGET', keys[4], id)
@@ -268,7 +333,7 @@ local function tg_reserve(keys, args)
     if rec and rec.r then
       return reply(rec.r, gen)
     end
-    if rec and rec.s == 'void' then
+    if rec and (rec.s == 'void' or rec.s == 'charged') then
       return { 'void', gen }
     end
     return staterr('hold ' .. id .. ' has a record that is not ours')
@@ -276,11 +341,26 @@ local function tg_reserve(keys, args)
   if gen == '' then
     return { 'nogen', '' }
   end
+  if redis.call('EXISTS', 'tg:rebuilding') == 1 then
+    return { 'rebuilding', gen }
+  end
 
   local cfg = redis.call('HMGET', keys[1], 'frozen', 'version')
   local version = tonumber(cfg[2] or '0') or 0
   if cfg[1] == '1' then
     return { 'frozen', gen, version }
+  end
+
+  for j = 1, nr do
+    local rl = rates[j]
+    local p, c = window_count(rl.prev), window_count(rl.curr)
+    if p == nil or c == nil then
+      return staterr('rate key ' .. (j - 1) .. ' has a count that is not an integer')
+    end
+    local est = math.floor(p * rl.weight / 1000) + c
+    if est + rl.need > rl.limit then
+      return { 'limited', gen, version, j - 1, est, rl.limit }
+    end
   end
 
   local cur = {}
@@ -297,7 +377,7 @@ local function tg_reserve(keys, args)
 
   local now = now_ms()
   local expires = now + ttl * 1000
-  local r = { 'ok', dec(version), dec(expires) }
+  local res = { 'ok', dec(version), dec(expires) }
   local ks, ms = {}, {}
   for i = 1, n do
     local k = keys[META + i]
@@ -305,38 +385,47 @@ local function tg_reserve(keys, args)
       redis.call('HINCRBY', k, 'held', dec(amounts[i]))
     end
     if limits[i] >= 0 then
-      r[3 + i] = dec(limits[i] - cur[i] - amounts[i])
+      res[3 + i] = dec(limits[i] - cur[i] - amounts[i])
     else
-      r[3 + i] = '-1'
+      res[3 + i] = '-1'
     end
     ks[i] = k
     ms[i] = dec(amounts[i])
   end
-  local rec = { o = owner, e = dec(expires), t = dec(ttl), k = ks, m = ms, r = r }
+  for j = 1, nr do
+    window_add(rates[j].curr, rates[j].add, rates[j].expire)
+  end
+  local rec = { o = owner, e = dec(expires), t = dec(ttl), k = ks, m = ms, r = res }
   redis.call('HSET', keys[2], id, cjson.encode(rec))
   redis.call('ZADD', keys[3], expires, id)
   reap(keys, now, REAP_ON_RESERVE)
-  return reply(r, gen)
+  return reply(res, gen)
 end
 
 --[[ tg_settle
-KEYS: the 5 meta keys, then the budget keys of the hold, in the order they were reserved.
-ARGV: hold_id, then the actual cost (nanos) per budget key.
+KEYS: the 5 meta keys, then the budget keys of the hold, in the order they were reserved, then
+0..4 rate keys (tg:{T}:r:…, the current window of each rate account that counts usage: tpm).
+ARGV: hold_id, then the actual cost (nanos) per budget key, then per rate key: add, expire_s,
+then optionally the generation the caller's spend belongs to.
 Replies:
+  { "stale", gen }                    the generation is not the one expected: nothing changed
   { "settled", gen, overrun_1, … }    held -= amount; committed += actual (all of it)
   { "corrected", gen, overrun_1, … }  the hold had expired and was burned: committed += actual - amount
-  { "not_held", gen }                  no hold by this id (never reserved, refused, or forgotten);
+  { "charged", gen, actual_1, … }     no hold by this id and no record of one (Redis lost it with its
+                                       data, or never saw it): the actual cost is committed, once
+  { "not_held", gen }                  no hold by this id and every actual is 0: nothing charged;
                                        a "void" tombstone makes a late reserve with this id hold nothing
 overrun_i = max(0, actual_i - amount_i): charged in full, reported so the caller can flag it.
+Rate adds are applied by the first settle of an id only.
 A repeated settle returns the first answer and changes nothing (whatever actuals it carries).
 ]]
 local function tg_settle(keys, args)
-  local n, err = check_keys(keys, 0, MAX_ACCOUNTS)
+  local n, r, err = check_keys(keys, 0, MAX_ACCOUNTS, MAX_RATE_ACCOUNTS)
   if not n then
     return err
   end
-  if #args ~= 1 + n then
-    return argerr('want hold_id and an actual amount for each of ' .. n .. ' budget keys')
+  if #args ~= 1 + n + 2 * r and #args ~= 2 + n + 2 * r then
+    return argerr('want hold_id, an actual amount for each of ' .. n .. ' budget keys, (add, expire_s) for each of ' .. r .. ' rate keys, and optionally the generation expected')
   end
   local id = args[1]
   if not id_ok(id) then
@@ -349,7 +438,20 @@ local function tg_settle(keys, args)
       return argerr('actual ' .. (i - 1) .. ' must be an integer in 0..' .. dec(MAX))
     end
   end
+  local adds = {}
+  for j = 1, r do
+    local add = int_arg(args[1 + n + 2 * j - 1], 0)
+    local exp = int_arg(args[1 + n + 2 * j], 1)
+    if not add or not exp or exp > MAX_EXPIRE_S then
+      return argerr('rate ' .. (j - 1) .. ': add must be an integer in 0..' .. dec(MAX) .. ' and expire_s in 1..' .. MAX_EXPIRE_S)
+    end
+    adds[j] = { k = keys[META + n + j], add = add, exp = exp }
+  end
   local gen = generation()
+  local expected = args[2 + n + 2 * r]
+  if expected and expected ~= gen then
+    return { 'stale', gen }
+  end
   local now = now_ms()
 
   local raw = redis.call('HGET', keys[2], id)
@@ -359,9 +461,32 @@ local function tg_settle(keys, args)
     state = 'done'
   end
   if not raw then
-    redis.call('HSET', keys[4], id, cjson.encode({ s = 'void', a = { 'not_held' } }))
+    local any = false
+    local ks, xs = {}, {}
+    for i = 1, n do
+      ks[i] = keys[META + i]
+      xs[i] = dec(actual[i])
+      if actual[i] ~= 0 then
+        any = true
+        redis.call('HINCRBY', keys[META + i], 'committed', dec(actual[i]))
+      end
+    end
+    for j = 1, r do
+      window_add(adds[j].k, adds[j].add, adds[j].exp)
+    end
+    local a
+    if any then
+      a = { 'charged' }
+      for i = 1, n do
+        a[1 + i] = xs[i]
+      end
+    else
+      a = { 'not_held' }
+    end
+    local rec = { s = any and 'charged' or 'void', a = a }
+    redis.call('HSET', keys[4], id, cjson.encode(rec))
     redis.call('ZADD', keys[5], now + VOID_KEEP_MS, id)
-    return { 'not_held', gen }
+    return reply(a, gen)
   end
   local rec = decode(raw)
   if not rec then
@@ -391,6 +516,9 @@ local function tg_settle(keys, args)
     end
     a[1 + i] = dec(math.max(0, actual[i] - held))
   end
+  for j = 1, r do
+    window_add(adds[j].k, adds[j].add, adds[j].exp)
+  end
   local xs = {}
   for i = 1, n do
     xs[i] = dec(actual[i])
@@ -412,7 +540,7 @@ KEYS: the 5 meta keys. ARGV: limit (1..1000 holds, and as many tombstones).
 Reply: { "reaped", gen, burned, forgotten }
 ]]
 local function tg_reap(keys, args)
-  local n, err = check_keys(keys, 0, 0)
+  local n, _, err = check_keys(keys, 0, 0)
   if not n then
     return err
   end
@@ -429,7 +557,7 @@ KEYS: the 5 meta keys. ARGV: "1" to freeze, "0" to unfreeze.
 Reply: { "ok", gen, version }   version is bumped by every call
 ]]
 local function tg_freeze(keys, args)
-  local n, err = check_keys(keys, 0, 0)
+  local n, _, err = check_keys(keys, 0, 0)
   if not n then
     return err
   end
@@ -438,6 +566,8 @@ local function tg_freeze(keys, args)
   end
   redis.call('HSET', keys[1], 'frozen', args[1])
   local v = redis.call('HINCRBY', keys[1], 'version', 1)
+  -- Instances with a subscriber hear it at once; the version in every reply is the backstop.
+  redis.call('PUBLISH', 'tg:events', 'freeze ' .. keys[1] .. ' ' .. args[1] .. ' ' .. dec(v))
   return { 'ok', generation(), v }
 end
 
@@ -446,7 +576,7 @@ KEYS: the 5 meta keys, then 0..16 budget keys. ARGV: none.
 Reply: { "status", gen, frozen (0/1), version, open_holds, committed_1, held_1, … }
 ]]
 local function tg_status(keys, args)
-  local n, err = check_keys(keys, 0, MAX_ACCOUNTS)
+  local n, _, err = check_keys(keys, 0, MAX_ACCOUNTS)
   if not n then
     return err
   end
@@ -472,8 +602,74 @@ local function tg_status(keys, args)
   return out
 end
 
+--[[ tg_begin (global keys only: tg:gen, tg:rebuilding)
+KEYS: none. ARGV: a fresh generation id, grace_ms (1..600000).
+If tg:gen exists, nothing changes. Otherwise (a fresh Redis, or one that lost its data) the
+fresh id becomes the generation and tg:rebuilding is set for grace_ms: until it expires every
+tg_reserve answers "rebuilding", so the instances have time to report what their own ledgers
+hold (tg_join) before anything is admitted against counters that start from zero.
+Reply: { "gen", gen, rebuilding_ms }   rebuilding_ms 0 when admission is open
+]]
+local function tg_begin(keys, args)
+  if #keys ~= 0 or #args ~= 2 or not id_ok(args[1]) then
+    return argerr('want no keys and two arguments: a generation id and grace_ms')
+  end
+  local grace = int_arg(args[2], 1)
+  if not grace or grace > 600000 then
+    return argerr('grace_ms must be an integer in 1..600000')
+  end
+  if redis.call('SET', 'tg:gen', args[1], 'NX') then
+    redis.call('SET', 'tg:rebuilding', args[1], 'PX', grace)
+  end
+  local left = redis.call('PTTL', 'tg:rebuilding')
+  if left < 0 then
+    left = 0
+  end
+  return { 'gen', generation(), left }
+end
+
+--[[ tg_join
+KEYS: the 5 meta keys, then 0..16 budget keys. ARGV: generation, member (the instance id), then
+the amount per budget key that this instance's own ledger holds for it.
+Once per (generation, member, project): committed += amount on each key. This is how the spend
+an instance recorded before it joined this generation (a single instance moving to fleet mode,
+or every instance after Redis lost its data) is carried into the fleet's counters.
+Replies: { "joined", gen } | { "already", gen } | { "stale", gen }  (gen is not the one in force)
+]]
+local function tg_join(keys, args)
+  local n, _, err = check_keys(keys, 0, MAX_ACCOUNTS)
+  if not n then
+    return err
+  end
+  if #args ~= 2 + n or not id_ok(args[1]) or not id_ok(args[2]) then
+    return argerr('want generation, member and an amount for each of ' .. n .. ' budget keys')
+  end
+  local amounts = {}
+  for i = 1, n do
+    amounts[i] = int_arg(args[2 + i], 0)
+    if not amounts[i] then
+      return argerr('amount ' .. (i - 1) .. ' must be an integer in 0..' .. dec(MAX))
+    end
+  end
+  local gen = generation()
+  if gen ~= args[1] then
+    return { 'stale', gen }
+  end
+  if redis.call('HSETNX', keys[1], 'joined:' .. args[1] .. ':' .. args[2], '1') == 0 then
+    return { 'already', gen }
+  end
+  for i = 1, n do
+    if amounts[i] ~= 0 then
+      redis.call('HINCRBY', keys[META + i], 'committed', dec(amounts[i]))
+    end
+  end
+  return { 'joined', gen }
+end
+
 redis.register_function('tg_reserve', tg_reserve)
 redis.register_function('tg_settle', tg_settle)
 redis.register_function('tg_reap', tg_reap)
 redis.register_function('tg_freeze', tg_freeze)
+redis.register_function('tg_begin', tg_begin)
+redis.register_function('tg_join', tg_join)
 redis.register_function({ function_name = 'tg_status', callback = tg_status, flags = { 'no-writes' } })

@@ -3,6 +3,7 @@
 //! section reports its own problems and returns what it could build; [`Validator::build`]
 //! assembles a [`Config`] only from sections that are whole. Defaults come from `runtime.rs`.
 
+mod fleet;
 mod prices;
 mod projects;
 mod providers;
@@ -156,6 +157,7 @@ impl<'t> Validator<'t> {
         let mut prices = self.price_files(&raw.price_files, read);
         let server = self.server(&raw.server, env);
         let store = self.store(&raw.store);
+        let fleet = raw.fleet.as_ref().map(|f| self.fleet(f, env));
         let providers = self.providers(&raw.providers, env);
         let names: Vec<&str> = raw
             .providers
@@ -168,6 +170,10 @@ impl<'t> Validator<'t> {
         Some(Config {
             server: server?,
             store: store?,
+            fleet: match fleet {
+                Some(f) => Some(f?),
+                None => None,
+            },
             providers,
             routes: RouteTable::new(routes),
             prices: PriceTable::new(prices),

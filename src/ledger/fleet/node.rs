@@ -1,0 +1,921 @@
+//! This instance's side of the fleet: it admits requests against the shared Redis (one hold
+//! per request), settles them through a queue kept in the local SQLite ledger, joins each
+//! Redis generation with its own spend, follows freezes, and announces itself.
+//!
+//! Everything that talks to Redis runs with the store's deadline (`[fleet] timeout_ms`). The
+//! background work (connect, generation check and join, heartbeat, freeze poll, settle replay,
+//! the decision stream) runs on a runtime of its own, one thread, so nothing here depends on
+//! Pingora's runtimes; a request's reserve is awaited on the request's task (the connection is
+//! multiplexed and shared).
+//!
+//! The rules that keep a budget exact:
+//! - a budgeted or rate-limited request is forwarded only after Redis answered its reserve
+//!   with a hold, in the generation this instance has joined; any other outcome (refused,
+//!   unreachable, timed out, rebuilding) is answered here, and an unknown outcome is settled
+//!   to 0 later so a hold that did get made is released;
+//! - every settle is written to SQLite (`fleet_settles`) before it is sent, and deleted once
+//!   Redis applied it; what is left is replayed until it is applied (each is idempotent by hold
+//!   id), also by the next process after a crash;
+//! - a settle carries the generation its spend belongs to: if that generation is gone, the
+//!   spend was already carried into the new one by this instance's join report, so Redis skips
+//!   it (see [`Tags`]).
+//!
+//! Must not import `pingora` or the proxy.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use serde::{Deserialize, Serialize};
+
+use super::keys::{AccountKind, ProjectKeys};
+use super::{
+    AccountActual, AccountHold, FleetConfig as StoreConfig, FleetError, FleetStore, Joined,
+    RateAdd, RateCheck, Reservation as Answered, Settlement,
+};
+use crate::engine::budget::{refusal_message, Refusal};
+use crate::engine::config::{Config, FleetConfig, Project};
+use crate::engine::error::{GatewayError, PolicyCode};
+use crate::engine::pricing::Nanos;
+use crate::ledger::store::Write;
+use crate::ledger::{period_of, Ledger};
+
+/// Rate windows are minutes; a window key outlives the minute after it (the sliding estimate
+/// reads the previous one).
+const RATE_EXPIRE_S: u32 = 180;
+/// How often the background loop checks the generation, beats, polls freezes and replays.
+const TICK: Duration = Duration::from_millis(500);
+/// Settles replayed per tick at most.
+const REPLAY_BATCH: usize = 512;
+/// Decision records kept in the fleet's stream (approximately: `MAXLEN ~`).
+pub const STREAM_MAX: usize = 10_000;
+/// Ticks between two reaps of every project's expired holds (every 5 s).
+const REAP_EVERY: u32 = 10;
+/// Instances not seen for this long are dropped from `/admin/fleet`.
+const FORGET_INSTANCE_MS: i64 = 3_600_000;
+
+pub const STREAM_KEY: &str = "tg:decisions";
+pub const INSTANCES_KEY: &str = "tg:instances";
+
+/// The generation each snapshot of a project's spend was reported into: a settle that saw
+/// snapshot count `s` belongs to the generation of the last snapshot `<= s` (the one its
+/// spend was, or will be, counted in). Before any snapshot, the spend belongs to no
+/// generation of the fleet: it is carried in by the first join.
+#[derive(Clone, Default)]
+struct Tags {
+    by_project: HashMap<String, Vec<(u64, Arc<String>)>>,
+}
+
+impl Tags {
+    fn tag(&self, project: &str, seen: u64) -> Option<Arc<String>> {
+        self.by_project
+            .get(project)?
+            .iter()
+            .rev()
+            .find(|(s, _)| *s <= seen)
+            .map(|(_, g)| g.clone())
+    }
+}
+
+/// Why the fleet cannot admit a request that needs it.
+fn unavailable(why: &str) -> GatewayError {
+    GatewayError::LedgerUnavailable(format!(
+        "The shared ledger (Redis) {why}; this request needs it (its project has a budget or a rate limit). Retry shortly."
+    ))
+}
+
+pub struct Fleet {
+    pub instance: String,
+    settings: FleetConfig,
+    rt: tokio::runtime::Handle,
+    store: ArcSwapOption<FleetStore>,
+    /// The generation this instance has joined (reported its ledger into); admission through
+    /// Redis needs it to be the one in force.
+    joined: ArcSwapOption<String>,
+    tags: ArcSwap<Tags>,
+    wake: tokio::sync::Notify,
+    up: AtomicBool,
+    ledger: Arc<Ledger>,
+    config: Arc<ArcSwap<Config>>,
+    in_flight: fn() -> i64,
+    stream: tokio::sync::mpsc::Sender<String>,
+    stream_rx: Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
+    /// Hold ids: instance + a counter (request ids are unique too, but a hold id must never
+    /// repeat across restarts of this instance either, so it carries the start time).
+    started_ms: i64,
+    counter: AtomicU64,
+}
+
+/// What a settle sends to Redis, also the row kept in SQLite until Redis applied it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct SettleBody {
+    project: String,
+    id: String,
+    keys: Vec<String>,
+    actuals: Vec<u64>,
+    /// tpm: the current minute's window key and the tokens to add.
+    tpm: Option<(String, u64)>,
+    /// The generation this spend belongs to; `None`: none yet (carried in by a join).
+    tag: Option<String>,
+}
+
+/// A hold in Redis for one admitted request; settles itself to 0 if dropped unsettled.
+pub struct FleetHold {
+    fleet: Arc<Fleet>,
+    id: String,
+    project: String,
+    budget_key: String,
+    tpm: bool,
+    /// Budget left on the project after this hold (`None`: no budget, or not asked).
+    pub remaining: Option<Nanos>,
+    settled: bool,
+}
+
+impl FleetHold {
+    /// Release the hold and commit `actual` (and `tokens` to the tpm window). `seen` is the
+    /// local account's snapshot count at the local settle ([`crate::ledger::Reservation::settle_seen`]).
+    pub fn settle(mut self, actual: Nanos, tokens: u64, seen: u64) {
+        self.settled = true;
+        self.fleet.clone().settle(&self, actual, tokens, seen);
+    }
+}
+
+impl Drop for FleetHold {
+    fn drop(&mut self) {
+        if !self.settled {
+            let seen = u64::MAX; // nothing was spent: any generation will do
+            self.fleet.clone().settle(self, Nanos::ZERO, 0, seen);
+        }
+    }
+}
+
+impl Fleet {
+    /// Start the fleet's runtime and background loop. The runtime must outlive the server.
+    pub fn start(
+        settings: FleetConfig,
+        instance: String,
+        ledger: Arc<Ledger>,
+        config: Arc<ArcSwap<Config>>,
+        in_flight: fn() -> i64,
+    ) -> std::io::Result<(Arc<Fleet>, tokio::runtime::Runtime)> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tollgate-fleet")
+            .enable_all()
+            .build()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        let fleet = Arc::new(Fleet {
+            instance,
+            settings,
+            rt: rt.handle().clone(),
+            store: ArcSwapOption::empty(),
+            joined: ArcSwapOption::empty(),
+            tags: ArcSwap::from_pointee(Tags::default()),
+            wake: tokio::sync::Notify::new(),
+            up: AtomicBool::new(false),
+            ledger,
+            config,
+            in_flight,
+            stream: tx,
+            stream_rx: Mutex::new(Some(rx)),
+            started_ms: crate::clock::unix_ms(),
+            counter: AtomicU64::new(0),
+        });
+        if let Some(m) = crate::metrics::get() {
+            m.fleet_redis_up.set(0);
+        }
+        let f = fleet.clone();
+        rt.spawn(async move { f.run().await });
+        let f = fleet.clone();
+        rt.spawn(async move { f.stream_writer().await });
+        Ok((fleet, rt))
+    }
+
+    /// Connected to Redis and joined to the generation in force: the reserve decides.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire) && self.joined.load().is_some()
+    }
+
+    fn set_up(&self, up: bool) {
+        let was = self.up.swap(up, Ordering::AcqRel);
+        if let Some(m) = crate::metrics::get() {
+            m.fleet_redis_up
+                .set(i64::from(up && self.joined.load().is_some()));
+        }
+        if was && !up {
+            log::error!(
+                "fleet: Redis is unreachable; refusing budgeted and rate-limited requests (503 ledger_unavailable) until it is back"
+            );
+        }
+    }
+
+    fn next_hold_id(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}:{:x}:{n:x}", self.instance, self.started_ms)
+    }
+
+    /// Admit one request: hold `worst` on the project's budget window and count it against
+    /// its rate limits, in one Redis call. `charged`: whether the request costs money (a token
+    /// count does not, but it is still a request for rpm).
+    pub async fn reserve(
+        self: &Arc<Self>,
+        project: &Project,
+        worst: Nanos,
+    ) -> Result<FleetHold, GatewayError> {
+        let needs_fleet = project.budget.is_some() || project.rate_limit.is_some();
+        let now_ms = crate::clock::unix_ms();
+        let now = now_ms.div_euclid(1000);
+        let keys = ProjectKeys::new(&project.id);
+        let period = period_of(project);
+        let budget_key = keys.budget(AccountKind::Project, &project.id, period, now);
+        let mut hold = FleetHold {
+            fleet: self.clone(),
+            id: self.next_hold_id(),
+            project: project.id.clone(),
+            budget_key,
+            tpm: project.rate_limit.as_ref().is_some_and(|l| l.tpm.is_some()),
+            remaining: None,
+            settled: false,
+        };
+        let (store, joined) = match (self.store.load_full(), self.joined.load_full()) {
+            (Some(s), Some(j)) if self.up.load(Ordering::Acquire) => (s, j),
+            _ => {
+                // Never sent: nothing to release, but a local-only admission still settles
+                // (its spend is charged when Redis is back).
+                return if needs_fleet {
+                    hold.settled = true;
+                    Err(unavailable("cannot be reached"))
+                } else {
+                    Ok(hold)
+                };
+            }
+        };
+        let accounts = [AccountHold {
+            key: hold.budget_key.clone(),
+            limit: project.budget.map(|b| b.limit),
+            amount: worst,
+        }];
+        let minute = now_ms.div_euclid(60_000);
+        // Permille of the previous minute still inside the sliding 60 s.
+        let into = now_ms.rem_euclid(60_000);
+        let weight = u16::try_from((60_000 - into) / 60).unwrap_or(1000);
+        let mut rates = Vec::new();
+        let mut rate_names = Vec::new();
+        if let Some(l) = &project.rate_limit {
+            if let Some(rpm) = l.rpm {
+                rates.push(RateCheck {
+                    prev: keys.rate("rpm", minute - 1),
+                    curr: keys.rate("rpm", minute),
+                    limit: rpm,
+                    need: 1,
+                    add: 1,
+                    weight_permille: weight,
+                    expire_s: RATE_EXPIRE_S,
+                });
+                rate_names.push(format!("{rpm} requests per minute"));
+            }
+            if let Some(tpm) = l.tpm {
+                rates.push(RateCheck {
+                    prev: keys.rate("tpm", minute - 1),
+                    curr: keys.rate("tpm", minute),
+                    limit: tpm,
+                    need: 1,
+                    add: 0,
+                    weight_permille: weight,
+                    expire_s: RATE_EXPIRE_S,
+                });
+                rate_names.push(format!("{tpm} tokens per minute"));
+            }
+        }
+        let started = Instant::now();
+        let answer = store
+            .reserve_with(
+                &keys,
+                &hold.id,
+                &self.instance,
+                self.settings.hold_ttl_s,
+                &accounts,
+                &rates,
+            )
+            .await;
+        observe("reserve", started);
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                // The outcome is unknown: the hold may exist. Dropping `hold` settles it to 0.
+                // One slow answer is not an outage: the background check decides that.
+                log::warn!("fleet: reserve for project {} failed: {e}", project.id);
+                self.wake();
+                return if needs_fleet {
+                    Err(unavailable("did not answer in time"))
+                } else {
+                    // Admitted on this instance alone; its settle charges the fleet later.
+                    Ok(hold)
+                };
+            }
+        };
+        if answer.generation.as_deref() != Some(joined.as_str()) {
+            // Redis lost its data (or was rebuilt) since this instance joined: its spend is
+            // not in the counters yet. Any hold just made is released by the drop.
+            self.joined.store(None);
+            self.wake();
+            return if needs_fleet {
+                Err(unavailable("is rebuilding its counters"))
+            } else {
+                Ok(hold)
+            };
+        }
+        let left_s = u64::try_from((60_000 - into).div_euclid(1000).max(1)).unwrap_or(60);
+        match answer.value {
+            Answered::Reserved(r) => {
+                hold.remaining = project.budget.and(r.remaining.first().copied().flatten());
+                Ok(hold)
+            }
+            Answered::Refused(r) => {
+                hold.settled = true;
+                let Some(b) = project.budget else {
+                    return Err(GatewayError::Internal(
+                        "fleet refused an unlimited account".into(),
+                    ));
+                };
+                let refusal = Refusal {
+                    spent: Nanos(u64::try_from(r.committed).unwrap_or(0)),
+                    reserved: Nanos(u64::try_from(r.held).unwrap_or(0)),
+                    limit: r.limit,
+                    needed: worst,
+                };
+                Err(GatewayError::BudgetExceeded(refusal_message(
+                    &project.id,
+                    b.period,
+                    &refusal,
+                )))
+            }
+            Answered::Limited { rate, .. } => {
+                hold.settled = true;
+                let what = rate_names.get(rate).map_or("rate limit", String::as_str);
+                Err(GatewayError::RateLimited {
+                    message: format!("Project {} is over its limit of {what}", project.id),
+                    retry_after_s: left_s,
+                })
+            }
+            Answered::Frozen { .. } => {
+                hold.settled = true;
+                self.ledger.set_frozen_from_fleet(&project.id, true);
+                Err(GatewayError::PolicyBlocked(
+                    PolicyCode::ProjectFrozen,
+                    format!("Project {} is frozen by an operator", project.id),
+                ))
+            }
+            Answered::Rebuilding | Answered::NoGeneration => {
+                hold.settled = true;
+                if answer.value == Answered::NoGeneration {
+                    self.joined.store(None);
+                    self.wake();
+                }
+                if needs_fleet {
+                    Err(unavailable("is rebuilding its counters"))
+                } else {
+                    hold.settled = false;
+                    Ok(hold)
+                }
+            }
+            Answered::Void => {
+                hold.settled = true;
+                Err(unavailable("answered for a settled hold"))
+            }
+        }
+    }
+
+    fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Queue the settle in SQLite, then try it at once on the fleet runtime.
+    fn settle(self: Arc<Self>, hold: &FleetHold, actual: Nanos, tokens: u64, seen: u64) {
+        let tag = if seen == u64::MAX {
+            self.joined.load_full().map(|g| g.to_string())
+        } else {
+            self.tags
+                .load()
+                .tag(&hold.project, seen)
+                .map(|g| g.to_string())
+        };
+        let tpm = hold.tpm.then(|| {
+            let minute = crate::clock::unix_ms().div_euclid(60_000);
+            (ProjectKeys::new(&hold.project).rate("tpm", minute), tokens)
+        });
+        let body = SettleBody {
+            project: hold.project.clone(),
+            id: hold.id.clone(),
+            keys: vec![hold.budget_key.clone()],
+            actuals: vec![actual.0],
+            tpm: tpm.filter(|(_, t)| *t > 0),
+            tag,
+        };
+        let Ok(text) = serde_json::to_string(&body) else {
+            return;
+        };
+        if let Some(s) = self.ledger.store() {
+            s.send(Write::FleetQueue {
+                hold_id: body.id.clone(),
+                body: text,
+            });
+        }
+        let f = self.clone();
+        self.rt.spawn(async move {
+            let _ = f.apply(&body).await;
+        });
+    }
+
+    /// Send one settle; on success mark it done in SQLite. A settle whose spend belongs to a
+    /// generation no longer in force (this instance's join report carried it) only releases
+    /// the hold; one whose spend counts is applied only in the generation it belongs to.
+    async fn apply(&self, body: &SettleBody) -> Result<(), FleetError> {
+        let Some(store) = self.store.load_full() else {
+            return Err(FleetError::Unavailable("not connected".into()));
+        };
+        let Some(current) = self.joined.load_full() else {
+            return Err(FleetError::Unavailable("not joined to a generation".into()));
+        };
+        let keys = ProjectKeys::new(&body.project);
+        let stale = body.tag.as_deref() != Some(current.as_str());
+        let accounts: Vec<AccountActual> = body
+            .keys
+            .iter()
+            .zip(&body.actuals)
+            .map(|(k, a)| AccountActual {
+                key: k.clone(),
+                actual: if stale { Nanos::ZERO } else { Nanos(*a) },
+            })
+            .collect();
+        let adds: Vec<RateAdd> = body
+            .tpm
+            .iter()
+            .filter(|_| !stale)
+            .map(|(k, t)| RateAdd {
+                key: k.clone(),
+                add: *t,
+                expire_s: RATE_EXPIRE_S,
+            })
+            .collect();
+        let counts =
+            !stale && (accounts.iter().any(|a| a.actual > Nanos::ZERO) || !adds.is_empty());
+        let expected = counts.then_some(current.as_str());
+        let started = Instant::now();
+        let r = store
+            .settle_with(&keys, &body.id, &accounts, &adds, expected)
+            .await;
+        observe("settle", started);
+        match r {
+            Ok(a) if a.value == Settlement::Stale => {
+                // Redis moved to another generation: this stays queued until the join.
+                self.joined.store(None);
+                self.wake();
+                Err(FleetError::Unavailable("the generation changed".into()))
+            }
+            Ok(a) => {
+                if let Settlement::Corrected { .. } = a.value {
+                    log::info!(
+                        "fleet: hold {} had burned; corrected to its true cost",
+                        body.id
+                    );
+                }
+                if let Some(s) = self.ledger.store() {
+                    s.send(Write::FleetDone {
+                        hold_id: body.id.clone(),
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if !matches!(e, FleetError::Unavailable(_)) {
+                    log::error!("fleet: settle {} failed: {e}", body.id);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The background loop: connect, check the generation (join it if new), beat, poll
+    /// freezes, replay queued settles.
+    async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_complaint: Option<Instant> = None;
+        let mut reap_tick: u32 = 0;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.wake.notified() => {}
+            }
+            if self.store.load().is_none() {
+                let cfg = StoreConfig {
+                    connect_timeout: self.settings.timeout.max(Duration::from_millis(250)),
+                    response_timeout: self.settings.timeout,
+                    ..StoreConfig::new(self.settings.redis_url.expose())
+                };
+                match FleetStore::connect(&cfg).await {
+                    Ok(s) => {
+                        log::info!("fleet: connected to Redis as instance {}", self.instance);
+                        self.store.store(Some(Arc::new(s)));
+                    }
+                    Err(e) => {
+                        if last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                            log::error!(
+                                "fleet: cannot reach Redis ({}): {e}; refusing budgeted and rate-limited requests (503 ledger_unavailable) until it can",
+                                self.settings.redis_url_env
+                            );
+                            last_complaint = Some(Instant::now());
+                        }
+                        self.set_up(false);
+                        continue;
+                    }
+                }
+            }
+            let Some(store) = self.store.load_full() else {
+                continue;
+            };
+            match self.check_generation(&store).await {
+                Ok(()) => self.set_up(true),
+                Err(e) => {
+                    if last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                        log::error!("fleet: Redis: {e}");
+                        last_complaint = Some(Instant::now());
+                    }
+                    self.set_up(false);
+                    continue;
+                }
+            }
+            let _ = self.heartbeat(&store).await;
+            let _ = self.poll_freezes(&store).await;
+            self.replay().await;
+            reap_tick += 1;
+            if reap_tick % REAP_EVERY == 0 {
+                self.reap(&store).await;
+            }
+        }
+    }
+
+    /// Make sure a generation is in force and this instance has joined it: every project of
+    /// the config reported its local spend into it once (a project added by a reload joins on
+    /// the next tick).
+    async fn check_generation(&self, store: &FleetStore) -> Result<(), FleetError> {
+        let grace = u64::try_from(self.settings.rebuild_grace.as_millis()).unwrap_or(5_000);
+        let started = Instant::now();
+        let (gen, _rebuilding) = store.begin(grace).await?;
+        observe("status", started);
+        let was = self.joined.load_full();
+        if was.as_deref().map(String::as_str) != Some(gen.as_str()) {
+            self.joined.store(None);
+        }
+        let cfg = self.config.load_full();
+        let gen_arc: Arc<String> = Arc::new(gen.clone());
+        for p in &cfg.projects {
+            let tags = self.tags.load();
+            let last = tags.by_project.get(&p.id).and_then(|v| v.last());
+            if last.is_some_and(|(_, g)| **g == gen) {
+                continue;
+            }
+            let keys = ProjectKeys::new(&p.id);
+            // The tag goes in before the snapshot: a settle that sees the new count must find
+            // it. Only this task takes snapshots, so the next count is known.
+            let next = self.ledger.snapshots(p) + 1;
+            self.tags.rcu(|t| {
+                let mut t = Tags::clone(t);
+                t.by_project
+                    .entry(p.id.clone())
+                    .or_default()
+                    .push((next, gen_arc.clone()));
+                t
+            });
+            let (_period, amount, snap) = self.ledger.snapshot(p);
+            if snap != next {
+                log::error!("fleet: snapshot count of {} moved under the join", p.id);
+            }
+            let now = crate::clock::unix_secs();
+            let key = keys.budget(AccountKind::Project, &p.id, period_of(p), now);
+            let started = Instant::now();
+            let r = store
+                .join(
+                    &keys,
+                    &gen,
+                    &self.instance,
+                    &[AccountActual {
+                        key,
+                        actual: amount,
+                    }],
+                )
+                .await;
+            observe("join", started);
+            match r? {
+                Joined::Joined if amount > Nanos::ZERO => log::info!(
+                    "fleet: carried ${} of project {}'s spend on this instance into generation {gen}",
+                    amount.usd_exact(),
+                    p.id
+                ),
+                Joined::Joined | Joined::Already => {}
+                Joined::Stale(g) => {
+                    // Undo the tag: this generation is not the one in force after all.
+                    self.tags.rcu(|t| {
+                        let mut t = Tags::clone(t);
+                        if let Some(v) = t.by_project.get_mut(&p.id) {
+                            v.retain(|(_, x)| **x != gen);
+                        }
+                        t
+                    });
+                    return Err(FleetError::Protocol(format!(
+                        "the generation changed while joining ({g:?}); will retry"
+                    )));
+                }
+            }
+        }
+        if self.joined.load().is_none() {
+            log::info!("fleet: instance {} joined generation {gen}", self.instance);
+            self.joined.store(Some(gen_arc));
+        }
+        Ok(())
+    }
+
+    /// Burn expired holds of idle projects (reserves burn a few on their way, but a project
+    /// nobody calls would keep them counted as held, not spent).
+    async fn reap(&self, store: &FleetStore) {
+        let cfg = self.config.load_full();
+        for p in &cfg.projects {
+            let started = Instant::now();
+            let r = store.reap(&ProjectKeys::new(&p.id), 100).await;
+            observe("reap", started);
+            if let Ok(a) = r {
+                if a.value.burned > 0 {
+                    log::warn!(
+                        "fleet: {} expired holds of project {} burned (their instance settled none of them in time: counted as spent)",
+                        a.value.burned,
+                        p.id
+                    );
+                }
+            }
+        }
+    }
+
+    async fn heartbeat(&self, store: &FleetStore) -> Result<(), FleetError> {
+        let body = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "last_seen_ms": crate::clock::unix_ms(),
+            "in_flight": (self.in_flight)().max(0),
+        })
+        .to_string();
+        let started = Instant::now();
+        let r = store
+            .command(
+                redis::cmd("HSET")
+                    .arg(INSTANCES_KEY)
+                    .arg(&self.instance)
+                    .arg(body),
+            )
+            .await;
+        observe("heartbeat", started);
+        r.map(|_| ())
+    }
+
+    /// The fleet's freeze flags, into this instance's view (used when Redis is unreachable and
+    /// by projects admitted without Redis). The reserve is the authority.
+    async fn poll_freezes(&self, store: &FleetStore) -> Result<(), FleetError> {
+        let cfg = self.config.load_full();
+        if cfg.projects.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for p in &cfg.projects {
+            pipe.cmd("HGET")
+                .arg(ProjectKeys::new(&p.id).cfg())
+                .arg("frozen");
+        }
+        let started = Instant::now();
+        let values = store.pipeline(&pipe).await;
+        observe("status", started);
+        for (p, v) in cfg.projects.iter().zip(values?) {
+            let frozen = matches!(&v, redis::Value::BulkString(b) if b.as_slice() == b"1");
+            self.ledger.set_frozen_from_fleet(&p.id, frozen);
+        }
+        Ok(())
+    }
+
+    /// Apply settles left in SQLite (failed sends, or a previous process's).
+    async fn replay(&self) {
+        let Some(reader) = self.ledger.reader() else {
+            return;
+        };
+        let rows =
+            match tokio::task::spawn_blocking(move || reader.fleet_pending(REPLAY_BATCH)).await {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(e)) => {
+                    log::error!("fleet: cannot read the settle queue: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+        for (id, text) in rows {
+            match serde_json::from_str::<SettleBody>(&text) {
+                Ok(body) => {
+                    if self.apply(&body).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    log::error!(
+                        "fleet: settle {id} in the queue cannot be read ({e}); dropping it"
+                    );
+                    if let Some(s) = self.ledger.store() {
+                        s.send(Write::FleetDone { hold_id: id });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Freeze or unfreeze the project on every instance.
+    pub async fn freeze(&self, project: &str, frozen: bool) -> Result<u64, GatewayError> {
+        let Some(store) = self.store.load_full() else {
+            return Err(unavailable("cannot be reached"));
+        };
+        let started = Instant::now();
+        let r = store.freeze(&ProjectKeys::new(project), frozen).await;
+        observe("freeze", started);
+        r.map(|a| a.value).map_err(|e| {
+            log::error!("fleet: freeze of {project} failed: {e}");
+            unavailable("did not take the freeze")
+        })
+    }
+
+    /// Fleet-wide committed and held of the project's current window, and its freeze flag.
+    pub async fn project_status(&self, project: &Project) -> Option<(Nanos, Nanos, bool)> {
+        let store = self.store.load_full()?;
+        let keys = ProjectKeys::new(&project.id);
+        let key = keys.budget(
+            AccountKind::Project,
+            &project.id,
+            period_of(project),
+            crate::clock::unix_secs(),
+        );
+        let started = Instant::now();
+        let r = store.status(&keys, &[key]).await;
+        observe("read", started);
+        let s = r.ok()?.value;
+        let b = s.accounts.first()?;
+        Some((
+            Nanos(u64::try_from(b.committed).unwrap_or(0)),
+            Nanos(u64::try_from(b.held).unwrap_or(0)),
+            s.frozen,
+        ))
+    }
+
+    /// `GET /admin/fleet`.
+    pub async fn fleet_json(&self) -> String {
+        let mut instances = Vec::new();
+        let mut ok = false;
+        if let Some(store) = self.store.load_full() {
+            let started = Instant::now();
+            let r = store
+                .command(redis::cmd("HGETALL").arg(INSTANCES_KEY))
+                .await;
+            observe("read", started);
+            let items: Option<Vec<redis::Value>> = match r {
+                Ok(redis::Value::Array(items)) => Some(items),
+                Ok(redis::Value::Map(m)) => Some(m.into_iter().flat_map(|(k, v)| [k, v]).collect()),
+                _ => None,
+            };
+            if let Some(items) = items {
+                ok = true;
+                let now = crate::clock::unix_ms();
+                let mut stale = Vec::new();
+                for pair in items.chunks_exact(2) {
+                    let (Some(id), Some(body)) = (text(&pair[0]), text(&pair[1])) else {
+                        continue;
+                    };
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    let seen = v["last_seen_ms"].as_i64().unwrap_or(0);
+                    if now - seen > FORGET_INSTANCE_MS {
+                        stale.push(id);
+                        continue;
+                    }
+                    instances.push(serde_json::json!({
+                        "id": id,
+                        "version": v["version"],
+                        "last_seen": crate::engine::time::rfc3339_millis(seen),
+                        "in_flight": v["in_flight"],
+                        "self": id == self.instance,
+                    }));
+                }
+                if !stale.is_empty() {
+                    let _ = store
+                        .command(redis::cmd("HDEL").arg(INSTANCES_KEY).arg(&stale))
+                        .await;
+                }
+            }
+        }
+        instances.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        serde_json::json!({
+            "instance": self.instance,
+            "redis": {
+                "ok": ok,
+                "joined": self.joined.load().is_some(),
+                "generation": self.joined.load().as_deref().map(String::as_str),
+            },
+            "instances": instances,
+        })
+        .to_string()
+    }
+
+    /// Send a decision record (JSON, with `instance`) to the fleet's stream; dropped if the
+    /// stream writer is behind (each instance's SQLite keeps the full record).
+    pub fn record(&self, json: String) {
+        let _ = self.stream.try_send(json);
+    }
+
+    async fn stream_writer(self: Arc<Self>) {
+        let rx = self.stream_rx.lock().ok().and_then(|mut r| r.take());
+        let Some(mut rx) = rx else { return };
+        let mut batch = Vec::with_capacity(256);
+        while rx.recv_many(&mut batch, 256).await > 0 {
+            let Some(store) = self.store.load_full() else {
+                batch.clear();
+                continue;
+            };
+            let mut pipe = redis::pipe();
+            for d in batch.drain(..) {
+                pipe.cmd("XADD")
+                    .arg(STREAM_KEY)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(STREAM_MAX)
+                    .arg("*")
+                    .arg("d")
+                    .arg(d)
+                    .ignore();
+            }
+            let started = Instant::now();
+            let _ = store.pipeline(&pipe).await;
+            observe("stream", started);
+        }
+    }
+
+    /// The fleet's recent decision records, newest first: (stream id, JSON).
+    pub async fn decisions(
+        &self,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Option<Vec<(String, String)>> {
+        let store = self.store.load_full()?;
+        let end = match before {
+            Some(id) => format!("({id}"),
+            None => "+".to_string(),
+        };
+        let started = Instant::now();
+        let r = store
+            .command(
+                redis::cmd("XREVRANGE")
+                    .arg(STREAM_KEY)
+                    .arg(end)
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(limit),
+            )
+            .await;
+        observe("read", started);
+        let redis::Value::Array(entries) = r.ok()? else {
+            return None;
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let redis::Value::Array(parts) = e else {
+                continue;
+            };
+            let (Some(id), Some(redis::Value::Array(fields))) =
+                (parts.first().and_then(text), parts.get(1))
+            else {
+                continue;
+            };
+            if let Some(d) = fields.get(1).and_then(text) {
+                out.push((id, d));
+            }
+        }
+        Some(out)
+    }
+}
+
+fn text(v: &redis::Value) -> Option<String> {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn observe(op: &str, started: Instant) {
+    if let Some(m) = crate::metrics::get() {
+        m.fleet_roundtrip
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
