@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 mod prom;
+pub mod redis;
 
 pub use prom::*;
 
