@@ -11,6 +11,10 @@ use std::time::Duration;
 use super::*;
 use crate::engine::budget::Period;
 
+#[path = "../../../tests/common/fault_proxy.rs"]
+mod fault_proxy;
+#[path = "fault_tests.rs"]
+mod fault_tests;
 #[path = "../../../tests/common/redis.rs"]
 mod redis_fixture;
 
