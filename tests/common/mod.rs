@@ -6,7 +6,9 @@
 //! for synchronisation: [`eventually`] polls the state that proves a condition.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
 mod prom;
+pub mod redis;
 
 pub use prom::*;
 

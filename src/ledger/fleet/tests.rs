@@ -1,84 +1,33 @@
 //! The fleet store against a real `redis-server`: each test starts its own on a loopback
 //! port (AOF on, in a temp dir) and kills it when done, also on panic. A missing
 //! `redis-server` fails the test: these are the tests that pin the zero-overshoot contract.
+//! The server fixture is `tests/common/redis.rs`, shared with the integration tests; the
+//! same tests through a fault proxy are in `fault_tests.rs`.
 
-use std::io::Read;
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::*;
 use crate::engine::budget::Period;
 
-struct RedisServer {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
+#[path = "../../../tests/common/fault_proxy.rs"]
+mod fault_proxy;
+#[path = "fault_tests.rs"]
+mod fault_tests;
+#[path = "../../../tests/common/redis.rs"]
+mod redis_fixture;
+
+use redis_fixture::RedisServer;
+
+/// The fleet store's view of the shared fixture.
+trait StoreFixture {
+    fn config(&self) -> FleetConfig;
+    async fn store(&self) -> FleetStore;
+    async fn raw(&self) -> redis::aio::MultiplexedConnection;
 }
 
-static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
-
-impl RedisServer {
-    /// Redis cannot bind port 0, so try ports from a per-process base until one is free.
-    fn start() -> RedisServer {
-        let bin = std::env::var("TOLLGATE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let base = 21_000 + (std::process::id() % 2_000) as u16 * 16;
-        for _ in 0..64 {
-            let port = base + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % 4_000;
-            let dir = tempfile::tempdir().expect("temp dir");
-            let log = dir.path().join("redis.log");
-            let mut child = Command::new(&bin)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--appendonly", "yes", "--save", ""])
-                .arg("--dir")
-                .arg(dir.path())
-                .arg("--logfile")
-                .arg(&log)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("`{bin}` must be installed for the fleet tests (apt-get install redis-server): {e}")
-                });
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let mut text = String::new();
-                if let Ok(mut f) = std::fs::File::open(&log) {
-                    let _ = f.read_to_string(&mut text);
-                }
-                if let Ok(Some(status)) = child.try_wait() {
-                    if text.contains("Address already in use") {
-                        break; // next port
-                    }
-                    panic!("redis-server exited ({status}) on port {port}:\n{text}");
-                }
-                if text.contains("Ready to accept connections")
-                    && TcpStream::connect(("127.0.0.1", port)).is_ok()
-                {
-                    return RedisServer {
-                        child,
-                        port,
-                        _dir: dir,
-                    };
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("redis-server on port {port} not ready in 10 s:\n{text}");
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        panic!("no free port for redis-server after 64 tries");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
+impl StoreFixture for RedisServer {
     /// Generous timeouts: the tests share 2 cores with other builds.
     fn config(&self) -> FleetConfig {
         FleetConfig {
@@ -94,20 +43,13 @@ impl RedisServer {
             .expect("connect to the test redis")
     }
 
-    /// A plain connection for raw commands (bad arguments, FLUSHALL, CLIENT PAUSE).
+    /// A plain connection for raw commands the typed client would refuse (bad arguments).
     async fn raw(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
             .expect("url")
             .get_multiplexed_async_connection()
             .await
             .expect("raw connection")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -579,10 +521,7 @@ async fn the_generation_changes_when_redis_loses_its_data() {
         .expect("reserve");
     assert_eq!(x.generation.as_deref(), Some(g1.as_str()));
 
-    let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut r.raw().await)
-        .await
-        .expect("flushall");
+    assert_eq!(r.cmd(&["FLUSHALL"]), "OK");
     assert_eq!(s.generation().await.expect("gen"), None);
     let y = s
         .reserve(&p, "h2", "gw-a", 60, &[hold(&a, Some(100), 60)])
@@ -772,13 +711,7 @@ async fn an_unreachable_or_slow_redis_is_unavailable_and_a_resend_holds_once() {
     let s = r.store().await;
     let p = project("bot");
     let a = p.budget(AccountKind::Project, "bot", Period::Day, NOW);
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(400)
-        .arg("WRITE")
-        .query_async(&mut r.raw().await)
-        .await
-        .expect("pause");
+    assert_eq!(r.cmd(&["CLIENT", "PAUSE", "400", "WRITE"]), "OK");
     let t = fast
         .reserve(&p, "h1", "gw-a", 60, &[hold(&a, Some(100), 60)])
         .await;
@@ -803,11 +736,7 @@ async fn an_unreachable_or_slow_redis_is_unavailable_and_a_resend_holds_once() {
 async fn the_library_is_loaded_again_after_a_function_flush() {
     let r = RedisServer::start();
     let s = r.store().await;
-    let _: () = redis::cmd("FUNCTION")
-        .arg("FLUSH")
-        .query_async(&mut r.raw().await)
-        .await
-        .expect("flush");
+    assert_eq!(r.cmd(&["FUNCTION", "FLUSH"]), "OK");
     let p = project("bot");
     let a = p.budget(AccountKind::Project, "bot", Period::Day, NOW);
     let x = s
