@@ -301,7 +301,10 @@ impl Admin {
         .await;
         match res {
             Ok(Ok(list)) => {
-                let items: Vec<String> = list.iter().map(decision_json).collect();
+                // In fleet mode (Redis unreadable) these are this instance's own records.
+                let instance = self.fleet.as_ref().map(|f| f.instance.as_str());
+                let items: Vec<String> =
+                    list.iter().map(|d| decision_json_of(d, instance)).collect();
                 let next = list
                     .last()
                     .filter(|_| list.len() == limit)

@@ -48,7 +48,7 @@ impl Fleet {
 /// The `[fleet]` section of instance `id` (per-request holds: no leases).
 fn fleet_section(id: &str) -> String {
     format!(
-        "\n[fleet]\nredis_url_env = \"{URL_ENV}\"\ninstance = \"{id}\"\nhold_ttl_s = 900\nleases = false\n"
+        "\n[fleet]\nredis_url_env = \"{URL_ENV}\"\ninstance = \"{id}\"\nhold_ttl_s = 900\ntimeout_ms = 1000\nleases = false\n"
     )
 }
 

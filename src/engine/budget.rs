@@ -247,6 +247,7 @@ mod tests {
             spent: Nanos(90),
             reserved: Nanos(5),
             checked_day: None,
+            snapshots: 0,
         };
         a.roll("2026-11", Nanos(0));
         assert_eq!(a.spent, Nanos(90), "same period: unchanged");

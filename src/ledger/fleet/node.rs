@@ -833,30 +833,43 @@ impl Fleet {
         let _ = self.stream.try_send(json);
     }
 
+    /// Pipelines records to the stream. A batch that fails (Redis down) is kept and tried
+    /// again; meanwhile new records wait in the bounded channel, and past its capacity they
+    /// are dropped from the stream only (SQLite has every one).
     async fn stream_writer(self: Arc<Self>) {
         let rx = self.stream_rx.lock().ok().and_then(|mut r| r.take());
         let Some(mut rx) = rx else { return };
         let mut batch = Vec::with_capacity(256);
-        while rx.recv_many(&mut batch, 256).await > 0 {
-            let Some(store) = self.store.load_full() else {
-                batch.clear();
-                continue;
-            };
-            let mut pipe = redis::pipe();
-            for d in batch.drain(..) {
-                pipe.cmd("XADD")
-                    .arg(STREAM_KEY)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(STREAM_MAX)
-                    .arg("*")
-                    .arg("d")
-                    .arg(d)
-                    .ignore();
+        loop {
+            if batch.is_empty() && rx.recv_many(&mut batch, 256).await == 0 {
+                return;
             }
-            let started = Instant::now();
-            let _ = store.pipeline(&pipe).await;
-            observe("stream", started);
+            let sent = match self.store.load_full() {
+                Some(store) => {
+                    let mut pipe = redis::pipe();
+                    for d in &batch {
+                        pipe.cmd("XADD")
+                            .arg(STREAM_KEY)
+                            .arg("MAXLEN")
+                            .arg("~")
+                            .arg(STREAM_MAX)
+                            .arg("*")
+                            .arg("d")
+                            .arg(d)
+                            .ignore();
+                    }
+                    let started = Instant::now();
+                    let r = store.pipeline(&pipe).await;
+                    observe("stream", started);
+                    r.is_ok()
+                }
+                None => false,
+            };
+            if sent {
+                batch.clear();
+            } else {
+                tokio::time::sleep(TICK).await;
+            }
         }
     }
 
