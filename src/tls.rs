@@ -320,3 +320,40 @@ impl ServerCertVerifier for Pinned {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_encrypted_key_is_named_as_such() {
+        let pem = b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0w\n\
+                    -----END ENCRYPTED PRIVATE KEY-----\n";
+        let e = private_key(pem, Path::new("k.pem")).unwrap_err();
+        assert!(e.starts_with("k.pem holds an encrypted private key"), "{e}");
+    }
+
+    #[test]
+    fn a_pem_syntax_error_never_quotes_the_file() {
+        let pem = b"-----BEGIN PRIVATE KEY hunter2-secret\nAAAA\n";
+        let e = private_key(pem, Path::new("k.pem")).unwrap_err();
+        assert_eq!(e, "k.pem is not valid PEM: a BEGIN line is malformed");
+        let e =
+            certificates(b"-----BEGIN CERTIFICATE-----\nAAAA\n", Path::new("c.pem")).unwrap_err();
+        assert_eq!(
+            e,
+            "c.pem is not valid PEM: a BEGIN line has no matching END line"
+        );
+    }
+
+    #[test]
+    fn a_file_over_1_mib_is_not_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (small, big) = (dir.path().join("small"), dir.path().join("big"));
+        std::fs::write(&small, vec![b'a'; MAX_PEM_BYTES as usize]).unwrap();
+        std::fs::write(&big, vec![b'a'; MAX_PEM_BYTES as usize + 1]).unwrap();
+        assert_eq!(read_pem(&small).map(|b| b.len()), Ok(1 << 20));
+        let e = read_pem(&big).unwrap_err();
+        assert!(e.ends_with("big is larger than 1 MiB, which no PEM certificate chain or key is"));
+    }
+}
