@@ -210,6 +210,23 @@ fn an_https_chat_request_reaches_the_provider_with_the_ca_trusted() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.trim_end().ends_with("data: [DONE]"), "{}", r.body);
     assert_eq!(mock.count(), 2);
+
+    // Another TLS stack (curl on OpenSSL) offering h2 and http/1.1 gets HTTP/1.1: the
+    // listener's ALPN offers only http/1.1.
+    let out = Command::new("curl")
+        .args(["-sS", "--http2", "-o", "/dev/null", "-w", "%{http_version}"])
+        .arg("--cacert")
+        .arg(&ca.cert)
+        .arg(https(&gw, "/healthz"))
+        .output()
+        .expect("curl is needed (tests/run-all.sh installs it)");
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(version, "1.1");
 }
 
 #[test]
