@@ -22,7 +22,8 @@
 //!   cost → settle → record → metrics), error responses (`respond.rs`), body replay.
 //! - `ledger`: live spend, reservations and freezes, with the SQLite store and its batcher.
 //! - `reload`: file → config → `ArcSwap::store`, or keep the old one and say why.
-//! - `server`: the Pingora server, listeners and background services.
+//! - `server`: the Pingora server, listeners and background services; `tls`: the gateway
+//!   listener's certificate (reading and checking the PEM files, the resolver a reload swaps).
 //! - `admin`: the admin listener; `metrics`: the Prometheus families; `health`: the registry
 //!   of circuit breakers; `ratelimit`: rpm and tpm; `resolver`: provider DNS off the request
 //!   path; `notify`: systemd readiness; `clock`: the one reader of the wall clock.
@@ -42,6 +43,7 @@ mod ratelimit;
 mod reload;
 mod resolver;
 mod server;
+mod tls;
 
 pub use engine::auth::{hex, key_digest};
 pub use engine::error::push_json_string;
@@ -55,7 +57,7 @@ pub mod scan {
 
 /// `tollgate check`: the summary line of a valid config, or every error with its place.
 pub fn check(path: &std::path::Path) -> Result<String, String> {
-    let c = reload::load_file(path).map_err(|e| e.to_string())?;
+    let c = reload::load_file(path).map_err(|e| e.to_string())?.config;
     Ok(format!(
         "{}: OK ({} providers, {} routes, {} prices, {} projects, {} keys)",
         path.display(),
@@ -69,9 +71,9 @@ pub fn check(path: &std::path::Path) -> Result<String, String> {
 
 /// `tollgate serve`: load the config and run until stopped; the process exit code.
 pub fn serve(path: std::path::PathBuf, upgrade: bool) -> Result<i32, String> {
-    let c = reload::load_file(&path).map_err(|e| e.to_string())?;
+    let loaded = reload::load_file(&path).map_err(|e| e.to_string())?;
     Ok(server::run(
-        c,
+        loaded,
         server::RunOptions {
             config_path: path,
             upgrade,

@@ -15,6 +15,10 @@
 //! goes to stdout: `LISTENING <addr>` for the gateway, `ADMIN_LISTENING <addr>` for the admin
 //! listener.
 //!
+//! With `tls_cert` and `tls_key` the gateway listener serves HTTPS only (rustls, HTTP/1.1;
+//! `tls.rs`), on the same socket and with the same report line; the admin listener is always
+//! plain HTTP.
+//!
 //! SIGTERM, SIGQUIT and SIGINT are registered before anything binds ([`EarlySignals`]): a
 //! signal sent the moment a listener is reported is neither fatal nor lost.
 
@@ -39,13 +43,13 @@ use pingora::services::Service as PingoraService;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::admin::Admin;
-use crate::engine::config::Config;
 use crate::ledger::store::{Store, StoreHandle};
 use crate::ledger::Ledger;
 use crate::proxy::Gateway;
 use crate::ratelimit::RateLimiter;
-use crate::reload::Reloader;
+use crate::reload::{Loaded, Reloader};
 use crate::resolver::{Resolver, REFRESH};
+use crate::tls::GatewayCert;
 
 /// How to start: `upgrade` takes the listening sockets over from a running instance.
 pub struct RunOptions {
@@ -54,7 +58,19 @@ pub struct RunOptions {
 }
 
 /// Run until stopped; returns the process exit code.
-pub fn run(cfg: Config, opts: RunOptions) -> i32 {
+pub fn run(loaded: Loaded, opts: RunOptions) -> i32 {
+    let Loaded { config: cfg, tls } = loaded;
+    // The certificate validation loaded, behind the resolver a reload swaps it in.
+    let gateway_tls = match tls.map(GatewayCert::new) {
+        Some(cert) => match cert.settings() {
+            Ok(settings) => Some((cert, settings)),
+            Err(e) => {
+                eprintln!("{e}");
+                return 1;
+            }
+        },
+        None => None,
+    };
     let (store, reader) = match Store::open(&cfg.store.path, cfg.store.flush_interval) {
         Ok(s) => s,
         Err(e) => {
@@ -143,7 +159,22 @@ pub fn run(cfg: Config, opts: RunOptions) -> i32 {
     );
     let mut proxy = http_proxy_service(&server.configuration, gateway);
     let key = fd_key(Role::Gateway, listen);
-    proxy.add_tcp(&key);
+    let gateway_cert = match gateway_tls {
+        Some((cert, settings)) => {
+            proxy.add_tls_with_settings(&key, None, settings);
+            if let Some(files) = &config.load().server.tls {
+                log::info!(
+                    "the gateway listener serves HTTPS only, certificate {}",
+                    files.cert.display()
+                );
+            }
+            Some(cert)
+        }
+        None => {
+            proxy.add_tcp(&key);
+            None
+        }
+    };
     server.add_service(Prebound {
         inner: proxy,
         role: Role::Gateway,
@@ -157,6 +188,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> i32 {
         resolver,
         ledger: ledger.clone(),
         path: opts.config_path,
+        tls: gateway_cert,
     });
     server.add_service(background_service(
         "tollgate-control",
@@ -446,6 +478,8 @@ impl ShutdownSignalWatch for EarlySignals {
 const STORE_SAMPLE: Duration = Duration::from_secs(2);
 /// How long to wait for the listeners to accept before giving up on telling systemd READY=1.
 const READY_WITHIN: Duration = Duration::from_secs(10);
+/// How long one TLS handshake of the readiness probe may take (a loaded debug build is slow).
+const TLS_PROBE: Duration = Duration::from_secs(2);
 
 /// SIGHUP reloads, DNS refreshes, store metrics and systemd notifications, on one task.
 struct Control {
@@ -473,10 +507,16 @@ async fn bound_addrs(bound: &BoundAddrs, within: Duration) -> Option<Vec<SocketA
 }
 
 /// Poll-connect to every listener until each accepts (bounded): only then is READY=1 true.
-async fn listeners_accept(addrs: &[SocketAddr], within: Duration) -> bool {
+/// `addrs` is [`BoundAddrs::all`], the gateway first; with `gateway_tls` the gateway's probe
+/// is a TLS handshake with the certificate it should serve (see [`crate::tls::handshakes`]).
+async fn listeners_accept(
+    addrs: &[SocketAddr],
+    gateway_tls: Option<&Arc<GatewayCert>>,
+    within: Duration,
+) -> bool {
     let deadline = Instant::now() + within;
     let mut pause = Duration::from_millis(5);
-    for addr in addrs {
+    for (i, addr) in addrs.iter().enumerate() {
         let mut target = *addr;
         if target.ip().is_unspecified() {
             target.set_ip(match target {
@@ -484,10 +524,19 @@ async fn listeners_accept(addrs: &[SocketAddr], within: Duration) -> bool {
                 SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
             });
         }
+        let tls = gateway_tls.filter(|_| i == 0);
         loop {
-            let attempt =
-                tokio::time::timeout(pause * 20, tokio::net::TcpStream::connect(target)).await;
-            if matches!(attempt, Ok(Ok(_))) {
+            let accepted = match tls {
+                Some(cert) => matches!(
+                    tokio::time::timeout(TLS_PROBE, crate::tls::handshakes(cert, target)).await,
+                    Ok(true)
+                ),
+                None => matches!(
+                    tokio::time::timeout(pause * 20, tokio::net::TcpStream::connect(target)).await,
+                    Ok(Ok(_))
+                ),
+            };
+            if accepted {
                 break;
             }
             if Instant::now() >= deadline {
@@ -551,7 +600,7 @@ impl BackgroundService for Control {
             let Some(listeners) = bound_addrs(&self.bound, READY_WITHIN).await else {
                 return;
             };
-            if listeners_accept(&listeners, READY_WITHIN).await {
+            if listeners_accept(&listeners, r.tls.as_ref(), READY_WITHIN).await {
                 crate::notify::ready();
             }
         };

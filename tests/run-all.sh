@@ -2,7 +2,7 @@
 # Tollgate's whole test suite on a fresh Debian machine: installs what the build and the tests
 # need (apt: cmake for pingora's zlib-ng, redis-server for the fleet store's tests,
 # sqlite3 for looking into the store,
-# openssl for the TLS test, systemd for `systemd-analyze`, prometheus for `promtool`,
+# openssl for the TLS tests, systemd for `systemd-analyze`, prometheus for `promtool`,
 # python3-venv for the SDK tests, nodejs and npm for the Node SDK tests,
 # wrk and nginx-light for the load-test smoke run; PyPI: the official openai and anthropic
 # SDKs; npm: the official openai and @anthropic-ai/sdk packages, pinned by

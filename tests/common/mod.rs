@@ -557,7 +557,18 @@ pub fn try_request(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Result<Resp, String> {
-    let mut req = agent().request(method, url);
+    try_request_with(&agent(), method, url, headers, body)
+}
+
+/// [`try_request`] through `agent` (say, one that trusts a test CA for `https://`).
+pub fn try_request_with(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Result<Resp, String> {
+    let mut req = agent.request(method, url);
     for (k, v) in headers {
         req = req.set(k, v);
     }

@@ -54,6 +54,9 @@ pub struct FileServer {
     pub circuit_failures: Option<Spanned<i64>>,
     /// How long an open circuit skips its provider (milliseconds).
     pub circuit_cooldown_ms: Option<Spanned<i64>>,
+    /// TLS on the gateway listener: the certificate chain and its private key (PEM files).
+    pub tls_cert: Option<Spanned<String>>,
+    pub tls_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

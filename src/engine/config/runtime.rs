@@ -43,6 +43,33 @@ pub struct ServerConfig {
     pub pid_file: String,
     /// Provider circuit breaker: `circuit_failures` and `circuit_cooldown_ms`.
     pub circuit: CircuitParams,
+    /// `tls_cert` and `tls_key`: the gateway listener serves HTTPS only. `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The gateway listener's certificate chain and private key, PEM files, as configured
+/// (relative paths are relative to the working directory, like `store.path`). The validator
+/// has had the shell read and check them ([`super::TlsCheck`]); the shell loads them again at
+/// start and on every reload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Which file of the TLS pair a problem is about, so it is reported at that key's place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsPart {
+    Cert,
+    Key,
+}
+
+/// A problem the shell found reading or checking the TLS files. The message names a file
+/// by its path, never by any of its contents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsProblem {
+    pub part: TlsPart,
+    pub message: String,
 }
 
 impl ServerConfig {
@@ -73,6 +100,7 @@ impl Default for ServerConfig {
             upgrade_sock: Self::DEFAULT_UPGRADE_SOCK.to_string(),
             pid_file: Self::DEFAULT_PID_FILE.to_string(),
             circuit: CircuitParams::default(),
+            tls: None,
         }
     }
 }

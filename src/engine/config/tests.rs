@@ -239,7 +239,7 @@ fn price_files_are_merged_under_the_files_own_prices() {
         }
     };
     let text = "price_files = [\"prices.toml\"]\n[prices.\"gpt-4o\"]\ninput = 5.0\noutput = 20.0\n";
-    let c = parse_with_files(text, "main.toml", &env_all, &read).unwrap();
+    let c = parse_with_files(text, "main.toml", &env_all, &read, &|_| Vec::new()).unwrap();
     assert_eq!(
         c.prices.lookup("gpt-4o-mini").unwrap().1.input,
         150_000,
@@ -256,6 +256,7 @@ fn price_files_are_merged_under_the_files_own_prices() {
         "main.toml",
         &env_all,
         &read,
+        &|_| Vec::new(),
     )
     .unwrap_err();
     let s = e.to_string();
@@ -449,6 +450,10 @@ fn an_empty_file_gives_every_named_default() {
     );
     assert_eq!(s.circuit, d.circuit);
     assert!(s.admin_listen.is_none() && s.admin_token.is_none());
+    assert_eq!(
+        s.tls, None,
+        "plain HTTP unless tls_cert and tls_key are set"
+    );
     assert_eq!(c.store.flush_interval, StoreConfig::DEFAULT_FLUSH_INTERVAL);
     let p = parse(
         "[[providers]]\nname = \"a\"\nkind = \"anthropic\"\nbase_url = \"http://127.0.0.1:1\"\n",
@@ -458,4 +463,102 @@ fn an_empty_file_gives_every_named_default() {
     .unwrap();
     assert_eq!(p.providers[0].connect_timeout, DEFAULT_CONNECT_TIMEOUT);
     assert_eq!(p.providers[0].read_timeout, DEFAULT_READ_TIMEOUT);
+}
+
+/// Validate with `check` standing in for the shell's reading of the TLS files.
+fn parse_tls(text: &str, check: TlsCheck) -> Result<Config, ConfigErrors> {
+    parse_with_files(
+        text,
+        "t.toml",
+        &env_all,
+        &|p| Err(format!("cannot read {p}")),
+        check,
+    )
+}
+
+#[test]
+fn tls_files_both_set_are_checked_by_the_shell_and_kept_as_configured() {
+    let asked = std::cell::RefCell::new(Vec::new());
+    let check = |f: &TlsFiles| {
+        asked.borrow_mut().push(f.clone());
+        Vec::new()
+    };
+    let c = parse_tls(
+        "[server]\ntls_cert = \"/etc/tollgate/cert.pem\"\ntls_key = \"key.pem\"\n",
+        &check,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let want = TlsFiles {
+        cert: "/etc/tollgate/cert.pem".into(),
+        key: "key.pem".into(),
+    };
+    assert_eq!(c.server.tls.as_ref(), Some(&want));
+    assert_eq!(*asked.borrow(), vec![want], "checked once, as configured");
+}
+
+#[test]
+fn without_tls_files_nothing_is_read() {
+    let check = |_: &TlsFiles| panic!("no TLS file is named, so none is read");
+    let c = parse_tls("[server]\nlisten = \"127.0.0.1:0\"\n", &check).unwrap();
+    assert_eq!(c.server.tls, None);
+}
+
+/// Every TLS message of the validator, pinned (the shell's own messages are tested with real
+/// files in tests/tls.rs).
+#[test]
+fn a_tls_file_without_its_pair_or_without_a_name_is_an_error_naming_it() {
+    let never = |_: &TlsFiles| panic!("an incomplete pair is not read");
+    let report = |text: &str| parse_tls(text, &never).unwrap_err().to_string();
+    assert_eq!(
+        report("[server]\ntls_cert = \"cert.pem\"\n"),
+        "t.toml: 1 error in the configuration\n  t.toml:2:12: server.tls_key: must be set too: \
+         tls_cert is set, and the gateway listener also needs the certificate's private key \
+         (a PEM file)\n"
+    );
+    assert_eq!(
+        report("[server]\nthreads = 2\ntls_key = \"key.pem\"\n"),
+        "t.toml: 1 error in the configuration\n  t.toml:3:11: server.tls_cert: must be set \
+         too: tls_key is set, and the gateway listener also needs the certificate chain (a PEM \
+         file)\n"
+    );
+    assert_eq!(
+        report("[server]\ntls_cert = \"\"\ntls_key = \"\"\n"),
+        "t.toml: 2 errors in the configuration\n  t.toml:2:12: server.tls_cert: must name a \
+         PEM file\n  t.toml:3:11: server.tls_key: must name a PEM file\n"
+    );
+}
+
+#[test]
+fn each_problem_the_shell_finds_is_reported_at_its_files_key_with_the_others() {
+    let check = |f: &TlsFiles| {
+        vec![
+            TlsProblem {
+                part: TlsPart::Key,
+                message: format!("cannot read {}: denied", f.key.display()),
+            },
+            TlsProblem {
+                part: TlsPart::Cert,
+                message: "holds no certificate".into(),
+            },
+        ]
+    };
+    let e = parse_tls(
+        "[server]\ntls_key = \"k.pem\"\ntls_cert = \"c.pem\"\nthreads = 0\n",
+        &check,
+    )
+    .unwrap_err();
+    let s = e.to_string();
+    assert_eq!(e.errors.len(), 3, "{s}");
+    assert!(
+        s.contains("t.toml:2:11: server.tls_key: cannot read k.pem: denied"),
+        "{s}"
+    );
+    assert!(
+        s.contains("t.toml:3:12: server.tls_cert: holds no certificate"),
+        "{s}"
+    );
+    assert!(
+        s.contains("server.threads: must be between 1 and 1024"),
+        "{s}"
+    );
 }

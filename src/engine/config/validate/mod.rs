@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use toml::Spanned;
 
 use super::file::FileConfig;
-use super::{Config, ConfigError, FileReader};
+use super::{Config, ConfigError, FileReader, TlsCheck};
 use crate::engine::pricing::PriceTable;
 use crate::engine::route::RouteTable;
 
@@ -153,9 +153,15 @@ impl<'t> Validator<'t> {
     /// Every section, in file order; `None` when a section that has no partial form (server,
     /// store) failed. The other sections leave out their bad entries, whose errors are
     /// already recorded, so the caller never returns a partial config as valid.
-    pub(super) fn build(&mut self, raw: FileConfig, env: Env, read: FileReader) -> Option<Config> {
+    pub(super) fn build(
+        &mut self,
+        raw: FileConfig,
+        env: Env,
+        read: FileReader,
+        tls: TlsCheck,
+    ) -> Option<Config> {
         let mut prices = self.price_files(&raw.price_files, read);
-        let server = self.server(&raw.server, env);
+        let server = self.server(&raw.server, env, tls);
         let store = self.store(&raw.store);
         let fleet = raw.fleet.as_ref().map(|f| self.fleet(f, env));
         let providers = self.providers(&raw.providers, env);

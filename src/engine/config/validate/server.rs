@@ -1,13 +1,21 @@
-//! `[server]`: listeners, the admin token, body cap, threads, grace period, circuit breaker.
+//! `[server]`: listeners, the admin token, body cap, threads, grace period, circuit breaker,
+//! the gateway listener's TLS files.
+
+use std::path::PathBuf;
 
 use super::{Env, Validator};
 use crate::engine::circuit::CircuitParams;
 use crate::engine::config::file::FileServer;
-use crate::engine::config::ServerConfig;
+use crate::engine::config::{ServerConfig, TlsCheck, TlsFiles, TlsPart};
 use crate::engine::provider::Secret;
 
 impl Validator<'_> {
-    pub(super) fn server(&mut self, s: &FileServer, env: Env) -> Option<ServerConfig> {
+    pub(super) fn server(
+        &mut self,
+        s: &FileServer,
+        env: Env,
+        tls: TlsCheck,
+    ) -> Option<ServerConfig> {
         let d = ServerConfig::default();
         let listen = match &s.listen {
             Some(l) => self.addr(l, "server.listen"),
@@ -58,6 +66,7 @@ impl Validator<'_> {
             Some(v) => self.positive(v, "server.circuit_cooldown_ms", 3_600_000),
             None => Some(d.circuit.cooldown_ms),
         };
+        let tls = self.tls(s, tls);
         Some(ServerConfig {
             listen: listen?,
             admin_listen: admin_listen?,
@@ -72,6 +81,62 @@ impl Validator<'_> {
                 failures: circuit_failures?,
                 cooldown_ms: circuit_cooldown_ms?,
             },
+            tls: tls?,
         })
+    }
+
+    /// `tls_cert` and `tls_key`: both or neither, each naming a file; then the shell reads and
+    /// checks the pair, and each problem it finds is reported at the key of its file.
+    fn tls(&mut self, s: &FileServer, check: TlsCheck) -> Option<Option<TlsFiles>> {
+        let (cert, key) = match (&s.tls_cert, &s.tls_key) {
+            (None, None) => return Some(None),
+            (Some(c), None) => {
+                self.err(
+                    Some(c.span()),
+                    "server.tls_key",
+                    "must be set too: tls_cert is set, and the gateway listener also needs \
+                     the certificate's private key (a PEM file)",
+                );
+                return None;
+            }
+            (None, Some(k)) => {
+                self.err(
+                    Some(k.span()),
+                    "server.tls_cert",
+                    "must be set too: tls_key is set, and the gateway listener also needs \
+                     the certificate chain (a PEM file)",
+                );
+                return None;
+            }
+            (Some(c), Some(k)) => (c, k),
+        };
+        let field = |part| match part {
+            TlsPart::Cert => (cert, "server.tls_cert"),
+            TlsPart::Key => (key, "server.tls_key"),
+        };
+        let mut named = true;
+        for part in [TlsPart::Cert, TlsPart::Key] {
+            let (v, name) = field(part);
+            if v.get_ref().is_empty() {
+                self.err(Some(v.span()), name, "must name a PEM file");
+                named = false;
+            }
+        }
+        if !named {
+            return None;
+        }
+        let files = TlsFiles {
+            cert: PathBuf::from(cert.get_ref()),
+            key: PathBuf::from(key.get_ref()),
+        };
+        let problems = check(&files);
+        if problems.is_empty() {
+            return Some(Some(files));
+        }
+        for p in problems {
+            let (v, name) = field(p.part);
+            self.err(Some(v.span()), name, p.message);
+        }
+        None
     }
 }
