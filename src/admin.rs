@@ -64,6 +64,7 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     })
 }
 
+#[cfg(test)]
 pub fn decision_json(d: &DecisionRecord) -> String {
     decision_json_of(d, None)
 }

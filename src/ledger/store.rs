@@ -1678,8 +1678,51 @@ mod tests {
         let v: i64 = c
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(v, 3, "the file is now version 3");
-        assert_eq!(SCHEMA_VERSION, 3);
+        assert_eq!(v, SCHEMA_VERSION, "the file is now the current version");
+        assert_eq!(SCHEMA_VERSION, 4);
+        let fleet: i64 = c
+            .query_row("SELECT COUNT(*) FROM fleet_settles", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(fleet, 0, "v4 adds the fleet settle queue, empty");
+    }
+
+    #[test]
+    fn the_fleet_settle_queue_keeps_what_redis_has_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, r) = open(&db_path(&dir), LONG);
+        let q = |id: &str, body: &str| Write::FleetQueue {
+            hold_id: id.into(),
+            body: body.into(),
+        };
+        let done = |id: &str| Write::FleetDone { hold_id: id.into() };
+        // Queued and applied within one batch: never on disk.
+        h.send(q("a", "{\"n\":1}"));
+        h.send(done("a"));
+        // Queued, not applied yet.
+        h.send(q("b", "{\"n\":2}"));
+        h.send(q("c", "{\"n\":3}"));
+        h.flush().unwrap();
+        assert_eq!(
+            r.fleet_pending(10).unwrap(),
+            vec![
+                ("b".to_string(), "{\"n\":2}".to_string()),
+                ("c".to_string(), "{\"n\":3}".to_string())
+            ]
+        );
+        assert_eq!(r.fleet_pending(1).unwrap().len(), 1, "the limit holds");
+        // Applied in a later batch: deleted; a second done is harmless.
+        h.send(done("b"));
+        h.send(done("b"));
+        h.flush().unwrap();
+        assert_eq!(
+            r.fleet_pending(10).unwrap(),
+            vec![("c".to_string(), "{\"n\":3}".to_string())]
+        );
+        h.shutdown().unwrap();
+        // A new process finds what is left.
+        let (h2, r2) = open(&db_path(&dir), LONG);
+        assert_eq!(r2.fleet_pending(10).unwrap().len(), 1);
+        h2.shutdown().unwrap();
     }
 
     #[test]

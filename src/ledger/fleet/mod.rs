@@ -40,9 +40,6 @@ pub const LIBRARY_NAME: &str = "tollgate_v1";
 pub const MAX_NANOS: u64 = (1 << 53) - 1;
 /// Most accounts one hold can span (the library's own bound).
 pub const MAX_ACCOUNTS: usize = 16;
-/// Longest hold TTL the library accepts (seconds).
-#[cfg(test)]
-pub const MAX_TTL_S: u32 = 7 * 86_400;
 
 /// How to reach Redis. The URL may hold a password: it comes from the environment, never
 /// from the config file, and is never logged.
@@ -225,7 +222,8 @@ pub enum Settlement {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Joined {
-    Joined,
+    /// This member's amounts were added.
+    Added,
     /// This member already reported into this generation: nothing changed.
     Already,
     /// Another generation is in force (the one given, or none): nothing changed.
@@ -531,7 +529,7 @@ impl FleetStore {
         let keys = amounts.iter().map(|a| a.key.as_str());
         let r = self.fcall("FCALL", "tg_join", project, keys, &args).await?;
         match head(&r)? {
-            (s, _, n) if s == "joined" && n.is_empty() => Ok(Joined::Joined),
+            (s, _, n) if s == "joined" && n.is_empty() => Ok(Joined::Added),
             (s, _, n) if s == "already" && n.is_empty() => Ok(Joined::Already),
             (s, g, n) if s == "stale" && n.is_empty() => Ok(Joined::Stale(g)),
             _ => Err(shape("tg_join", &r)),

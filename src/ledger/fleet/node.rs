@@ -610,12 +610,12 @@ impl Fleet {
                 .await;
             observe("join", started);
             match r? {
-                Joined::Joined if amount > Nanos::ZERO => log::info!(
+                Joined::Added if amount > Nanos::ZERO => log::info!(
                     "fleet: carried ${} of project {}'s spend on this instance into generation {gen}",
                     amount.usd_exact(),
                     p.id
                 ),
-                Joined::Joined | Joined::Already => {}
+                Joined::Added | Joined::Already => {}
                 Joined::Stale(g) => {
                     // Undo the tag: this generation is not the one in force after all.
                     self.tags.rcu(|t| {
