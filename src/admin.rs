@@ -248,19 +248,21 @@ impl Admin {
                 items.push(project_json(&s));
                 continue;
             };
-            let source = match fleet.project_status(p).await {
-                Some((committed, held, frozen)) => {
+            let (leased, source) = match fleet.project_status(p).await {
+                Some((committed, held, leased, frozen)) => {
                     s.spent = committed;
                     s.reserved = held;
-                    s.remaining = s
-                        .limit
-                        .map(|l| l.saturating_sub(committed).saturating_sub(held));
+                    s.remaining = s.limit.map(|l| {
+                        l.saturating_sub(committed)
+                            .saturating_sub(held)
+                            .saturating_sub(leased)
+                    });
                     s.frozen = frozen;
-                    "fleet"
+                    (leased, "fleet")
                 }
-                None => "local",
+                None => (Nanos::ZERO, "local"),
             };
-            items.push(project_json_of(&s, Some((Nanos::ZERO, source))));
+            items.push(project_json_of(&s, Some((leased, source))));
         }
         format!(r#"{{"projects":[{}]}}"#, items.join(","))
     }

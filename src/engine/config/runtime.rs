@@ -138,6 +138,8 @@ pub struct FleetConfig {
     pub hold_ttl_s: u32,
     pub timeout: Duration,
     pub rebuild_grace: Duration,
+    /// Budget slices admitted locally (`true`), or a Redis hold per request (`false`).
+    pub leases: bool,
 }
 
 impl FleetConfig {
@@ -150,6 +152,7 @@ impl FleetConfig {
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
     /// Instances poll the generation every second, so five seconds lets every live one report.
     pub const DEFAULT_REBUILD_GRACE: Duration = Duration::from_millis(5_000);
+    pub const DEFAULT_LEASES: bool = false;
     /// The library's own bound on a hold's TTL.
     pub const MAX_HOLD_TTL_S: i64 = 7 * 86_400;
 }

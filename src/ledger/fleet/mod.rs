@@ -239,7 +239,10 @@ pub struct Reaped {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Balance {
     pub committed: i64,
+    /// Every open hold: requests' worst cases and leases.
     pub held: i64,
+    /// The part of `held` that is leases (budget slices instances admit against locally).
+    pub leased: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -480,6 +483,62 @@ impl FleetStore {
         Ok(Answer { generation, value })
     }
 
+    /// Take a lease: a hold of as much as `want` on one budget account, shrunk to its share of
+    /// what is left (`divisor`), refused below `min`. Idempotent by `lease_id`. On success the
+    /// answer's `remaining[0]` is the amount granted. Settle it with [`FleetStore::settle_with`]
+    /// like any hold.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn lease(
+        &self,
+        project: &ProjectKeys,
+        lease_id: &str,
+        owner: &str,
+        ttl_s: u32,
+        key: &str,
+        limit: Option<Nanos>,
+        want: Nanos,
+        min: Nanos,
+        divisor: u32,
+    ) -> Result<Answer<Reservation>, FleetError> {
+        let args = [
+            lease_id.to_string(),
+            owner.to_string(),
+            ttl_s.to_string(),
+            match limit {
+                Some(l) => checked(l, "limit")?.to_string(),
+                None => "-1".to_string(),
+            },
+            checked(want, "want")?.to_string(),
+            checked(min, "min")?.to_string(),
+            divisor.clamp(1, 1000).to_string(),
+        ];
+        let r = self
+            .fcall("FCALL", "tg_lease", project, std::iter::once(key), &args)
+            .await?;
+        let (status, generation, n) = head(&r)?;
+        let value = match status.as_str() {
+            "ok" if n.len() == 3 => Reservation::Reserved(Reserved {
+                version: unsigned(n[0], &r)?,
+                expires_ms: unsigned(n[1], &r)?,
+                remaining: vec![Some(Nanos(unsigned(n[2], &r)?))],
+            }),
+            "refused" if n.len() == 5 => Reservation::Refused(Refused {
+                account: 0,
+                committed: n[2],
+                held: n[3],
+                limit: Nanos(unsigned(n[4], &r)?),
+            }),
+            "frozen" if n.len() == 1 => Reservation::Frozen {
+                version: unsigned(n[0], &r)?,
+            },
+            "void" if n.is_empty() => Reservation::Void,
+            "nogen" if n.is_empty() => Reservation::NoGeneration,
+            "rebuilding" if n.is_empty() => Reservation::Rebuilding,
+            _ => return Err(shape("tg_lease", &r)),
+        };
+        Ok(Answer { generation, value })
+    }
+
     /// Make sure a generation is in force: if `tg:gen` is gone (a fresh Redis, or one that
     /// lost its data) a fresh one is set and admission stays closed for `grace_ms`, while the
     /// instances report their own ledgers ([`FleetStore::join`]). Returns the generation and
@@ -604,14 +663,15 @@ impl FleetStore {
             .fcall("FCALL_RO", "tg_status", project, keys, &[])
             .await?;
         let (s, generation, n) = head(&r)?;
-        if s != "status" || n.len() != 3 + 2 * budget_keys.len() {
+        if s != "status" || n.len() != 3 + 3 * budget_keys.len() {
             return Err(shape("tg_status", &r));
         }
         let accounts = n[3..]
-            .chunks_exact(2)
+            .chunks_exact(3)
             .map(|c| Balance {
                 committed: c[0],
                 held: c[1],
+                leased: c[2],
             })
             .collect();
         Ok(Answer {

@@ -58,6 +58,17 @@ const FORGET_INSTANCE_MS: i64 = 3_600_000;
 
 pub const STREAM_KEY: &str = "tg:decisions";
 pub const INSTANCES_KEY: &str = "tg:instances";
+/// The pub/sub channel of freezes (see tg_freeze).
+pub const EVENTS: &str = "tg:events";
+/// A lease's hold lives this long in Redis; the instance stops admitting on it well before.
+const LEASE_TTL_S: u32 = 60;
+const LEASE_MARGIN: Duration = Duration::from_secs(15);
+/// A lease is replaced by a fresh one (sized to the current demand) this often.
+const LEASE_ROTATE: Duration = Duration::from_secs(10);
+/// A lease nobody admitted on for this long goes back to the pool.
+const LEASE_IDLE_MS: i64 = 2_000;
+/// A slice covers this many ticks of demand (20 × 0.5 s: about ten seconds).
+const LEASE_TICKS_OF_DEMAND: u64 = 20;
 
 /// The generation each snapshot of a project's spend was reported into: a settle that saw
 /// snapshot count `s` belongs to the generation of the last snapshot `<= s` (the one its
@@ -106,6 +117,12 @@ pub struct Fleet {
     /// repeat across restarts of this instance either, so it carries the start time).
     started_ms: i64,
     counter: AtomicU64,
+    /// This fleet, for tasks it spawns (set right after construction).
+    this: std::sync::OnceLock<std::sync::Weak<Fleet>>,
+    /// Lease mode: each project's leases.
+    leases: ArcSwap<HashMap<String, Arc<ProjectLeases>>>,
+    /// Live instances (from the heartbeats): a slice is a share of what is left among them.
+    peers: AtomicU64,
 }
 
 /// What a settle sends to Redis, also the row kept in SQLite until Redis applied it.
@@ -131,6 +148,61 @@ pub struct FleetHold {
     /// Budget left on the project after this hold (`None`: no budget, or not asked).
     pub remaining: Option<Nanos>,
     settled: bool,
+    /// Admitted locally against this lease (holding `worst` of it), not by a hold of its own.
+    lease: Option<(Arc<Lease>, u64)>,
+}
+
+/// A lease: a hold in Redis owned by this instance, which admits requests against it locally.
+/// Admitting until it is retired (rotated, idle, frozen, or past its local deadline); settled
+/// once, with what its requests cost, when the last of them finishes.
+pub struct Lease {
+    id: String,
+    project: String,
+    budget_key: String,
+    granted: u64,
+    /// The generation it was taken in.
+    gen: Arc<String>,
+    /// No admission after this (well before the hold expires in Redis).
+    deadline: Instant,
+    created: Instant,
+    /// `false` for the spend batch of a project without a budget: nothing is held in Redis,
+    /// the settle charges it.
+    in_redis: bool,
+    st: Mutex<LeaseUse>,
+}
+
+#[derive(Default)]
+struct LeaseUse {
+    in_flight: u64,
+    /// Spend settled on this lease, by the generation it belongs to (see [`Tags`]).
+    used: Vec<(Option<Arc<String>>, u64)>,
+    retired: bool,
+    closed: bool,
+}
+
+impl LeaseUse {
+    fn used_total(&self) -> u64 {
+        self.used
+            .iter()
+            .fold(0u64, |a, (_, n)| a.saturating_add(*n))
+    }
+}
+
+/// A project's lease state on this instance.
+#[derive(Default)]
+struct ProjectLeases {
+    current: ArcSwapOption<Lease>,
+    /// Σ worst cases admitted (any path) since the last tick: the demand a new slice serves.
+    demand: AtomicU64,
+    /// The largest worst case seen: a slice smaller than a few of them is not worth taking.
+    max_worst: AtomicU64,
+    last_admit_ms: std::sync::atomic::AtomicI64,
+    /// A request found no lease (or too little of one): take one at the next tick.
+    wanted: AtomicBool,
+}
+
+fn lock_use(l: &Lease) -> std::sync::MutexGuard<'_, LeaseUse> {
+    l.st.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl FleetHold {
@@ -138,15 +210,27 @@ impl FleetHold {
     /// local account's snapshot count at the local settle ([`crate::ledger::Reservation::settle_seen`]).
     pub fn settle(mut self, actual: Nanos, tokens: u64, seen: u64) {
         self.settled = true;
-        self.fleet.clone().settle(&self, actual, tokens, seen);
+        if let Some((lease, worst)) = self.lease.take() {
+            let tag = self.fleet.tags.load().tag(&self.project, seen);
+            self.fleet.ticket_done(&lease, worst, tag, actual.0);
+            return;
+        }
+        self.fleet.settle(&self, actual, tokens, seen);
     }
 }
 
 impl Drop for FleetHold {
     fn drop(&mut self) {
+        if let Some((lease, worst)) = self.lease.take() {
+            if !self.settled {
+                self.settled = true;
+                self.fleet.ticket_done(&lease, worst, None, 0);
+            }
+            return;
+        }
         if !self.settled {
             let seen = u64::MAX; // nothing was spent: any generation will do
-            self.fleet.clone().settle(self, Nanos::ZERO, 0, seen);
+            self.fleet.settle(self, Nanos::ZERO, 0, seen);
         }
     }
 }
@@ -182,7 +266,11 @@ impl Fleet {
             stream_rx: Mutex::new(Some(rx)),
             started_ms: crate::clock::unix_ms(),
             counter: AtomicU64::new(0),
+            this: std::sync::OnceLock::new(),
+            leases: ArcSwap::from_pointee(HashMap::new()),
+            peers: AtomicU64::new(1),
         });
+        let _ = fleet.this.set(Arc::downgrade(&fleet));
         if let Some(m) = crate::metrics::get() {
             m.fleet_redis_up.set(0);
         }
@@ -190,6 +278,10 @@ impl Fleet {
         rt.spawn(async move { f.run().await });
         let f = fleet.clone();
         rt.spawn(async move { f.stream_writer().await });
+        if fleet.settings.leases {
+            let f = fleet.clone();
+            rt.spawn(async move { f.listen_events().await });
+        }
         Ok((fleet, rt))
     }
 
@@ -238,7 +330,21 @@ impl Fleet {
             tpm: project.rate_limit.as_ref().is_some_and(|l| l.tpm.is_some()),
             remaining: None,
             settled: false,
+            lease: None,
         };
+        if self.settings.leases && project.rate_limit.is_none() {
+            if let Some(l) = self.admit_on_lease(project, worst) {
+                hold.lease = Some((l, worst.0));
+                return Ok(hold);
+            }
+            if self.ledger.is_frozen(&project.id) && !self.is_up() {
+                hold.settled = true;
+                return Err(GatewayError::PolicyBlocked(
+                    PolicyCode::ProjectFrozen,
+                    format!("Project {} is frozen by an operator", project.id),
+                ));
+            }
+        }
         let (store, joined) = match (self.store.load_full(), self.joined.load_full()) {
             (Some(s), Some(j)) if self.up.load(Ordering::Acquire) => (s, j),
             _ => {
@@ -388,12 +494,332 @@ impl Fleet {
         }
     }
 
+    fn project_leases(&self, project: &str) -> Arc<ProjectLeases> {
+        if let Some(p) = self.leases.load().get(project) {
+            return p.clone();
+        }
+        let fresh = Arc::new(ProjectLeases::default());
+        let mut out = fresh.clone();
+        self.leases.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            out = m
+                .entry(project.to_string())
+                .or_insert_with(|| fresh.clone())
+                .clone();
+            m
+        });
+        out
+    }
+
+    /// Lease mode: admit against this instance's current lease of the project, if it has
+    /// room; `None` sends the request to a hold of its own (and asks for a lease).
+    fn admit_on_lease(&self, project: &Project, worst: Nanos) -> Option<Arc<Lease>> {
+        let pl = self.project_leases(&project.id);
+        pl.demand.fetch_add(worst.0, Ordering::Relaxed);
+        pl.max_worst.fetch_max(worst.0, Ordering::Relaxed);
+        pl.last_admit_ms
+            .store(crate::clock::unix_ms(), Ordering::Relaxed);
+        if self.ledger.is_frozen(&project.id) {
+            // The fleet's freeze, pushed here by pub/sub (or the poll): no lease admission.
+            return None;
+        }
+        let lease = pl.current.load_full();
+        let admitted = lease.filter(|l| {
+            if Instant::now() >= l.deadline {
+                return false;
+            }
+            let mut u = lock_use(l);
+            let room = l
+                .granted
+                .saturating_sub(u.used_total())
+                .saturating_sub(u.in_flight);
+            if u.retired || worst.0 > room {
+                return false;
+            }
+            u.in_flight += worst.0;
+            true
+        });
+        if admitted.is_none() {
+            pl.wanted.store(true, Ordering::Relaxed);
+            self.wake();
+        }
+        admitted
+    }
+
+    /// A request admitted on `lease` finished: it no longer holds `worst`, and cost `actual`
+    /// (in the generation `tag`). The last one out of a retired lease settles it.
+    fn ticket_done(&self, lease: &Arc<Lease>, worst: u64, tag: Option<Arc<String>>, actual: u64) {
+        let close = {
+            let mut u = lock_use(lease);
+            u.in_flight = u.in_flight.saturating_sub(worst);
+            if actual > 0 {
+                match u.used.iter_mut().find(|(t, _)| *t == tag) {
+                    Some((_, n)) => *n = n.saturating_add(actual),
+                    None => u.used.push((tag, actual)),
+                }
+            }
+            let close = u.retired && u.in_flight == 0 && !u.closed;
+            if close {
+                u.closed = true;
+            }
+            close.then(|| u.used.clone())
+        };
+        if let Some(used) = close {
+            self.close_lease(lease, used);
+        }
+    }
+
+    /// No more admission on `lease`; settle it now if nothing runs on it.
+    fn retire(&self, lease: &Arc<Lease>) {
+        let close = {
+            let mut u = lock_use(lease);
+            u.retired = true;
+            let close = u.in_flight == 0 && !u.closed;
+            if close {
+                u.closed = true;
+            }
+            close.then(|| u.used.clone())
+        };
+        if let Some(used) = close {
+            self.close_lease(lease, used);
+        }
+    }
+
+    /// Settle a lease with what its requests cost: the spend of its own generation on its
+    /// hold; spend of a later generation (Redis lost its data meanwhile) as a charge of its own;
+    /// spend of no generation or a dead one is already in a join report.
+    fn close_lease(&self, lease: &Lease, used: Vec<(Option<Arc<String>>, u64)>) {
+        let mut own = 0u64;
+        for (tag, n) in used {
+            match tag {
+                Some(t) if t == lease.gen => own = own.saturating_add(n),
+                Some(t) => {
+                    let short: String = t.chars().take(12).collect();
+                    self.submit(SettleBody {
+                        project: lease.project.clone(),
+                        id: format!("{}~{short}", lease.id),
+                        keys: vec![lease.budget_key.clone()],
+                        actuals: vec![n],
+                        tpm: None,
+                        tag: Some(t.to_string()),
+                    });
+                }
+                None => {}
+            }
+        }
+        if lease.in_redis || own > 0 {
+            self.submit(SettleBody {
+                project: lease.project.clone(),
+                id: lease.id.clone(),
+                keys: vec![lease.budget_key.clone()],
+                actuals: vec![own],
+                tpm: None,
+                tag: Some(lease.gen.to_string()),
+            });
+        }
+    }
+
+    /// Lease mode, every tick: for each project without a rate limit, rotate a lease that is
+    /// old, half used or asked for; take one where requests found none; retire an idle one, so
+    /// no budget is stranded on an idle instance.
+    async fn manage_leases(&self, store: &FleetStore) {
+        let Some(gen) = self.joined.load_full() else {
+            return;
+        };
+        let cfg = self.config.load_full();
+        let now_ms = crate::clock::unix_ms();
+        for p in cfg.projects.iter().filter(|p| p.rate_limit.is_none()) {
+            let pl = self.project_leases(&p.id);
+            let demand = pl.demand.swap(0, Ordering::Relaxed);
+            let wanted = pl.wanted.swap(false, Ordering::Relaxed);
+            let idle = now_ms - pl.last_admit_ms.load(Ordering::Relaxed) > LEASE_IDLE_MS;
+            let frozen = self.ledger.is_frozen(&p.id);
+            let current = pl.current.load_full();
+            if let Some(c) = &current {
+                let (used, in_flight) = {
+                    let u = lock_use(c);
+                    (u.used_total(), u.in_flight)
+                };
+                let stale = c.gen != gen || Instant::now() >= c.deadline;
+                if idle || frozen || stale {
+                    pl.current.store(None);
+                    self.retire(c);
+                    continue;
+                }
+                let half = used.saturating_add(in_flight) >= c.granted / 2;
+                let old = c.created.elapsed() >= LEASE_ROTATE;
+                if !(half || old || wanted) {
+                    continue;
+                }
+            } else if !wanted || frozen {
+                continue;
+            }
+            // Enough for about ten seconds of this instance's demand, and a few of its
+            // largest requests.
+            let max_worst = pl.max_worst.load(Ordering::Relaxed).max(1);
+            let want = demand
+                .saturating_mul(LEASE_TICKS_OF_DEMAND)
+                .max(max_worst.saturating_mul(8));
+            let id = format!("lease:{}", self.next_hold_id());
+            let key = ProjectKeys::new(&p.id).budget(
+                AccountKind::Project,
+                &p.id,
+                period_of(p),
+                now_ms.div_euclid(1000),
+            );
+            let fresh = if p.budget.is_none() {
+                // Nothing to check: admit locally, charge the spend in one settle.
+                Some(Lease {
+                    id,
+                    project: p.id.clone(),
+                    budget_key: key,
+                    granted: u64::MAX / 4,
+                    gen: gen.clone(),
+                    deadline: Instant::now() + LEASE_ROTATE * 2,
+                    created: Instant::now(),
+                    in_redis: false,
+                    st: Mutex::new(LeaseUse::default()),
+                })
+            } else {
+                let sent = Instant::now();
+                let divisor =
+                    u32::try_from(self.peers.load(Ordering::Relaxed).max(1) * 2).unwrap_or(1000);
+                let r = store
+                    .lease(
+                        &ProjectKeys::new(&p.id),
+                        &id,
+                        &self.instance,
+                        LEASE_TTL_S,
+                        &key,
+                        p.budget.map(|b| b.limit),
+                        Nanos(want),
+                        Nanos(max_worst.saturating_mul(2)),
+                        divisor,
+                    )
+                    .await;
+                observe("lease", sent);
+                match r {
+                    Ok(a) if a.generation.as_deref() == Some(gen.as_str()) => match a.value {
+                        Answered::Reserved(r) => Some(Lease {
+                            id,
+                            project: p.id.clone(),
+                            budget_key: key,
+                            granted: r.remaining.first().copied().flatten().map_or(0, |n| n.0),
+                            gen: gen.clone(),
+                            deadline: sent + Duration::from_secs(u64::from(LEASE_TTL_S))
+                                - LEASE_MARGIN,
+                            created: Instant::now(),
+                            in_redis: true,
+                            st: Mutex::new(LeaseUse::default()),
+                        }),
+                        Answered::Frozen { .. } => {
+                            self.ledger.set_frozen_from_fleet(&p.id, true);
+                            None
+                        }
+                        // Near the limit (or rebuilding): requests hold their own.
+                        _ => None,
+                    },
+                    Ok(_) => {
+                        self.release_unknown(&p.id, &id, &key);
+                        None
+                    }
+                    Err(e) => {
+                        // The lease may exist: release it; keep the current one meanwhile
+                        // (valid until its deadline).
+                        log::warn!("fleet: lease for project {} failed: {e}", p.id);
+                        self.release_unknown(&p.id, &id, &key);
+                        continue;
+                    }
+                }
+            };
+            let old = pl.current.swap(fresh.map(Arc::new));
+            if let Some(old) = old {
+                self.retire(&old);
+            }
+        }
+    }
+
+    /// Settle a hold whose creation's outcome is unknown to 0 (it may not exist: then nothing).
+    fn release_unknown(&self, project: &str, id: &str, key: &str) {
+        self.submit(SettleBody {
+            project: project.to_string(),
+            id: id.to_string(),
+            keys: vec![key.to_string()],
+            actuals: vec![0],
+            tpm: None,
+            tag: self.joined.load_full().map(|g| g.to_string()),
+        });
+    }
+
+    /// Lease mode: hear freezes at once (pub/sub); the poll is the backstop for lost messages.
+    async fn listen_events(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.subscribe_once().await {
+                log::debug!("fleet: event subscription ended: {e}");
+            }
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
+    async fn subscribe_once(&self) -> Result<(), FleetError> {
+        let client = redis::Client::open(self.settings.redis_url.expose())
+            .map_err(|e| FleetError::BadArgument(format!("redis url: {}", e.category())))?;
+        let mut ps = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
+            .await
+            .map_err(|_| FleetError::Unavailable("subscribe: timed out".into()))?
+            .map_err(|e| FleetError::Unavailable(e.to_string()))?;
+        ps.subscribe(EVENTS)
+            .await
+            .map_err(|e| FleetError::Unavailable(e.to_string()))?;
+        let mut stream = ps.into_on_message();
+        loop {
+            let next = std::future::poll_fn(|cx| {
+                futures_core::Stream::poll_next(std::pin::Pin::new(&mut stream), cx)
+            })
+            .await;
+            let Some(msg) = next else {
+                return Err(FleetError::Unavailable("subscription closed".into()));
+            };
+            let text = String::from_utf8_lossy(msg.get_payload_bytes()).to_string();
+            self.on_event(&text);
+        }
+    }
+
+    /// `freeze <cfg key> <0|1> <version>`.
+    fn on_event(&self, text: &str) {
+        let mut parts = text.split(' ');
+        let (Some("freeze"), Some(cfg_key), Some(flag)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        let cfg = self.config.load_full();
+        let Some(p) = cfg
+            .projects
+            .iter()
+            .find(|p| ProjectKeys::new(&p.id).cfg() == cfg_key)
+        else {
+            return;
+        };
+        let frozen = flag == "1";
+        self.ledger.set_frozen_from_fleet(&p.id, frozen);
+        if frozen {
+            if let Some(l) = self.project_leases(&p.id).current.swap(None) {
+                self.retire(&l);
+            }
+        }
+    }
+
+    fn me(&self) -> Option<Arc<Fleet>> {
+        self.this.get().and_then(std::sync::Weak::upgrade)
+    }
+
     fn wake(&self) {
         self.wake.notify_one();
     }
 
     /// Queue the settle in SQLite, then try it at once on the fleet runtime.
-    fn settle(self: Arc<Self>, hold: &FleetHold, actual: Nanos, tokens: u64, seen: u64) {
+    fn settle(&self, hold: &FleetHold, actual: Nanos, tokens: u64, seen: u64) {
         let tag = if seen == u64::MAX {
             self.joined.load_full().map(|g| g.to_string())
         } else {
@@ -414,16 +840,20 @@ impl Fleet {
             tpm: tpm.filter(|(_, t)| *t > 0),
             tag,
         };
-        let Ok(text) = serde_json::to_string(&body) else {
-            return;
-        };
-        if let Some(s) = self.ledger.store() {
-            s.send(Write::FleetQueue {
-                hold_id: body.id.clone(),
-                body: text,
-            });
+        self.submit(body);
+    }
+
+    /// Queue a settle in SQLite, then try it at once on the fleet runtime.
+    fn submit(&self, body: SettleBody) {
+        if let Ok(text) = serde_json::to_string(&body) {
+            if let Some(s) = self.ledger.store() {
+                s.send(Write::FleetQueue {
+                    hold_id: body.id.clone(),
+                    body: text,
+                });
+            }
         }
-        let f = self.clone();
+        let Some(f) = self.me() else { return };
         self.rt.spawn(async move {
             let _ = f.apply(&body).await;
         });
@@ -551,6 +981,9 @@ impl Fleet {
             let _ = self.heartbeat(&store).await;
             let _ = self.poll_freezes(&store).await;
             self.replay().await;
+            if self.settings.leases {
+                self.manage_leases(&store).await;
+            }
             reap_tick += 1;
             if reap_tick % REAP_EVERY == 0 {
                 self.reap(&store).await;
@@ -675,7 +1108,24 @@ impl Fleet {
             )
             .await;
         observe("heartbeat", started);
-        r.map(|_| ())
+        r?;
+        // Live peers (seen in the last ten seconds) size the lease slices.
+        if self.settings.leases {
+            if let Ok(v) = store.command(redis::cmd("HVALS").arg(INSTANCES_KEY)).await {
+                let now = crate::clock::unix_ms();
+                let live = match v {
+                    redis::Value::Array(items) => items
+                        .iter()
+                        .filter_map(text)
+                        .filter_map(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+                        .filter(|j| now - j["last_seen_ms"].as_i64().unwrap_or(0) < 10_000)
+                        .count(),
+                    _ => 1,
+                };
+                self.peers.store(live.max(1) as u64, Ordering::Relaxed);
+            }
+        }
+        Ok(())
     }
 
     /// The fleet's freeze flags, into this instance's view (used when Redis is unreachable and
@@ -748,8 +1198,9 @@ impl Fleet {
         })
     }
 
-    /// Fleet-wide committed and held of the project's current window, and its freeze flag.
-    pub async fn project_status(&self, project: &Project) -> Option<(Nanos, Nanos, bool)> {
+    /// Fleet-wide committed, held by requests, leased, of the project's current window, and
+    /// its freeze flag.
+    pub async fn project_status(&self, project: &Project) -> Option<(Nanos, Nanos, Nanos, bool)> {
         let store = self.store.load_full()?;
         let keys = ProjectKeys::new(&project.id);
         let key = keys.budget(
@@ -763,9 +1214,12 @@ impl Fleet {
         observe("read", started);
         let s = r.ok()?.value;
         let b = s.accounts.first()?;
+        let held = u64::try_from(b.held).unwrap_or(0);
+        let leased = u64::try_from(b.leased).unwrap_or(0).min(held);
         Some((
             Nanos(u64::try_from(b.committed).unwrap_or(0)),
-            Nanos(u64::try_from(b.held).unwrap_or(0)),
+            Nanos(held - leased),
+            Nanos(leased),
             s.frozen,
         ))
     }

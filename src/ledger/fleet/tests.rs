@@ -496,7 +496,8 @@ async fn a_freeze_refuses_the_next_reserve_and_bumps_the_version() {
         st.accounts[0],
         Balance {
             committed: 0,
-            held: 0
+            held: 0,
+            leased: 0,
         }
     );
     let v2 = s.freeze(&p, false).await.expect("unfreeze").value;

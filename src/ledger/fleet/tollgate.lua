@@ -208,6 +208,9 @@ local function reap(keys, now, limit)
         if a ~= 0 then
           redis.call('HINCRBY', k, 'held', dec(-a))
           redis.call('HINCRBY', k, 'committed', dec(a))
+          if rec.l then
+            redis.call('HINCRBY', k, 'leased', dec(-a))
+          end
         end
       end
       rec.s = 'burned'
@@ -506,6 +509,9 @@ local function tg_settle(keys, args)
     if state == 'open' then
       if held ~= 0 then
         redis.call('HINCRBY', k, 'held', dec(-held))
+        if rec.l then
+          redis.call('HINCRBY', k, 'leased', dec(-held))
+        end
       end
       if actual[i] ~= 0 then
         redis.call('HINCRBY', k, 'committed', dec(actual[i]))
@@ -573,7 +579,8 @@ end
 
 --[[ tg_status (no writes: FCALL_RO)
 KEYS: the 5 meta keys, then 0..16 budget keys. ARGV: none.
-Reply: { "status", gen, frozen (0/1), version, open_holds, committed_1, held_1, … }
+Reply: { "status", gen, frozen (0/1), version, open_holds, committed_1, held_1, leased_1, … }
+(leased: the part of held that is leases, see tg_lease)
 ]]
 local function tg_status(keys, args)
   local n, _, err = check_keys(keys, 0, MAX_ACCOUNTS)
@@ -598,8 +605,89 @@ local function tg_status(keys, args)
     end
     out[#out + 1] = c
     out[#out + 1] = h
+    out[#out + 1] = tonumber(redis.call('HGET', keys[META + i], 'leased') or '0') or 0
   end
   return out
+end
+
+--[[ tg_lease
+KEYS: the 5 meta keys, then one budget key.
+ARGV: lease_id, owner, ttl_s, limit (nanos, or -1), want, min, divisor (1..1000).
+A lease is a hold owned by an instance, which admits requests against it locally and settles it
+once with what they cost. Its size: min(want, floor((limit - committed - held) / divisor)), so
+slices shrink as the budget runs low; below `min` it is refused (the instance then holds per
+request). Without a limit the size is `want`. The hold also counts in the budget key's `leased`.
+Replies as tg_reserve: { "ok", gen, version, expires_ms, amount } or "refused" (index 0),
+"frozen", "void", "nogen", "rebuilding". Idempotent by lease_id.
+]]
+local function tg_lease(keys, args)
+  local n, _, err = check_keys(keys, 1, 1)
+  if not n then
+    return err
+  end
+  if #args ~= 7 then
+    return argerr('want lease_id, owner, ttl_s, limit, want, min, divisor')
+  end
+  local id, owner = args[1], args[2]
+  if not id_ok(id) or not id_ok(owner) then
+    return argerr('lease_id and owner must be 1..' .. MAX_ID .. ' bytes')
+  end
+  local ttl = int_arg(args[3], 1)
+  local limit = int_arg(args[4], -1)
+  local want = int_arg(args[5], 0)
+  local min = int_arg(args[6], 0)
+  local divisor = int_arg(args[7], 1)
+  if not ttl or ttl > MAX_TTL_S or not limit or not want or not min or not divisor or divisor > 1000 then
+    return argerr('ttl_s 1..' .. MAX_TTL_S .. ', limit -1 or 0..2^53-1, want and min 0..2^53-1, divisor 1..1000')
+  end
+  local gen = generation()
+  local prior = redis.call('HGET', keys[2], id) or redis.call('HGET', keys[4], id)
+  if prior then
+    local rec = decode(prior)
+    if rec and rec.r then
+      return reply(rec.r, gen)
+    end
+    if rec and (rec.s == 'void' or rec.s == 'charged') then
+      return { 'void', gen }
+    end
+    return staterr('hold ' .. id .. ' has a record that is not ours')
+  end
+  if gen == '' then
+    return { 'nogen', '' }
+  end
+  if redis.call('EXISTS', 'tg:rebuilding') == 1 then
+    return { 'rebuilding', gen }
+  end
+  local cfg = redis.call('HMGET', keys[1], 'frozen', 'version')
+  local version = tonumber(cfg[2] or '0') or 0
+  if cfg[1] == '1' then
+    return { 'frozen', gen, version }
+  end
+  local k = keys[META + 1]
+  local c, h = balance(k)
+  if c == nil then
+    return staterr('budget key 0 has a field that is not an integer')
+  end
+  local amount = want
+  if limit >= 0 then
+    local fits = math.max(0, limit - c - h)
+    amount = math.min(want, math.floor(fits / divisor))
+    if amount < min or amount == 0 then
+      return { 'refused', gen, version, 0, c, h, limit }
+    end
+  end
+  local now = now_ms()
+  local expires = now + ttl * 1000
+  if amount ~= 0 then
+    redis.call('HINCRBY', k, 'held', dec(amount))
+    redis.call('HINCRBY', k, 'leased', dec(amount))
+  end
+  local res = { 'ok', dec(version), dec(expires), dec(amount) }
+  local rec = { o = owner, e = dec(expires), t = dec(ttl), k = { k }, m = { dec(amount) }, r = res, l = 1 }
+  redis.call('HSET', keys[2], id, cjson.encode(rec))
+  redis.call('ZADD', keys[3], expires, id)
+  reap(keys, now, REAP_ON_RESERVE)
+  return reply(res, gen)
 end
 
 --[[ tg_begin (global keys only: tg:gen, tg:rebuilding)
@@ -671,5 +759,6 @@ redis.register_function('tg_settle', tg_settle)
 redis.register_function('tg_reap', tg_reap)
 redis.register_function('tg_freeze', tg_freeze)
 redis.register_function('tg_begin', tg_begin)
+redis.register_function('tg_lease', tg_lease)
 redis.register_function('tg_join', tg_join)
 redis.register_function({ function_name = 'tg_status', callback = tg_status, flags = { 'no-writes' } })

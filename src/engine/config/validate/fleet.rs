@@ -90,24 +90,18 @@ impl Validator<'_> {
                 .map(Duration::from_millis),
             None => Some(FleetConfig::DEFAULT_REBUILD_GRACE),
         };
-        let leases_ok = match &f.leases {
-            Some(v) if *v.get_ref() => {
-                self.err(
-                    Some(v.span()),
-                    "fleet.leases",
-                    "leases are not available in this version: every request holds its worst case in Redis (leases = false)",
-                );
-                None
-            }
-            _ => Some(()),
-        };
+        let leases = f
+            .leases
+            .as_ref()
+            .map_or(FleetConfig::DEFAULT_LEASES, |v| *v.get_ref());
         Some(FleetConfig {
             redis_url: url?,
             redis_url_env: var,
             instance: instance?,
             hold_ttl_s: hold_ttl_s?,
             timeout: timeout?,
-            rebuild_grace: rebuild_grace.filter(|_| leases_ok.is_some())?,
+            rebuild_grace: rebuild_grace?,
+            leases,
         })
     }
 }
