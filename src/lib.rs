@@ -58,7 +58,7 @@ pub mod scan {
 /// `tollgate check`: the summary line of a valid config, or every error with its place.
 pub fn check(path: &std::path::Path) -> Result<String, String> {
     let c = reload::load_file(path).map_err(|e| e.to_string())?.config;
-    Ok(format!(
+    let mut out = format!(
         "{}: OK ({} providers, {} routes, {} prices, {} projects, {} keys)",
         path.display(),
         c.providers.len(),
@@ -66,7 +66,18 @@ pub fn check(path: &std::path::Path) -> Result<String, String> {
         c.prices.keys().count(),
         c.projects.len(),
         c.key_count()
-    ))
+    );
+    if let Some(f) = &c.fleet {
+        // Redis is not contacted: `check` validates the file; `serve` says if Redis is down.
+        out.push_str(&format!(
+            "\nfleet: instance {}, Redis URL from ${}, {}, holds expire after {} s",
+            f.instance.as_deref().unwrap_or("<host name and port>"),
+            f.redis_url_env,
+            if f.leases { "leases" } else { "a Redis hold per request" },
+            f.hold_ttl_s
+        ));
+    }
+    Ok(out)
 }
 
 /// `tollgate serve`: load the config and run until stopped; the process exit code.

@@ -562,3 +562,84 @@ fn each_problem_the_shell_finds_is_reported_at_its_files_key_with_the_others() {
         "{s}"
     );
 }
+
+fn env_fleet(k: &str) -> Option<String> {
+    match k {
+        "TOLLGATE_REDIS_URL" => Some("redis://:s3cret-pass@10.0.0.5:6379/0".into()),
+        "PLAIN_URL" => Some("http://:s3cret-pass@10.0.0.5:6379/".into()),
+        "EMPTY_URL" => Some(String::new()),
+        other => env_all(other),
+    }
+}
+
+#[test]
+fn a_fleet_section_takes_its_url_from_the_environment_and_has_defaults() {
+    let c = parse("[fleet]\n", "t.toml", &env_fleet).unwrap_or_else(|e| panic!("{e}"));
+    let f = c.fleet.expect("fleet mode on");
+    assert_eq!(f.redis_url.expose(), "redis://:s3cret-pass@10.0.0.5:6379/0");
+    assert_eq!(f.redis_url_env, "TOLLGATE_REDIS_URL");
+    assert_eq!(f.instance, None, "the shell names it after host and port");
+    assert_eq!(f.hold_ttl_s, FleetConfig::DEFAULT_HOLD_TTL_S);
+    assert_eq!(f.timeout, FleetConfig::DEFAULT_TIMEOUT);
+    assert_eq!(f.rebuild_grace, FleetConfig::DEFAULT_REBUILD_GRACE);
+    assert_eq!(f.leases, FleetConfig::DEFAULT_LEASES);
+    assert!(
+        !format!("{f:?}").contains("s3cret"),
+        "the URL may hold a password: Debug redacts it"
+    );
+    assert!(parse("", "t.toml", &env_fleet).unwrap().fleet.is_none());
+    let c = parse(
+        "[fleet]\ninstance = \"gw-a.eu_1\"\nhold_ttl_s = 60\ntimeout_ms = 5\nrebuild_grace_ms = 200\nleases = true\n",
+        "t.toml",
+        &env_fleet,
+    )
+    .unwrap();
+    let f = c.fleet.unwrap();
+    assert_eq!(f.instance.as_deref(), Some("gw-a.eu_1"));
+    assert_eq!(
+        (f.hold_ttl_s, f.timeout.as_millis(), f.rebuild_grace.as_millis(), f.leases),
+        (60, 5, 200, true)
+    );
+}
+
+#[test]
+fn fleet_problems_are_named_and_never_echo_the_url() {
+    let errs = match parse(
+        "[fleet]\nredis_url_env = \"PLAIN_URL\"\ninstance = \"gw a/1\"\nhold_ttl_s = 0\ntimeout_ms = 0\n",
+        "t.toml",
+        &env_fleet,
+    ) {
+        Ok(_) => panic!("rejected"),
+        Err(e) => e.errors,
+    };
+    let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+    for f in [
+        "fleet.redis_url_env",
+        "fleet.instance",
+        "fleet.hold_ttl_s",
+        "fleet.timeout_ms",
+    ] {
+        assert!(fields.contains(&f), "{f} missing from {errs:?}");
+    }
+    assert!(
+        errs.iter().all(|e| !e.message.contains("s3cret")),
+        "a URL is never echoed: {errs:?}"
+    );
+    let url = errs.iter().find(|e| e.field == "fleet.redis_url_env").unwrap();
+    assert_eq!(url.line, Some(2), "{url:?}");
+    for (text, want) in [
+        ("[fleet]\nredis_url_env = \"NOT_SET\"\n", "is not set"),
+        ("[fleet]\nredis_url_env = \"EMPTY_URL\"\n", "is empty"),
+        ("[fleet]\nhold_ttl_s = 604801\n", "between 1 and 604800"),
+        ("[fleet]\nlease = true\n", "unknown field"),
+    ] {
+        let e = match parse(text, "t.toml", &env_fleet) {
+            Ok(_) => panic!("{text} must be rejected"),
+            Err(e) => e.errors,
+        };
+        assert!(
+            e.iter().any(|x| x.message.contains(want)),
+            "{text}: want {want:?} in {e:?}"
+        );
+    }
+}
