@@ -73,7 +73,11 @@ pub fn check(path: &std::path::Path) -> Result<String, String> {
             "\nfleet: instance {}, Redis URL from ${}, {}, holds expire after {} s",
             f.instance.as_deref().unwrap_or("<host name and port>"),
             f.redis_url_env,
-            if f.leases { "leases" } else { "a Redis hold per request" },
+            if f.leases {
+                "leases"
+            } else {
+                "a Redis hold per request"
+            },
             f.hold_ttl_s
         ));
     }

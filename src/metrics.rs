@@ -39,8 +39,42 @@ pub struct Metrics {
     pub upstream_attempts: IntCounterVec,
     pub provider_up: IntGaugeVec,
     pub reservation_overruns: IntCounterVec,
-    pub fleet_redis_up: IntGauge,
-    pub fleet_roundtrip: HistogramVec,
+}
+
+/// Fleet mode's families, registered only when a `[fleet]` section starts the fleet, so a
+/// single instance exports no `tollgate_fleet_*` series (a 0 there would read as an outage).
+pub struct FleetMetrics {
+    pub redis_up: IntGauge,
+    pub roundtrip: HistogramVec,
+}
+
+static FLEET: Lazy<Option<FleetMetrics>> = Lazy::new(|| {
+    let build = || -> Result<FleetMetrics, prometheus::Error> {
+        Ok(FleetMetrics {
+            redis_up: register_int_gauge!(
+                "tollgate_fleet_redis_up",
+                "Fleet mode: 1 while this instance reaches the shared Redis and has joined its generation, else 0"
+            )?,
+            roundtrip: register_histogram_vec!(
+                "tollgate_fleet_roundtrip_seconds",
+                "Fleet mode: Redis round trips by operation (reserve/settle/lease/freeze/status/heartbeat/join/stream/read/reap)",
+                &["op"],
+                ROUNDTRIP_BUCKETS.to_vec()
+            )?,
+        })
+    };
+    match build() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            log::error!("fleet metrics could not be registered: {e}");
+            None
+        }
+    }
+});
+
+/// The fleet's metric families (registering them on first use), or `None`.
+pub fn fleet() -> Option<&'static FleetMetrics> {
+    FLEET.as_ref()
 }
 
 /// Redis round trips: tens of microseconds on loopback, a millisecond across a network, and
@@ -161,16 +195,6 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "tollgate_reservation_overruns_total",
         "Requests whose reported cost exceeded the worst case reserved for them (the truth is charged)",
         &["project"]
-    )?,
-    fleet_redis_up: register_int_gauge!(
-        "tollgate_fleet_redis_up",
-        "Fleet mode: 1 while this instance reaches the shared Redis and has joined its generation, else 0"
-    )?,
-    fleet_roundtrip: register_histogram_vec!(
-        "tollgate_fleet_roundtrip_seconds",
-        "Fleet mode: Redis round trips by operation (reserve/settle/freeze/status/heartbeat/join/stream/read)",
-        &["op"],
-        ROUNDTRIP_BUCKETS.to_vec()
     )?,
 })
 }

@@ -597,7 +597,12 @@ fn a_fleet_section_takes_its_url_from_the_environment_and_has_defaults() {
     let f = c.fleet.unwrap();
     assert_eq!(f.instance.as_deref(), Some("gw-a.eu_1"));
     assert_eq!(
-        (f.hold_ttl_s, f.timeout.as_millis(), f.rebuild_grace.as_millis(), f.leases),
+        (
+            f.hold_ttl_s,
+            f.timeout.as_millis(),
+            f.rebuild_grace.as_millis(),
+            f.leases
+        ),
         (60, 5, 200, true)
     );
 }
@@ -625,7 +630,10 @@ fn fleet_problems_are_named_and_never_echo_the_url() {
         errs.iter().all(|e| !e.message.contains("s3cret")),
         "a URL is never echoed: {errs:?}"
     );
-    let url = errs.iter().find(|e| e.field == "fleet.redis_url_env").unwrap();
+    let url = errs
+        .iter()
+        .find(|e| e.field == "fleet.redis_url_env")
+        .unwrap();
     assert_eq!(url.line, Some(2), "{url:?}");
     for (text, want) in [
         ("[fleet]\nredis_url_env = \"NOT_SET\"\n", "is not set"),

@@ -211,7 +211,7 @@ impl FleetHold {
     pub fn settle(mut self, actual: Nanos, tokens: u64, seen: u64) {
         self.settled = true;
         if let Some((lease, worst)) = self.lease.take() {
-            let tag = self.fleet.tags.load().tag(&self.project, seen);
+            let tag = self.fleet.tags.load().tag(&lease.project, seen);
             self.fleet.ticket_done(&lease, worst, tag, actual.0);
             return;
         }
@@ -271,8 +271,8 @@ impl Fleet {
             peers: AtomicU64::new(1),
         });
         let _ = fleet.this.set(Arc::downgrade(&fleet));
-        if let Some(m) = crate::metrics::get() {
-            m.fleet_redis_up.set(0);
+        if let Some(m) = crate::metrics::fleet() {
+            m.redis_up.set(0);
         }
         let f = fleet.clone();
         rt.spawn(async move { f.run().await });
@@ -292,8 +292,8 @@ impl Fleet {
 
     fn set_up(&self, up: bool) {
         let was = self.up.swap(up, Ordering::AcqRel);
-        if let Some(m) = crate::metrics::get() {
-            m.fleet_redis_up
+        if let Some(m) = crate::metrics::fleet() {
+            m.redis_up
                 .set(i64::from(up && self.joined.load().is_some()));
         }
         if was && !up {
@@ -317,6 +317,27 @@ impl Fleet {
         worst: Nanos,
     ) -> Result<FleetHold, GatewayError> {
         let needs_fleet = project.budget.is_some() || project.rate_limit.is_some();
+        if self.settings.leases && project.rate_limit.is_none() {
+            if let Some(l) = self.admit_on_lease(project, worst) {
+                // The fast path: no Redis call and no key to build.
+                return Ok(FleetHold {
+                    fleet: self.clone(),
+                    id: String::new(),
+                    project: String::new(),
+                    budget_key: String::new(),
+                    tpm: false,
+                    remaining: None,
+                    settled: false,
+                    lease: Some((l, worst.0)),
+                });
+            }
+            if self.ledger.is_frozen(&project.id) && !self.is_up() {
+                return Err(GatewayError::PolicyBlocked(
+                    PolicyCode::ProjectFrozen,
+                    format!("Project {} is frozen by an operator", project.id),
+                ));
+            }
+        }
         let now_ms = crate::clock::unix_ms();
         let now = now_ms.div_euclid(1000);
         let keys = ProjectKeys::new(&project.id);
@@ -332,19 +353,6 @@ impl Fleet {
             settled: false,
             lease: None,
         };
-        if self.settings.leases && project.rate_limit.is_none() {
-            if let Some(l) = self.admit_on_lease(project, worst) {
-                hold.lease = Some((l, worst.0));
-                return Ok(hold);
-            }
-            if self.ledger.is_frozen(&project.id) && !self.is_up() {
-                hold.settled = true;
-                return Err(GatewayError::PolicyBlocked(
-                    PolicyCode::ProjectFrozen,
-                    format!("Project {} is frozen by an operator", project.id),
-                ));
-            }
-        }
         let (store, joined) = match (self.store.load_full(), self.joined.load_full()) {
             (Some(s), Some(j)) if self.up.load(Ordering::Acquire) => (s, j),
             _ => {
@@ -1380,8 +1388,8 @@ fn text(v: &redis::Value) -> Option<String> {
 }
 
 fn observe(op: &str, started: Instant) {
-    if let Some(m) = crate::metrics::get() {
-        m.fleet_roundtrip
+    if let Some(m) = crate::metrics::fleet() {
+        m.roundtrip
             .with_label_values(&[op])
             .observe(started.elapsed().as_secs_f64());
     }
