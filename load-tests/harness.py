@@ -39,14 +39,16 @@ KEY = "tg_bench_key_0000000000001"
 AGENT_KEY = "tg_bench_agent_key_00000001"
 
 
-def tollgate_toml(port, upstream, store_path, admin_port=None):
+def tollgate_toml(port, upstream, store_path, admin_port=None, rate_limits=True):
     """Tollgate with everything on, forwarding model `gpt-*` to `upstream` ("host:port"): key
     auth, the secret detectors and a block pattern, an output cap, a budget (reserved and
     settled on every request), rpm and tpm limits, usage counting, the SQLite ledger. The
     provider key comes from BENCH_PROVIDER_KEY, the admin token (when `admin_port` is given)
-    from BENCH_ADMIN_TOKEN."""
+    from BENCH_ADMIN_TOKEN. `rate_limits=False` drops the rpm/tpm limits and keeps the rest
+    (fleet.py: in fleet mode only a project without them can run on leases)."""
     admin = (f'admin_listen = "127.0.0.1:{admin_port}"\nadmin_token_env = "BENCH_ADMIN_TOKEN"\n'
              if admin_port else "")
+    rate = "rate_limit = { rpm = 100000000, tpm = 100000000000 }\n" if rate_limits else ""
     return f"""[server]
 listen = "127.0.0.1:{port}"
 {admin}threads = 1
@@ -84,16 +86,14 @@ max_output_tokens = 64000
 id = "bench"
 keys = ["{KEY}"]
 budget = {{ limit_usd = 1000000.0, period = "month" }}
-rate_limit = {{ rpm = 100000000, tpm = 100000000000 }}
-block_secrets = true
+{rate}block_secrets = true
 block_patterns = ["(?i)internal use only"]
 max_tokens = 4096
 [[projects]]
 id = "agents"
 keys = ["{AGENT_KEY}"]
 budget = {{ limit_usd = 1000000.0, period = "month" }}
-rate_limit = {{ rpm = 100000000, tpm = 100000000000 }}
-block_secrets = true
+{rate}block_secrets = true
 block_patterns = ["(?i)internal use only"]
 """
 

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Tollgate's whole test suite on a fresh Debian machine: installs what the build and the tests
-# need (apt: cmake for pingora's zlib-ng, redis-server for the fleet store's tests,
+# need (apt: cmake for pingora's zlib-ng, redis-server for the fleet store's tests and fleet.py,
 # sqlite3 for looking into the store,
 # openssl for the TLS tests, systemd for `systemd-analyze`, prometheus for `promtool`,
 # python3-venv for the SDK tests, nodejs and npm for the Node SDK tests,
 # wrk and nginx-light for the load-test smoke run; PyPI: the official openai and anthropic
 # SDKs; npm: the official openai and @anthropic-ai/sdk packages, pinned by
 # tests/node/package-lock.json), then runs the Rust unit and integration tests, the SDK
-# end-to-end tests (Python, then Node) and a few seconds of the load-test harness (so it
-# cannot rot; no timing is asserted).
+# end-to-end tests (Python, then Node) and a few seconds of the load-test harnesses, fleet mode on
+# Redis included (so they cannot rot; no timing is asserted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,4 +69,5 @@ tests/agents/run.sh
 
 echo "== load-test harness smoke run (debug build, a few seconds, no peers)"
 python3 load-tests/bench.py --smoke --bin-dir target/debug
+python3 load-tests/fleet.py --smoke --bin-dir target/debug
 python3 load-tests/agents.py --smoke --bin-dir target/debug
