@@ -49,8 +49,12 @@ const RATE_EXPIRE_S: u32 = 180;
 const TICK: Duration = Duration::from_millis(500);
 /// Settles replayed per tick at most.
 const REPLAY_BATCH: usize = 512;
-/// Decision records kept in the fleet's stream (approximately: `MAXLEN ~`).
-pub const STREAM_MAX: usize = 10_000;
+/// Records per stream entry at most, and how long the writer waits for a burst to fill one.
+const STREAM_BATCH: usize = 64;
+const STREAM_LINGER: Duration = Duration::from_millis(20);
+/// Stream entries kept (approximately: `MAXLEN ~`): at least this many recent records, and
+/// at most [`STREAM_BATCH`] times as many.
+pub const STREAM_MAX_ENTRIES: usize = 1_000;
 /// Ticks between two reaps of every project's expired holds (every 5 s).
 const REAP_EVERY: u32 = 10;
 /// Instances not seen for this long are dropped from `/admin/fleet`.
@@ -1295,33 +1299,48 @@ impl Fleet {
         let _ = self.stream.try_send(json);
     }
 
-    /// Pipelines records to the stream. A batch that fails (Redis down) is kept and tried
-    /// again; meanwhile new records wait in the bounded channel, and past its capacity they
-    /// are dropped from the stream only (SQLite has every one).
+    /// Writes records to the stream, up to [`STREAM_BATCH`] records per entry (one JSON per
+    /// line, oldest first), so the stream costs one XADD per batch, not per request. A batch
+    /// that fails (Redis down) is kept and tried again; meanwhile new records wait in the
+    /// bounded channel, and past its capacity they are dropped from the stream only (SQLite has
+    /// every one).
     async fn stream_writer(self: Arc<Self>) {
         let rx = self.stream_rx.lock().ok().and_then(|mut r| r.take());
         let Some(mut rx) = rx else { return };
-        let mut batch = Vec::with_capacity(256);
+        let mut batch: Vec<String> = Vec::with_capacity(STREAM_BATCH);
         loop {
-            if batch.is_empty() && rx.recv_many(&mut batch, 256).await == 0 {
-                return;
+            if batch.is_empty() {
+                if rx.recv_many(&mut batch, STREAM_BATCH).await == 0 {
+                    return;
+                }
+                // Let a burst fill the entry a little (the stream is for people, not a hot path).
+                tokio::time::sleep(STREAM_LINGER).await;
+                let room = STREAM_BATCH - batch.len();
+                if room > 0 {
+                    while let Ok(d) = rx.try_recv() {
+                        batch.push(d);
+                        if batch.len() >= STREAM_BATCH {
+                            break;
+                        }
+                    }
+                }
             }
             let sent = match self.store.load_full() {
                 Some(store) => {
-                    let mut pipe = redis::pipe();
-                    for d in &batch {
-                        pipe.cmd("XADD")
-                            .arg(STREAM_KEY)
-                            .arg("MAXLEN")
-                            .arg("~")
-                            .arg(STREAM_MAX)
-                            .arg("*")
-                            .arg("d")
-                            .arg(d)
-                            .ignore();
-                    }
+                    let entry = batch.join("\n");
                     let started = Instant::now();
-                    let r = store.pipeline(&pipe).await;
+                    let r = store
+                        .command(
+                            redis::cmd("XADD")
+                                .arg(STREAM_KEY)
+                                .arg("MAXLEN")
+                                .arg("~")
+                                .arg(STREAM_MAX_ENTRIES)
+                                .arg("*")
+                                .arg("d")
+                                .arg(entry),
+                        )
+                        .await;
                     observe("stream", started);
                     r.is_ok()
                 }
@@ -1335,44 +1354,72 @@ impl Fleet {
         }
     }
 
-    /// The fleet's recent decision records, newest first: (stream id, JSON).
+    /// The fleet's recent decision records, newest first: (cursor, JSON). A cursor is
+    /// `<stream id>.<index in its entry>`; `before` returns what is older than one.
     pub async fn decisions(
         &self,
         limit: usize,
         before: Option<&str>,
     ) -> Option<Vec<(String, String)>> {
         let store = self.store.load_full()?;
-        let end = match before {
+        let (entry, skip_from) = match before.and_then(|c| c.rsplit_once('.')) {
+            Some((id, i)) => (Some(id.to_string()), i.parse::<usize>().ok()),
+            None => (before.map(str::to_string), None),
+        };
+        let mut out = Vec::with_capacity(limit);
+        let mut end = match &entry {
+            // The entry of the cursor is read again, for its older records.
+            Some(id) if skip_from.is_some() => id.clone(),
             Some(id) => format!("({id}"),
             None => "+".to_string(),
         };
-        let started = Instant::now();
-        let r = store
-            .command(
-                redis::cmd("XREVRANGE")
-                    .arg(STREAM_KEY)
-                    .arg(end)
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(limit),
-            )
-            .await;
-        observe("read", started);
-        let redis::Value::Array(entries) = r.ok()? else {
-            return None;
-        };
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            let redis::Value::Array(parts) = e else {
-                continue;
+        let mut first = true;
+        while out.len() < limit {
+            let started = Instant::now();
+            let r = store
+                .command(
+                    redis::cmd("XREVRANGE")
+                        .arg(STREAM_KEY)
+                        .arg(&end)
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(limit.div_ceil(8).max(4)),
+                )
+                .await;
+            observe("read", started);
+            let redis::Value::Array(entries) = r.ok()? else {
+                return None;
             };
-            let (Some(id), Some(redis::Value::Array(fields))) =
-                (parts.first().and_then(text), parts.get(1))
-            else {
-                continue;
-            };
-            if let Some(d) = fields.get(1).and_then(text) {
-                out.push((id, d));
+            let got = entries.len();
+            for e in entries {
+                let redis::Value::Array(parts) = e else {
+                    continue;
+                };
+                let (Some(id), Some(redis::Value::Array(fields))) =
+                    (parts.first().and_then(text), parts.get(1))
+                else {
+                    continue;
+                };
+                let Some(body) = fields.get(1).and_then(text) else {
+                    continue;
+                };
+                let lines: Vec<&str> = body.split('\n').collect();
+                // Newest last within an entry.
+                let upto = match (first, entry.as_deref(), skip_from) {
+                    (true, Some(cur), Some(i)) if cur == id => i.min(lines.len()),
+                    _ => lines.len(),
+                };
+                for i in (0..upto).rev() {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    out.push((format!("{id}.{i}"), lines[i].to_string()));
+                }
+                end = format!("({id}");
+                first = false;
+            }
+            if got == 0 {
+                break;
             }
         }
         Some(out)
