@@ -573,17 +573,32 @@ impl FleetStore {
     }
 
     /// Carry `amounts` (what this instance's own ledger holds for each budget key) into the
-    /// fleet's counters, once per (generation, member, project).
+    /// fleet's counters, once per (generation, member, project); `in_flight` (hold id, TTL,
+    /// an amount per key) holds the worst cases of the member's requests still in flight
+    /// from a lost generation, until it settles that hold.
     pub async fn join(
         &self,
         project: &ProjectKeys,
         generation: &str,
         member: &str,
         amounts: &[AccountActual],
+        in_flight: Option<(&str, u32, &[Nanos])>,
     ) -> Result<Joined, FleetError> {
         let mut args = vec![generation.to_string(), member.to_string()];
         for a in amounts {
             args.push(checked(a.actual, "amount")?.to_string());
+        }
+        if let Some((id, ttl, held)) = in_flight {
+            if held.len() != amounts.len() {
+                return Err(FleetError::BadArgument(
+                    "one held amount per budget key".into(),
+                ));
+            }
+            args.push(id.to_string());
+            args.push(ttl.to_string());
+            for h in held {
+                args.push(checked(*h, "held")?.to_string());
+            }
         }
         let keys = amounts.iter().map(|a| a.key.as_str());
         let r = self.fcall("FCALL", "tg_join", project, keys, &args).await?;

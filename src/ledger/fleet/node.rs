@@ -127,6 +127,9 @@ pub struct Fleet {
     leases: ArcSwap<HashMap<String, Arc<ProjectLeases>>>,
     /// Live instances (from the heartbeats): a slice is a share of what is left among them.
     peers: AtomicU64,
+    /// Holds made at a join for requests in flight from a lost generation, released when the
+    /// last of them ends (background task only).
+    rebuild_holds: Mutex<Vec<RebuildHold>>,
 }
 
 /// What a settle sends to Redis, also the row kept in SQLite until Redis applied it.
@@ -154,6 +157,8 @@ pub struct FleetHold {
     settled: bool,
     /// Admitted locally against this lease (holding `worst` of it), not by a hold of its own.
     lease: Option<(Arc<Lease>, u64)>,
+    /// Counted in flight here (with its worst case) until it settles.
+    open: Option<(Arc<OpenCounter>, u64)>,
 }
 
 /// A lease: a hold in Redis owned by this instance, which admits requests against it locally.
@@ -192,9 +197,38 @@ impl LeaseUse {
     }
 }
 
-/// A project's lease state on this instance.
+struct RebuildHold {
+    project: String,
+    id: String,
+    key: String,
+    counter: Arc<OpenCounter>,
+}
+
+/// Worst cases of this instance's requests in flight on a project, admitted in one generation.
+#[derive(Default)]
+pub struct OpenCounter {
+    worst: AtomicU64,
+    count: AtomicU64,
+}
+
+impl OpenCounter {
+    fn add(&self, worst: u64) {
+        self.worst.fetch_add(worst, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn done(&self, worst: u64) {
+        self.worst.fetch_sub(worst, Ordering::Relaxed);
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A project's state on this instance: its leases and its requests in flight.
 #[derive(Default)]
 struct ProjectLeases {
+    /// Requests in flight admitted in the generation joined now; swapped for a fresh one when a
+    /// new generation is joined (the old one then backs that generation's in-flight hold).
+    open: ArcSwap<OpenCounter>,
     current: ArcSwapOption<Lease>,
     /// Σ worst cases admitted (any path) since the last tick: the demand a new slice serves.
     demand: AtomicU64,
@@ -214,6 +248,9 @@ impl FleetHold {
     /// local account's snapshot count at the local settle ([`crate::ledger::Reservation::settle_seen`]).
     pub fn settle(mut self, actual: Nanos, tokens: u64, seen: u64) {
         self.settled = true;
+        if let Some((c, w)) = self.open.take() {
+            c.done(w);
+        }
         if let Some((lease, worst)) = self.lease.take() {
             let tag = self.fleet.tags.load().tag(&lease.project, seen);
             self.fleet.ticket_done(&lease, worst, tag, actual.0);
@@ -225,6 +262,9 @@ impl FleetHold {
 
 impl Drop for FleetHold {
     fn drop(&mut self) {
+        if let Some((c, w)) = self.open.take() {
+            c.done(w);
+        }
         if let Some((lease, worst)) = self.lease.take() {
             if !self.settled {
                 self.settled = true;
@@ -273,6 +313,7 @@ impl Fleet {
             this: std::sync::OnceLock::new(),
             leases: ArcSwap::from_pointee(HashMap::new()),
             peers: AtomicU64::new(1),
+            rebuild_holds: Mutex::new(Vec::new()),
         });
         let _ = fleet.this.set(Arc::downgrade(&fleet));
         if let Some(m) = crate::metrics::fleet() {
@@ -322,8 +363,9 @@ impl Fleet {
     ) -> Result<FleetHold, GatewayError> {
         let needs_fleet = project.budget.is_some() || project.rate_limit.is_some();
         if self.settings.leases && project.rate_limit.is_none() {
-            if let Some(l) = self.admit_on_lease(project, worst) {
+            if let Some((l, open)) = self.admit_on_lease(project, worst) {
                 // The fast path: no Redis call and no key to build.
+                open.add(worst.0);
                 return Ok(FleetHold {
                     fleet: self.clone(),
                     id: String::new(),
@@ -333,6 +375,7 @@ impl Fleet {
                     remaining: None,
                     settled: false,
                     lease: Some((l, worst.0)),
+                    open: Some((open, worst.0)),
                 });
             }
             if self.ledger.is_frozen(&project.id) && !self.is_up() {
@@ -356,6 +399,7 @@ impl Fleet {
             remaining: None,
             settled: false,
             lease: None,
+            open: None,
         };
         let (store, joined) = match (self.store.load_full(), self.joined.load_full()) {
             (Some(s), Some(j)) if self.up.load(Ordering::Acquire) => (s, j),
@@ -449,6 +493,9 @@ impl Fleet {
         match answer.value {
             Answered::Reserved(r) => {
                 hold.remaining = project.budget.and(r.remaining.first().copied().flatten());
+                let open = self.project_leases(&project.id).open.load_full();
+                open.add(worst.0);
+                hold.open = Some((open, worst.0));
                 Ok(hold)
             }
             Answered::Refused(r) => {
@@ -525,7 +572,11 @@ impl Fleet {
 
     /// Lease mode: admit against this instance's current lease of the project, if it has
     /// room; `None` sends the request to a hold of its own (and asks for a lease).
-    fn admit_on_lease(&self, project: &Project, worst: Nanos) -> Option<Arc<Lease>> {
+    fn admit_on_lease(
+        &self,
+        project: &Project,
+        worst: Nanos,
+    ) -> Option<(Arc<Lease>, Arc<OpenCounter>)> {
         let pl = self.project_leases(&project.id);
         pl.demand.fetch_add(worst.0, Ordering::Relaxed);
         pl.max_worst.fetch_max(worst.0, Ordering::Relaxed);
@@ -536,8 +587,11 @@ impl Fleet {
             return None;
         }
         let lease = pl.current.load_full();
+        let joined = self.joined.load();
         let admitted = lease.filter(|l| {
-            if Instant::now() >= l.deadline {
+            // A lease of a generation Redis lost is gone: its budget is no longer held.
+            let current = joined.as_ref().is_some_and(|g| **g == *l.gen);
+            if !current || Instant::now() >= l.deadline {
                 return false;
             }
             let mut u = lock_use(l);
@@ -555,7 +609,7 @@ impl Fleet {
             pl.wanted.store(true, Ordering::Relaxed);
             self.wake();
         }
-        admitted
+        admitted.map(|l| (l, pl.open.load_full()))
     }
 
     /// A request admitted on `lease` finished: it no longer holds `worst`, and cost `actual`
@@ -748,6 +802,23 @@ impl Fleet {
             if let Some(old) = old {
                 self.retire(&old);
             }
+        }
+    }
+
+    /// Release each rebuild hold whose requests have all ended.
+    fn release_rebuild_holds(&self) {
+        let done: Vec<RebuildHold> = match self.rebuild_holds.lock().as_mut() {
+            Ok(v) => {
+                let (done, keep) = std::mem::take(&mut **v)
+                    .into_iter()
+                    .partition(|h| h.counter.count.load(Ordering::Acquire) == 0);
+                **v = keep;
+                done
+            }
+            Err(_) => return,
+        };
+        for h in done {
+            self.release_unknown(&h.project, &h.id, &h.key);
         }
     }
 
@@ -993,6 +1064,7 @@ impl Fleet {
             let _ = self.heartbeat(&store).await;
             let _ = self.poll_freezes(&store).await;
             self.replay().await;
+            self.release_rebuild_holds();
             if self.settings.leases {
                 self.manage_leases(&store).await;
             }
@@ -1039,8 +1111,15 @@ impl Fleet {
             if snap != next {
                 log::error!("fleet: snapshot count of {} moved under the join", p.id);
             }
+            // Requests still in flight from another generation (Redis lost their holds): held
+            // again in this one until they end.
+            let pl = self.project_leases(&p.id);
+            let old = pl.open.swap(Arc::new(OpenCounter::default()));
+            let in_flight = old.worst.load(Ordering::Relaxed);
             let now = crate::clock::unix_secs();
             let key = keys.budget(AccountKind::Project, &p.id, period_of(p), now);
+            let rebuild_id = format!("rebuild:{}", self.next_hold_id());
+            let held = [Nanos(in_flight)];
             let started = Instant::now();
             let r = store
                 .join(
@@ -1048,11 +1127,31 @@ impl Fleet {
                     &gen,
                     &self.instance,
                     &[AccountActual {
-                        key,
+                        key: key.clone(),
                         actual: amount,
                     }],
+                    (in_flight > 0).then_some((
+                        rebuild_id.as_str(),
+                        self.settings.hold_ttl_s,
+                        &held[..],
+                    )),
                 )
                 .await;
+            match &r {
+                Ok(Joined::Added) if in_flight > 0 => {
+                    if let Ok(m) = self.rebuild_holds.lock().as_mut() {
+                        m.push(RebuildHold {
+                            project: p.id.clone(),
+                            id: rebuild_id,
+                            key,
+                            counter: old,
+                        });
+                    }
+                }
+                Ok(Joined::Added | Joined::Already) => {}
+                // Not joined: these requests still count as this generation's, for the retry.
+                Ok(Joined::Stale(_)) | Err(_) => pl.open.store(old),
+            }
             observe("join", started);
             match r? {
                 Joined::Added if amount > Nanos::ZERO => log::info!(

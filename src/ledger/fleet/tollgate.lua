@@ -718,7 +718,8 @@ end
 
 --[[ tg_join
 KEYS: the 5 meta keys, then 0..16 budget keys. ARGV: generation, member (the instance id), then
-the amount per budget key that this instance's own ledger holds for it.
+the amount per budget key that this instance's own ledger holds for it; optionally then a hold
+id, ttl_s and an amount per key to hold for the member's requests still in flight.
 Once per (generation, member, project): committed += amount on each key. This is how the spend
 an instance recorded before it joined this generation (a single instance moving to fleet mode,
 or every instance after Redis lost its data) is carried into the fleet's counters.
@@ -729,14 +730,29 @@ local function tg_join(keys, args)
   if not n then
     return err
   end
-  if #args ~= 2 + n or not id_ok(args[1]) or not id_ok(args[2]) then
-    return argerr('want generation, member and an amount for each of ' .. n .. ' budget keys')
+  local with_hold = #args == 2 + n + 2 + n
+  if (#args ~= 2 + n and not with_hold) or not id_ok(args[1]) or not id_ok(args[2]) then
+    return argerr('want generation, member, an amount for each of ' .. n .. ' budget keys, and optionally hold_id, ttl_s and a held amount for each')
   end
-  local amounts = {}
+  local amounts, held = {}, {}
   for i = 1, n do
     amounts[i] = int_arg(args[2 + i], 0)
     if not amounts[i] then
       return argerr('amount ' .. (i - 1) .. ' must be an integer in 0..' .. dec(MAX))
+    end
+  end
+  local hold_id, ttl
+  if with_hold then
+    hold_id = args[3 + n]
+    ttl = int_arg(args[4 + n], 1)
+    if not id_ok(hold_id) or not ttl or ttl > MAX_TTL_S then
+      return argerr('hold_id must be 1..' .. MAX_ID .. ' bytes and ttl_s in 1..' .. MAX_TTL_S)
+    end
+    for i = 1, n do
+      held[i] = int_arg(args[4 + n + i], 0)
+      if not held[i] then
+        return argerr('held ' .. (i - 1) .. ' must be an integer in 0..' .. dec(MAX))
+      end
     end
   end
   local gen = generation()
@@ -750,6 +766,23 @@ local function tg_join(keys, args)
     if amounts[i] ~= 0 then
       redis.call('HINCRBY', keys[META + i], 'committed', dec(amounts[i]))
     end
+  end
+  if with_hold and not redis.call('HGET', keys[2], hold_id) and not redis.call('HGET', keys[4], hold_id) then
+    -- The worst cases of this member's requests still in flight from the lost generation: held
+    -- (no limit check: they were admitted) until the member settles this hold when they end.
+    local now = now_ms()
+    local expires = now + ttl * 1000
+    local ks, ms = {}, {}
+    for i = 1, n do
+      ks[i] = keys[META + i]
+      ms[i] = dec(held[i])
+      if held[i] ~= 0 then
+        redis.call('HINCRBY', ks[i], 'held', dec(held[i]))
+      end
+    end
+    local res = { 'ok', '0', dec(expires) }
+    redis.call('HSET', keys[2], hold_id, cjson.encode({ o = args[2], e = dec(expires), t = dec(ttl), k = ks, m = ms, r = res }))
+    redis.call('ZADD', keys[3], expires, hold_id)
   end
   return { 'joined', gen }
 end
