@@ -10,14 +10,16 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::redis::{RedisServer, Reply};
+use common::fault_proxy::FaultProxy;
+use common::redis::{Persistence, RedisServer, Reply};
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// The instances' ids, in start order.
 const IDS: [&str; 3] = ["gw-a", "gw-b", "gw-c"];
@@ -26,12 +28,21 @@ const URL_ENV: &str = "TOLLGATE_REDIS_URL";
 const IN_NANOS: u64 = 3_000;
 const OUT_NANOS: u64 = 15_000;
 
-/// Field order matters for drop: the gateways go first, then the mock, then Redis.
+/// Field order matters for drop: the gateways go first, then the ones killed earlier (their
+/// temp dirs hold the config and SQLite file a restarted instance runs on), then the fault
+/// proxies, the mock, and Redis.
 struct Fleet {
     gws: Vec<Gateway>,
+    dead: Vec<Gateway>,
     /// Each gateway's base URL (a `Gateway` is not `Sync`; threads take these).
     urls: Vec<String>,
     admins: Vec<u16>,
+    /// The fault proxy between instance `i` and Redis, if it has one.
+    proxies: Vec<Option<FaultProxy>>,
+    /// The URL instance `i` reaches Redis at (its proxy's, or Redis's own).
+    redis_urls: Vec<String>,
+    /// Instance `i`'s SQLite ledger (the same file across its restarts).
+    dbs: Vec<PathBuf>,
     mock: Mock,
     redis: RedisServer,
 }
@@ -39,43 +50,125 @@ struct Fleet {
 impl Fleet {
     /// The last lines of instance `gw`'s log, for failure messages.
     fn tail(&self, gw: usize) -> String {
-        let log = self.gws[gw].log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        tail_of(&self.gws[gw])
+    }
+
+    /// Instance `gw`'s fault proxy (it must have one).
+    fn proxy(&self, gw: usize) -> &FaultProxy {
+        self.proxies[gw]
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} has no fault proxy", IDS[gw]))
+    }
+
+    /// `kill -9` instance `gw` and reap it (it stays in `gws` until [`Fleet::restart`]).
+    fn kill9(&mut self, gw: usize) {
+        self.gws[gw].kill9();
+        assert!(!self.gws[gw].is_running(), "{} is gone", IDS[gw]);
+    }
+
+    /// Start instance `gw` again on its own config and SQLite file (after [`Fleet::kill9`],
+    /// or a graceful stop); it gets new ports.
+    fn restart(&mut self, gw: usize) {
+        let mut env = env_with_admin();
+        env.push((URL_ENV, self.redis_urls[gw].as_str()));
+        let mut next = Gateway::spawn_on(&self.gws[gw].config_path, &[], &env);
+        next.wait_listening();
+        let health = next.url("/healthz");
+        eventually(&format!("{} answers again", IDS[gw]), || {
+            try_request("GET", &health, &[], None).is_ok_and(|r| r.status == 200)
+        });
+        self.urls[gw] = next.url("");
+        self.admins[gw] = next.admin_port();
+        let old = std::mem::replace(&mut self.gws[gw], next);
+        self.dead.push(old);
+    }
+}
+
+fn tail_of(gw: &Gateway) -> String {
+    let log = gw.log();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// How a test's fleet is started.
+struct Opts {
+    n: usize,
+    projects: String,
+    hold_ttl_s: u32,
+    /// `[fleet] rebuild_grace_ms`; the default when `None`.
+    rebuild_grace_ms: Option<u64>,
+    persistence: Persistence,
+    /// Instances that reach Redis through a fault proxy of their own.
+    proxied: Vec<usize>,
+}
+
+impl Opts {
+    /// `n` instances with `projects`, hold TTL 900 s, AOF on, no proxy.
+    fn new(n: usize, projects: &str) -> Opts {
+        Opts {
+            n,
+            projects: projects.to_string(),
+            hold_ttl_s: 900,
+            rebuild_grace_ms: None,
+            persistence: Persistence::Aof,
+            proxied: Vec::new(),
+        }
     }
 }
 
 /// The `[fleet]` section of instance `id` (per-request holds: no leases).
+#[allow(dead_code)]
 fn fleet_section(id: &str) -> String {
+    fleet_section_with(id, 900, None)
+}
+
+fn fleet_section_with(id: &str, hold_ttl_s: u32, rebuild_grace_ms: Option<u64>) -> String {
+    let grace = rebuild_grace_ms.map_or(String::new(), |g| format!("rebuild_grace_ms = {g}\n"));
     format!(
-        "\n[fleet]\nredis_url_env = \"{URL_ENV}\"\ninstance = \"{id}\"\nhold_ttl_s = 900\ntimeout_ms = 1000\nleases = false\n"
+        "\n[fleet]\nredis_url_env = \"{URL_ENV}\"\ninstance = \"{id}\"\nhold_ttl_s = {hold_ttl_s}\ntimeout_ms = 1000\n{grace}leases = false\n"
     )
 }
 
 /// `n` instances (`IDS[..n]`) on one Redis (AOF on) and one mock; `projects` replaces the
 /// standard config's projects on every instance.
 fn start_fleet(n: usize, projects: &str) -> Fleet {
-    let redis = RedisServer::start();
+    start(Opts::new(n, projects))
+}
+
+fn start(o: Opts) -> Fleet {
+    let redis = RedisServer::start_with(o.persistence);
     let mock = Mock::start();
-    let url = redis.url();
-    let mut env = env_with_admin();
-    env.push((URL_ENV, url.as_str()));
     let mut gws = Vec::new();
     let mut admins = Vec::new();
-    for id in &IDS[..n] {
+    let mut proxies = Vec::new();
+    let mut redis_urls = Vec::new();
+    for (i, id) in IDS[..o.n].iter().enumerate() {
+        let proxy = o
+            .proxied
+            .contains(&i)
+            .then(|| FaultProxy::start(redis.addr()));
+        let url = proxy.as_ref().map_or(redis.url(), FaultProxy::redis_url);
+        let mut env = env_with_admin();
+        env.push((URL_ENV, url.as_str()));
         let body = format!(
             "{}{}",
-            body_with_projects(&mock, projects),
-            fleet_section(id)
+            body_with_projects(&mock, &o.projects),
+            fleet_section_with(id, o.hold_ttl_s, o.rebuild_grace_ms)
         );
         let gw = Gateway::start_with(&body, &format!("{ADMIN_EXTRA}grace_period_s = 5"), &env);
         admins.push(gw.admin_port());
         gws.push(gw);
+        proxies.push(proxy);
+        redis_urls.push(url);
     }
     Fleet {
         urls: gws.iter().map(|g| g.url("")).collect(),
+        dbs: gws.iter().map(|g| g.dir.path().join("ledger.db")).collect(),
         gws,
+        dead: Vec::new(),
         admins,
+        proxies,
+        redis_urls,
         mock,
         redis,
     }
@@ -147,17 +240,46 @@ fn send(urls: &[String], gw: usize, path: &str, headers: &[(&str, &str)], body: 
 /// An Anthropic Messages request on claude-sonnet-4 asking for `tokens` output tokens, the
 /// mock answering exactly that many after `latency_ms`.
 fn sonnet(urls: &[String], gw: usize, tokens: u64, latency_ms: u64) -> Shot {
+    sonnet_as(urls, gw, KEY, tokens, latency_ms)
+}
+
+/// [`sonnet`] with project key `key`.
+fn sonnet_as(urls: &[String], gw: usize, key: &str, tokens: u64, latency_ms: u64) -> Shot {
     let (t, l) = (tokens.to_string(), latency_ms.to_string());
     send(
         urls,
         gw,
         "/v1/messages",
         &[
-            ("x-api-key", KEY),
+            ("x-api-key", key),
             ("x-mock-tokens", &t),
             ("x-mock-latency-ms", &l),
         ],
         &chat("claude-sonnet-4", tokens),
+    )
+}
+
+/// A streamed Messages request on claude-sonnet-4 to the instance at `base`: `tokens` output
+/// tokens, one stream event every `chunk_ms`. `Err` when the connection broke (the instance
+/// died under it).
+fn sonnet_stream(base: &str, tokens: u64, chunk_ms: u64) -> Result<Resp, String> {
+    let body = json!({
+        "model": "claude-sonnet-4",
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": tokens,
+        "stream": true,
+    })
+    .to_string();
+    let (t, c) = (tokens.to_string(), chunk_ms.to_string());
+    try_request(
+        "POST",
+        &format!("{base}/v1/messages"),
+        &[
+            ("x-api-key", KEY),
+            ("x-mock-tokens", &t),
+            ("x-mock-chunk-delay-ms", &c),
+        ],
+        Some(body.as_bytes()),
     )
 }
 
@@ -243,21 +365,116 @@ fn recorded_cost(fleet: &Fleet, project: &str, allowed: &[usize]) -> i64 {
 
 /// What the mock served, priced as claude-sonnet-4 from the mock's own usage rules.
 fn mock_cost(mock: &Mock) -> i64 {
+    mock_cost_where(mock, |_| true)
+}
+
+/// The `x-mock-tokens` a recorded mock request asked for (8 when none).
+fn asked_tokens(r: &Value) -> u64 {
+    req_header(r, "x-mock-tokens")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(8)
+}
+
+/// [`mock_cost`] of the recorded requests `pick` selects.
+fn mock_cost_where(mock: &Mock, pick: impl Fn(&Value) -> bool) -> i64 {
     mock.requests()
         .iter()
+        .filter(|r| pick(r))
         .map(|r| {
             assert_eq!(r["path"], "/v1/messages", "only Messages in these tests");
             let body: Value = serde_json::from_str(r["body"].as_str().unwrap_or("")).expect("body");
             let prompt = r["body_len"].as_u64().expect("body_len").div_ceil(4);
-            let asked: u64 = req_header(r, "x-mock-tokens")
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(8);
-            let completion = asked
+            let completion = asked_tokens(r)
                 .min(body["max_tokens"].as_u64().unwrap_or(u64::MAX))
                 .min(4096);
             (prompt * IN_NANOS + completion * OUT_NANOS) as i64
         })
         .sum()
+}
+
+/// The Redis hash `tg:{p:PROJECT}:<what>` (`holds` or `done`), each value parsed as JSON.
+fn records_in(redis: &RedisServer, project: &str, what: &str) -> BTreeMap<String, Value> {
+    redis
+        .hgetall(&format!("tg:{{p:{project}}}:{what}"))
+        .into_iter()
+        .map(|(id, raw)| {
+            let v = serde_json::from_str(&raw)
+                .unwrap_or_else(|e| panic!("{what} record {id} is not JSON ({e}): {raw}"));
+            (id, v)
+        })
+        .collect()
+}
+
+/// The open holds of `project` in Redis: id → record (`o` its instance, `e` its expiry in
+/// server ms, `m` the amount held on each account).
+fn open_holds(redis: &RedisServer, project: &str) -> BTreeMap<String, Value> {
+    records_in(redis, project, "holds")
+}
+
+/// The tombstones of `project` (settled, corrected, burned, charged, void): id → record
+/// (`s` what happened, `x` the actuals of a settle, `b` when a burn happened).
+fn tombstones(redis: &RedisServer, project: &str) -> BTreeMap<String, Value> {
+    records_in(redis, project, "done")
+}
+
+/// A decimal-string field of a Lua record as an integer.
+fn int_field(v: &Value) -> i64 {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| v.as_i64())
+        .unwrap_or_else(|| panic!("not an integer: {v}"))
+}
+
+/// The amount a hold (or a burned hold's tombstone) holds on its one account.
+fn held_amount(rec: &Value) -> i64 {
+    int_field(&rec["m"][0])
+}
+
+/// Integer `SELECT` on an instance's SQLite ledger (read with its own connection while the
+/// instance runs, or after it died).
+fn sqlite_i64(db: &Path, sql: &str, args: &[&str]) -> i64 {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .unwrap_or_else(|e| panic!("open {}: {e}", db.display()));
+    c.busy_timeout(Duration::from_secs(5))
+        .expect("busy_timeout");
+    c.query_row(sql, rusqlite::params_from_iter(args), |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql} on {}: {e}", db.display()))
+}
+
+/// What an instance's own ledger says it spent on `project` (every period).
+fn sqlite_spend(db: &Path, project: &str) -> i64 {
+    sqlite_i64(
+        db,
+        "SELECT COALESCE(SUM(spent_nanos), 0) FROM spend WHERE project = ?1",
+        &[project],
+    )
+}
+
+/// Σ over the fleet's instances of [`sqlite_spend`].
+fn fleet_sqlite_spend(fleet: &Fleet, project: &str) -> i64 {
+    fleet.dbs.iter().map(|db| sqlite_spend(db, project)).sum()
+}
+
+/// An instance's settle queue (`fleet_settles`): hold id → the settle it will send.
+fn sqlite_queue(db: &Path) -> BTreeMap<String, Value> {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .unwrap_or_else(|e| panic!("open {}: {e}", db.display()));
+    c.busy_timeout(Duration::from_secs(5))
+        .expect("busy_timeout");
+    let mut st = c
+        .prepare("SELECT hold_id, body FROM fleet_settles")
+        .expect("prepare");
+    let rows = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .expect("query fleet_settles");
+    rows.map(|r| {
+        let (id, body) = r.expect("row");
+        (
+            id,
+            serde_json::from_str(&body).expect("settle body is JSON"),
+        )
+    })
+    .collect()
 }
 
 /// Sets the flag when dropped: load threads stop even when the test panics (a scope joins
@@ -648,4 +865,251 @@ fn kill_redis(redis: &RedisServer) {
         .is_ok_and(|s| s.success());
     assert!(ok, "kill -9 redis-server");
     eventually("redis-server is gone", || redis.try_cmd(&["PING"]).is_err());
+}
+
+/// `budget = { limit_usd = L, period = "total" }`
+fn total_budget(limit_usd: f64) -> String {
+    format!("budget = {{ limit_usd = {limit_usd}, period = \"total\" }}")
+}
+
+/// Each of gw-a's holds (as they were while open) is either still open, and counted in
+/// `held`, or burned after its expiry into `committed`: never released without a settle.
+fn assert_still_counted(redis: &RedisServer, holds: &BTreeMap<String, Value>) {
+    let open = open_holds(redis, "p1");
+    let done = tombstones(redis, "p1");
+    for (id, rec) in holds {
+        if let Some(now) = open.get(id) {
+            assert_eq!(held_amount(now), held_amount(rec), "{id}: the same hold");
+            continue;
+        }
+        let t = done
+            .get(id)
+            .unwrap_or_else(|| panic!("hold {id} left Redis without a trace: {open:?} {done:?}"));
+        assert_eq!(t["s"], "burned", "{id} was never settled, only burned: {t}");
+        assert_eq!(
+            held_amount(t),
+            held_amount(rec),
+            "{id}: the whole worst case burns"
+        );
+        assert!(
+            int_field(&t["b"]) >= int_field(&rec["e"]),
+            "{id} burned at {} before it expired at {}",
+            t["b"],
+            rec["e"]
+        );
+    }
+}
+
+/// Issue 13, kill -9 one instance mid-stream: its open holds stay counted (held) until their
+/// TTL, then burn into committed (spent, never refunded); meanwhile the other instances admit
+/// only within what is left of the one limit; restarted on its own SQLite file, the instance
+/// replays the settles it had queued before the kill, once, and the holds of the streams that
+/// never finished stay burned. At rest, Redis = Σ SQLite + the burned worst cases.
+#[test]
+fn an_instance_killed_mid_stream_burns_its_holds_and_replays_its_queued_settles_once() {
+    // Worst cases: a streamed request asking for 120 tokens holds about $0.0021, one asking
+    // for 30 about $0.0008, a plain one for 100 about $0.0018 (it costs about $0.0016).
+    let limit_usd = 0.02;
+    let limit = 20_000_000;
+    let mut o = Opts::new(3, &p1(&total_budget(limit_usd)));
+    o.hold_ttl_s = 3;
+    o.proxied = vec![0];
+    let mut fleet = start(o);
+    let key = total_key("p1");
+    for gw in 0..3 {
+        for _ in 0..2 {
+            let s = sonnet(&fleet.urls, gw, 10, 0);
+            assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(gw));
+        }
+    }
+    let before = fleet.mock.count();
+
+    // On gw-a: three long streams (the kill cuts them) and two short ones, which end while
+    // gw-a cannot reach Redis, so their settles wait in its SQLite queue.
+    let a_holds: BTreeMap<String, Value> = std::thread::scope(|s| {
+        let base = fleet.urls[0].clone();
+        let long: Vec<_> = (0..3)
+            .map(|_| {
+                let b = base.clone();
+                s.spawn(move || sonnet_stream(&b, 120, 200))
+            })
+            .collect();
+        let short: Vec<_> = (0..2)
+            .map(|_| {
+                let b = base.clone();
+                s.spawn(move || sonnet_stream(&b, 30, 200))
+            })
+            .collect();
+        let mut holds = BTreeMap::new();
+        eventually(
+            "gw-a holds five worst cases and the mock streams them",
+            || {
+                holds = open_holds(&fleet.redis, "p1")
+                    .into_iter()
+                    .filter(|(_, r)| r["o"] == "gw-a")
+                    .collect();
+                holds.len() == 5 && fleet.mock.count() == before + 5
+            },
+        );
+        fleet.proxy(0).refuse();
+        for t in short {
+            let r = t
+                .join()
+                .expect("short stream")
+                .expect("a short stream ends normally");
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert!(
+                r.body.contains("message_stop"),
+                "the whole stream: {}",
+                r.body
+            );
+        }
+        eventually("gw-a queued its two settles in SQLite", || {
+            sqlite_queue(&fleet.dbs[0]).len() == 2
+        });
+        fleet.kill9(0);
+        for t in long {
+            let r = t.join().expect("long stream");
+            assert!(
+                !r.as_ref().is_ok_and(|r| r.body.contains("message_stop")),
+                "a long stream was cut by the kill: {r:?}"
+            );
+        }
+        holds
+    });
+
+    let queued = sqlite_queue(&fleet.dbs[0]);
+    let queued_actual: i64 = queued
+        .values()
+        .map(|b| b["actuals"][0].as_i64().expect("actual"))
+        .sum();
+    for (id, b) in &queued {
+        assert!(
+            a_holds.contains_key(id),
+            "queued {id} is one of gw-a's holds"
+        );
+        assert!(
+            b["actuals"][0].as_i64() > Some(0),
+            "a served stream costs: {b}"
+        );
+    }
+    let a_amount: i64 = a_holds.values().map(held_amount).sum();
+    let cut: BTreeMap<String, Value> = a_holds
+        .iter()
+        .filter(|(id, _)| !queued.contains_key(*id))
+        .map(|(id, r)| (id.clone(), r.clone()))
+        .collect();
+    assert_eq!(cut.len(), 3, "the three long streams' holds");
+    let cut_amount: i64 = cut.values().map(held_amount).sum();
+
+    // Right after the kill every hold of gw-a still counts, held or burned.
+    assert_still_counted(&fleet.redis, &a_holds);
+    eventually(
+        "Redis = Σ SQLite − what gw-a queued + gw-a's worst cases",
+        || {
+            let (c, h) = balance(&fleet.redis, &key);
+            c + h == fleet_sqlite_spend(&fleet, "p1") - queued_actual + a_amount
+        },
+    );
+
+    // Meanwhile the other instances admit only within what gw-a's holds leave of the limit.
+    let stop = AtomicBool::new(false);
+    let (bc_admitted, refused_at) = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                let (c, h) = balance(&fleet.redis, &key);
+                assert!(c + h <= limit, "committed {c} + held {h} > limit {limit}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let mut admitted = 0;
+        for i in 0..40 {
+            let s = sonnet(&fleet.urls, 1 + i % 2, 100, 0);
+            if s.status == 402 {
+                assert_eq!(s.code, "budget_exceeded", "{s:?}");
+                return (admitted, Some(balance(&fleet.redis, &key)));
+            }
+            assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(s.gw));
+            admitted += 1;
+        }
+        (admitted, None)
+    });
+    let (c1, h1) = refused_at.expect("gw-b and gw-c reach the limit");
+    assert!(bc_admitted >= 1, "there was room for some: {c1} {h1}");
+    let worst_bc = tombstones(&fleet.redis, "p1")
+        .values()
+        .find(|t| t["o"] == "gw-b")
+        .map(held_amount)
+        .expect("a settled hold of gw-b");
+    assert!(c1 + h1 <= limit, "{c1} + {h1} > {limit}");
+    assert!(
+        c1 + h1 - a_amount + worst_bc <= limit,
+        "without gw-a's holds there would have been room: the refusal counts them ({c1} + {h1}, gw-a {a_amount}, worst {worst_bc})"
+    );
+
+    // After their TTL the holds burn (the live instances reap every 5 s and on reserves).
+    eventually("gw-a's holds burned", || {
+        open_holds(&fleet.redis, "p1")
+            .values()
+            .all(|r| r["o"] != "gw-a")
+    });
+    assert_still_counted(&fleet.redis, &a_holds);
+    eventually(
+        "burned: Redis = Σ SQLite − queued + gw-a's worst cases, nothing held",
+        || {
+            balance(&fleet.redis, &key)
+                == (
+                    fleet_sqlite_spend(&fleet, "p1") - queued_actual + a_amount,
+                    0,
+                )
+        },
+    );
+
+    // gw-a again, on the same SQLite file: it replays its queue, once.
+    fleet.proxy(0).heal();
+    fleet.restart(0);
+    eventually("gw-a replayed its queue", || {
+        sqlite_queue(&fleet.dbs[0]).is_empty()
+    });
+    let done = tombstones(&fleet.redis, "p1");
+    for (id, b) in &queued {
+        let t = &done[id];
+        assert!(
+            t["s"] == "corrected" || t["s"] == "settled",
+            "{id}: the queued settle was applied: {t}"
+        );
+        assert_eq!(
+            int_field(&t["x"][0]),
+            b["actuals"][0].as_i64().expect("actual"),
+            "{id}: at its true cost"
+        );
+    }
+    for id in cut.keys() {
+        assert_eq!(
+            done[id]["s"], "burned",
+            "{id}: never finished, stays burned"
+        );
+    }
+    let spent = fleet_sqlite_spend(&fleet, "p1");
+    eventually(
+        "at rest: Redis = Σ SQLite + the burned worst cases",
+        || balance(&fleet.redis, &key) == (spent + cut_amount, 0),
+    );
+    assert_eq!(
+        spent,
+        mock_cost_where(&fleet.mock, |r| asked_tokens(r) != 120),
+        "the ledgers hold what the mock served to the end"
+    );
+    assert!(spent + cut_amount <= limit);
+    // The restarted instance decides again (its share of the budget is gone: 402, not 503).
+    let s = sonnet(&fleet.urls, 0, 100, 0);
+    assert!(
+        s.status == 200 || (s.status == 402 && s.code == "budget_exceeded"),
+        "{s:?}\n{}",
+        fleet.tail(0)
+    );
+    let f = admin_get(fleet.admins[0], "/admin/fleet").json();
+    assert_eq!(f["redis"]["ok"], true, "{f}");
+    assert_eq!(f["redis"]["joined"], true, "{f}");
 }
