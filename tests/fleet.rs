@@ -1004,11 +1004,14 @@ fn an_instance_killed_mid_stream_burns_its_holds_and_replays_its_queued_settles_
 
     // Right after the kill every hold of gw-a still counts, held or burned.
     assert_still_counted(&fleet.redis, &a_holds);
-    eventually(
-        "Redis = Σ SQLite − what gw-a queued + gw-a's worst cases",
+    eventually_eq(
+        "committed + held = Σ SQLite − what gw-a queued + gw-a's worst cases",
         || {
             let (c, h) = balance(&fleet.redis, &key);
-            c + h == fleet_sqlite_spend(&fleet, "p1") - queued_actual + a_amount
+            (
+                c + h,
+                fleet_sqlite_spend(&fleet, "p1") - queued_actual + a_amount,
+            )
         },
     );
 
@@ -1055,14 +1058,16 @@ fn an_instance_killed_mid_stream_burns_its_holds_and_replays_its_queued_settles_
             .all(|r| r["o"] != "gw-a")
     });
     assert_still_counted(&fleet.redis, &a_holds);
-    eventually(
-        "burned: Redis = Σ SQLite − queued + gw-a's worst cases, nothing held",
+    eventually_eq(
+        "burned: (committed, held) = (Σ SQLite − queued + gw-a's worst cases, 0)",
         || {
-            balance(&fleet.redis, &key)
-                == (
+            (
+                balance(&fleet.redis, &key),
+                (
                     fleet_sqlite_spend(&fleet, "p1") - queued_actual + a_amount,
                     0,
-                )
+                ),
+            )
         },
     );
 
@@ -1091,11 +1096,16 @@ fn an_instance_killed_mid_stream_burns_its_holds_and_replays_its_queued_settles_
             "{id}: never finished, stays burned"
         );
     }
-    let spent = fleet_sqlite_spend(&fleet, "p1");
-    eventually(
-        "at rest: Redis = Σ SQLite + the burned worst cases",
-        || balance(&fleet.redis, &key) == (spent + cut_amount, 0),
+    eventually_eq(
+        "at rest: (committed, held) = (Σ SQLite + the burned worst cases, 0)",
+        || {
+            (
+                balance(&fleet.redis, &key),
+                (fleet_sqlite_spend(&fleet, "p1") + cut_amount, 0),
+            )
+        },
     );
+    let spent = fleet_sqlite_spend(&fleet, "p1");
     assert_eq!(
         spent,
         mock_cost_where(&fleet.mock, |r| asked_tokens(r) != 120),
@@ -1112,4 +1122,169 @@ fn an_instance_killed_mid_stream_burns_its_holds_and_replays_its_queued_settles_
     let f = admin_get(fleet.admins[0], "/admin/fleet").json();
     assert_eq!(f["redis"]["ok"], true, "{f}");
     assert_eq!(f["redis"]["joined"], true, "{f}");
+}
+
+/// [`eventually`] for an equality: polls `f` until its two sides agree, and names both when
+/// they never do.
+fn eventually_eq<T: PartialEq + std::fmt::Debug>(what: &str, mut f: impl FnMut() -> (T, T)) {
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        let (a, b) = f();
+        if a == b {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what}: {a:?} != {b:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether Redis is in its rebuild (after a data loss): no generation yet, or the rebuild
+/// grace running. Either only ends: once seen after an answer, it was so during the reserve.
+fn rebuilding(redis: &RedisServer) -> bool {
+    let gen = redis.try_cmd(&["GET", "tg:gen"]).expect("GET tg:gen");
+    let grace = redis
+        .try_cmd(&["EXISTS", "tg:rebuilding"])
+        .expect("EXISTS tg:rebuilding");
+    gen == Reply::Bulk(None) || grace == Reply::Int(1)
+}
+
+/// Issue 13, Redis with persistence off killed and restarted (everything lost): while the
+/// fleet rebuilds, budgeted requests get 503 ledger_unavailable; then the counters are the
+/// instances' own ledgers (the spend from before the loss carried by their joins), admission
+/// resumes, and the budget still holds.
+#[test]
+fn redis_losing_its_data_rebuilds_the_counters_from_the_instances_ledgers() {
+    let limit_usd = 0.03;
+    let limit = 30_000_000;
+    let mut o = Opts::new(3, &p1(&total_budget(limit_usd)));
+    o.persistence = Persistence::Off;
+    o.rebuild_grace_ms = Some(2000);
+    let mut fleet = start(o);
+    let key = total_key("p1");
+    for gw in 0..3 {
+        for _ in 0..3 {
+            let s = sonnet(&fleet.urls, gw, 100, 0);
+            assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(gw));
+        }
+    }
+    eventually_eq("Redis and the ledgers agree", || {
+        (
+            balance(&fleet.redis, &key),
+            (fleet_sqlite_spend(&fleet, "p1"), 0),
+        )
+    });
+    let spent_before = balance(&fleet.redis, &key).0;
+    assert_eq!(spent_before, mock_cost(&fleet.mock));
+    let old_gen = fleet.redis.cmd(&["GET", "tg:gen"]);
+
+    fleet.redis.restart();
+    assert_eq!(
+        balance(&fleet.redis, &key).0,
+        0,
+        "persistence off: the restart lost the counters"
+    );
+    let mut shots = Vec::new();
+    let mut while_rebuilding = 0;
+    let mut served = [false; 3];
+    eventually("every instance admits again", || {
+        for gw in 0..3 {
+            if served[gw] {
+                continue;
+            }
+            let s = sonnet(&fleet.urls, gw, 100, 0);
+            if rebuilding(&fleet.redis) {
+                assert_eq!(
+                    (s.status, s.code.as_str()),
+                    (503, "ledger_unavailable"),
+                    "{}: answered while Redis was rebuilding\n{}",
+                    IDS[gw],
+                    fleet.tail(gw)
+                );
+                while_rebuilding += 1;
+            }
+            assert!(
+                s.status == 200 || (s.status == 503 && s.code == "ledger_unavailable"),
+                "{s:?}\n{}",
+                fleet.tail(gw)
+            );
+            served[gw] |= s.status == 200;
+            shots.push(s);
+        }
+        served.iter().all(|s| *s)
+    });
+    assert!(
+        while_rebuilding > 0,
+        "some requests came while Redis was rebuilding: {shots:?}"
+    );
+    let gen = fleet.redis.cmd(&["GET", "tg:gen"]);
+    assert_ne!(gen, old_gen, "a new generation");
+    for (gw, &admin) in fleet.admins.iter().enumerate() {
+        let f = admin_get(admin, "/admin/fleet").json();
+        assert_eq!(f["redis"]["generation"], gen.as_str(), "{}: {f}", IDS[gw]);
+    }
+    eventually_eq(
+        "rebuilt: Redis = Σ SQLite, the spend from before the loss included",
+        || {
+            (
+                balance(&fleet.redis, &key),
+                (fleet_sqlite_spend(&fleet, "p1"), 0),
+            )
+        },
+    );
+    let rebuilt = balance(&fleet.redis, &key).0;
+    assert!(
+        rebuilt > spent_before,
+        "carried {spent_before} and the new spend: {rebuilt}"
+    );
+
+    // The rest of the budget, from every instance at once: never past the limit.
+    let stop = AtomicBool::new(false);
+    let shots: Vec<Shot> = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                let (c, h) = balance(&fleet.redis, &key);
+                assert!(c + h <= limit, "committed {c} + held {h} > limit {limit}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let workers: Vec<_> = (0..30)
+            .map(|i| {
+                let urls = &fleet.urls;
+                s.spawn(move || sonnet(urls, i % 3, 100, 100))
+            })
+            .collect();
+        let shots = workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect();
+        stop.store(true, Ordering::SeqCst);
+        shots
+    });
+    for s in &shots {
+        assert!(
+            s.status == 200 || (s.status == 402 && s.code == "budget_exceeded"),
+            "only 200 or 402 budget_exceeded: {s:?}"
+        );
+    }
+    assert!(
+        shots.iter().any(|s| s.status == 402),
+        "the budget ran out: {shots:?}"
+    );
+    eventually_eq("at rest: (committed, held) = (Σ SQLite, 0)", || {
+        (
+            balance(&fleet.redis, &key),
+            (fleet_sqlite_spend(&fleet, "p1"), 0),
+        )
+    });
+    let spent = fleet_sqlite_spend(&fleet, "p1");
+    assert_eq!(
+        spent,
+        mock_cost(&fleet.mock),
+        "the ledgers hold what the mock served"
+    );
+    assert!(spent <= limit, "spent {spent} > limit {limit}");
 }
