@@ -117,7 +117,6 @@ impl Opts {
 }
 
 /// The `[fleet]` section of instance `id` (per-request holds: no leases).
-#[allow(dead_code)]
 fn fleet_section(id: &str) -> String {
     fleet_section_with(id, 900, None)
 }
@@ -1287,4 +1286,130 @@ fn redis_losing_its_data_rebuilds_the_counters_from_the_instances_ledgers() {
         "the ledgers hold what the mock served"
     );
     assert!(spent <= limit, "spent {spent} > limit {limit}");
+}
+
+/// Issue 13, moving a single instance to fleet mode: its SQLite spend is carried into Redis
+/// (once, however often it restarts), a second instance sees the fleet-wide figure in
+/// `/admin/projects`, and admits only within what the first left of the limit.
+#[test]
+fn a_single_instance_moved_to_fleet_mode_carries_its_spend_over() {
+    let limit_usd = 0.01;
+    let limit = 10_000_000;
+    let redis = RedisServer::start();
+    let mock = Mock::start();
+    let url = redis.url();
+    let mut env = env_with_admin();
+    env.push((URL_ENV, url.as_str()));
+    let server = format!("{ADMIN_EXTRA}grace_period_s = 5");
+    let body = body_with_projects(&mock, &p1(&total_budget(limit_usd)));
+
+    // Alone, on its own SQLite ledger.
+    let mut solo = Gateway::start_with(&body, &server, &env_with_admin());
+    let db = solo.dir.path().join("ledger.db");
+    for _ in 0..3 {
+        let s = sonnet(&[solo.url("")], 0, 100, 0);
+        assert_eq!(s.status, 200, "{s:?}\n{}", tail_of(&solo));
+    }
+    solo.signal("TERM");
+    assert!(
+        solo.wait_exit(Duration::from_secs(20)).is_some(),
+        "a graceful stop\n{}",
+        tail_of(&solo)
+    );
+    let spent = sqlite_spend(&db, "p1");
+    assert!(spent > 0);
+    assert_eq!(
+        spent,
+        mock_cost(&mock),
+        "the ledger holds what the mock served"
+    );
+    assert_eq!(
+        redis.try_cmd(&["EXISTS", &total_key("p1")]),
+        Ok(Reply::Int(0)),
+        "nothing in Redis yet"
+    );
+
+    // The same file, now in fleet mode.
+    let config = std::fs::read_to_string(&solo.config_path).expect("config");
+    rewrite(
+        &solo.config_path,
+        &format!("{config}{}", fleet_section("gw-a")),
+    );
+    let start_a = || {
+        let mut a = Gateway::spawn_on(&solo.config_path, &[], &env);
+        a.wait_listening();
+        let health = a.url("/healthz");
+        eventually("gw-a answers", || {
+            try_request("GET", &health, &[], None).is_ok_and(|r| r.status == 200)
+        });
+        a
+    };
+    let mut a = start_a();
+    eventually_eq("Redis carries gw-a's spend", || {
+        (balance(&redis, &total_key("p1")), (spent, 0))
+    });
+    let b_body = format!("{body}{}", fleet_section("gw-b"));
+    let b = Gateway::start_with(&b_body, &server, &env);
+    for (who, admin) in [("gw-a", a.admin_port()), ("gw-b", b.admin_port())] {
+        let p = project(admin, "p1");
+        assert_eq!(p["source"], "fleet", "{who}: {p}");
+        assert_eq!(
+            nanos(&p["spent_usd"]),
+            spent,
+            "{who}: the fleet-wide figure: {p}"
+        );
+        assert_eq!(nanos(&p["reserved_usd"]), 0, "{who}: {p}");
+        assert_eq!(
+            nanos(&p["remaining_usd"]),
+            limit - spent,
+            "{who}: limit − spent: {p}"
+        );
+    }
+
+    // gw-b, with nothing spent on its own, admits only within what gw-a left.
+    let b_db = b.dir.path().join("ledger.db");
+    let mut refused = false;
+    for _ in 0..10 {
+        let s = sonnet(&[b.url("")], 0, 100, 0);
+        if s.status == 402 {
+            assert_eq!(s.code, "budget_exceeded", "{s:?}");
+            refused = true;
+            break;
+        }
+        assert_eq!(s.status, 200, "{s:?}\n{}", tail_of(&b));
+    }
+    assert!(refused, "gw-b reached the fleet-wide limit");
+    eventually_eq("Redis = gw-a's carried spend + gw-b's", || {
+        (
+            balance(&redis, &total_key("p1")),
+            (spent + sqlite_spend(&b_db, "p1"), 0),
+        )
+    });
+    let b_spent = sqlite_spend(&b_db, "p1");
+    assert!(
+        b_spent <= limit - spent,
+        "gw-b spent {b_spent}, more than the {} gw-a left",
+        limit - spent
+    );
+
+    // A restart of gw-a joins the same generation again: its spend is not carried twice.
+    a.signal("TERM");
+    assert!(
+        a.wait_exit(Duration::from_secs(20)).is_some(),
+        "{}",
+        tail_of(&a)
+    );
+    let a = start_a();
+    eventually("gw-a joined again", || {
+        admin_get(a.admin_port(), "/admin/fleet").json()["redis"]["joined"] == true
+    });
+    assert_eq!(
+        balance(&redis, &total_key("p1")),
+        (spent + b_spent, 0),
+        "carried once"
+    );
+    assert_eq!(
+        nanos(&project(a.admin_port(), "p1")["spent_usd"]),
+        spent + b_spent
+    );
 }
