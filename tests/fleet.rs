@@ -1413,3 +1413,131 @@ fn a_single_instance_moved_to_fleet_mode_carries_its_spend_over() {
         spent + b_spent
     );
 }
+
+/// At rest after a fault: no hold open in Redis, no settle left in any queue, and Redis = Σ
+/// SQLite = what the mock served (priced from its own usage rules).
+fn assert_clean_at_rest(fleet: &Fleet) {
+    let key = total_key("p1");
+    eventually_eq("no hold open in Redis", || {
+        (open_holds(&fleet.redis, "p1"), BTreeMap::new())
+    });
+    for (gw, db) in fleet.dbs.iter().enumerate() {
+        eventually_eq(&format!("{}'s settle queue is empty", IDS[gw]), || {
+            (sqlite_queue(db), BTreeMap::new())
+        });
+    }
+    eventually_eq("(committed, held) = (Σ SQLite, 0)", || {
+        (
+            balance(&fleet.redis, &key),
+            (fleet_sqlite_spend(fleet, "p1"), 0),
+        )
+    });
+    assert_eq!(
+        balance(&fleet.redis, &key).0,
+        mock_cost(&fleet.mock),
+        "Redis charged exactly what the mock served"
+    );
+}
+
+/// Issue 13, Redis slower than `timeout_ms` for one instance (a fault proxy adds latency):
+/// its budgeted requests get 503 ledger_unavailable and reach no provider, the other
+/// instance is unaffected, and once healed no hold is left behind (a reserve that timed out
+/// may still have made its hold: it is settled to 0), with a hold TTL far longer than the
+/// test, so a leak cannot hide behind a burn.
+#[test]
+fn redis_slower_than_the_timeout_gives_503_and_leaks_no_hold() {
+    let mut o = Opts::new(2, &p1(&total_budget(10.0)));
+    o.proxied = vec![0];
+    let fleet = start(o);
+    for gw in 0..2 {
+        let s = sonnet(&fleet.urls, gw, 10, 0);
+        assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(gw));
+    }
+    let served = fleet.mock.count();
+    fleet
+        .proxy(0)
+        .latency(Duration::from_millis(1500), Duration::ZERO);
+    for _ in 0..3 {
+        let s = sonnet(&fleet.urls, 0, 10, 0);
+        assert_eq!(
+            (s.status, s.code.as_str()),
+            (503, "ledger_unavailable"),
+            "Redis answers gw-a later than timeout_ms\n{}",
+            fleet.tail(0)
+        );
+    }
+    assert_eq!(fleet.mock.count(), served, "no 503 reached the provider");
+    let s = sonnet(&fleet.urls, 1, 10, 0);
+    assert_eq!(s.status, 200, "gw-b talks to Redis directly: {s:?}");
+    assert!(fleet.proxy(0).bytes_up() > 0);
+
+    fleet.proxy(0).heal();
+    eventually("gw-a admits again", || {
+        let s = sonnet(&fleet.urls, 0, 10, 0);
+        assert!(
+            s.status == 200 || (s.status == 503 && s.code == "ledger_unavailable"),
+            "{s:?}"
+        );
+        s.status == 200
+    });
+    assert_clean_at_rest(&fleet);
+}
+
+/// Issue 13, replies lost after Redis ran the command (a fault proxy resets gw-a's
+/// connection instead of forwarding the answer), several times under load: whatever the
+/// command was (a reserve, a settle, a heartbeat), no settle is applied twice and no hold is
+/// left: at rest Redis = Σ SQLite = what the mock served.
+#[test]
+fn replies_lost_under_load_double_apply_nothing_and_leak_no_hold() {
+    let mut o = Opts::new(2, &p1(&total_budget(10.0)));
+    o.proxied = vec![0];
+    let fleet = start(o);
+    let stop = AtomicBool::new(false);
+    let shots = Mutex::new(Vec::<Shot>::new());
+    let served_by_a = || {
+        shots
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.gw == 0 && s.status == 200)
+            .count()
+    };
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        for gw in [0, 0, 0, 1] {
+            let (urls, stop, shots) = (&fleet.urls, &stop, &shots);
+            s.spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    let shot = sonnet(urls, gw, 20, 30);
+                    shots.lock().unwrap().push(shot);
+                }
+            });
+        }
+        eventually("load is served", || served_by_a() >= 5);
+        for n in 1..=6 {
+            fleet.proxy(0).drop_next_reply();
+            eventually(&format!("reply {n} dropped"), || {
+                fleet.proxy(0).replies_dropped() == n
+            });
+            let now = served_by_a();
+            eventually("gw-a serves again", || served_by_a() > now);
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+    let shots = shots.into_inner().unwrap();
+    for s in &shots {
+        assert!(
+            s.status == 200 || (s.status == 503 && s.code == "ledger_unavailable"),
+            "only 200 or 503 ledger_unavailable: {s:?}"
+        );
+    }
+    assert!(fleet.proxy(0).resets() >= 6);
+    assert_clean_at_rest(&fleet);
+    let ok = shots.iter().filter(|s| s.status == 200).count();
+    assert_eq!(
+        fleet.mock.count(),
+        ok as u64,
+        "every admitted request reached the provider once, no refused one did"
+    );
+}
