@@ -1541,3 +1541,119 @@ fn replies_lost_under_load_double_apply_nothing_and_leak_no_hold() {
         "every admitted request reached the provider once, no refused one did"
     );
 }
+
+/// `p1` with a budget (key `KEY`) and `p2` with neither budget nor rate limit (key `KEY2`).
+fn p1_budget_p2_free(limit_usd: f64) -> String {
+    format!(
+        "{}[[projects]]\nid = \"p2\"\nkeys = [\"{KEY2}\"]\n",
+        p1(&total_budget(limit_usd))
+    )
+}
+
+/// The one budget key of a project in Redis (a project without a budget counts its spend in
+/// the month's window).
+fn only_budget_key(redis: &RedisServer, project: &str) -> String {
+    let keys = redis.cmd(&["KEYS", &format!("tg:{{p:{project}}}:b:*")]);
+    let keys: Vec<&str> = keys.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(keys.len(), 1, "one budget key of {project}: {keys:?}");
+    keys[0].to_string()
+}
+
+/// Issue 13, Redis down: a project with no budget and no rate limit needs no hold, so it
+/// keeps serving on every instance while a budgeted one gets 503; once Redis is back its
+/// spend reaches Redis (the queued settles replayed: `charged`, there was no hold).
+#[test]
+fn a_project_without_limits_serves_while_redis_is_down_and_is_charged_when_it_is_back() {
+    let mut fleet = start_fleet(2, &p1_budget_p2_free(10.0));
+    // p1 asks for 10 tokens, p2 for 30: the mock's records tell them apart.
+    let p2_cost = |mock: &Mock| mock_cost_where(mock, |r| asked_tokens(r) == 30);
+    for gw in 0..2 {
+        for (key, tokens) in [(KEY, 10), (KEY2, 30)] {
+            let s = sonnet_as(&fleet.urls, gw, key, tokens, 0);
+            assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(gw));
+        }
+    }
+    let p2_key = only_budget_key(&fleet.redis, "p2");
+    eventually_eq("p2 in Redis before", || {
+        (
+            fleet.redis.hget_i64(&p2_key, "committed"),
+            p2_cost(&fleet.mock),
+        )
+    });
+    let charged_before = tombstones(&fleet.redis, "p2")
+        .values()
+        .filter(|t| t["s"] == "charged")
+        .count();
+    assert_eq!(charged_before, 0, "every settle so far had its hold");
+
+    kill_redis(&fleet.redis);
+    let p1_served = fleet.mock.count() - 2;
+    let mut down: usize = 0;
+    for gw in 0..2 {
+        for _ in 0..3 {
+            let s = sonnet_as(&fleet.urls, gw, KEY, 10, 0);
+            assert_eq!(
+                (s.status, s.code.as_str()),
+                (503, "ledger_unavailable"),
+                "p1 has a budget\n{}",
+                fleet.tail(gw)
+            );
+            let s = sonnet_as(&fleet.urls, gw, KEY2, 30, 0);
+            assert_eq!(s.status, 200, "p2 needs no hold: {s:?}\n{}", fleet.tail(gw));
+            down += 1;
+        }
+    }
+    assert_eq!(
+        fleet.mock.count() - p1_served,
+        2 + down as u64,
+        "only p2 reached the provider while Redis was down"
+    );
+    eventually("p2's settles wait in SQLite", || {
+        let queued: usize = fleet.dbs.iter().map(|db| sqlite_queue(db).len()).sum();
+        queued >= down
+    });
+
+    fleet.redis.restart();
+    eventually_eq("p2's spend reached Redis", || {
+        (
+            (
+                fleet.redis.hget_i64(&p2_key, "committed"),
+                fleet.redis.hget_i64(&p2_key, "held"),
+            ),
+            (p2_cost(&fleet.mock), 0),
+        )
+    });
+    assert_eq!(
+        fleet.redis.hget_i64(&p2_key, "committed"),
+        fleet
+            .dbs
+            .iter()
+            .map(|db| sqlite_spend(db, "p2"))
+            .sum::<i64>(),
+        "Redis = Σ SQLite for p2"
+    );
+    let charged = tombstones(&fleet.redis, "p2")
+        .values()
+        .filter(|t| t["s"] == "charged")
+        .count();
+    assert_eq!(
+        charged, down as usize,
+        "each served while down was charged once"
+    );
+    for (gw, db) in fleet.dbs.iter().enumerate() {
+        eventually_eq(&format!("{}'s settle queue is empty", IDS[gw]), || {
+            (sqlite_queue(db), BTreeMap::new())
+        });
+    }
+    for gw in 0..2 {
+        eventually(&format!("{} admits p1 again", IDS[gw]), || {
+            sonnet_as(&fleet.urls, gw, KEY, 10, 0).status == 200
+        });
+    }
+    eventually_eq("p1 at rest", || {
+        (
+            balance(&fleet.redis, &total_key("p1")),
+            (fleet_sqlite_spend(&fleet, "p1"), 0),
+        )
+    });
+}
