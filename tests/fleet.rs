@@ -1657,3 +1657,97 @@ fn a_project_without_limits_serves_while_redis_is_down_and_is_charged_when_it_is
         )
     });
 }
+
+/// Wait, if needed, until the current minute has at least `need_s` seconds left: the fleet's
+/// rate windows are per minute.
+fn clear_of_minute_boundary(need_s: u64) {
+    let second = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+            % 60
+    };
+    let deadline = Instant::now() + Duration::from_secs(need_s + 5);
+    while second() + need_s >= 60 {
+        assert!(Instant::now() < deadline, "the minute does not turn");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Σ of a project's `tpm` window counts in Redis (one window: the test stays in one minute).
+fn tpm_count(redis: &RedisServer, project: &str) -> i64 {
+    let keys = redis.cmd(&["KEYS", &format!("tg:{{p:{project}}}:r:tpm:*")]);
+    keys.lines()
+        .filter(|l| !l.is_empty())
+        .map(|k| redis.hget_i64(k, "n"))
+        .sum()
+}
+
+/// Issue 13, tpm counts across the fleet: requests of known token usage, one at a time over
+/// three instances; once the fleet's tokens in the minute reach tpm, every instance refuses
+/// with 429 rate_limited.
+#[test]
+fn tpm_counts_tokens_across_the_fleet() {
+    let tpm = 100;
+    let fleet = start_fleet(3, &p1(&format!("rate_limit = {{ tpm = {tpm} }}")));
+    clear_of_minute_boundary(15);
+    let mut admitted = 0;
+    let mut refused = None;
+    for i in 0..20 {
+        let s = mini(&fleet.urls, i % 3);
+        if s.status == 429 {
+            refused = Some(s);
+            break;
+        }
+        assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(s.gw));
+        admitted += 1;
+        // The mock's usage for what it served: prompt ceil(body_len / 4), completion 2.
+        let used: i64 = fleet
+            .mock
+            .requests()
+            .iter()
+            .map(|r| r["body_len"].as_u64().expect("body_len").div_ceil(4) as i64 + 2)
+            .sum();
+        // Wait for the settle to count the tokens before the next admission.
+        eventually_eq("the fleet's tpm window counts what was served", || {
+            (tpm_count(&fleet.redis, "p1"), used)
+        });
+    }
+    let refused = refused.expect("the tpm limit is reached");
+    assert_eq!(refused.code, "rate_limited", "{refused:?}");
+    let per: Vec<i64> = fleet
+        .mock
+        .requests()
+        .iter()
+        .map(|r| r["body_len"].as_u64().expect("body_len").div_ceil(4) as i64 + 2)
+        .collect();
+    // Admitted while the count was below tpm: exactly until the running total reached it.
+    let mut total = 0;
+    let want = per
+        .iter()
+        .position(|t| {
+            total += t;
+            total >= tpm
+        })
+        .map(|i| i + 1);
+    assert_eq!(
+        Some(admitted),
+        want,
+        "tokens per request {per:?}, tpm {tpm}"
+    );
+    for gw in 0..3 {
+        let s = mini(&fleet.urls, gw);
+        assert_eq!(
+            (s.status, s.code.as_str()),
+            (429, "rate_limited"),
+            "{}: the fleet is over its tpm",
+            IDS[gw]
+        );
+    }
+    assert_eq!(
+        fleet.mock.count(),
+        admitted as u64,
+        "no refused request was served"
+    );
+}
