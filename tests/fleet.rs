@@ -1751,3 +1751,103 @@ fn tpm_counts_tokens_across_the_fleet() {
         "no refused request was served"
     );
 }
+
+/// Change `from` to `to` in instance `gw`'s config file and reload it: `POST /admin/reload`,
+/// or SIGHUP when `hup`. Returns once the instance runs the new config.
+fn reload_with(fleet: &Fleet, gw: usize, from: &str, to: &str, hup: bool) {
+    let path = &fleet.gws[gw].config_path;
+    let text = std::fs::read_to_string(path).expect("config");
+    assert!(text.contains(from), "{from:?} in {}", path.display());
+    rewrite(path, &text.replace(from, to));
+    let admin = fleet.admins[gw];
+    if hup {
+        let ok = reloads(admin, "ok");
+        fleet.gws[gw].signal("HUP");
+        eventually(&format!("{} reloaded on SIGHUP", IDS[gw]), || {
+            reloads(admin, "ok") > ok
+        });
+    } else {
+        let r = admin_post(admin, "/admin/reload");
+        assert_eq!(r.status, 200, "{}: {}\n{}", IDS[gw], r.body, fleet.tail(gw));
+    }
+}
+
+/// Issue 13, a limit lowered below what the fleet has committed (the nearest end-to-end
+/// stand-in for a period rolling over with holds open): after a reload on every instance each
+/// refuses at once with 402, `remaining_usd` is 0 (never negative), and nothing else breaks:
+/// another project serves, Redis is unchanged, raising the limit again admits again.
+#[test]
+fn a_limit_lowered_below_the_committed_spend_refuses_everywhere_at_once() {
+    let fleet = start_fleet(3, &p1_budget_p2_free(0.5));
+    let key = total_key("p1");
+    // About $0.0016 on each instance: $0.0047 committed fleet-wide.
+    for gw in 0..3 {
+        let s = sonnet(&fleet.urls, gw, 100, 0);
+        assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(gw));
+    }
+    eventually_eq("at rest", || {
+        (
+            balance(&fleet.redis, &key),
+            (fleet_sqlite_spend(&fleet, "p1"), 0),
+        )
+    });
+    let committed = balance(&fleet.redis, &key).0;
+    let served = fleet.mock.count();
+
+    // $0.002: below the fleet's $0.0047, above what any one instance spent, so the refusal
+    // can only come from the fleet-wide figure.
+    let (high, low) = ("limit_usd = 0.5", "limit_usd = 0.002");
+    for gw in 0..3 {
+        reload_with(&fleet, gw, high, low, gw == 2);
+    }
+    for gw in 0..3 {
+        // One output token: a worst case of about $0.0003, which the instance's own spend
+        // would leave room for.
+        let s = sonnet(&fleet.urls, gw, 1, 0);
+        assert_eq!(
+            (s.status, s.code.as_str()),
+            (402, "budget_exceeded"),
+            "{}: the first request after the reload\n{}",
+            IDS[gw],
+            fleet.tail(gw)
+        );
+        let p = project(fleet.admins[gw], "p1");
+        assert_eq!(p["limit_usd"].as_f64(), Some(0.002), "{}: {p}", IDS[gw]);
+        assert_eq!(
+            p["remaining_usd"].as_f64(),
+            Some(0.0),
+            "{}: never negative: {p}",
+            IDS[gw]
+        );
+        assert_eq!(nanos(&p["spent_usd"]), committed, "{}: {p}", IDS[gw]);
+        assert_eq!(nanos(&p["reserved_usd"]), 0, "{}: {p}", IDS[gw]);
+        let s = sonnet_as(&fleet.urls, gw, KEY2, 30, 0);
+        assert_eq!(s.status, 200, "{}: p2 has no budget: {s:?}", IDS[gw]);
+        let f = admin_get(fleet.admins[gw], "/admin/fleet").json();
+        assert_eq!(f["redis"]["ok"], true, "{f}");
+    }
+    assert_eq!(
+        balance(&fleet.redis, &key),
+        (committed, 0),
+        "the refusals changed nothing in Redis"
+    );
+    assert_eq!(
+        fleet.mock.count(),
+        served + 3,
+        "only p2's requests were served"
+    );
+
+    for gw in 0..3 {
+        reload_with(&fleet, gw, low, high, gw == 0);
+    }
+    for gw in 0..3 {
+        let s = sonnet(&fleet.urls, gw, 1, 0);
+        assert_eq!(s.status, 200, "{}: the limit raised again: {s:?}", IDS[gw]);
+    }
+    eventually_eq("at rest", || {
+        (
+            balance(&fleet.redis, &key),
+            (fleet_sqlite_spend(&fleet, "p1"), 0),
+        )
+    });
+}
