@@ -1851,3 +1851,64 @@ fn a_limit_lowered_below_the_committed_spend_refuses_everywhere_at_once() {
         )
     });
 }
+
+/// Issue 13, `serve` with Redis unreachable at start (nothing listens on its port yet): the
+/// gateway starts anyway, says clearly in its log that it cannot reach Redis (never echoing
+/// the URL's password), answers 503 ledger_unavailable for budgeted requests, and begins
+/// admitting once a Redis appears on that port.
+#[test]
+fn serve_starts_without_redis_and_admits_once_redis_appears() {
+    const PW: &str = "pw-for-fleet-tests-0xC0FFEE";
+    let mut redis = RedisServer::start_with_args(Persistence::Aof, &["--requirepass", PW]);
+    let url = format!("redis://:{PW}@127.0.0.1:{}/", redis.port());
+    redis.kill9();
+    let mock = Mock::start();
+    let mut env = env_with_admin();
+    env.push((URL_ENV, url.as_str()));
+    let body = format!(
+        "{}{}",
+        body_with_projects(&mock, &p1(&total_budget(10.0))),
+        fleet_section("gw-a")
+    );
+    // start_with waits for LISTENING (and ADMIN_LISTENING) and a 200 on /healthz.
+    let gw = Gateway::start_with(&body, &format!("{ADMIN_EXTRA}grace_period_s = 5"), &env);
+    eventually("the log says Redis cannot be reached", || {
+        gw.log()
+            .lines()
+            .any(|l| l.contains("cannot reach Redis") && l.contains(URL_ENV))
+    });
+    let urls = [gw.url("")];
+    for _ in 0..3 {
+        let s = sonnet(&urls, 0, 10, 0);
+        assert_eq!(
+            (s.status, s.code.as_str()),
+            (503, "ledger_unavailable"),
+            "a budgeted request without Redis\n{}",
+            tail_of(&gw)
+        );
+    }
+    assert_eq!(mock.count(), 0, "nothing reached the provider");
+    let f = admin_get(gw.admin_port(), "/admin/fleet").json();
+    assert_eq!(f["redis"]["ok"], false, "{f}");
+    assert_eq!(metric(gw.admin_port(), "tollgate_fleet_redis_up", &[]), 0.0);
+
+    redis.restart();
+    eventually("admits once Redis is there", || {
+        let s = sonnet(&urls, 0, 10, 0);
+        assert!(
+            s.status == 200 || (s.status == 503 && s.code == "ledger_unavailable"),
+            "{s:?}"
+        );
+        s.status == 200
+    });
+    eventually("reports Redis up", || {
+        metric(gw.admin_port(), "tollgate_fleet_redis_up", &[]) == 1.0
+    });
+    let f = admin_get(gw.admin_port(), "/admin/fleet").json();
+    assert_eq!(f["redis"]["ok"], true, "{f}");
+    assert!(
+        !gw.log().contains(PW),
+        "the log never shows the URL's password:\n{}",
+        gw.log()
+    );
+}
