@@ -1912,3 +1912,93 @@ fn serve_starts_without_redis_and_admits_once_redis_appears() {
         gw.log()
     );
 }
+
+/// Issue 13, Redis loses its data while an instance restarts (a deploy, a crash): the
+/// restarted process is the first to connect to the empty Redis. The rebuild must still
+/// wait for the other instances' reports before admitting (SPEC: "If Redis loses its data,
+/// the fleet rebuilds the counters from the instances' ledgers before admitting again"): the
+/// restarted instance must not admit against counters that lack the others' spend. gw-b is
+/// cut off from Redis (a blackhole) until gw-a has joined and sent a burst, so the window is
+/// not a race: at the end the fleet's true spend (Σ SQLite) is within the limit.
+#[test]
+fn an_instance_restarted_onto_a_redis_that_lost_its_data_waits_for_the_rebuild() {
+    let limit_usd = 0.02;
+    let limit = 20_000_000;
+    let mut o = Opts::new(2, &p1(&total_budget(limit_usd)));
+    o.persistence = Persistence::Off;
+    o.rebuild_grace_ms = Some(3000);
+    o.proxied = vec![1];
+    let mut fleet = start(o);
+    let key = total_key("p1");
+    // gw-b spends most of the budget, gw-a a little: about $0.0126 and $0.0016.
+    for _ in 0..8 {
+        let s = sonnet(&fleet.urls, 1, 100, 0);
+        assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(1));
+    }
+    let s = sonnet(&fleet.urls, 0, 100, 0);
+    assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(0));
+    eventually_eq("at rest", || {
+        (
+            balance(&fleet.redis, &key),
+            (fleet_sqlite_spend(&fleet, "p1"), 0),
+        )
+    });
+    let b_spent = sqlite_spend(&fleet.dbs[1], "p1");
+
+    fleet.proxy(1).blackhole();
+    fleet.gws[0].signal("TERM");
+    assert!(
+        fleet.gws[0].wait_exit(Duration::from_secs(20)).is_some(),
+        "gw-a stops\n{}",
+        fleet.tail(0)
+    );
+    fleet.redis.restart();
+    fleet.restart(0);
+    eventually("gw-a joined the new generation", || {
+        admin_get(fleet.admins[0], "/admin/fleet").json()["redis"]["joined"] == true
+    });
+    let gen = fleet.redis.cmd(&["GET", "tg:gen"]);
+    let grace_at_join = rebuilding(&fleet.redis);
+    // A burst on gw-a while gw-b's spend is not in the counters yet.
+    let burst: Vec<Shot> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..10)
+            .map(|_| {
+                let urls = &fleet.urls;
+                s.spawn(move || sonnet(urls, 0, 100, 300))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    for s in &burst {
+        assert!(
+            s.status == 200
+                || (s.status == 503 && s.code == "ledger_unavailable")
+                || (s.status == 402 && s.code == "budget_exceeded"),
+            "{s:?}"
+        );
+    }
+    let admitted = burst.iter().filter(|s| s.status == 200).count();
+
+    fleet.proxy(1).heal();
+    eventually("gw-b joined the new generation", || {
+        let f = admin_get(fleet.admins[1], "/admin/fleet").json();
+        f["redis"]["joined"] == true && f["redis"]["generation"] == gen.as_str()
+    });
+    eventually_eq("Redis = Σ SQLite once both joined", || {
+        (
+            balance(&fleet.redis, &key),
+            (fleet_sqlite_spend(&fleet, "p1"), 0),
+        )
+    });
+    let spent = fleet_sqlite_spend(&fleet, "p1");
+    assert!(
+        spent <= limit,
+        "the fleet spent {spent} nanos, past its limit of {limit}: gw-a admitted {admitted} of \
+         its burst against counters without gw-b's {b_spent} (rebuild grace set when gw-a \
+         joined: {grace_at_join})\n{}",
+        fleet.tail(0)
+    );
+}
