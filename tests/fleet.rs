@@ -1179,12 +1179,8 @@ fn redis_losing_its_data_rebuilds_the_counters_from_the_instances_ledgers() {
     assert_eq!(spent_before, mock_cost(&fleet.mock));
     let old_gen = fleet.redis.cmd(&["GET", "tg:gen"]);
 
+    // Persistence off: the restart loses everything (the instances notice on their own).
     fleet.redis.restart();
-    assert_eq!(
-        balance(&fleet.redis, &key).0,
-        0,
-        "persistence off: the restart lost the counters"
-    );
     let mut shots = Vec::new();
     let mut while_rebuilding = 0;
     let mut served = [false; 3];
@@ -1587,7 +1583,7 @@ fn a_project_without_limits_serves_while_redis_is_down_and_is_charged_when_it_is
     assert_eq!(charged_before, 0, "every settle so far had its hold");
 
     kill_redis(&fleet.redis);
-    let p1_served = fleet.mock.count() - 2;
+    let served = fleet.mock.count();
     let mut down: usize = 0;
     for gw in 0..2 {
         for _ in 0..3 {
@@ -1604,8 +1600,8 @@ fn a_project_without_limits_serves_while_redis_is_down_and_is_charged_when_it_is
         }
     }
     assert_eq!(
-        fleet.mock.count() - p1_served,
-        2 + down as u64,
+        fleet.mock.count(),
+        served + down as u64,
         "only p2 reached the provider while Redis was down"
     );
     eventually("p2's settles wait in SQLite", || {
@@ -1636,17 +1632,14 @@ fn a_project_without_limits_serves_while_redis_is_down_and_is_charged_when_it_is
         .values()
         .filter(|t| t["s"] == "charged")
         .count();
-    assert_eq!(
-        charged, down as usize,
-        "each served while down was charged once"
-    );
+    assert_eq!(charged, down, "each served while down was charged once");
     for (gw, db) in fleet.dbs.iter().enumerate() {
         eventually_eq(&format!("{}'s settle queue is empty", IDS[gw]), || {
             (sqlite_queue(db), BTreeMap::new())
         });
     }
-    for gw in 0..2 {
-        eventually(&format!("{} admits p1 again", IDS[gw]), || {
+    for (gw, id) in IDS.iter().enumerate().take(2) {
+        eventually(&format!("{} admits p1 again", id), || {
             sonnet_as(&fleet.urls, gw, KEY, 10, 0).status == 200
         });
     }
@@ -1736,13 +1729,13 @@ fn tpm_counts_tokens_across_the_fleet() {
         want,
         "tokens per request {per:?}, tpm {tpm}"
     );
-    for gw in 0..3 {
+    for (gw, id) in IDS.iter().enumerate().take(3) {
         let s = mini(&fleet.urls, gw);
         assert_eq!(
             (s.status, s.code.as_str()),
             (429, "rate_limited"),
             "{}: the fleet is over its tpm",
-            IDS[gw]
+            id
         );
     }
     assert_eq!(
@@ -1800,7 +1793,7 @@ fn a_limit_lowered_below_the_committed_spend_refuses_everywhere_at_once() {
     for gw in 0..3 {
         reload_with(&fleet, gw, high, low, gw == 2);
     }
-    for gw in 0..3 {
+    for (gw, id) in IDS.iter().enumerate().take(3) {
         // One output token: a worst case of about $0.0003, which the instance's own spend
         // would leave room for.
         let s = sonnet(&fleet.urls, gw, 1, 0);
@@ -1808,21 +1801,21 @@ fn a_limit_lowered_below_the_committed_spend_refuses_everywhere_at_once() {
             (s.status, s.code.as_str()),
             (402, "budget_exceeded"),
             "{}: the first request after the reload\n{}",
-            IDS[gw],
+            id,
             fleet.tail(gw)
         );
         let p = project(fleet.admins[gw], "p1");
-        assert_eq!(p["limit_usd"].as_f64(), Some(0.002), "{}: {p}", IDS[gw]);
+        assert_eq!(p["limit_usd"].as_f64(), Some(0.002), "{}: {p}", id);
         assert_eq!(
             p["remaining_usd"].as_f64(),
             Some(0.0),
             "{}: never negative: {p}",
-            IDS[gw]
+            id
         );
-        assert_eq!(nanos(&p["spent_usd"]), committed, "{}: {p}", IDS[gw]);
-        assert_eq!(nanos(&p["reserved_usd"]), 0, "{}: {p}", IDS[gw]);
+        assert_eq!(nanos(&p["spent_usd"]), committed, "{}: {p}", id);
+        assert_eq!(nanos(&p["reserved_usd"]), 0, "{}: {p}", id);
         let s = sonnet_as(&fleet.urls, gw, KEY2, 30, 0);
-        assert_eq!(s.status, 200, "{}: p2 has no budget: {s:?}", IDS[gw]);
+        assert_eq!(s.status, 200, "{}: p2 has no budget: {s:?}", id);
         let f = admin_get(fleet.admins[gw], "/admin/fleet").json();
         assert_eq!(f["redis"]["ok"], true, "{f}");
     }
@@ -1840,9 +1833,9 @@ fn a_limit_lowered_below_the_committed_spend_refuses_everywhere_at_once() {
     for gw in 0..3 {
         reload_with(&fleet, gw, low, high, gw == 0);
     }
-    for gw in 0..3 {
+    for (gw, id) in IDS.iter().enumerate().take(3) {
         let s = sonnet(&fleet.urls, gw, 1, 0);
-        assert_eq!(s.status, 200, "{}: the limit raised again: {s:?}", IDS[gw]);
+        assert_eq!(s.status, 200, "{}: the limit raised again: {s:?}", id);
     }
     eventually_eq("at rest", || {
         (
