@@ -139,3 +139,81 @@ fn version_prints_the_crate_version() {
     assert_eq!(code, 0);
     assert!(out.contains(env!("CARGO_PKG_VERSION")));
 }
+
+/// A config that passes `check` (with `OPENAI_API_KEY` set), with `fleet` as its `[fleet]`
+/// section body; the check's exit code and stderr.
+fn check_fleet(fleet: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"https://api.openai.com\"\napi_key_env = \"OPENAI_API_KEY\"\n\n[[routes]]\nprefix = \"gpt-\"\nprovider = \"openai\"\n\n[fleet]\n{fleet}"
+        ),
+    )
+    .unwrap();
+    let mut all = vec![("OPENAI_API_KEY", "sk-x")];
+    all.extend_from_slice(env);
+    let (code, out, err) = tollgate(&["check", "--config", path.to_str().unwrap()], &all);
+    (code, format!("{out}{err}"))
+}
+
+const FLEET_URL_ENV: &str = "TG_CHECK_REDIS_URL";
+
+#[test]
+fn check_accepts_a_fleet_section_and_names_each_bad_fleet_key() {
+    let good = format!(
+        "redis_url_env = \"{FLEET_URL_ENV}\"\ninstance = \"gw-a\"\nhold_ttl_s = 30\ntimeout_ms = 50\nrebuild_grace_ms = 1500\nleases = false\n"
+    );
+    let url = [(FLEET_URL_ENV, "redis://127.0.0.1:6379/")];
+    let (code, out) = check_fleet(&good, &url);
+    assert_eq!(code, 0, "a valid [fleet] passes: {out}");
+    assert!(out.contains("OK"), "{out}");
+
+    // The variable is not set.
+    let (code, out) = check_fleet(&good, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("fleet.redis_url_env") && out.contains(FLEET_URL_ENV),
+        "names the key and the variable: {out}"
+    );
+    assert!(!out.contains("panicked"), "{out}");
+
+    // Not a Redis URL, and it holds a password: named, never echoed.
+    let secret = "http://admin:hunter2-s3cret@redis.internal:6379/";
+    let (code, out) = check_fleet(&good, &[(FLEET_URL_ENV, secret)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("fleet.redis_url_env"), "{out}");
+    assert!(
+        out.contains("redis://"),
+        "says what it must look like: {out}"
+    );
+    assert!(
+        !out.contains("hunter2") && !out.contains("redis.internal"),
+        "the value is not echoed: {out}"
+    );
+
+    for (bad, key, says) in [
+        (
+            good.replace("instance = \"gw-a\"", "instance = \"gw a/1\""),
+            "fleet.instance",
+            "letters, digits",
+        ),
+        (
+            good.replace("hold_ttl_s = 30", "hold_ttl_s = 0"),
+            "fleet.hold_ttl_s",
+            "between 1 and",
+        ),
+        (
+            good.replace("leases = false", "leases = true"),
+            "fleet.leases",
+            "not available",
+        ),
+    ] {
+        let (code, out) = check_fleet(&bad, &url);
+        assert_eq!(code, 1, "{key}: {out}");
+        assert!(out.contains(key), "names {key}: {out}");
+        assert!(out.contains(says), "{key}: says {says:?}: {out}");
+        assert!(!out.contains("panicked"), "{out}");
+    }
+}

@@ -10,14 +10,16 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::redis::{RedisServer, Reply};
+use common::fault_proxy::FaultProxy;
+use common::redis::{Persistence, RedisServer, Reply};
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// The instances' ids, in start order.
 const IDS: [&str; 3] = ["gw-a", "gw-b", "gw-c"];
@@ -26,12 +28,21 @@ const URL_ENV: &str = "TOLLGATE_REDIS_URL";
 const IN_NANOS: u64 = 3_000;
 const OUT_NANOS: u64 = 15_000;
 
-/// Field order matters for drop: the gateways go first, then the mock, then Redis.
+/// Field order matters for drop: the gateways go first, then the ones killed earlier (their
+/// temp dirs hold the config and SQLite file a restarted instance runs on), then the fault
+/// proxies, the mock, and Redis.
 struct Fleet {
     gws: Vec<Gateway>,
+    dead: Vec<Gateway>,
     /// Each gateway's base URL (a `Gateway` is not `Sync`; threads take these).
     urls: Vec<String>,
     admins: Vec<u16>,
+    /// The fault proxy between instance `i` and Redis, if it has one.
+    proxies: Vec<Option<FaultProxy>>,
+    /// The URL instance `i` reaches Redis at (its proxy's, or Redis's own).
+    redis_urls: Vec<String>,
+    /// Instance `i`'s SQLite ledger (the same file across its restarts).
+    dbs: Vec<PathBuf>,
     mock: Mock,
     redis: RedisServer,
 }
@@ -39,43 +50,124 @@ struct Fleet {
 impl Fleet {
     /// The last lines of instance `gw`'s log, for failure messages.
     fn tail(&self, gw: usize) -> String {
-        let log = self.gws[gw].log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        tail_of(&self.gws[gw])
+    }
+
+    /// Instance `gw`'s fault proxy (it must have one).
+    fn proxy(&self, gw: usize) -> &FaultProxy {
+        self.proxies[gw]
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} has no fault proxy", IDS[gw]))
+    }
+
+    /// `kill -9` instance `gw` and reap it (it stays in `gws` until [`Fleet::restart`]).
+    fn kill9(&mut self, gw: usize) {
+        self.gws[gw].kill9();
+        assert!(!self.gws[gw].is_running(), "{} is gone", IDS[gw]);
+    }
+
+    /// Start instance `gw` again on its own config and SQLite file (after [`Fleet::kill9`],
+    /// or a graceful stop); it gets new ports.
+    fn restart(&mut self, gw: usize) {
+        let mut env = env_with_admin();
+        env.push((URL_ENV, self.redis_urls[gw].as_str()));
+        let mut next = Gateway::spawn_on(&self.gws[gw].config_path, &[], &env);
+        next.wait_listening();
+        let health = next.url("/healthz");
+        eventually(&format!("{} answers again", IDS[gw]), || {
+            try_request("GET", &health, &[], None).is_ok_and(|r| r.status == 200)
+        });
+        self.urls[gw] = next.url("");
+        self.admins[gw] = next.admin_port();
+        let old = std::mem::replace(&mut self.gws[gw], next);
+        self.dead.push(old);
+    }
+}
+
+fn tail_of(gw: &Gateway) -> String {
+    let log = gw.log();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// How a test's fleet is started.
+struct Opts {
+    n: usize,
+    projects: String,
+    hold_ttl_s: u32,
+    /// `[fleet] rebuild_grace_ms`; the default when `None`.
+    rebuild_grace_ms: Option<u64>,
+    persistence: Persistence,
+    /// Instances that reach Redis through a fault proxy of their own.
+    proxied: Vec<usize>,
+}
+
+impl Opts {
+    /// `n` instances with `projects`, hold TTL 900 s, AOF on, no proxy.
+    fn new(n: usize, projects: &str) -> Opts {
+        Opts {
+            n,
+            projects: projects.to_string(),
+            hold_ttl_s: 900,
+            rebuild_grace_ms: None,
+            persistence: Persistence::Aof,
+            proxied: Vec::new(),
+        }
     }
 }
 
 /// The `[fleet]` section of instance `id` (per-request holds: no leases).
 fn fleet_section(id: &str) -> String {
+    fleet_section_with(id, 900, None)
+}
+
+fn fleet_section_with(id: &str, hold_ttl_s: u32, rebuild_grace_ms: Option<u64>) -> String {
+    let grace = rebuild_grace_ms.map_or(String::new(), |g| format!("rebuild_grace_ms = {g}\n"));
     format!(
-        "\n[fleet]\nredis_url_env = \"{URL_ENV}\"\ninstance = \"{id}\"\nhold_ttl_s = 900\ntimeout_ms = 1000\nleases = false\n"
+        "\n[fleet]\nredis_url_env = \"{URL_ENV}\"\ninstance = \"{id}\"\nhold_ttl_s = {hold_ttl_s}\ntimeout_ms = 1000\n{grace}leases = false\n"
     )
 }
 
 /// `n` instances (`IDS[..n]`) on one Redis (AOF on) and one mock; `projects` replaces the
 /// standard config's projects on every instance.
 fn start_fleet(n: usize, projects: &str) -> Fleet {
-    let redis = RedisServer::start();
+    start(Opts::new(n, projects))
+}
+
+fn start(o: Opts) -> Fleet {
+    let redis = RedisServer::start_with(o.persistence);
     let mock = Mock::start();
-    let url = redis.url();
-    let mut env = env_with_admin();
-    env.push((URL_ENV, url.as_str()));
     let mut gws = Vec::new();
     let mut admins = Vec::new();
-    for id in &IDS[..n] {
+    let mut proxies = Vec::new();
+    let mut redis_urls = Vec::new();
+    for (i, id) in IDS[..o.n].iter().enumerate() {
+        let proxy = o
+            .proxied
+            .contains(&i)
+            .then(|| FaultProxy::start(redis.addr()));
+        let url = proxy.as_ref().map_or(redis.url(), FaultProxy::redis_url);
+        let mut env = env_with_admin();
+        env.push((URL_ENV, url.as_str()));
         let body = format!(
             "{}{}",
-            body_with_projects(&mock, projects),
-            fleet_section(id)
+            body_with_projects(&mock, &o.projects),
+            fleet_section_with(id, o.hold_ttl_s, o.rebuild_grace_ms)
         );
         let gw = Gateway::start_with(&body, &format!("{ADMIN_EXTRA}grace_period_s = 5"), &env);
         admins.push(gw.admin_port());
         gws.push(gw);
+        proxies.push(proxy);
+        redis_urls.push(url);
     }
     Fleet {
         urls: gws.iter().map(|g| g.url("")).collect(),
+        dbs: gws.iter().map(|g| g.dir.path().join("ledger.db")).collect(),
         gws,
+        dead: Vec::new(),
         admins,
+        proxies,
+        redis_urls,
         mock,
         redis,
     }
@@ -147,17 +239,46 @@ fn send(urls: &[String], gw: usize, path: &str, headers: &[(&str, &str)], body: 
 /// An Anthropic Messages request on claude-sonnet-4 asking for `tokens` output tokens, the
 /// mock answering exactly that many after `latency_ms`.
 fn sonnet(urls: &[String], gw: usize, tokens: u64, latency_ms: u64) -> Shot {
+    sonnet_as(urls, gw, KEY, tokens, latency_ms)
+}
+
+/// [`sonnet`] with project key `key`.
+fn sonnet_as(urls: &[String], gw: usize, key: &str, tokens: u64, latency_ms: u64) -> Shot {
     let (t, l) = (tokens.to_string(), latency_ms.to_string());
     send(
         urls,
         gw,
         "/v1/messages",
         &[
-            ("x-api-key", KEY),
+            ("x-api-key", key),
             ("x-mock-tokens", &t),
             ("x-mock-latency-ms", &l),
         ],
         &chat("claude-sonnet-4", tokens),
+    )
+}
+
+/// A streamed Messages request on claude-sonnet-4 to the instance at `base`: `tokens` output
+/// tokens, one stream event every `chunk_ms`. `Err` when the connection broke (the instance
+/// died under it).
+fn sonnet_stream(base: &str, tokens: u64, chunk_ms: u64) -> Result<Resp, String> {
+    let body = json!({
+        "model": "claude-sonnet-4",
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": tokens,
+        "stream": true,
+    })
+    .to_string();
+    let (t, c) = (tokens.to_string(), chunk_ms.to_string());
+    try_request(
+        "POST",
+        &format!("{base}/v1/messages"),
+        &[
+            ("x-api-key", KEY),
+            ("x-mock-tokens", &t),
+            ("x-mock-chunk-delay-ms", &c),
+        ],
+        Some(body.as_bytes()),
     )
 }
 
@@ -243,21 +364,116 @@ fn recorded_cost(fleet: &Fleet, project: &str, allowed: &[usize]) -> i64 {
 
 /// What the mock served, priced as claude-sonnet-4 from the mock's own usage rules.
 fn mock_cost(mock: &Mock) -> i64 {
+    mock_cost_where(mock, |_| true)
+}
+
+/// The `x-mock-tokens` a recorded mock request asked for (8 when none).
+fn asked_tokens(r: &Value) -> u64 {
+    req_header(r, "x-mock-tokens")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(8)
+}
+
+/// [`mock_cost`] of the recorded requests `pick` selects.
+fn mock_cost_where(mock: &Mock, pick: impl Fn(&Value) -> bool) -> i64 {
     mock.requests()
         .iter()
+        .filter(|r| pick(r))
         .map(|r| {
             assert_eq!(r["path"], "/v1/messages", "only Messages in these tests");
             let body: Value = serde_json::from_str(r["body"].as_str().unwrap_or("")).expect("body");
             let prompt = r["body_len"].as_u64().expect("body_len").div_ceil(4);
-            let asked: u64 = req_header(r, "x-mock-tokens")
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(8);
-            let completion = asked
+            let completion = asked_tokens(r)
                 .min(body["max_tokens"].as_u64().unwrap_or(u64::MAX))
                 .min(4096);
             (prompt * IN_NANOS + completion * OUT_NANOS) as i64
         })
         .sum()
+}
+
+/// The Redis hash `tg:{p:PROJECT}:<what>` (`holds` or `done`), each value parsed as JSON.
+fn records_in(redis: &RedisServer, project: &str, what: &str) -> BTreeMap<String, Value> {
+    redis
+        .hgetall(&format!("tg:{{p:{project}}}:{what}"))
+        .into_iter()
+        .map(|(id, raw)| {
+            let v = serde_json::from_str(&raw)
+                .unwrap_or_else(|e| panic!("{what} record {id} is not JSON ({e}): {raw}"));
+            (id, v)
+        })
+        .collect()
+}
+
+/// The open holds of `project` in Redis: id → record (`o` its instance, `e` its expiry in
+/// server ms, `m` the amount held on each account).
+fn open_holds(redis: &RedisServer, project: &str) -> BTreeMap<String, Value> {
+    records_in(redis, project, "holds")
+}
+
+/// The tombstones of `project` (settled, corrected, burned, charged, void): id → record
+/// (`s` what happened, `x` the actuals of a settle, `b` when a burn happened).
+fn tombstones(redis: &RedisServer, project: &str) -> BTreeMap<String, Value> {
+    records_in(redis, project, "done")
+}
+
+/// A decimal-string field of a Lua record as an integer.
+fn int_field(v: &Value) -> i64 {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| v.as_i64())
+        .unwrap_or_else(|| panic!("not an integer: {v}"))
+}
+
+/// The amount a hold (or a burned hold's tombstone) holds on its one account.
+fn held_amount(rec: &Value) -> i64 {
+    int_field(&rec["m"][0])
+}
+
+/// Integer `SELECT` on an instance's SQLite ledger (read with its own connection while the
+/// instance runs, or after it died).
+fn sqlite_i64(db: &Path, sql: &str, args: &[&str]) -> i64 {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .unwrap_or_else(|e| panic!("open {}: {e}", db.display()));
+    c.busy_timeout(Duration::from_secs(5))
+        .expect("busy_timeout");
+    c.query_row(sql, rusqlite::params_from_iter(args), |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql} on {}: {e}", db.display()))
+}
+
+/// What an instance's own ledger says it spent on `project` (every period).
+fn sqlite_spend(db: &Path, project: &str) -> i64 {
+    sqlite_i64(
+        db,
+        "SELECT COALESCE(SUM(spent_nanos), 0) FROM spend WHERE project = ?1",
+        &[project],
+    )
+}
+
+/// Σ over the fleet's instances of [`sqlite_spend`].
+fn fleet_sqlite_spend(fleet: &Fleet, project: &str) -> i64 {
+    fleet.dbs.iter().map(|db| sqlite_spend(db, project)).sum()
+}
+
+/// An instance's settle queue (`fleet_settles`): hold id → the settle it will send.
+fn sqlite_queue(db: &Path) -> BTreeMap<String, Value> {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .unwrap_or_else(|e| panic!("open {}: {e}", db.display()));
+    c.busy_timeout(Duration::from_secs(5))
+        .expect("busy_timeout");
+    let mut st = c
+        .prepare("SELECT hold_id, body FROM fleet_settles")
+        .expect("prepare");
+    let rows = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .expect("query fleet_settles");
+    rows.map(|r| {
+        let (id, body) = r.expect("row");
+        (
+            id,
+            serde_json::from_str(&body).expect("settle body is JSON"),
+        )
+    })
+    .collect()
 }
 
 /// Sets the flag when dropped: load threads stop even when the test panics (a scope joins
@@ -648,4 +864,1134 @@ fn kill_redis(redis: &RedisServer) {
         .is_ok_and(|s| s.success());
     assert!(ok, "kill -9 redis-server");
     eventually("redis-server is gone", || redis.try_cmd(&["PING"]).is_err());
+}
+
+/// `budget = { limit_usd = L, period = "total" }`
+fn total_budget(limit_usd: f64) -> String {
+    format!("budget = {{ limit_usd = {limit_usd}, period = \"total\" }}")
+}
+
+/// Each of gw-a's holds (as they were while open) is either still open, and counted in
+/// `held`, or burned after its expiry into `committed`: never released without a settle.
+fn assert_still_counted(redis: &RedisServer, holds: &BTreeMap<String, Value>) {
+    let open = open_holds(redis, "p1");
+    let done = tombstones(redis, "p1");
+    for (id, rec) in holds {
+        if let Some(now) = open.get(id) {
+            assert_eq!(held_amount(now), held_amount(rec), "{id}: the same hold");
+            continue;
+        }
+        let t = done
+            .get(id)
+            .unwrap_or_else(|| panic!("hold {id} left Redis without a trace: {open:?} {done:?}"));
+        assert_eq!(t["s"], "burned", "{id} was never settled, only burned: {t}");
+        assert_eq!(
+            held_amount(t),
+            held_amount(rec),
+            "{id}: the whole worst case burns"
+        );
+        assert!(
+            int_field(&t["b"]) >= int_field(&rec["e"]),
+            "{id} burned at {} before it expired at {}",
+            t["b"],
+            rec["e"]
+        );
+    }
+}
+
+/// Issue 13, kill -9 one instance mid-stream: its open holds stay counted (held) until their
+/// TTL, then burn into committed (spent, never refunded); meanwhile the other instances admit
+/// only within what is left of the one limit; restarted on its own SQLite file, the instance
+/// replays the settles it had queued before the kill, once, and the holds of the streams that
+/// never finished stay burned. At rest, Redis = Σ SQLite + the burned worst cases.
+#[test]
+fn an_instance_killed_mid_stream_burns_its_holds_and_replays_its_queued_settles_once() {
+    // Worst cases: a streamed request asking for 120 tokens holds about $0.0021, one asking
+    // for 30 about $0.0008, a plain one for 100 about $0.0018 (it costs about $0.0016).
+    let limit_usd = 0.02;
+    let limit = 20_000_000;
+    let mut o = Opts::new(3, &p1(&total_budget(limit_usd)));
+    o.hold_ttl_s = 3;
+    o.proxied = vec![0];
+    let mut fleet = start(o);
+    let key = total_key("p1");
+    for gw in 0..3 {
+        for _ in 0..2 {
+            let s = sonnet(&fleet.urls, gw, 10, 0);
+            assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(gw));
+        }
+    }
+    let before = fleet.mock.count();
+
+    // On gw-a: three long streams (the kill cuts them) and two short ones, which end while
+    // gw-a cannot reach Redis, so their settles wait in its SQLite queue.
+    let a_holds: BTreeMap<String, Value> = std::thread::scope(|s| {
+        let base = fleet.urls[0].clone();
+        let long: Vec<_> = (0..3)
+            .map(|_| {
+                let b = base.clone();
+                s.spawn(move || sonnet_stream(&b, 120, 200))
+            })
+            .collect();
+        let short: Vec<_> = (0..2)
+            .map(|_| {
+                let b = base.clone();
+                s.spawn(move || sonnet_stream(&b, 30, 200))
+            })
+            .collect();
+        let mut holds = BTreeMap::new();
+        eventually(
+            "gw-a holds five worst cases and the mock streams them",
+            || {
+                holds = open_holds(&fleet.redis, "p1")
+                    .into_iter()
+                    .filter(|(_, r)| r["o"] == "gw-a")
+                    .collect();
+                holds.len() == 5 && fleet.mock.count() == before + 5
+            },
+        );
+        fleet.proxy(0).refuse();
+        for t in short {
+            let r = t
+                .join()
+                .expect("short stream")
+                .expect("a short stream ends normally");
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert!(
+                r.body.contains("message_stop"),
+                "the whole stream: {}",
+                r.body
+            );
+        }
+        eventually("gw-a queued its two settles in SQLite", || {
+            sqlite_queue(&fleet.dbs[0]).len() == 2
+        });
+        fleet.kill9(0);
+        for t in long {
+            let r = t.join().expect("long stream");
+            assert!(
+                !r.as_ref().is_ok_and(|r| r.body.contains("message_stop")),
+                "a long stream was cut by the kill: {r:?}"
+            );
+        }
+        holds
+    });
+
+    let queued = sqlite_queue(&fleet.dbs[0]);
+    let queued_actual: i64 = queued
+        .values()
+        .map(|b| b["actuals"][0].as_i64().expect("actual"))
+        .sum();
+    for (id, b) in &queued {
+        assert!(
+            a_holds.contains_key(id),
+            "queued {id} is one of gw-a's holds"
+        );
+        assert!(
+            b["actuals"][0].as_i64() > Some(0),
+            "a served stream costs: {b}"
+        );
+    }
+    let a_amount: i64 = a_holds.values().map(held_amount).sum();
+    let cut: BTreeMap<String, Value> = a_holds
+        .iter()
+        .filter(|(id, _)| !queued.contains_key(*id))
+        .map(|(id, r)| (id.clone(), r.clone()))
+        .collect();
+    assert_eq!(cut.len(), 3, "the three long streams' holds");
+    let cut_amount: i64 = cut.values().map(held_amount).sum();
+
+    // Right after the kill every hold of gw-a still counts, held or burned.
+    assert_still_counted(&fleet.redis, &a_holds);
+    eventually_eq(
+        "committed + held = Σ SQLite − what gw-a queued + gw-a's worst cases",
+        || {
+            let (c, h) = balance(&fleet.redis, &key);
+            (
+                c + h,
+                fleet_sqlite_spend(&fleet, "p1") - queued_actual + a_amount,
+            )
+        },
+    );
+
+    // Meanwhile the other instances admit only within what gw-a's holds leave of the limit.
+    let stop = AtomicBool::new(false);
+    let (bc_admitted, refused_at) = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                let (c, h) = balance(&fleet.redis, &key);
+                assert!(c + h <= limit, "committed {c} + held {h} > limit {limit}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let mut admitted = 0;
+        for i in 0..40 {
+            let s = sonnet(&fleet.urls, 1 + i % 2, 100, 0);
+            if s.status == 402 {
+                assert_eq!(s.code, "budget_exceeded", "{s:?}");
+                return (admitted, Some(balance(&fleet.redis, &key)));
+            }
+            assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(s.gw));
+            admitted += 1;
+        }
+        (admitted, None)
+    });
+    let (c1, h1) = refused_at.expect("gw-b and gw-c reach the limit");
+    assert!(bc_admitted >= 1, "there was room for some: {c1} {h1}");
+    let worst_bc = tombstones(&fleet.redis, "p1")
+        .values()
+        .find(|t| t["o"] == "gw-b")
+        .map(held_amount)
+        .expect("a settled hold of gw-b");
+    assert!(c1 + h1 <= limit, "{c1} + {h1} > {limit}");
+    assert!(
+        c1 + h1 - a_amount + worst_bc <= limit,
+        "without gw-a's holds there would have been room: the refusal counts them ({c1} + {h1}, gw-a {a_amount}, worst {worst_bc})"
+    );
+
+    // After their TTL the holds burn (the live instances reap every 5 s and on reserves).
+    eventually("gw-a's holds burned", || {
+        open_holds(&fleet.redis, "p1")
+            .values()
+            .all(|r| r["o"] != "gw-a")
+    });
+    assert_still_counted(&fleet.redis, &a_holds);
+    eventually_eq(
+        "burned: (committed, held) = (Σ SQLite − queued + gw-a's worst cases, 0)",
+        || {
+            (
+                balance(&fleet.redis, &key),
+                (
+                    fleet_sqlite_spend(&fleet, "p1") - queued_actual + a_amount,
+                    0,
+                ),
+            )
+        },
+    );
+
+    // gw-a again, on the same SQLite file: it replays its queue, once.
+    fleet.proxy(0).heal();
+    fleet.restart(0);
+    eventually("gw-a replayed its queue", || {
+        sqlite_queue(&fleet.dbs[0]).is_empty()
+    });
+    let done = tombstones(&fleet.redis, "p1");
+    for (id, b) in &queued {
+        let t = &done[id];
+        assert!(
+            t["s"] == "corrected" || t["s"] == "settled",
+            "{id}: the queued settle was applied: {t}"
+        );
+        assert_eq!(
+            int_field(&t["x"][0]),
+            b["actuals"][0].as_i64().expect("actual"),
+            "{id}: at its true cost"
+        );
+    }
+    for id in cut.keys() {
+        assert_eq!(
+            done[id]["s"], "burned",
+            "{id}: never finished, stays burned"
+        );
+    }
+    eventually_eq(
+        "at rest: (committed, held) = (Σ SQLite + the burned worst cases, 0)",
+        || {
+            (
+                balance(&fleet.redis, &key),
+                (fleet_sqlite_spend(&fleet, "p1") + cut_amount, 0),
+            )
+        },
+    );
+    let spent = fleet_sqlite_spend(&fleet, "p1");
+    assert_eq!(
+        spent,
+        mock_cost_where(&fleet.mock, |r| asked_tokens(r) != 120),
+        "the ledgers hold what the mock served to the end"
+    );
+    assert!(spent + cut_amount <= limit);
+    // The restarted instance decides again (its share of the budget is gone: 402, not 503).
+    let s = sonnet(&fleet.urls, 0, 100, 0);
+    assert!(
+        s.status == 200 || (s.status == 402 && s.code == "budget_exceeded"),
+        "{s:?}\n{}",
+        fleet.tail(0)
+    );
+    let f = admin_get(fleet.admins[0], "/admin/fleet").json();
+    assert_eq!(f["redis"]["ok"], true, "{f}");
+    assert_eq!(f["redis"]["joined"], true, "{f}");
+}
+
+/// [`eventually`] for an equality: polls `f` until its two sides agree, and names both when
+/// they never do.
+fn eventually_eq<T: PartialEq + std::fmt::Debug>(what: &str, mut f: impl FnMut() -> (T, T)) {
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        let (a, b) = f();
+        if a == b {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what}: {a:?} != {b:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether Redis is in its rebuild (after a data loss): no generation yet, or the rebuild
+/// grace running. Either only ends: once seen after an answer, it was so during the reserve.
+fn rebuilding(redis: &RedisServer) -> bool {
+    let gen = redis.try_cmd(&["GET", "tg:gen"]).expect("GET tg:gen");
+    let grace = redis
+        .try_cmd(&["EXISTS", "tg:rebuilding"])
+        .expect("EXISTS tg:rebuilding");
+    gen == Reply::Bulk(None) || grace == Reply::Int(1)
+}
+
+/// Issue 13, Redis with persistence off killed and restarted (everything lost): while the
+/// fleet rebuilds, budgeted requests get 503 ledger_unavailable; then the counters are the
+/// instances' own ledgers (the spend from before the loss carried by their joins), admission
+/// resumes, and the budget still holds.
+#[test]
+fn redis_losing_its_data_rebuilds_the_counters_from_the_instances_ledgers() {
+    let limit_usd = 0.03;
+    let limit = 30_000_000;
+    let mut o = Opts::new(3, &p1(&total_budget(limit_usd)));
+    o.persistence = Persistence::Off;
+    o.rebuild_grace_ms = Some(2000);
+    let mut fleet = start(o);
+    let key = total_key("p1");
+    for gw in 0..3 {
+        for _ in 0..3 {
+            let s = sonnet(&fleet.urls, gw, 100, 0);
+            assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(gw));
+        }
+    }
+    eventually_eq("Redis and the ledgers agree", || {
+        (
+            balance(&fleet.redis, &key),
+            (fleet_sqlite_spend(&fleet, "p1"), 0),
+        )
+    });
+    let spent_before = balance(&fleet.redis, &key).0;
+    assert_eq!(spent_before, mock_cost(&fleet.mock));
+    let old_gen = fleet.redis.cmd(&["GET", "tg:gen"]);
+
+    // Persistence off: the restart loses everything (the instances notice on their own).
+    fleet.redis.restart();
+    let mut shots = Vec::new();
+    let mut while_rebuilding = 0;
+    let mut served = [false; 3];
+    eventually("every instance admits again", || {
+        for gw in 0..3 {
+            if served[gw] {
+                continue;
+            }
+            let s = sonnet(&fleet.urls, gw, 100, 0);
+            if rebuilding(&fleet.redis) {
+                assert_eq!(
+                    (s.status, s.code.as_str()),
+                    (503, "ledger_unavailable"),
+                    "{}: answered while Redis was rebuilding\n{}",
+                    IDS[gw],
+                    fleet.tail(gw)
+                );
+                while_rebuilding += 1;
+            }
+            assert!(
+                s.status == 200 || (s.status == 503 && s.code == "ledger_unavailable"),
+                "{s:?}\n{}",
+                fleet.tail(gw)
+            );
+            served[gw] |= s.status == 200;
+            shots.push(s);
+        }
+        served.iter().all(|s| *s)
+    });
+    assert!(
+        while_rebuilding > 0,
+        "some requests came while Redis was rebuilding: {shots:?}"
+    );
+    let gen = fleet.redis.cmd(&["GET", "tg:gen"]);
+    assert_ne!(gen, old_gen, "a new generation");
+    for (gw, &admin) in fleet.admins.iter().enumerate() {
+        let f = admin_get(admin, "/admin/fleet").json();
+        assert_eq!(f["redis"]["generation"], gen.as_str(), "{}: {f}", IDS[gw]);
+    }
+    eventually_eq(
+        "rebuilt: Redis = Σ SQLite, the spend from before the loss included",
+        || {
+            (
+                balance(&fleet.redis, &key),
+                (fleet_sqlite_spend(&fleet, "p1"), 0),
+            )
+        },
+    );
+    let rebuilt = balance(&fleet.redis, &key).0;
+    assert!(
+        rebuilt > spent_before,
+        "carried {spent_before} and the new spend: {rebuilt}"
+    );
+
+    // The rest of the budget, from every instance at once: never past the limit.
+    let stop = AtomicBool::new(false);
+    let shots: Vec<Shot> = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                let (c, h) = balance(&fleet.redis, &key);
+                assert!(c + h <= limit, "committed {c} + held {h} > limit {limit}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let workers: Vec<_> = (0..30)
+            .map(|i| {
+                let urls = &fleet.urls;
+                s.spawn(move || sonnet(urls, i % 3, 100, 100))
+            })
+            .collect();
+        let shots = workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect();
+        stop.store(true, Ordering::SeqCst);
+        shots
+    });
+    for s in &shots {
+        assert!(
+            s.status == 200 || (s.status == 402 && s.code == "budget_exceeded"),
+            "only 200 or 402 budget_exceeded: {s:?}"
+        );
+    }
+    assert!(
+        shots.iter().any(|s| s.status == 402),
+        "the budget ran out: {shots:?}"
+    );
+    eventually_eq("at rest: (committed, held) = (Σ SQLite, 0)", || {
+        (
+            balance(&fleet.redis, &key),
+            (fleet_sqlite_spend(&fleet, "p1"), 0),
+        )
+    });
+    let spent = fleet_sqlite_spend(&fleet, "p1");
+    assert_eq!(
+        spent,
+        mock_cost(&fleet.mock),
+        "the ledgers hold what the mock served"
+    );
+    assert!(spent <= limit, "spent {spent} > limit {limit}");
+}
+
+/// Issue 13, moving a single instance to fleet mode: its SQLite spend is carried into Redis
+/// (once, however often it restarts), a second instance sees the fleet-wide figure in
+/// `/admin/projects`, and admits only within what the first left of the limit.
+#[test]
+fn a_single_instance_moved_to_fleet_mode_carries_its_spend_over() {
+    let limit_usd = 0.01;
+    let limit = 10_000_000;
+    let redis = RedisServer::start();
+    let mock = Mock::start();
+    let url = redis.url();
+    let mut env = env_with_admin();
+    env.push((URL_ENV, url.as_str()));
+    let server = format!("{ADMIN_EXTRA}grace_period_s = 5");
+    let body = body_with_projects(&mock, &p1(&total_budget(limit_usd)));
+
+    // Alone, on its own SQLite ledger.
+    let mut solo = Gateway::start_with(&body, &server, &env_with_admin());
+    let db = solo.dir.path().join("ledger.db");
+    for _ in 0..3 {
+        let s = sonnet(&[solo.url("")], 0, 100, 0);
+        assert_eq!(s.status, 200, "{s:?}\n{}", tail_of(&solo));
+    }
+    solo.signal("TERM");
+    assert!(
+        solo.wait_exit(Duration::from_secs(20)).is_some(),
+        "a graceful stop\n{}",
+        tail_of(&solo)
+    );
+    let spent = sqlite_spend(&db, "p1");
+    assert!(spent > 0);
+    assert_eq!(
+        spent,
+        mock_cost(&mock),
+        "the ledger holds what the mock served"
+    );
+    assert_eq!(
+        redis.try_cmd(&["EXISTS", &total_key("p1")]),
+        Ok(Reply::Int(0)),
+        "nothing in Redis yet"
+    );
+
+    // The same file, now in fleet mode.
+    let config = std::fs::read_to_string(&solo.config_path).expect("config");
+    rewrite(
+        &solo.config_path,
+        &format!("{config}{}", fleet_section("gw-a")),
+    );
+    let start_a = || {
+        let mut a = Gateway::spawn_on(&solo.config_path, &[], &env);
+        a.wait_listening();
+        let health = a.url("/healthz");
+        eventually("gw-a answers", || {
+            try_request("GET", &health, &[], None).is_ok_and(|r| r.status == 200)
+        });
+        a
+    };
+    let mut a = start_a();
+    eventually_eq("Redis carries gw-a's spend", || {
+        (balance(&redis, &total_key("p1")), (spent, 0))
+    });
+    let b_body = format!("{body}{}", fleet_section("gw-b"));
+    let b = Gateway::start_with(&b_body, &server, &env);
+    for (who, admin) in [("gw-a", a.admin_port()), ("gw-b", b.admin_port())] {
+        let p = project(admin, "p1");
+        assert_eq!(p["source"], "fleet", "{who}: {p}");
+        assert_eq!(
+            nanos(&p["spent_usd"]),
+            spent,
+            "{who}: the fleet-wide figure: {p}"
+        );
+        assert_eq!(nanos(&p["reserved_usd"]), 0, "{who}: {p}");
+        assert_eq!(
+            nanos(&p["remaining_usd"]),
+            limit - spent,
+            "{who}: limit − spent: {p}"
+        );
+    }
+
+    // gw-b, with nothing spent on its own, admits only within what gw-a left.
+    let b_db = b.dir.path().join("ledger.db");
+    let mut refused = false;
+    for _ in 0..10 {
+        let s = sonnet(&[b.url("")], 0, 100, 0);
+        if s.status == 402 {
+            assert_eq!(s.code, "budget_exceeded", "{s:?}");
+            refused = true;
+            break;
+        }
+        assert_eq!(s.status, 200, "{s:?}\n{}", tail_of(&b));
+    }
+    assert!(refused, "gw-b reached the fleet-wide limit");
+    eventually_eq("Redis = gw-a's carried spend + gw-b's", || {
+        (
+            balance(&redis, &total_key("p1")),
+            (spent + sqlite_spend(&b_db, "p1"), 0),
+        )
+    });
+    let b_spent = sqlite_spend(&b_db, "p1");
+    assert!(
+        b_spent <= limit - spent,
+        "gw-b spent {b_spent}, more than the {} gw-a left",
+        limit - spent
+    );
+
+    // A restart of gw-a joins the same generation again: its spend is not carried twice.
+    a.signal("TERM");
+    assert!(
+        a.wait_exit(Duration::from_secs(20)).is_some(),
+        "{}",
+        tail_of(&a)
+    );
+    let a = start_a();
+    eventually("gw-a joined again", || {
+        admin_get(a.admin_port(), "/admin/fleet").json()["redis"]["joined"] == true
+    });
+    assert_eq!(
+        balance(&redis, &total_key("p1")),
+        (spent + b_spent, 0),
+        "carried once"
+    );
+    assert_eq!(
+        nanos(&project(a.admin_port(), "p1")["spent_usd"]),
+        spent + b_spent
+    );
+}
+
+/// At rest after a fault: no hold open in Redis, no settle left in any queue, and Redis = Σ
+/// SQLite = what the mock served (priced from its own usage rules).
+fn assert_clean_at_rest(fleet: &Fleet) {
+    let key = total_key("p1");
+    eventually_eq("no hold open in Redis", || {
+        (open_holds(&fleet.redis, "p1"), BTreeMap::new())
+    });
+    for (gw, db) in fleet.dbs.iter().enumerate() {
+        eventually_eq(&format!("{}'s settle queue is empty", IDS[gw]), || {
+            (sqlite_queue(db), BTreeMap::new())
+        });
+    }
+    eventually_eq("(committed, held) = (Σ SQLite, 0)", || {
+        (
+            balance(&fleet.redis, &key),
+            (fleet_sqlite_spend(fleet, "p1"), 0),
+        )
+    });
+    assert_eq!(
+        balance(&fleet.redis, &key).0,
+        mock_cost(&fleet.mock),
+        "Redis charged exactly what the mock served"
+    );
+}
+
+/// Issue 13, Redis slower than `timeout_ms` for one instance (a fault proxy adds latency):
+/// its budgeted requests get 503 ledger_unavailable and reach no provider, the other
+/// instance is unaffected, and once healed no hold is left behind (a reserve that timed out
+/// may still have made its hold: it is settled to 0), with a hold TTL far longer than the
+/// test, so a leak cannot hide behind a burn.
+#[test]
+fn redis_slower_than_the_timeout_gives_503_and_leaks_no_hold() {
+    let mut o = Opts::new(2, &p1(&total_budget(10.0)));
+    o.proxied = vec![0];
+    let fleet = start(o);
+    for gw in 0..2 {
+        let s = sonnet(&fleet.urls, gw, 10, 0);
+        assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(gw));
+    }
+    let served = fleet.mock.count();
+    fleet
+        .proxy(0)
+        .latency(Duration::from_millis(1500), Duration::ZERO);
+    for _ in 0..3 {
+        let s = sonnet(&fleet.urls, 0, 10, 0);
+        assert_eq!(
+            (s.status, s.code.as_str()),
+            (503, "ledger_unavailable"),
+            "Redis answers gw-a later than timeout_ms\n{}",
+            fleet.tail(0)
+        );
+    }
+    assert_eq!(fleet.mock.count(), served, "no 503 reached the provider");
+    let s = sonnet(&fleet.urls, 1, 10, 0);
+    assert_eq!(s.status, 200, "gw-b talks to Redis directly: {s:?}");
+    assert!(fleet.proxy(0).bytes_up() > 0);
+
+    fleet.proxy(0).heal();
+    eventually("gw-a admits again", || {
+        let s = sonnet(&fleet.urls, 0, 10, 0);
+        assert!(
+            s.status == 200 || (s.status == 503 && s.code == "ledger_unavailable"),
+            "{s:?}"
+        );
+        s.status == 200
+    });
+    assert_clean_at_rest(&fleet);
+}
+
+/// Issue 13, replies lost after Redis ran the command (a fault proxy resets gw-a's
+/// connection instead of forwarding the answer), several times under load: whatever the
+/// command was (a reserve, a settle, a heartbeat), no settle is applied twice and no hold is
+/// left: at rest Redis = Σ SQLite = what the mock served.
+#[test]
+fn replies_lost_under_load_double_apply_nothing_and_leak_no_hold() {
+    let mut o = Opts::new(2, &p1(&total_budget(10.0)));
+    o.proxied = vec![0];
+    let fleet = start(o);
+    let stop = AtomicBool::new(false);
+    let shots = Mutex::new(Vec::<Shot>::new());
+    let served_by_a = || {
+        shots
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.gw == 0 && s.status == 200)
+            .count()
+    };
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        for gw in [0, 0, 0, 1] {
+            let (urls, stop, shots) = (&fleet.urls, &stop, &shots);
+            s.spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    let shot = sonnet(urls, gw, 20, 30);
+                    shots.lock().unwrap().push(shot);
+                }
+            });
+        }
+        eventually("load is served", || served_by_a() >= 5);
+        for n in 1..=6 {
+            fleet.proxy(0).drop_next_reply();
+            eventually(&format!("reply {n} dropped"), || {
+                fleet.proxy(0).replies_dropped() == n
+            });
+            let now = served_by_a();
+            eventually("gw-a serves again", || served_by_a() > now);
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+    let shots = shots.into_inner().unwrap();
+    for s in &shots {
+        assert!(
+            s.status == 200 || (s.status == 503 && s.code == "ledger_unavailable"),
+            "only 200 or 503 ledger_unavailable: {s:?}"
+        );
+    }
+    assert!(fleet.proxy(0).resets() >= 6);
+    assert_clean_at_rest(&fleet);
+    let ok = shots.iter().filter(|s| s.status == 200).count();
+    assert_eq!(
+        fleet.mock.count(),
+        ok as u64,
+        "every admitted request reached the provider once, no refused one did"
+    );
+}
+
+/// `p1` with a budget (key `KEY`) and `p2` with neither budget nor rate limit (key `KEY2`).
+fn p1_budget_p2_free(limit_usd: f64) -> String {
+    format!(
+        "{}[[projects]]\nid = \"p2\"\nkeys = [\"{KEY2}\"]\n",
+        p1(&total_budget(limit_usd))
+    )
+}
+
+/// The one budget key of a project in Redis (a project without a budget counts its spend in
+/// the month's window).
+fn only_budget_key(redis: &RedisServer, project: &str) -> String {
+    let keys = redis.cmd(&["KEYS", &format!("tg:{{p:{project}}}:b:*")]);
+    let keys: Vec<&str> = keys.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(keys.len(), 1, "one budget key of {project}: {keys:?}");
+    keys[0].to_string()
+}
+
+/// Issue 13, Redis down: a project with no budget and no rate limit needs no hold, so it
+/// keeps serving on every instance while a budgeted one gets 503; once Redis is back its
+/// spend reaches Redis (the queued settles replayed: `charged`, there was no hold).
+#[test]
+fn a_project_without_limits_serves_while_redis_is_down_and_is_charged_when_it_is_back() {
+    let mut fleet = start_fleet(2, &p1_budget_p2_free(10.0));
+    // p1 asks for 10 tokens, p2 for 30: the mock's records tell them apart.
+    let p2_cost = |mock: &Mock| mock_cost_where(mock, |r| asked_tokens(r) == 30);
+    for gw in 0..2 {
+        for (key, tokens) in [(KEY, 10), (KEY2, 30)] {
+            let s = sonnet_as(&fleet.urls, gw, key, tokens, 0);
+            assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(gw));
+        }
+    }
+    let p2_key = only_budget_key(&fleet.redis, "p2");
+    eventually_eq("p2 in Redis before", || {
+        (
+            fleet.redis.hget_i64(&p2_key, "committed"),
+            p2_cost(&fleet.mock),
+        )
+    });
+    let charged_before = tombstones(&fleet.redis, "p2")
+        .values()
+        .filter(|t| t["s"] == "charged")
+        .count();
+    assert_eq!(charged_before, 0, "every settle so far had its hold");
+
+    kill_redis(&fleet.redis);
+    let served = fleet.mock.count();
+    let mut down: usize = 0;
+    for gw in 0..2 {
+        for _ in 0..3 {
+            let s = sonnet_as(&fleet.urls, gw, KEY, 10, 0);
+            assert_eq!(
+                (s.status, s.code.as_str()),
+                (503, "ledger_unavailable"),
+                "p1 has a budget\n{}",
+                fleet.tail(gw)
+            );
+            let s = sonnet_as(&fleet.urls, gw, KEY2, 30, 0);
+            assert_eq!(s.status, 200, "p2 needs no hold: {s:?}\n{}", fleet.tail(gw));
+            down += 1;
+        }
+    }
+    assert_eq!(
+        fleet.mock.count(),
+        served + down as u64,
+        "only p2 reached the provider while Redis was down"
+    );
+    eventually("p2's settles wait in SQLite", || {
+        let queued: usize = fleet.dbs.iter().map(|db| sqlite_queue(db).len()).sum();
+        queued >= down
+    });
+
+    fleet.redis.restart();
+    eventually_eq("p2's spend reached Redis", || {
+        (
+            (
+                fleet.redis.hget_i64(&p2_key, "committed"),
+                fleet.redis.hget_i64(&p2_key, "held"),
+            ),
+            (p2_cost(&fleet.mock), 0),
+        )
+    });
+    assert_eq!(
+        fleet.redis.hget_i64(&p2_key, "committed"),
+        fleet
+            .dbs
+            .iter()
+            .map(|db| sqlite_spend(db, "p2"))
+            .sum::<i64>(),
+        "Redis = Σ SQLite for p2"
+    );
+    let charged = tombstones(&fleet.redis, "p2")
+        .values()
+        .filter(|t| t["s"] == "charged")
+        .count();
+    assert_eq!(charged, down, "each served while down was charged once");
+    for (gw, db) in fleet.dbs.iter().enumerate() {
+        eventually_eq(&format!("{}'s settle queue is empty", IDS[gw]), || {
+            (sqlite_queue(db), BTreeMap::new())
+        });
+    }
+    for (gw, id) in IDS.iter().enumerate().take(2) {
+        eventually(&format!("{} admits p1 again", id), || {
+            sonnet_as(&fleet.urls, gw, KEY, 10, 0).status == 200
+        });
+    }
+    eventually_eq("p1 at rest", || {
+        (
+            balance(&fleet.redis, &total_key("p1")),
+            (fleet_sqlite_spend(&fleet, "p1"), 0),
+        )
+    });
+}
+
+/// Wait, if needed, until the current minute has at least `need_s` seconds left: the fleet's
+/// rate windows are per minute.
+fn clear_of_minute_boundary(need_s: u64) {
+    let second = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+            % 60
+    };
+    let deadline = Instant::now() + Duration::from_secs(need_s + 5);
+    while second() + need_s >= 60 {
+        assert!(Instant::now() < deadline, "the minute does not turn");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Σ of a project's `tpm` window counts in Redis (one window: the test stays in one minute).
+fn tpm_count(redis: &RedisServer, project: &str) -> i64 {
+    let keys = redis.cmd(&["KEYS", &format!("tg:{{p:{project}}}:r:tpm:*")]);
+    keys.lines()
+        .filter(|l| !l.is_empty())
+        .map(|k| redis.hget_i64(k, "n"))
+        .sum()
+}
+
+/// Issue 13, tpm counts across the fleet: requests of known token usage, one at a time over
+/// three instances; once the fleet's tokens in the minute reach tpm, every instance refuses
+/// with 429 rate_limited.
+#[test]
+fn tpm_counts_tokens_across_the_fleet() {
+    let tpm = 100;
+    let fleet = start_fleet(3, &p1(&format!("rate_limit = {{ tpm = {tpm} }}")));
+    clear_of_minute_boundary(15);
+    let mut admitted = 0;
+    let mut refused = None;
+    for i in 0..20 {
+        let s = mini(&fleet.urls, i % 3);
+        if s.status == 429 {
+            refused = Some(s);
+            break;
+        }
+        assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(s.gw));
+        admitted += 1;
+        // The mock's usage for what it served: prompt ceil(body_len / 4), completion 2.
+        let used: i64 = fleet
+            .mock
+            .requests()
+            .iter()
+            .map(|r| r["body_len"].as_u64().expect("body_len").div_ceil(4) as i64 + 2)
+            .sum();
+        // Wait for the settle to count the tokens before the next admission.
+        eventually_eq("the fleet's tpm window counts what was served", || {
+            (tpm_count(&fleet.redis, "p1"), used)
+        });
+    }
+    let refused = refused.expect("the tpm limit is reached");
+    assert_eq!(refused.code, "rate_limited", "{refused:?}");
+    let per: Vec<i64> = fleet
+        .mock
+        .requests()
+        .iter()
+        .map(|r| r["body_len"].as_u64().expect("body_len").div_ceil(4) as i64 + 2)
+        .collect();
+    // Admitted while the count was below tpm: exactly until the running total reached it.
+    let mut total = 0;
+    let want = per
+        .iter()
+        .position(|t| {
+            total += t;
+            total >= tpm
+        })
+        .map(|i| i + 1);
+    assert_eq!(
+        Some(admitted),
+        want,
+        "tokens per request {per:?}, tpm {tpm}"
+    );
+    for (gw, id) in IDS.iter().enumerate().take(3) {
+        let s = mini(&fleet.urls, gw);
+        assert_eq!(
+            (s.status, s.code.as_str()),
+            (429, "rate_limited"),
+            "{}: the fleet is over its tpm",
+            id
+        );
+    }
+    assert_eq!(
+        fleet.mock.count(),
+        admitted as u64,
+        "no refused request was served"
+    );
+}
+
+/// Change `from` to `to` in instance `gw`'s config file and reload it: `POST /admin/reload`,
+/// or SIGHUP when `hup`. Returns once the instance runs the new config.
+fn reload_with(fleet: &Fleet, gw: usize, from: &str, to: &str, hup: bool) {
+    let path = &fleet.gws[gw].config_path;
+    let text = std::fs::read_to_string(path).expect("config");
+    assert!(text.contains(from), "{from:?} in {}", path.display());
+    rewrite(path, &text.replace(from, to));
+    let admin = fleet.admins[gw];
+    if hup {
+        let ok = reloads(admin, "ok");
+        fleet.gws[gw].signal("HUP");
+        eventually(&format!("{} reloaded on SIGHUP", IDS[gw]), || {
+            reloads(admin, "ok") > ok
+        });
+    } else {
+        let r = admin_post(admin, "/admin/reload");
+        assert_eq!(r.status, 200, "{}: {}\n{}", IDS[gw], r.body, fleet.tail(gw));
+    }
+}
+
+/// Issue 13, a limit lowered below what the fleet has committed (the nearest end-to-end
+/// stand-in for a period rolling over with holds open): after a reload on every instance each
+/// refuses at once with 402, `remaining_usd` is 0 (never negative), and nothing else breaks:
+/// another project serves, Redis is unchanged, raising the limit again admits again.
+#[test]
+fn a_limit_lowered_below_the_committed_spend_refuses_everywhere_at_once() {
+    let fleet = start_fleet(3, &p1_budget_p2_free(0.5));
+    let key = total_key("p1");
+    // About $0.0016 on each instance: $0.0047 committed fleet-wide.
+    for gw in 0..3 {
+        let s = sonnet(&fleet.urls, gw, 100, 0);
+        assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(gw));
+    }
+    eventually_eq("at rest", || {
+        (
+            balance(&fleet.redis, &key),
+            (fleet_sqlite_spend(&fleet, "p1"), 0),
+        )
+    });
+    let committed = balance(&fleet.redis, &key).0;
+    let served = fleet.mock.count();
+
+    // $0.002: below the fleet's $0.0047, above what any one instance spent, so the refusal
+    // can only come from the fleet-wide figure.
+    let (high, low) = ("limit_usd = 0.5", "limit_usd = 0.002");
+    for gw in 0..3 {
+        reload_with(&fleet, gw, high, low, gw == 2);
+    }
+    for (gw, id) in IDS.iter().enumerate().take(3) {
+        // One output token: a worst case of about $0.0003, which the instance's own spend
+        // would leave room for.
+        let s = sonnet(&fleet.urls, gw, 1, 0);
+        assert_eq!(
+            (s.status, s.code.as_str()),
+            (402, "budget_exceeded"),
+            "{}: the first request after the reload\n{}",
+            id,
+            fleet.tail(gw)
+        );
+        let p = project(fleet.admins[gw], "p1");
+        assert_eq!(p["limit_usd"].as_f64(), Some(0.002), "{}: {p}", id);
+        assert_eq!(
+            p["remaining_usd"].as_f64(),
+            Some(0.0),
+            "{}: never negative: {p}",
+            id
+        );
+        assert_eq!(nanos(&p["spent_usd"]), committed, "{}: {p}", id);
+        assert_eq!(nanos(&p["reserved_usd"]), 0, "{}: {p}", id);
+        let s = sonnet_as(&fleet.urls, gw, KEY2, 30, 0);
+        assert_eq!(s.status, 200, "{}: p2 has no budget: {s:?}", id);
+        let f = admin_get(fleet.admins[gw], "/admin/fleet").json();
+        assert_eq!(f["redis"]["ok"], true, "{f}");
+    }
+    assert_eq!(
+        balance(&fleet.redis, &key),
+        (committed, 0),
+        "the refusals changed nothing in Redis"
+    );
+    assert_eq!(
+        fleet.mock.count(),
+        served + 3,
+        "only p2's requests were served"
+    );
+
+    for gw in 0..3 {
+        reload_with(&fleet, gw, low, high, gw == 0);
+    }
+    for (gw, id) in IDS.iter().enumerate().take(3) {
+        let s = sonnet(&fleet.urls, gw, 1, 0);
+        assert_eq!(s.status, 200, "{}: the limit raised again: {s:?}", id);
+    }
+    eventually_eq("at rest", || {
+        (
+            balance(&fleet.redis, &key),
+            (fleet_sqlite_spend(&fleet, "p1"), 0),
+        )
+    });
+}
+
+/// Issue 13, `serve` with Redis unreachable at start (nothing listens on its port yet): the
+/// gateway starts anyway, says clearly in its log that it cannot reach Redis (never echoing
+/// the URL's password), answers 503 ledger_unavailable for budgeted requests, and begins
+/// admitting once a Redis appears on that port.
+#[test]
+fn serve_starts_without_redis_and_admits_once_redis_appears() {
+    const PW: &str = "pw-for-fleet-tests-0xC0FFEE";
+    let mut redis = RedisServer::start_with_args(Persistence::Aof, &["--requirepass", PW]);
+    let url = format!("redis://:{PW}@127.0.0.1:{}/", redis.port());
+    redis.kill9();
+    let mock = Mock::start();
+    let mut env = env_with_admin();
+    env.push((URL_ENV, url.as_str()));
+    let body = format!(
+        "{}{}",
+        body_with_projects(&mock, &p1(&total_budget(10.0))),
+        fleet_section("gw-a")
+    );
+    // start_with waits for LISTENING (and ADMIN_LISTENING) and a 200 on /healthz.
+    let gw = Gateway::start_with(&body, &format!("{ADMIN_EXTRA}grace_period_s = 5"), &env);
+    eventually("the log says Redis cannot be reached", || {
+        gw.log()
+            .lines()
+            .any(|l| l.contains("cannot reach Redis") && l.contains(URL_ENV))
+    });
+    let urls = [gw.url("")];
+    for _ in 0..3 {
+        let s = sonnet(&urls, 0, 10, 0);
+        assert_eq!(
+            (s.status, s.code.as_str()),
+            (503, "ledger_unavailable"),
+            "a budgeted request without Redis\n{}",
+            tail_of(&gw)
+        );
+    }
+    assert_eq!(mock.count(), 0, "nothing reached the provider");
+    let f = admin_get(gw.admin_port(), "/admin/fleet").json();
+    assert_eq!(f["redis"]["ok"], false, "{f}");
+    assert_eq!(metric(gw.admin_port(), "tollgate_fleet_redis_up", &[]), 0.0);
+
+    redis.restart();
+    eventually("admits once Redis is there", || {
+        let s = sonnet(&urls, 0, 10, 0);
+        assert!(
+            s.status == 200 || (s.status == 503 && s.code == "ledger_unavailable"),
+            "{s:?}"
+        );
+        s.status == 200
+    });
+    eventually("reports Redis up", || {
+        metric(gw.admin_port(), "tollgate_fleet_redis_up", &[]) == 1.0
+    });
+    let f = admin_get(gw.admin_port(), "/admin/fleet").json();
+    assert_eq!(f["redis"]["ok"], true, "{f}");
+    assert!(
+        !gw.log().contains(PW),
+        "the log never shows the URL's password:\n{}",
+        gw.log()
+    );
+}
+
+/// Issue 13, Redis loses its data while an instance restarts (a deploy, a crash): the
+/// restarted process is the first to connect to the empty Redis. The rebuild must still
+/// wait for the other instances' reports before admitting (SPEC: "If Redis loses its data,
+/// the fleet rebuilds the counters from the instances' ledgers before admitting again"): the
+/// restarted instance must not admit against counters that lack the others' spend. gw-b is
+/// cut off from Redis (a blackhole) until gw-a has joined and sent a burst, so the window is
+/// not a race: at the end the fleet's true spend (Σ SQLite) is within the limit.
+#[test]
+fn an_instance_restarted_onto_a_redis_that_lost_its_data_waits_for_the_rebuild() {
+    let limit_usd = 0.02;
+    let limit = 20_000_000;
+    let mut o = Opts::new(2, &p1(&total_budget(limit_usd)));
+    o.persistence = Persistence::Off;
+    o.rebuild_grace_ms = Some(3000);
+    o.proxied = vec![1];
+    let mut fleet = start(o);
+    let key = total_key("p1");
+    // gw-b spends most of the budget, gw-a a little: about $0.0126 and $0.0016.
+    for _ in 0..8 {
+        let s = sonnet(&fleet.urls, 1, 100, 0);
+        assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(1));
+    }
+    let s = sonnet(&fleet.urls, 0, 100, 0);
+    assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(0));
+    eventually_eq("at rest", || {
+        (
+            balance(&fleet.redis, &key),
+            (fleet_sqlite_spend(&fleet, "p1"), 0),
+        )
+    });
+    let b_spent = sqlite_spend(&fleet.dbs[1], "p1");
+
+    fleet.proxy(1).blackhole();
+    fleet.gws[0].signal("TERM");
+    assert!(
+        fleet.gws[0].wait_exit(Duration::from_secs(20)).is_some(),
+        "gw-a stops\n{}",
+        fleet.tail(0)
+    );
+    fleet.redis.restart();
+    fleet.restart(0);
+    eventually("gw-a joined the new generation", || {
+        admin_get(fleet.admins[0], "/admin/fleet").json()["redis"]["joined"] == true
+    });
+    let gen = fleet.redis.cmd(&["GET", "tg:gen"]);
+    let grace_at_join = rebuilding(&fleet.redis);
+    // A burst on gw-a while gw-b's spend is not in the counters yet.
+    let burst: Vec<Shot> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..10)
+            .map(|_| {
+                let urls = &fleet.urls;
+                s.spawn(move || sonnet(urls, 0, 100, 300))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    for s in &burst {
+        assert!(
+            s.status == 200
+                || (s.status == 503 && s.code == "ledger_unavailable")
+                || (s.status == 402 && s.code == "budget_exceeded"),
+            "{s:?}"
+        );
+    }
+    let admitted = burst.iter().filter(|s| s.status == 200).count();
+
+    fleet.proxy(1).heal();
+    eventually("gw-b joined the new generation", || {
+        let f = admin_get(fleet.admins[1], "/admin/fleet").json();
+        f["redis"]["joined"] == true && f["redis"]["generation"] == gen.as_str()
+    });
+    eventually_eq("Redis = Σ SQLite once both joined", || {
+        (
+            balance(&fleet.redis, &key),
+            (fleet_sqlite_spend(&fleet, "p1"), 0),
+        )
+    });
+    let spent = fleet_sqlite_spend(&fleet, "p1");
+    assert!(
+        spent <= limit,
+        "the fleet spent {spent} nanos, past its limit of {limit}: gw-a admitted {admitted} of \
+         its burst against counters without gw-b's {b_spent} (rebuild grace set when gw-a \
+         joined: {grace_at_join})\n{}",
+        fleet.tail(0)
+    );
 }

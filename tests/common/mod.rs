@@ -486,6 +486,18 @@ impl Gateway {
         assert!(ok, "kill -{sig} failed");
     }
 
+    /// SIGKILL the process and reap it: no graceful stop, no last flush of its store. Its
+    /// temp dir (config, SQLite file) stays until the `Gateway` is dropped.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Wait for the process to exit; its exit code.
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let deadline = Instant::now() + within;

@@ -39,6 +39,8 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     persistence: Persistence,
+    /// More `redis-server` flags, given on every start (say `--requirepass PW`).
+    extra_args: Vec<String>,
     bin: String,
     /// Starts so far (each one logs to a file of its own, so readiness is never read from an
     /// earlier run's log).
@@ -61,6 +63,13 @@ impl RedisServer {
     }
 
     pub fn start_with(persistence: Persistence) -> RedisServer {
+        RedisServer::start_with_args(persistence, &[])
+    }
+
+    /// [`RedisServer::start_with`] plus `extra` flags for `redis-server`, kept for every
+    /// restart (e.g. `["--requirepass", "pw"]`: then [`RedisServer::cmd`] cannot talk to it,
+    /// it sends no AUTH).
+    pub fn start_with_args(persistence: Persistence, extra: &[&str]) -> RedisServer {
         let bin = std::env::var("TOLLGATE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let dir = tempfile::tempdir().expect("temp dir for redis-server");
         // 10000..32000: below Linux's ephemeral range (32768+), so no outgoing connection
@@ -70,6 +79,7 @@ impl RedisServer {
             child: None,
             port: 0,
             persistence,
+            extra_args: extra.iter().map(|a| a.to_string()).collect(),
             bin,
             starts: 0,
             dir,
@@ -108,6 +118,7 @@ impl RedisServer {
             Persistence::Aof => cmd.args(["--appendonly", "yes", "--appendfsync", "always"]),
             Persistence::Off => cmd.args(["--appendonly", "no"]),
         };
+        cmd.args(&self.extra_args);
         let mut child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
                 "cannot run `{}` ({e}): the fleet tests need a real Redis. Install it \
