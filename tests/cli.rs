@@ -169,6 +169,10 @@ fn check_accepts_a_fleet_section_and_names_each_bad_fleet_key() {
     let (code, out) = check_fleet(&good, &url);
     assert_eq!(code, 0, "a valid [fleet] passes: {out}");
     assert!(out.contains("OK"), "{out}");
+    assert!(
+        out.contains("fleet: instance gw-a") && out.contains("a Redis hold per request"),
+        "check summarises the fleet settings: {out}"
+    );
 
     // The variable is not set.
     let (code, out) = check_fleet(&good, &[]);
@@ -205,9 +209,9 @@ fn check_accepts_a_fleet_section_and_names_each_bad_fleet_key() {
             "between 1 and",
         ),
         (
-            good.replace("leases = false", "leases = true"),
-            "fleet.leases",
-            "not available",
+            good.replace("rebuild_grace_ms = 1500", "rebuild_grace_ms = 0"),
+            "fleet.rebuild_grace_ms",
+            "between 1 and",
         ),
     ] {
         let (code, out) = check_fleet(&bad, &url);

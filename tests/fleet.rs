@@ -100,6 +100,8 @@ struct Opts {
     persistence: Persistence,
     /// Instances that reach Redis through a fault proxy of their own.
     proxied: Vec<usize>,
+    /// `[fleet] leases`.
+    leases: bool,
 }
 
 impl Opts {
@@ -112,19 +114,33 @@ impl Opts {
             rebuild_grace_ms: None,
             persistence: Persistence::Aof,
             proxied: Vec::new(),
+            leases: false,
         }
     }
 }
 
+/// `rebuild_grace_ms` of a test fleet unless a test sets its own.
+const DEFAULT_TEST_GRACE_MS: u64 = 300;
+
 /// The `[fleet]` section of instance `id` (per-request holds: no leases).
 fn fleet_section(id: &str) -> String {
-    fleet_section_with(id, 900, None)
+    fleet_section_with(id, 900, None, false)
 }
 
-fn fleet_section_with(id: &str, hold_ttl_s: u32, rebuild_grace_ms: Option<u64>) -> String {
-    let grace = rebuild_grace_ms.map_or(String::new(), |g| format!("rebuild_grace_ms = {g}\n"));
+fn fleet_section_with(
+    id: &str,
+    hold_ttl_s: u32,
+    rebuild_grace_ms: Option<u64>,
+    leases: bool,
+) -> String {
+    // A fresh Redis keeps admission closed for the grace while instances report their
+    // ledgers; the tests' default is short so a fresh fleet opens quickly.
+    let grace = format!(
+        "rebuild_grace_ms = {}\n",
+        rebuild_grace_ms.unwrap_or(DEFAULT_TEST_GRACE_MS)
+    );
     format!(
-        "\n[fleet]\nredis_url_env = \"{URL_ENV}\"\ninstance = \"{id}\"\nhold_ttl_s = {hold_ttl_s}\ntimeout_ms = 1000\n{grace}leases = false\n"
+        "\n[fleet]\nredis_url_env = \"{URL_ENV}\"\ninstance = \"{id}\"\nhold_ttl_s = {hold_ttl_s}\ntimeout_ms = 1000\n{grace}leases = {leases}\n"
     )
 }
 
@@ -152,7 +168,7 @@ fn start(o: Opts) -> Fleet {
         let body = format!(
             "{}{}",
             body_with_projects(&mock, &o.projects),
-            fleet_section_with(id, o.hold_ttl_s, o.rebuild_grace_ms)
+            fleet_section_with(id, o.hold_ttl_s, o.rebuild_grace_ms, o.leases)
         );
         let gw = Gateway::start_with(&body, &format!("{ADMIN_EXTRA}grace_period_s = 5"), &env);
         admins.push(gw.admin_port());
@@ -160,6 +176,18 @@ fn start(o: Opts) -> Fleet {
         proxies.push(proxy);
         redis_urls.push(url);
     }
+    // Admission opens once every instance joined the generation and its grace is over.
+    eventually("the fresh fleet opens admission", || {
+        redis
+            .try_cmd(&["EXISTS", "tg:rebuilding"])
+            .is_ok_and(|r| r.to_string() == "0")
+            && redis
+                .try_cmd(&["EXISTS", "tg:gen"])
+                .is_ok_and(|r| r.to_string() == "1")
+            && admins
+                .iter()
+                .all(|a| admin_get(*a, "/admin/fleet").json()["redis"]["joined"] == true)
+    });
     Fleet {
         urls: gws.iter().map(|g| g.url("")).collect(),
         dbs: gws.iter().map(|g| g.dir.path().join("ledger.db")).collect(),
@@ -502,7 +530,7 @@ fn assert_at_rest(fleet: &Fleet, spent: i64, limit_usd: f64) {
         assert_eq!(
             last["leased_usd"].as_f64(),
             Some(0.0),
-            "{}: no leases in per-request mode: {last}\n{}",
+            "{}: no lease left at rest: {last}\n{}",
             IDS[gw],
             fleet.tail(gw)
         );
@@ -517,16 +545,28 @@ fn assert_at_rest(fleet: &Fleet, spent: i64, limit_usd: f64) {
 
 #[test]
 fn three_instances_never_spend_past_one_shared_limit() {
+    shared_limit(false);
+}
+
+/// Leases near the limit: slices shrink, then requests hold their own; never past it.
+#[test]
+fn three_instances_on_leases_never_spend_past_one_shared_limit() {
+    shared_limit(true);
+}
+
+fn shared_limit(leases: bool) {
     // One worst case: the prompt bound at $3/M plus 1000 output tokens at $15/M, about
     // $0.0153; the true cost is about $0.01507. $0.16 fits about ten.
     let limit_usd = 0.16;
     let limit = (limit_usd * 1e9) as i64;
-    let fleet = start_fleet(
+    let mut o = Opts::new(
         3,
         &p1(&format!(
             "budget = {{ limit_usd = {limit_usd}, period = \"total\" }}"
         )),
     );
+    o.leases = leases;
+    let fleet = start(o);
     let key = total_key("p1");
     let stop = AtomicBool::new(false);
     let looks = Mutex::new(0u32);
@@ -1346,6 +1386,16 @@ fn a_single_instance_moved_to_fleet_mode_carries_its_spend_over() {
     });
     let b_body = format!("{body}{}", fleet_section("gw-b"));
     let b = Gateway::start_with(&b_body, &server, &env);
+    // A new instance refuses budgeted requests until it has reported its ledger.
+    eventually(
+        "gw-b joined the generation and the fresh Redis's grace is over",
+        || {
+            admin_get(b.admin_port(), "/admin/fleet").json()["redis"]["joined"] == true
+                && redis
+                    .try_cmd(&["EXISTS", "tg:rebuilding"])
+                    .is_ok_and(|r| r.to_string() == "0")
+        },
+    );
     for (who, admin) in [("gw-a", a.admin_port()), ("gw-b", b.admin_port())] {
         let p = project(admin, "p1");
         assert_eq!(p["source"], "fleet", "{who}: {p}");
@@ -1994,4 +2044,173 @@ fn an_instance_restarted_onto_a_redis_that_lost_its_data_waits_for_the_rebuild()
          joined: {grace_at_join})\n{}",
         fleet.tail(0)
     );
+}
+
+/// Leases with a budget big enough for slices: most requests are admitted without a Redis
+/// call, and at rest every lease is settled and Redis = Σ SQLite = what the mock served.
+#[test]
+fn leases_admit_locally_and_settle_exactly() {
+    let mut o = Opts::new(3, &p1("budget = { limit_usd = 50.0, period = \"total\" }"));
+    o.leases = true;
+    let fleet = start(o);
+    let before = fleet.redis.calls("fcall");
+    let shots: Vec<Shot> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..6)
+            .map(|t| {
+                let urls = &fleet.urls;
+                s.spawn(move || {
+                    (0..40)
+                        .map(|i| sonnet(urls, (t + i) % 3, 100, 0))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    for s in &shots {
+        assert_eq!(s.status, 200, "{s:?}");
+    }
+    let calls = fleet.redis.calls("fcall") - before;
+    assert!(
+        calls < shots.len() as u64 / 2,
+        "leases admit without a Redis call per request: {calls} FCALLs for {} requests",
+        shots.len()
+    );
+    // Mid-run the fleet shows budget leased out.
+    let served = mock_cost(&fleet.mock);
+    let key = total_key("p1");
+    eventually_eq(
+        "leases go back when idle: Redis = the mock's cost, nothing held",
+        || (balance(&fleet.redis, &key), (served, 0)),
+    );
+    let recorded = recorded_cost(&fleet, "p1", &admitted(&shots, 3));
+    assert_eq!(
+        recorded, served,
+        "the instances' records add up to Redis's total"
+    );
+    let sqlite: i64 = fleet.dbs.iter().map(|d| sqlite_spend(d, "p1")).sum();
+    assert_eq!(sqlite, served, "Σ SQLite = Redis");
+    assert_at_rest(&fleet, served, 50.0);
+}
+
+/// Under leases a freeze reaches the other instances by pub/sub: the lag from the freeze
+/// answer to the first refusal on B and C is measured (and printed), and bounded by the poll
+/// that backs pub/sub up.
+#[test]
+fn a_freeze_reaches_instances_on_leases_within_the_measured_lag() {
+    let mut o = Opts::new(3, &p1("budget = { limit_usd = 50.0, period = \"total\" }"));
+    o.leases = true;
+    let fleet = start(o);
+    // Warm: B and C hold leases (requests found none at first, so one was taken).
+    for gw in [1, 2] {
+        eventually(&format!("{} serves on a lease", IDS[gw]), || {
+            let s = mini(&fleet.urls, gw);
+            assert_eq!(s.status, 200, "{s:?}");
+            project(fleet.admins[gw], "p1")["leased_usd"]
+                .as_f64()
+                .unwrap_or(0.0)
+                > 0.0
+        });
+    }
+    let r = admin_post(fleet.admins[0], "/admin/projects/p1/freeze");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let frozen_at = Instant::now();
+    for gw in [1, 2] {
+        let mut admitted_after = 0;
+        loop {
+            let s = mini(&fleet.urls, gw);
+            if s.status == 403 {
+                assert_eq!(s.code, "project_frozen", "{s:?}");
+                break;
+            }
+            assert_eq!(s.status, 200, "{s:?}");
+            admitted_after += 1;
+            assert!(
+                frozen_at.elapsed() < Duration::from_secs(2),
+                "{}: still admitting {} ms after the freeze",
+                IDS[gw],
+                frozen_at.elapsed().as_millis()
+            );
+        }
+        println!(
+            "freeze lag on {}: refused after {admitted_after} admissions, {:.2} ms after the freeze answer",
+            IDS[gw],
+            frozen_at.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+    // Every later request is refused, and the leases went back.
+    for gw in 0..3 {
+        let s = mini(&fleet.urls, gw);
+        assert_eq!(
+            (s.status, s.code.as_str()),
+            (403, "project_frozen"),
+            "{s:?}"
+        );
+    }
+    let key = total_key("p1");
+    eventually("the frozen project's leases are settled", || {
+        balance(&fleet.redis, &key).1 == 0
+    });
+    let r = admin_post(fleet.admins[1], "/admin/projects/p1/unfreeze");
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually("an unfreeze on B reaches C", || {
+        mini(&fleet.urls, 2).status == 200
+    });
+}
+
+/// Redis killed under leases: an instance keeps admitting within the budget it leased (and
+/// only that), and after Redis returns every lease settles once.
+#[test]
+fn with_redis_down_an_instance_admits_only_within_its_lease() {
+    let mut o = Opts::new(2, &p1("budget = { limit_usd = 50.0, period = \"total\" }"));
+    o.leases = true;
+    let mut fleet = start(o);
+    eventually("gw-a serves on a lease", || {
+        let s = sonnet(&fleet.urls, 0, 100, 0);
+        assert_eq!(s.status, 200, "{s:?}");
+        project(fleet.admins[0], "p1")["leased_usd"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0
+    });
+    let leased = nanos(&project(fleet.admins[0], "p1")["leased_usd"]);
+    let (committed_before, _) = balance(&fleet.redis, &total_key("p1"));
+    let served_before = mock_cost(&fleet.mock);
+    fleet.redis.kill9();
+    let mut ok = 0;
+    let mut refused = 0;
+    for _ in 0..40 {
+        let s = sonnet(&fleet.urls, 0, 100, 0);
+        match s.status {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(s.code, "ledger_unavailable", "{s:?}");
+                refused += 1;
+            }
+            _ => panic!("only 200 (on the lease) or 503: {s:?}"),
+        }
+    }
+    assert!(ok > 0, "the lease kept serving with Redis down");
+    let spent_down = mock_cost(&fleet.mock) - served_before;
+    assert!(
+        spent_down <= leased,
+        "admitted with Redis down only within the lease: {spent_down} > {leased} (refused {refused})"
+    );
+    fleet.redis.restart();
+    let key = total_key("p1");
+    eventually("leases settle once Redis is back", || {
+        balance(&fleet.redis, &key).1 == 0
+    });
+    let served = mock_cost(&fleet.mock);
+    let (committed, _) = balance(&fleet.redis, &key);
+    assert!(committed >= committed_before);
+    assert_eq!(
+        committed, served,
+        "every lease settled once, at its true cost"
+    );
+    let sqlite: i64 = fleet.dbs.iter().map(|d| sqlite_spend(d, "p1")).sum();
+    assert_eq!(sqlite, served, "Σ SQLite = Redis");
 }

@@ -30,6 +30,7 @@ impl AccountKind {
 }
 
 /// The global generation id: random, set if absent when a client loads the library.
+#[cfg(test)]
 pub const GENERATION: &str = "tg:gen";
 
 /// `%`-escape the bytes that are structural in a key (`{`, `}`, `:`, `%`) and any control or

@@ -29,6 +29,7 @@ use crate::engine::pricing::Nanos;
 #[cfg(test)]
 use keys::AccountKind;
 pub use keys::ProjectKeys;
+#[cfg(test)]
 use keys::GENERATION;
 
 /// The function library, embedded so that the binary always loads the code it was tested with.
@@ -260,8 +261,18 @@ pub struct FleetStore {
 }
 
 impl FleetStore {
-    /// Connect, load the library and make sure a generation id exists.
+    /// Connect, load the library and make sure a generation id exists (tests; an instance
+    /// uses [`FleetStore::open`] and [`FleetStore::begin`], which opens a rebuild grace when
+    /// it is the one that sets the generation).
+    #[cfg(test)]
     pub async fn connect(cfg: &FleetConfig) -> Result<FleetStore, FleetError> {
+        let store = FleetStore::open(cfg).await?;
+        store.init_generation().await?;
+        Ok(store)
+    }
+
+    /// Connect and load the library; the generation is left as it is.
+    pub async fn open(cfg: &FleetConfig) -> Result<FleetStore, FleetError> {
         let client = redis::Client::open(cfg.url.as_str())
             .map_err(|e| FleetError::BadArgument(format!("redis url: {}", e.category())))?;
         let mcfg = ConnectionManagerConfig::new()
@@ -274,7 +285,6 @@ impl FleetStore {
             .map_err(classify)?;
         let store = FleetStore { conn };
         store.load_library().await?;
-        store.init_generation().await?;
         Ok(store)
     }
 
@@ -298,6 +308,7 @@ impl FleetStore {
     /// Set `tg:gen` to a fresh random id if it is absent; returns the id now in force. After a
     /// data loss this is the step that lets admission resume, so the proxy must call it only
     /// once the counters are rebuilt.
+    #[cfg(test)]
     pub async fn init_generation(&self) -> Result<String, FleetError> {
         let mut raw = [0u8; 16];
         getrandom::getrandom(&mut raw)
@@ -316,6 +327,7 @@ impl FleetStore {
     }
 
     /// The generation id in force, `None` if Redis lost it.
+    #[cfg(test)]
     pub async fn generation(&self) -> Result<Option<String>, FleetError> {
         let v: Value = redis::cmd("GET")
             .arg(GENERATION)

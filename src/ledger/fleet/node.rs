@@ -1029,7 +1029,7 @@ impl Fleet {
                     response_timeout: self.settings.timeout,
                     ..StoreConfig::new(self.settings.redis_url.expose())
                 };
-                match FleetStore::connect(&cfg).await {
+                match FleetStore::open(&cfg).await {
                     Ok(s) => {
                         log::info!("fleet: connected to Redis as instance {}", self.instance);
                         self.store.store(Some(Arc::new(s)));
