@@ -13,7 +13,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::engine::config::Config;
-use crate::engine::error::{json_string, ErrorShape, GatewayError};
+use crate::engine::error::{json_string, push_json_string, ErrorShape, GatewayError};
 use crate::engine::pricing::Nanos;
 use crate::ledger::fleet::Fleet;
 use crate::ledger::{DecisionRecord, Ledger, ProjectStatus};
@@ -48,15 +48,6 @@ fn usd(n: Nanos) -> String {
     n.usd_exact()
 }
 
-/// A JSON number, or `null` for NaN and infinities (which JSON cannot carry).
-fn finite_3dp(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.3}")
-    } else {
-        "null".to_string()
-    }
-}
-
 fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     query?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -69,36 +60,75 @@ pub fn decision_json(d: &DecisionRecord) -> String {
     decision_json_of(d, None)
 }
 
-/// A decision record as JSON; in fleet mode with the `instance` that made it.
+/// A decision record as JSON; in fleet mode with the `instance` that made it. Written into one
+/// buffer (fleet mode builds one per request for the decision stream).
 pub fn decision_json_of(d: &DecisionRecord, instance: Option<&str>) -> String {
-    let opt_s = |v: &Option<String>| v.as_deref().map_or("null".to_string(), json_string);
-    let opt_n = |v: Option<u64>| v.map_or("null".to_string(), |n| n.to_string());
-    format!(
-        r#"{{"id":{},{}"time":{},"project":{},"key_id":{},"endpoint":{},"model":{},"provider":{},"decision":{},"reason":{},"status":{},"prompt_tokens":{},"completion_tokens":{},"usage_source":{},"cost_usd":{},"overrun_usd":{},"latency_ms":{},"stream":{},"attempts":{},"providers_tried":{}}}"#,
-        json_string(&d.id),
-        instance.map_or(String::new(), |i| format!(
-            r#""instance":{},"#,
-            json_string(i)
-        )),
-        json_string(&crate::engine::time::rfc3339_millis(d.time_ms)),
-        opt_s(&d.project),
-        opt_s(&d.key_id),
-        opt_s(&d.endpoint),
-        opt_s(&d.model),
-        opt_s(&d.provider),
-        json_string(&d.decision),
-        json_string(&d.reason),
-        d.status,
-        opt_n(d.prompt_tokens),
-        opt_n(d.completion_tokens),
-        json_string(&d.usage_source),
-        d.cost_nanos.map_or("null".to_string(), |c| usd(Nanos(c))),
-        usd(Nanos(d.overrun_nanos)),
-        finite_3dp(d.latency_ms),
-        d.stream,
-        d.attempts,
-        opt_s(&d.providers_tried)
-    )
+    use std::fmt::Write as _;
+    let mut o = String::with_capacity(512);
+    let s = |o: &mut String, v: &str| push_json_string(o, v);
+    let opt_s = |o: &mut String, v: &Option<String>| match v {
+        Some(v) => push_json_string(o, v),
+        None => o.push_str("null"),
+    };
+    let opt_n = |o: &mut String, v: Option<u64>| match v {
+        Some(n) => {
+            let _ = write!(o, "{n}");
+        }
+        None => o.push_str("null"),
+    };
+    o.push_str(r#"{"id":"#);
+    s(&mut o, &d.id);
+    if let Some(i) = instance {
+        o.push_str(r#","instance":"#);
+        s(&mut o, i);
+    }
+    o.push_str(r#","time":""#);
+    let mut buf = [0u8; 24];
+    match crate::engine::time::rfc3339_millis_into(d.time_ms, &mut buf) {
+        Some(t) => o.push_str(t),
+        None => o.push_str(&crate::engine::time::rfc3339_millis(d.time_ms)),
+    }
+    o.push_str(r#"","project":"#);
+    opt_s(&mut o, &d.project);
+    o.push_str(r#","key_id":"#);
+    opt_s(&mut o, &d.key_id);
+    o.push_str(r#","endpoint":"#);
+    opt_s(&mut o, &d.endpoint);
+    o.push_str(r#","model":"#);
+    opt_s(&mut o, &d.model);
+    o.push_str(r#","provider":"#);
+    opt_s(&mut o, &d.provider);
+    o.push_str(r#","decision":"#);
+    s(&mut o, &d.decision);
+    o.push_str(r#","reason":"#);
+    s(&mut o, &d.reason);
+    let _ = write!(o, r#","status":{},"prompt_tokens":"#, d.status);
+    opt_n(&mut o, d.prompt_tokens);
+    o.push_str(r#","completion_tokens":"#);
+    opt_n(&mut o, d.completion_tokens);
+    o.push_str(r#","usage_source":"#);
+    s(&mut o, &d.usage_source);
+    o.push_str(r#","cost_usd":"#);
+    match d.cost_nanos {
+        Some(c) => o.push_str(&usd(Nanos(c))),
+        None => o.push_str("null"),
+    }
+    o.push_str(r#","overrun_usd":"#);
+    o.push_str(&usd(Nanos(d.overrun_nanos)));
+    o.push_str(r#","latency_ms":"#);
+    if d.latency_ms.is_finite() {
+        let _ = write!(o, "{:.3}", d.latency_ms);
+    } else {
+        o.push_str("null");
+    }
+    let _ = write!(
+        o,
+        r#","stream":{},"attempts":{},"providers_tried":"#,
+        d.stream, d.attempts
+    );
+    opt_s(&mut o, &d.providers_tried);
+    o.push('}');
+    o
 }
 
 /// One entry of `GET /admin/projects`; `limit_usd` and `remaining_usd` are `null` for a
