@@ -510,8 +510,8 @@ def main():
                    else "— | — | — | —")
                 + f" | {m['rss']:.1f} | {m['errors']} |")
         lines.append("\nFCALL is a call of one of Tollgate's Redis functions (tg_reserve and tg_settle per request "
-                     "with holds; tg_lease now and then with leases); XADD is the decision stream, one entry per "
-                     "request, pipelined in batches off the request path. Redis commands/req counts every command "
+                     "with holds; tg_lease now and then with leases); XADD is the decision stream, up to 64 "
+                     "records per entry, written off the request path. Redis commands/req counts every command "
                      "in INFO commandstats, the ones the functions run inside Redis included.")
         for name in CONFIGS:
             if med[name]["cmds"]:
