@@ -2214,3 +2214,155 @@ fn with_redis_down_an_instance_admits_only_within_its_lease() {
     let sqlite: i64 = fleet.dbs.iter().map(|d| sqlite_spend(d, "p1")).sum();
     assert_eq!(sqlite, served, "Σ SQLite = Redis");
 }
+
+/// `rediss://`: the instance reaches Redis over TLS, verifying its certificate against the
+/// system roots (here `SSL_CERT_FILE`, which rustls' native roots honour); an instance that
+/// does not trust the CA refuses to talk to it and answers 503.
+#[test]
+fn rediss_reaches_redis_over_tls_and_checks_its_certificate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .expect("openssl is needed for the test certificates (tests/run-all.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=fleet-test-ca",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    let tls_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    };
+    let path = |f: &str| d.join(f).display().to_string();
+    let (port_s, cert, key, ca) = (
+        tls_port.to_string(),
+        path("srv.pem"),
+        path("srv.key"),
+        path("ca.pem"),
+    );
+    let redis = RedisServer::start_with_args(
+        Persistence::Aof,
+        &[
+            "--tls-port",
+            &port_s,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let url = format!("rediss://127.0.0.1:{tls_port}/");
+    let mock = Mock::start();
+    let body = |id: &str| {
+        format!(
+            "{}{}",
+            body_with_projects(&mock, &p1(&total_budget(10.0))),
+            fleet_section(id)
+        )
+    };
+    let server = format!("{ADMIN_EXTRA}grace_period_s = 5");
+    let mut env = env_with_admin();
+    env.push((URL_ENV, url.as_str()));
+    env.push(("SSL_CERT_FILE", ca.as_str()));
+    let a = Gateway::start_with(&body("gw-a"), &server, &env);
+    eventually("gw-a joined over TLS", || {
+        admin_get(a.admin_port(), "/admin/fleet").json()["redis"]["joined"] == true
+            && redis
+                .try_cmd(&["EXISTS", "tg:rebuilding"])
+                .is_ok_and(|r| r.to_string() == "0")
+    });
+    let s = sonnet(&[a.url("")], 0, 100, 0);
+    assert_eq!(s.status, 200, "{s:?}\n{}", tail_of(&a));
+    let served = mock_cost(&mock);
+    eventually_eq("the spend reached Redis over TLS", || {
+        (balance(&redis, &total_key("p1")), (served, 0))
+    });
+
+    // The same URL trusting another CA: the certificate is refused, and so is the request.
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "other.key",
+        "-out",
+        "other.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=another-ca",
+    ]);
+    let other = path("other.pem");
+    let mut env = env_with_admin();
+    env.push((URL_ENV, url.as_str()));
+    env.push(("SSL_CERT_FILE", other.as_str()));
+    let b = Gateway::start_with(&body("gw-b"), &server, &env);
+    eventually("gw-b says why it cannot reach Redis", || {
+        b.log()
+            .lines()
+            .any(|l| l.contains("cannot reach Redis") && l.to_lowercase().contains("certificate"))
+    });
+    let s = sonnet(&[b.url("")], 0, 100, 0);
+    assert_eq!(
+        (s.status, s.code.as_str()),
+        (503, "ledger_unavailable"),
+        "{s:?}"
+    );
+    assert_eq!(mock.count(), 1, "only gw-a's request reached the provider");
+}
