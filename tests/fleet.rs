@@ -666,6 +666,21 @@ fn every_instance_sees_the_fleet_and_redis() {
             .map(|s| s.value)
             .sum();
         assert!(trips > 0.0, "{}: round trips to Redis are timed", IDS[gw]);
+        // Every fleet metric the alert rules use is exported in fleet mode.
+        let rules =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/alerts.yml"))
+                .expect("conf/alerts.yml");
+        let exported: BTreeSet<String> = scrape(admin).into_iter().map(|s| s.name).collect();
+        for (i, _) in rules.match_indices("tollgate_fleet_") {
+            let name: String = rules[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                exported.contains(&name),
+                "alerts.yml uses {name}, not exported"
+            );
+        }
     }
     // The fleet's decision records, each naming its instance, from any instance.
     let mut seen = BTreeSet::new();
