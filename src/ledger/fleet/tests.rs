@@ -746,3 +746,61 @@ async fn the_library_is_loaded_again_after_a_function_flush() {
         .expect("reserve reloads");
     assert!(matches!(x.value, Reservation::Reserved(_)));
 }
+
+/// A period rolls over while a hold is open: the new period's window starts empty (the hold
+/// stays on the window it was reserved in, which its settle charges), and a limit lowered
+/// below what is committed refuses everything without going negative.
+#[tokio::test]
+async fn a_period_rollover_with_a_hold_open_and_a_lowered_limit() {
+    let r = RedisServer::start();
+    let s = r.store().await;
+    let p = project("bot");
+    let today = p.budget(AccountKind::Project, "bot", Period::Day, NOW);
+    let tomorrow = p.budget(AccountKind::Project, "bot", Period::Day, NOW + 86_400);
+    assert_ne!(today, tomorrow, "one window per day");
+    s.reserve(&p, "late", "gw-a", 60, &[hold(&today, Some(100), 100)])
+        .await
+        .expect("reserve");
+    let next = s
+        .reserve(&p, "early", "gw-a", 60, &[hold(&tomorrow, Some(100), 100)])
+        .await
+        .expect("reserve");
+    assert!(
+        matches!(next.value, Reservation::Reserved(_)),
+        "the new day's window is its own: {next:?}"
+    );
+    s.settle(&p, "late", &[actual(&today, 70)])
+        .await
+        .expect("settle");
+    assert_eq!(
+        balances(&s, &p, &[&today, &tomorrow]).await,
+        vec![(70, 0), (0, 100)],
+        "the late request charged the day it was admitted in"
+    );
+    s.settle(&p, "early", &[actual(&tomorrow, 90)])
+        .await
+        .expect("settle");
+    // The limit is lowered to 50 (a reload): below the 90 committed.
+    let low = s
+        .reserve(&p, "after", "gw-a", 60, &[hold(&tomorrow, Some(50), 1)])
+        .await
+        .expect("reserve");
+    assert_eq!(
+        low.value,
+        Reservation::Refused(Refused {
+            account: 0,
+            committed: 90,
+            held: 0,
+            limit: Nanos(50)
+        })
+    );
+    let zero = s
+        .reserve(&p, "zero", "gw-a", 60, &[hold(&tomorrow, Some(50), 0)])
+        .await
+        .expect("reserve");
+    assert!(
+        matches!(zero.value, Reservation::Refused(_)),
+        "even a zero worst case is refused past the limit: {zero:?}"
+    );
+    assert_eq!(balances(&s, &p, &[&tomorrow]).await, vec![(90, 0)]);
+}
