@@ -754,6 +754,7 @@ fn checked(n: Nanos, what: &str) -> Result<u64, FleetError> {
     Ok(n.0)
 }
 
+/// A Redis string reply as text (also used by [`node`]).
 fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),

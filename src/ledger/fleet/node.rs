@@ -31,6 +31,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::{Deserialize, Serialize};
 
 use super::keys::{AccountKind, ProjectKeys};
+use super::text;
 use super::{
     AccountActual, AccountHold, FleetConfig as StoreConfig, FleetError, FleetStore, Joined,
     RateAdd, RateCheck, Reservation as Answered, Settlement,
@@ -1522,14 +1523,6 @@ impl Fleet {
             }
         }
         Some(out)
-    }
-}
-
-fn text(v: &redis::Value) -> Option<String> {
-    match v {
-        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
     }
 }
 
