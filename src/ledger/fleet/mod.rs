@@ -411,24 +411,7 @@ impl FleetStore {
                     remaining,
                 })
             }
-            "refused" if n.len() == 5 => Reservation::Refused(Refused {
-                account: unsigned(n[1], &r)? as usize,
-                committed: n[2],
-                held: n[3],
-                limit: Nanos(unsigned(n[4], &r)?),
-            }),
-            "frozen" if n.len() == 1 => Reservation::Frozen {
-                version: unsigned(n[0], &r)?,
-            },
-            "limited" if n.len() == 4 => Reservation::Limited {
-                rate: unsigned(n[1], &r)? as usize,
-                count: unsigned(n[2], &r)?,
-                limit: unsigned(n[3], &r)?,
-            },
-            "void" if n.is_empty() => Reservation::Void,
-            "nogen" if n.is_empty() => Reservation::NoGeneration,
-            "rebuilding" if n.is_empty() => Reservation::Rebuilding,
-            _ => return Err(shape("tg_reserve", &r)),
+            _ => not_admitted(&status, &n, &r, "tg_reserve")?,
         };
         Ok(Answer { generation, value })
     }
@@ -534,19 +517,7 @@ impl FleetStore {
                 expires_ms: unsigned(n[1], &r)?,
                 remaining: vec![Some(Nanos(unsigned(n[2], &r)?))],
             }),
-            "refused" if n.len() == 5 => Reservation::Refused(Refused {
-                account: 0,
-                committed: n[2],
-                held: n[3],
-                limit: Nanos(unsigned(n[4], &r)?),
-            }),
-            "frozen" if n.len() == 1 => Reservation::Frozen {
-                version: unsigned(n[0], &r)?,
-            },
-            "void" if n.is_empty() => Reservation::Void,
-            "nogen" if n.is_empty() => Reservation::NoGeneration,
-            "rebuilding" if n.is_empty() => Reservation::Rebuilding,
-            _ => return Err(shape("tg_lease", &r)),
+            _ => not_admitted(&status, &n, &r, "tg_lease")?,
         };
         Ok(Answer { generation, value })
     }
@@ -742,6 +713,30 @@ impl FleetStore {
             Err(e) => Err(classify(e)),
         }
     }
+}
+
+/// The answers of an admission (`tg_reserve`, `tg_lease`) that admit nothing.
+fn not_admitted(status: &str, n: &[i64], r: &Value, what: &str) -> Result<Reservation, FleetError> {
+    Ok(match status {
+        "refused" if n.len() == 5 => Reservation::Refused(Refused {
+            account: unsigned(n[1], r)? as usize,
+            committed: n[2],
+            held: n[3],
+            limit: Nanos(unsigned(n[4], r)?),
+        }),
+        "frozen" if n.len() == 1 => Reservation::Frozen {
+            version: unsigned(n[0], r)?,
+        },
+        "limited" if n.len() == 4 => Reservation::Limited {
+            rate: unsigned(n[1], r)? as usize,
+            count: unsigned(n[2], r)?,
+            limit: unsigned(n[3], r)?,
+        },
+        "void" if n.is_empty() => Reservation::Void,
+        "nogen" if n.is_empty() => Reservation::NoGeneration,
+        "rebuilding" if n.is_empty() => Reservation::Rebuilding,
+        _ => return Err(shape(what, r)),
+    })
 }
 
 fn checked(n: Nanos, what: &str) -> Result<u64, FleetError> {

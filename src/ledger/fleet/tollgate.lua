@@ -250,6 +250,36 @@ end
 local MAX_RATE_ACCOUNTS = 4
 local MAX_EXPIRE_S = 3600
 
+-- What every admission (tg_reserve, tg_lease) checks before it looks at a budget: a repeated
+-- id answers its stored result; a lost generation, a rebuild or a freeze admits nothing.
+-- Returns gen, version, and the reply to give at once (nil to go on).
+local function gate(keys, id)
+  local gen = generation()
+  local prior = redis.call('HGET', keys[2], id) or redis.call('HGET', keys[4], id)
+  if prior then
+    local rec = decode(prior)
+    if rec and rec.r then
+      return gen, 0, reply(rec.r, gen)
+    end
+    if rec and (rec.s == 'void' or rec.s == 'charged') then
+      return gen, 0, { 'void', gen }
+    end
+    return gen, 0, staterr('hold ' .. id .. ' has a record that is not ours')
+  end
+  if gen == '' then
+    return gen, 0, { 'nogen', '' }
+  end
+  if redis.call('EXISTS', 'tg:rebuilding') == 1 then
+    return gen, 0, { 'rebuilding', gen }
+  end
+  local cfg = redis.call('HMGET', keys[1], 'frozen', 'version')
+  local version = tonumber(cfg[2] or '0') or 0
+  if cfg[1] == '1' then
+    return gen, version, { 'frozen', gen, version }
+  end
+  return gen, version, nil
+end
+
 --[[ tg_reserve
 KEYS: the 5 meta keys, then 1..16 budget keys (tg:{T}:b:…), then two rate keys per rate
 account (tg:{T}:r:…: the previous window, then the current one).
@@ -329,29 +359,9 @@ local function tg_reserve(keys, args)
     rates[j] = rl
   end
 
-  local gen = generation()
-  local prior = redis.call('HGET', keys[2], id) or redis.call('HGET', keys[4], id)
-  if prior then
-    local rec = decode(prior)
-    if rec and rec.r then
-      return reply(rec.r, gen)
-    end
-    if rec and (rec.s == 'void' or rec.s == 'charged') then
-      return { 'void', gen }
-    end
-    return staterr('hold ' .. id .. ' has a record that is not ours')
-  end
-  if gen == '' then
-    return { 'nogen', '' }
-  end
-  if redis.call('EXISTS', 'tg:rebuilding') == 1 then
-    return { 'rebuilding', gen }
-  end
-
-  local cfg = redis.call('HMGET', keys[1], 'frozen', 'version')
-  local version = tonumber(cfg[2] or '0') or 0
-  if cfg[1] == '1' then
-    return { 'frozen', gen, version }
+  local gen, version, early = gate(keys, id)
+  if early then
+    return early
   end
 
   for j = 1, nr do
@@ -640,28 +650,9 @@ local function tg_lease(keys, args)
   if not ttl or ttl > MAX_TTL_S or not limit or not want or not min or not divisor or divisor > 1000 then
     return argerr('ttl_s 1..' .. MAX_TTL_S .. ', limit -1 or 0..2^53-1, want and min 0..2^53-1, divisor 1..1000')
   end
-  local gen = generation()
-  local prior = redis.call('HGET', keys[2], id) or redis.call('HGET', keys[4], id)
-  if prior then
-    local rec = decode(prior)
-    if rec and rec.r then
-      return reply(rec.r, gen)
-    end
-    if rec and (rec.s == 'void' or rec.s == 'charged') then
-      return { 'void', gen }
-    end
-    return staterr('hold ' .. id .. ' has a record that is not ours')
-  end
-  if gen == '' then
-    return { 'nogen', '' }
-  end
-  if redis.call('EXISTS', 'tg:rebuilding') == 1 then
-    return { 'rebuilding', gen }
-  end
-  local cfg = redis.call('HMGET', keys[1], 'frozen', 'version')
-  local version = tonumber(cfg[2] or '0') or 0
-  if cfg[1] == '1' then
-    return { 'frozen', gen, version }
+  local gen, version, early = gate(keys, id)
+  if early then
+    return early
   end
   local k = keys[META + 1]
   local c, h = balance(k)
