@@ -563,6 +563,7 @@ mod tests {
     #[test]
     fn project_amounts_keep_the_ledgers_full_precision() {
         let s = ProjectStatus {
+            budgets: Vec::new(),
             id: "checkout-bot".into(),
             period: "month",
             spent: Nanos(1_250_164_500),

@@ -238,7 +238,7 @@ pub fn publish_budgets(
             .set(reserved.as_usd());
     }
     let mut now = std::collections::HashSet::new();
-    for p in cfg.projects.iter().filter(|p| p.budget.is_some()) {
+    for p in cfg.projects.iter().filter(|p| !p.budgets.is_empty()) {
         let s = ledger.status(p);
         if let (Some(rem), Some(lim)) = (s.remaining, s.limit) {
             remaining

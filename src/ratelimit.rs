@@ -91,7 +91,10 @@ mod tests {
     fn project(rpm: Option<u64>, tpm: Option<u64>) -> Project {
         Project {
             id: "p".into(),
-            budget: None,
+            budgets: vec![],
+            team: None,
+            keys: vec![],
+            user_budget: None,
             rate_limit: Some(RateLimit { rpm, tpm }),
             allow_models: None,
             deny_models: vec![],

@@ -18,6 +18,7 @@
 
 use std::time::Duration;
 
+use crate::engine::accounts::{self, AccountRef};
 use crate::engine::auth;
 use crate::engine::config::{Config, ProjectIdx, Unpriced};
 use crate::engine::error::{json_string, GatewayError, PolicyCode};
@@ -39,6 +40,13 @@ pub struct Seen {
     pub project: Option<ProjectIdx>,
     /// First 8 hex digits of the key's SHA-256: identifies the key in records, reveals nothing.
     pub key_id: Option<String>,
+    /// The key's place in its project's `keys`, and its name (records and reports).
+    pub key: Option<usize>,
+    pub key_name: Option<String>,
+    /// The end user (header, else body), once known.
+    pub user: Option<String>,
+    /// `x-tollgate-tags`, validated.
+    pub tags: Vec<(String, String)>,
     pub model: Option<String>,
     pub upstream_model: Option<String>,
     pub stream: bool,
@@ -57,6 +65,10 @@ pub struct Head<'a> {
     pub anthropic: bool,
     /// The client asked for a WebSocket (`Upgrade: websocket`).
     pub upgrade: bool,
+    /// `x-tollgate-tags`, as sent.
+    pub tags: Option<&'a [u8]>,
+    /// Unix seconds now (a key past its `expires` is refused).
+    pub now_unix: i64,
 }
 
 /// What to do after [`before_body`].
@@ -105,12 +117,27 @@ pub fn before_body(
         )
     })?;
     let digest = auth::key_digest(key);
-    let project_idx = cfg
+    let (project_idx, key_idx) = cfg
         .project_for_digest(&digest)
         .ok_or_else(|| GatewayError::Unauthorized("Unknown project key".into()))?;
     seen.project = Some(project_idx);
     seen.key_id = Some(auth::hex(&digest[..4]));
     let project = &cfg.projects[project_idx];
+    seen.key = Some(key_idx);
+    if let Some(k) = project.keys.get(key_idx) {
+        seen.key_name = Some(k.name.clone());
+        if let Some(at) = k.expires.filter(|&e| head.now_unix >= e) {
+            return Err(GatewayError::KeyExpired(format!(
+                "Key {} of project {} expired at {}",
+                k.name,
+                project.id,
+                crate::engine::time::rfc3339_millis(at.saturating_mul(1000))
+            )));
+        }
+    }
+    if let Some(t) = head.tags {
+        seen.tags = crate::engine::accounts::parse_tags(t)?;
+    }
     if frozen(&project.id) {
         return Err(GatewayError::PolicyBlocked(
             PolicyCode::ProjectFrozen,
@@ -157,6 +184,8 @@ pub fn too_large(max: usize) -> GatewayError {
 pub struct Facts<'a> {
     pub endpoint: Endpoint,
     pub project: ProjectIdx,
+    /// `x-tollgate-user`, as sent.
+    pub user_header: Option<&'a [u8]>,
     /// The whole request body as the client sent it.
     pub body: &'a [u8],
     /// Any number that varies from request to request: it spreads a route's weighted
@@ -171,6 +200,8 @@ pub struct Facts<'a> {
 pub struct Admission {
     /// Reserve, settle and count tokens for it; false for token counting, which is free.
     pub charged: bool,
+    /// Every account the request is charged to ([`accounts::accounts`]), in its order.
+    pub accounts: Vec<AccountRef>,
     /// The matched price and its key (the bounded `model` label); `None`: unpriced.
     pub price: Option<(String, Price)>,
     /// The request's worst-case cost, to reserve before forwarding.
@@ -192,6 +223,8 @@ pub fn decide(cfg: &Config, f: &Facts, seen: &mut Seen) -> Result<Admission, Gat
     let facts = request::parse(f.body)?;
     seen.model = Some(truncate(&facts.model, 200).to_string());
     seen.stream = facts.stream;
+    let user = accounts::end_user(f.user_header, facts.user.as_deref())?;
+    seen.user = user.map(str::to_string);
     let route = cfg.routes.lookup(&facts.model).ok_or_else(|| {
         GatewayError::NotFound(format!(
             "No route for model {}",
@@ -208,6 +241,7 @@ pub fn decide(cfg: &Config, f: &Facts, seen: &mut Seen) -> Result<Admission, Gat
     if f.endpoint == Endpoint::CountTokens {
         return count_tokens(cfg, f, route, &facts.model, upstream_model);
     }
+    let charged_to = accounts::accounts(cfg, f.project, seen.key, user);
 
     let price = cfg.prices.lookup(upstream_model);
     if price.is_none() && project.unpriced == Unpriced::Block {
@@ -225,7 +259,7 @@ pub fn decide(cfg: &Config, f: &Facts, seen: &mut Seen) -> Result<Admission, Gat
         facts.max_output_tokens,
         price.and_then(|(_, p)| p.max_output_tokens),
         f.endpoint != Endpoint::Embeddings,
-        project.budget.is_some(),
+        charged_to.iter().any(|a| a.window.is_some()),
     )?;
     let worst = match (price, prompt_bound) {
         (Some((_, p)), Some(prompt)) => p.worst_case(prompt, bound.tokens),
@@ -255,6 +289,7 @@ pub fn decide(cfg: &Config, f: &Facts, seen: &mut Seen) -> Result<Admission, Gat
         .unwrap_or(Duration::ZERO);
     Ok(Admission {
         charged: true,
+        accounts: charged_to,
         price: price.map(|(k, p)| (k.to_string(), p.clone())),
         worst,
         rewritten,
@@ -300,6 +335,7 @@ fn count_tokens(
     };
     Ok(Admission {
         charged: false,
+        accounts: Vec::new(),
         price: None,
         worst: Nanos::ZERO,
         rewritten: request::rewrite(f.body, &rw),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::engine::pricing::Nanos;
 use crate::engine::time::civil_from_days;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Period {
     Day,
     Week,
@@ -117,16 +117,11 @@ impl Account {
         }
     }
 
-    /// Reserve `amount` if `spent + reserved + amount <= limit`. This is the invariant that
-    /// keeps recorded spend under the limit however many requests race: every admitted
-    /// request's worst case is already counted when the next one is checked.
-    pub fn admit(&mut self, limit: Nanos, amount: Nanos) -> Result<(), Refusal> {
+    /// Whether `amount` fits: `spent + reserved + amount <= limit` (nothing is changed).
+    pub fn fits(&self, limit: Nanos, amount: Nanos) -> Result<(), Refusal> {
         let committed = self.spent.0.checked_add(self.reserved.0);
         match committed.and_then(|c| c.checked_add(amount.0)) {
-            Some(total) if total <= limit.0 => {
-                self.reserved = Nanos(self.reserved.0 + amount.0);
-                Ok(())
-            }
+            Some(total) if total <= limit.0 => Ok(()),
             _ => Err(Refusal {
                 spent: self.spent,
                 reserved: self.reserved,
@@ -134,6 +129,15 @@ impl Account {
                 needed: amount,
             }),
         }
+    }
+
+    /// Reserve `amount` if `spent + reserved + amount <= limit`. This is the invariant that
+    /// keeps recorded spend under the limit however many requests race: every admitted
+    /// request's worst case is already counted when the next one is checked.
+    pub fn admit(&mut self, limit: Nanos, amount: Nanos) -> Result<(), Refusal> {
+        self.fits(limit, amount)?;
+        self.reserved = Nanos(self.reserved.0 + amount.0);
+        Ok(())
     }
 
     /// Release a reservation and charge what the request really cost.
@@ -149,21 +153,22 @@ impl Account {
     }
 }
 
-/// The 402 message: what was spent, the limit, the period.
-pub fn refusal_message(project: &str, period: Period, r: &Refusal) -> String {
+/// The 402 message: who refused (`Project checkout-bot`, `Team payments`, …: see
+/// [`crate::engine::accounts::who`]), what was spent, the limit, the period.
+pub fn refusal_message(who: &str, period: Period, r: &Refusal) -> String {
     let what = match period {
         Period::Total => "total budget".to_string(),
         p => format!("{} budget", p.as_str()),
     };
     if r.spent >= r.limit {
         format!(
-            "Project {project} has spent its {what} of ${:.2} (spent ${:.4})",
+            "{who} has spent its {what} of ${:.2} (spent ${:.4})",
             r.limit.as_usd(),
             r.spent.as_usd()
         )
     } else {
         format!(
-            "Project {project} cannot cover this request within its {what} of ${:.2}: spent ${:.4}, reserved by requests in flight ${:.4}, this request may cost up to ${:.4}",
+            "{who} cannot cover this request within its {what} of ${:.2}: spent ${:.4}, reserved by requests in flight ${:.4}, this request may cost up to ${:.4}",
             r.limit.as_usd(),
             r.spent.as_usd(),
             r.reserved.as_usd(),
@@ -288,7 +293,7 @@ mod tests {
             needed: Nanos(1),
         };
         assert_eq!(
-            refusal_message("checkout-bot", Period::Month, &r),
+            refusal_message("Project checkout-bot", Period::Month, &r),
             "Project checkout-bot has spent its month budget of $50.00 (spent $50.0000)"
         );
         let r = Refusal {
@@ -297,7 +302,7 @@ mod tests {
             limit: Nanos(2_000_000_000),
             needed: Nanos(1_500_000_000),
         };
-        let m = refusal_message("p", Period::Day, &r);
+        let m = refusal_message("Project p", Period::Day, &r);
         assert!(
             m.contains("day budget of $2.00") && m.contains("up to $1.5000"),
             "{m}"

@@ -7,6 +7,8 @@
 
 use std::fmt::Write as _;
 
+use crate::engine::accounts::AccountKind;
+
 /// Which SDK family will read the error body: the Anthropic SDK only surfaces errors in its
 /// own `{"type":"error","error":{...}}` shape, every other SDK reads the OpenAI shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +45,10 @@ impl PolicyCode {
 pub enum GatewayError {
     InvalidRequest(String),
     Unauthorized(String),
-    BudgetExceeded(String),
+    /// A known key past its `expires`: 401 with code `key_expired`.
+    KeyExpired(String),
+    /// The account of this kind that could not cover the request (its kind gives the code).
+    BudgetExceeded(AccountKind, String),
     PolicyBlocked(PolicyCode, String),
     NotFound(String),
     MethodNotAllowed(String),
@@ -75,8 +80,8 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::InvalidRequest(_) => 400,
-            GatewayError::Unauthorized(_) => 401,
-            GatewayError::BudgetExceeded(_) => 402,
+            GatewayError::Unauthorized(_) | GatewayError::KeyExpired(_) => 401,
+            GatewayError::BudgetExceeded(..) => 402,
             GatewayError::PolicyBlocked(..) => 403,
             GatewayError::NotFound(_) => 404,
             GatewayError::MethodNotAllowed(_) => 405,
@@ -95,8 +100,8 @@ impl GatewayError {
     pub fn error_type(&self) -> &'static str {
         match self {
             GatewayError::InvalidRequest(_) => "invalid_request",
-            GatewayError::Unauthorized(_) => "unauthorized",
-            GatewayError::BudgetExceeded(_) => "budget_exceeded",
+            GatewayError::Unauthorized(_) | GatewayError::KeyExpired(_) => "unauthorized",
+            GatewayError::BudgetExceeded(..) => "budget_exceeded",
             GatewayError::PolicyBlocked(..) => "policy_blocked",
             GatewayError::NotFound(_) => "not_found",
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
@@ -115,6 +120,8 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::PolicyBlocked(c, _) => c.as_str(),
+            GatewayError::BudgetExceeded(kind, _) => kind.code(),
+            GatewayError::KeyExpired(_) => "key_expired",
             GatewayError::LedgerUnavailable(_) => "ledger_unavailable",
             other => other.error_type(),
         }
@@ -124,7 +131,8 @@ impl GatewayError {
         match self {
             GatewayError::InvalidRequest(m)
             | GatewayError::Unauthorized(m)
-            | GatewayError::BudgetExceeded(m)
+            | GatewayError::KeyExpired(m)
+            | GatewayError::BudgetExceeded(_, m)
             | GatewayError::PolicyBlocked(_, m)
             | GatewayError::NotFound(m)
             | GatewayError::MethodNotAllowed(m)
@@ -219,6 +227,7 @@ mod tests {
     #[test]
     fn budget_error_in_openai_shape_matches_the_spec_example() {
         let e = GatewayError::BudgetExceeded(
+            AccountKind::Project,
             "Project checkout-bot has spent its month budget of $50.00".into(),
         );
         let v: Value = serde_json::from_str(&e.body(ErrorShape::OpenAi)).unwrap();
@@ -229,6 +238,21 @@ mod tests {
             v["error"]["message"],
             "Project checkout-bot has spent its month budget of $50.00"
         );
+    }
+
+    #[test]
+    fn each_kind_of_account_refuses_with_its_own_code_and_an_expired_key_with_key_expired() {
+        for (kind, code) in [
+            (AccountKind::Project, "budget_exceeded"),
+            (AccountKind::Team, "team_budget_exceeded"),
+            (AccountKind::Key, "key_budget_exceeded"),
+            (AccountKind::User, "user_budget_exceeded"),
+        ] {
+            let e = GatewayError::BudgetExceeded(kind, "m".into());
+            assert_eq!((e.status(), e.error_type(), e.code()), (402, "budget_exceeded", code));
+        }
+        let e = GatewayError::KeyExpired("Key ci expired".into());
+        assert_eq!((e.status(), e.error_type(), e.code()), (401, "unauthorized", "key_expired"));
     }
 
     #[test]
@@ -248,7 +272,9 @@ mod tests {
     fn every_error_body_carries_reason_equal_to_code() {
         for e in [
             GatewayError::PolicyBlocked(PolicyCode::ProjectFrozen, "f".into()),
-            GatewayError::BudgetExceeded("b".into()),
+            GatewayError::BudgetExceeded(AccountKind::Project, "b".into()),
+            GatewayError::BudgetExceeded(AccountKind::Team, "t".into()),
+            GatewayError::KeyExpired("k".into()),
             GatewayError::Unauthorized("u".into()),
             GatewayError::UpstreamUnavailable("x".into()),
         ] {

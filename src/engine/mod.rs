@@ -8,6 +8,7 @@
 //! unit-tested in microseconds without a socket, and the shell (`proxy`, `ledger`, `server`,
 //! …) is glue that reads facts, calls in, and acts on what comes out.
 
+pub mod accounts;
 pub mod admission;
 pub mod auth;
 pub mod budget;

@@ -185,7 +185,10 @@ mod tests {
     fn project(max_tokens: Option<u64>) -> Project {
         Project {
             id: "p".into(),
-            budget: None,
+            budgets: vec![],
+            team: None,
+            keys: vec![],
+            user_budget: None,
             rate_limit: None,
             allow_models: Some(vec![Glob::new("gpt-4o-mini"), Glob::new("claude-*")]),
             deny_models: vec![Glob::new("claude-opus-*")],

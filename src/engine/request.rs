@@ -26,6 +26,9 @@ pub struct RequestFacts {
     pub max_output_tokens: Option<u64>,
     /// `stream_options.include_usage` as the client sent it.
     pub include_usage: Option<bool>,
+    /// The end user the body names: OpenAI's `user`, else Anthropic's `metadata.user_id`
+    /// (a value that is not a string is ignored, as the provider would refuse it anyway).
+    pub user: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -42,6 +45,71 @@ struct Peek<'a> {
     max_output_tokens: Option<u64>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    #[serde(borrow, default, deserialize_with = "string_or_ignore")]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    metadata: Option<Metadata<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Metadata<'a> {
+    #[serde(borrow, default, deserialize_with = "string_or_ignore")]
+    user_id: Option<Cow<'a, str>>,
+}
+
+/// A string, or `None` for any other JSON value (skipped without building it).
+fn string_or_ignore<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'de, str>>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Borrowed(v)))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v.to_string())))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v)))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(V)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 #[derive(Deserialize)]
@@ -84,6 +152,10 @@ pub fn parse(body: &[u8]) -> Result<RequestFacts, GatewayError> {
         stream: peek.stream.unwrap_or(false),
         max_output_tokens,
         include_usage: peek.stream_options.and_then(|s| s.include_usage),
+        user: peek
+            .user
+            .or(peek.metadata.and_then(|m| m.user_id))
+            .map(Cow::into_owned),
     })
 }
 

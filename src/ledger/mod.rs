@@ -20,21 +20,29 @@ pub mod fleet;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 
-use crate::engine::budget::{refusal_message, Account, Period};
-use crate::engine::config::{Config, Project};
+use crate::engine::accounts::{self, AccountKind, AccountRef};
+use crate::engine::budget::{Account, Budget, Period};
+use crate::engine::config::{Config, Project, Team};
 use crate::engine::error::GatewayError;
 use crate::engine::pricing::Nanos;
-pub use store::{DecisionRecord, Reader, StoreHandle, Write};
+pub use store::{DecisionRecord, Periods, Reader, StoreHandle, Write};
 
-/// A project's account and its id, shared so that reservations and spend writes copy a
-/// pointer rather than the id string.
+/// One account in one window, and its name, shared so that reservations and spend writes
+/// copy a pointer rather than the string.
 struct Slot {
-    project: Arc<str>,
+    name: Arc<str>,
+    period: Period,
     account: Mutex<Account>,
+    /// The store's send count after this account's last spend write ([`StoreHandle::sent`]):
+    /// an end user's account may leave memory only once the store has that much.
+    last_seq: AtomicU64,
+    /// Unix ms of the last reservation on it: recently used accounts are never evicted.
+    last_used_ms: AtomicI64,
 }
 
 type Cell = Arc<Slot>;
@@ -42,12 +50,38 @@ type Cell = Arc<Slot>;
 /// Reads the wall clock: Unix seconds.
 type Clock = fn() -> i64;
 
+/// Where an account is kept in memory: its ledger name and window period.
+type SlotKey = (String, Period);
+
+/// End users' accounts, sharded so that the first request of a new user locks one shard,
+/// never all of them.
+const USER_SHARDS: usize = 16;
+
+/// Idle end-user accounts kept in memory before the idle ones are evicted (they are rebuilt
+/// from the store on their next request). Accounts with a request in flight, or used in the
+/// last [`USER_KEEP_MS`], are never evicted, so memory is bounded by this plus the users
+/// active right now.
+pub const MAX_IDLE_USERS: usize = 100_000;
+const USER_KEEP_MS: i64 = 30_000;
+
+#[derive(Default)]
+struct UserShard {
+    map: HashMap<SlotKey, Cell>,
+    /// Sweep for idle accounts when the shard reaches this size.
+    sweep_at: usize,
+}
+
 pub struct Ledger {
-    accounts: ArcSwap<HashMap<String, Cell>>,
+    /// The accounts the configuration names: projects' windows, teams', keys'.
+    accounts: ArcSwap<HashMap<SlotKey, Cell>>,
+    users: Vec<Mutex<UserShard>>,
     frozen: ArcSwap<HashSet<String>>,
     store: Option<StoreHandle>,
     reader: Option<Arc<Reader>>,
     clock: Clock,
+    /// The period keys spend is recorded under (day, week, month, total), for the UTC day
+    /// they were built on.
+    periods: Arc<ArcSwap<(i64, Periods)>>,
 }
 
 /// A poisoned account lock only means another request panicked mid-update of plain integers;
@@ -56,24 +90,56 @@ fn lock(cell: &Slot) -> MutexGuard<'_, Account> {
     cell.account.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn slot(project: &str, account: Account) -> Cell {
+fn lock_shard(m: &Mutex<UserShard>) -> MutexGuard<'_, UserShard> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn slot(name: &str, period: Period, account: Account) -> Cell {
     Arc::new(Slot {
-        project: Arc::from(project),
+        name: Arc::from(name),
+        period,
         account: Mutex::new(account),
+        last_seq: AtomicU64::new(0),
+        last_used_ms: AtomicI64::new(0),
     })
+}
+
+/// Every period spend is recorded in, so a window added later starts from the truth.
+const RECORDED: [Period; 4] = [Period::Day, Period::Week, Period::Month, Period::Total];
+
+fn period_keys(now_unix: i64) -> Periods {
+    RECORDED
+        .iter()
+        .map(|p| Arc::<str>::from(p.key(now_unix)))
+        .collect::<Vec<_>>()
+        .into()
+}
+
+/// One account a reservation holds, and what it needs to refuse.
+struct Held {
+    cell: Cell,
+    /// The limit, when this account has one and admission checks it.
+    limit: Option<Nanos>,
+    /// Index into the request's accounts (for the 402).
+    at: usize,
 }
 
 /// Money held for one admitted request until it settles.
 pub struct Reservation {
-    cell: Cell,
+    /// The accounts held, in lock order.
+    held: Vec<Held>,
+    /// Every account the spend is recorded under (held or not), by ledger name.
+    owners: Vec<Arc<str>>,
+    /// Index into `held` of the project's primary window (its snapshot count goes to the
+    /// fleet).
+    primary: Option<usize>,
     amount: Nanos,
-    /// The project's budget left after this reservation (None: no budget).
+    /// The tightest budget left after this reservation (None: no budget).
     remaining: Option<Nanos>,
     store: Option<StoreHandle>,
     /// The ledger's clock: `settle` charges the period current when the request ends.
     clock: Clock,
-    /// The period the project accounts in (`Month` for a project without a budget).
-    period: Period,
+    periods: Option<Arc<ArcSwap<(i64, Periods)>>>,
     settled: bool,
 }
 
@@ -83,8 +149,8 @@ impl Reservation {
         self.amount
     }
 
-    /// The budget left once this reservation was made, read under the same lock (None when
-    /// the project has no budget).
+    /// The tightest budget left once this reservation was made, read under the same locks
+    /// (None when no account of the request has a budget).
     pub fn remaining(&self) -> Option<Nanos> {
         self.remaining
     }
@@ -105,8 +171,8 @@ impl Reservation {
         self.settle_seen_at(actual, now_unix).0
     }
 
-    /// [`Reservation::settle`], also returning the account's snapshot count as the settle
-    /// found it (fleet mode: was this spend in the last report to the fleet?).
+    /// [`Reservation::settle`], also returning the project account's snapshot count as the
+    /// settle found it (fleet mode: was this spend in the last report to the fleet?).
     pub fn settle_seen(self, actual: Nanos) -> (Nanos, u64) {
         let now = (self.clock)();
         self.settle_seen_at(actual, now)
@@ -114,22 +180,46 @@ impl Reservation {
 
     fn settle_seen_at(mut self, actual: Nanos, now_unix: i64) -> (Nanos, u64) {
         self.settled = true;
-        let (period_key, seen) = {
-            let mut a = lock(&self.cell);
-            a.roll_at(self.period, now_unix);
+        let mut seen = 0;
+        for (i, h) in self.held.iter().enumerate() {
+            let mut a = lock(&h.cell);
+            a.roll_at(h.cell.period, now_unix);
             a.settle(self.amount, actual);
-            (a.period_key.clone(), a.snapshots)
-        };
-        if actual > Nanos::ZERO {
-            if let Some(s) = &self.store {
+            if Some(i) == self.primary {
+                seen = a.snapshots;
+            }
+        }
+        if let (true, Some(s)) = (actual > Nanos::ZERO, &self.store) {
+            let periods = self.period_keys(now_unix);
+            for owner in &self.owners {
                 s.send(Write::Spend {
-                    project: self.cell.project.clone(),
-                    period: period_key,
+                    project: owner.clone(),
+                    periods: periods.clone(),
                     add_nanos: actual.0,
                 });
             }
+            let mark = s.sent();
+            for h in &self.held {
+                h.cell.last_seq.store(mark, Ordering::SeqCst);
+            }
         }
         (actual.saturating_sub(self.amount()), seen)
+    }
+
+    fn period_keys(&self, now_unix: i64) -> Periods {
+        let day = now_unix.div_euclid(86_400);
+        match &self.periods {
+            Some(cache) => {
+                let cur = cache.load();
+                if cur.0 == day {
+                    return cur.1.clone();
+                }
+                let fresh = period_keys(now_unix);
+                cache.store(Arc::new((day, fresh.clone())));
+                fresh
+            }
+            None => period_keys(now_unix),
+        }
     }
 }
 
@@ -138,12 +228,26 @@ impl Drop for Reservation {
     /// carry over a roll), so there is no period to find and no clock to read.
     fn drop(&mut self) {
         if !self.settled {
-            lock(&self.cell).settle(self.amount, Nanos::ZERO);
+            for h in &self.held {
+                lock(&h.cell).settle(self.amount, Nanos::ZERO);
+            }
         }
     }
 }
 
-/// One project's numbers for `/admin/projects` and the budget gauge.
+/// One window of an account for `/admin/projects` and `/admin/teams`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WindowStatus {
+    pub period: &'static str,
+    pub limit: Nanos,
+    pub spent: Nanos,
+    pub reserved: Nanos,
+    pub remaining: Nanos,
+}
+
+/// One project's numbers for `/admin/projects` and the budget gauge. The flat fields
+/// describe the tightest window (the least remaining), or the calendar month when the
+/// project has none.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProjectStatus {
     pub id: String,
@@ -153,71 +257,111 @@ pub struct ProjectStatus {
     pub limit: Option<Nanos>,
     pub remaining: Option<Nanos>,
     pub frozen: bool,
+    /// Every window of the project's own budget, in configuration order.
+    pub budgets: Vec<WindowStatus>,
 }
 
 impl Ledger {
     /// A ledger on `store`, with accounts for `cfg`'s projects loaded from it.
     pub fn open(store: StoreHandle, reader: Reader, cfg: &Config) -> Result<Ledger, String> {
         let ledger = Ledger {
-            accounts: ArcSwap::from_pointee(HashMap::new()),
-            frozen: ArcSwap::from_pointee(HashSet::new()),
             store: Some(store),
             reader: Some(Arc::new(reader)),
-            clock: crate::clock::unix_secs,
+            ..Ledger::bare(crate::clock::unix_secs)
         };
         ledger.load(cfg)?;
         Ok(ledger)
+    }
+
+    fn bare(clock: Clock) -> Ledger {
+        Ledger {
+            accounts: ArcSwap::from_pointee(HashMap::new()),
+            users: (0..USER_SHARDS)
+                .map(|_| Mutex::new(UserShard::default()))
+                .collect(),
+            frozen: ArcSwap::from_pointee(HashSet::new()),
+            store: None,
+            reader: None,
+            clock,
+            periods: Arc::new(ArcSwap::from_pointee((i64::MIN, Arc::from(Vec::new())))),
+        }
     }
 
     /// A ledger that keeps nothing on disk, reading time from `clock` (unit tests; a test
     /// that passes every `now` to the `*_at` methods can give a clock that panics).
     #[cfg(test)]
     pub fn in_memory(clock: fn() -> i64) -> Ledger {
-        Ledger {
-            accounts: ArcSwap::from_pointee(HashMap::new()),
-            frozen: ArcSwap::from_pointee(HashSet::new()),
-            store: None,
-            reader: None,
-            clock,
-        }
+        Ledger::bare(clock)
     }
 
     pub fn reader(&self) -> Option<Arc<Reader>> {
         self.reader.clone()
     }
 
-    /// Create accounts for projects that have none yet, reading their current-period spend and
-    /// the freezes from the store. Blocking: called at start and from the reload task, never
-    /// from a request phase. Existing accounts are kept as they are (a reload never resets
-    /// spend).
+    /// Every account the configuration names (without end users), deduplicated.
+    fn configured(cfg: &Config) -> Vec<SlotKey> {
+        let mut out: Vec<SlotKey> = Vec::new();
+        let mut add = |a: &AccountRef| {
+            let k = (a.name.clone(), a.period());
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        };
+        for (i, p) in cfg.projects.iter().enumerate() {
+            accounts::accounts(cfg, i, None, None).iter().for_each(&mut add);
+            for k in 0..p.keys.len() {
+                if let Some(a) = accounts::accounts(cfg, i, Some(k), None)
+                    .iter()
+                    .find(|a| a.kind == AccountKind::Key)
+                {
+                    add(a);
+                }
+            }
+        }
+        for t in &cfg.teams {
+            for a in team_accounts(t) {
+                add(&a);
+            }
+        }
+        out
+    }
+
+    /// Create accounts for the configuration's projects, teams and keys that have none yet,
+    /// reading their current-period spend and the freezes from the store. Blocking: called
+    /// at start and from the reload task, never from a request phase. Existing accounts are
+    /// kept as they are (a reload never resets spend); accounts the configuration no longer
+    /// names are dropped (their spend stays in the store).
     pub fn load(&self, cfg: &Config) -> Result<(), String> {
         let now = (self.clock)();
         let current = self.accounts.load_full();
-        let missing: Vec<&Project> = cfg
-            .projects
-            .iter()
-            .filter(|p| !current.contains_key(&p.id))
-            .collect();
+        let wanted = Ledger::configured(cfg);
+        let missing: Vec<&SlotKey> = wanted.iter().filter(|k| !current.contains_key(*k)).collect();
         let mut stored: HashMap<(String, String), u64> = HashMap::new();
         if let (Some(r), false) = (&self.reader, missing.is_empty()) {
             let keys: Vec<(String, String)> = missing
                 .iter()
-                .map(|p| (p.id.clone(), period_of(p).key(now)))
+                .map(|(name, period)| (name.clone(), period.key(now)))
                 .collect();
             stored = r.all_spend_for(&keys)?.into_iter().collect();
         }
-        if !missing.is_empty() {
-            let mut map = HashMap::clone(&current);
-            for p in missing {
-                let key = period_of(p).key(now);
+        let stale = current.keys().any(|k| !wanted.contains(k));
+        if !missing.is_empty() || stale {
+            let mut map: HashMap<SlotKey, Cell> = current
+                .iter()
+                .filter(|(k, _)| wanted.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (name, period) in missing {
+                let key = period.key(now);
                 let spent = stored
-                    .get(&(p.id.clone(), key.clone()))
+                    .get(&(name.clone(), key.clone()))
                     .copied()
                     .unwrap_or(0);
                 map.insert(
-                    p.id.clone(),
+                    (name.clone(), *period),
                     slot(
-                        &p.id,
+                        name,
+                        *period,
                         Account {
                             period_key: Arc::from(key),
                             spent: Nanos(spent),
@@ -226,7 +370,17 @@ impl Ledger {
                     ),
                 );
             }
-            self.accounts.store(Arc::new(map));
+            // Accounts reserved on between the read and the swap: `cell` made them empty;
+            // keep the ones the map already has (they hold those reservations).
+            self.accounts.rcu(|m| {
+                let mut next = map.clone();
+                for (k, v) in m.iter() {
+                    if wanted.contains(k) && !current.contains_key(k) {
+                        next.insert(k.clone(), v.clone());
+                    }
+                }
+                next
+            });
         }
         if let Some(r) = &self.reader {
             let frozen: HashSet<String> = r
@@ -240,23 +394,103 @@ impl Ledger {
         Ok(())
     }
 
-    fn cell(&self, project: &str) -> Cell {
-        if let Some(c) = self.accounts.load().get(project) {
+    /// A configured account's cell. One the last load did not see (only possible between a
+    /// reload's swap and its load) starts empty rather than block on disk here.
+    fn cell(&self, name: &str, period: Period) -> Cell {
+        let key = (name.to_string(), period);
+        if let Some(c) = self.accounts.load().get(&key) {
             return c.clone();
         }
-        // A project the last load did not see (only possible between a reload's swap and its
-        // load): start it empty rather than block on disk here.
-        let cell: Cell = slot(project, Account::default());
+        let cell: Cell = slot(name, period, Account::default());
         let mut out = cell.clone();
         self.accounts.rcu(|m| {
             let mut m = HashMap::clone(m);
-            out = m
-                .entry(project.to_string())
-                .or_insert_with(|| cell.clone())
-                .clone();
+            out = m.entry(key.clone()).or_insert_with(|| cell.clone()).clone();
             m
         });
         out
+    }
+
+    fn shard(&self, key: &SlotKey) -> &Mutex<UserShard> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+        &self.users[(h as usize) % USER_SHARDS]
+    }
+
+    fn user_cell(&self, key: &SlotKey) -> Option<Cell> {
+        lock_shard(self.shard(key)).map.get(key).cloned()
+    }
+
+    /// The end-user accounts with a budget among `accounts` that are not in memory: the
+    /// shell loads them ([`Ledger::load_users`], blocking, off the request thread) before
+    /// it reserves.
+    pub fn missing_users(&self, accounts: &[AccountRef]) -> Vec<SlotKey> {
+        accounts
+            .iter()
+            .filter(|a| a.kind == AccountKind::User && a.window.is_some())
+            .map(|a| (a.name.clone(), a.period()))
+            .filter(|k| self.user_cell(k).is_none())
+            .collect()
+    }
+
+    /// Bring end users' accounts into memory from the store (their spend in the current
+    /// period). Blocking: call it on a blocking thread. An account another request brought in
+    /// meanwhile is kept as it is.
+    pub fn load_users(&self, keys: &[SlotKey]) -> Result<(), String> {
+        let now = (self.clock)();
+        let wanted: Vec<(String, String)> = keys
+            .iter()
+            .map(|(name, period)| (name.clone(), period.key(now)))
+            .collect();
+        let stored: HashMap<(String, String), u64> = match &self.reader {
+            Some(r) => r.all_spend_for(&wanted)?.into_iter().collect(),
+            None => HashMap::new(),
+        };
+        let now_ms = now.saturating_mul(1000);
+        for ((name, period), pk) in keys.iter().zip(wanted) {
+            let spent = stored.get(&pk).copied().unwrap_or(0);
+            let key = (name.clone(), *period);
+            let mut shard = lock_shard(self.shard(&key));
+            if shard.map.contains_key(&key) {
+                continue;
+            }
+            if shard.map.len() >= shard.sweep_at {
+                self.sweep(&mut shard, now_ms);
+            }
+            let cell = slot(
+                name,
+                *period,
+                Account {
+                    period_key: Arc::from(pk.1),
+                    spent: Nanos(spent),
+                    ..Account::default()
+                },
+            );
+            cell.last_used_ms.store(now_ms, Ordering::Relaxed);
+            shard.map.insert(key, cell);
+        }
+        Ok(())
+    }
+
+    /// Evict idle end-user accounts from a shard: no reservation holds them, none was made in
+    /// the last [`USER_KEEP_MS`], and the store has every spend write they sent (so rebuilding
+    /// from it gives the same number). Without a store nothing could rebuild them: kept.
+    fn sweep(&self, shard: &mut UserShard, now_ms: i64) {
+        let floor = MAX_IDLE_USERS / USER_SHARDS;
+        if let Some(store) = &self.store {
+            let processed = store.processed();
+            shard.map.retain(|_, c| {
+                Arc::strong_count(c) > 1
+                    || c.last_seq.load(Ordering::SeqCst) > processed
+                    || now_ms.saturating_sub(c.last_used_ms.load(Ordering::Relaxed)) < USER_KEEP_MS
+            });
+        }
+        shard.sweep_at = floor.max(shard.map.len().saturating_mul(2));
+    }
+
+    /// End-user accounts in memory now (tests and the admin view).
+    pub fn users_in_memory(&self) -> usize {
+        self.users.iter().map(|s| lock_shard(s).map.len()).sum()
     }
 
     pub fn is_frozen(&self, project: &str) -> bool {
@@ -283,8 +517,8 @@ impl Ledger {
         }
     }
 
-    /// Admit a request whose worst case is `amount`, atomically against the project's budget.
-    /// Projects without a budget get a reservation too, so their spend is still recorded.
+    /// Admit a request of `project` whose worst case is `amount`, charged to its project
+    /// account(s) only (no key, no user). Tests and callers that know no more.
     pub fn reserve(&self, project: &Project, amount: Nanos) -> Result<Reservation, GatewayError> {
         self.reserve_at(project, amount, (self.clock)())
     }
@@ -296,70 +530,172 @@ impl Ledger {
         amount: Nanos,
         now_unix: i64,
     ) -> Result<Reservation, GatewayError> {
-        self.reserve_checked(project, amount, now_unix, true)
+        let accounts = project_accounts(project);
+        self.reserve_on(&project.id, &accounts, amount, now_unix, true)
     }
 
-    /// Fleet mode: the fleet checked the budget; this instance only keeps its own share of
-    /// the spend (its SQLite record, and what it reports to a new fleet generation).
-    /// (Never refused; a `Result` only because it shares the checked path.)
-    pub fn reserve_unchecked(
+    /// Admit a request whose worst case is `amount` on every one of `accounts` at once
+    /// ([`accounts::accounts`]), all or nothing: each account's lock is taken in one fixed
+    /// order (by name, then period), every limit is checked, and only then is the worst
+    /// case added to all of them. The first account (in the request's order) that cannot
+    /// cover it refuses with its 402. Accounts without a limit get the reservation too, so
+    /// their spend is still recorded.
+    pub fn reserve_accounts(
         &self,
-        project: &Project,
+        project: &str,
+        accounts: &[AccountRef],
         amount: Nanos,
     ) -> Result<Reservation, GatewayError> {
-        self.reserve_checked(project, amount, (self.clock)(), false)
+        self.reserve_on(project, accounts, amount, (self.clock)(), true)
     }
 
-    fn reserve_checked(
+    /// [`Ledger::reserve_accounts`] at `now_unix`.
+    pub fn reserve_accounts_at(
         &self,
-        project: &Project,
+        project: &str,
+        accounts: &[AccountRef],
+        amount: Nanos,
+        now_unix: i64,
+    ) -> Result<Reservation, GatewayError> {
+        self.reserve_on(project, accounts, amount, now_unix, true)
+    }
+
+    /// Fleet mode: the fleet checked the budgets; this instance only keeps its own share of
+    /// the spend (its SQLite record, and what it reports to a new fleet generation).
+    pub fn reserve_unchecked(
+        &self,
+        project: &str,
+        accounts: &[AccountRef],
+        amount: Nanos,
+    ) -> Result<Reservation, GatewayError> {
+        self.reserve_on(project, accounts, amount, (self.clock)(), false)
+    }
+
+    fn reserve_on(
+        &self,
+        project: &str,
+        accounts: &[AccountRef],
         amount: Nanos,
         now_unix: i64,
         check: bool,
     ) -> Result<Reservation, GatewayError> {
-        let cell = self.cell(&project.id);
-        let period = period_of(project);
-        let remaining = {
-            let mut a = lock(&cell);
-            a.roll_at(period, now_unix);
-            match project.budget.filter(|_| check) {
-                Some(b) => {
-                    a.admit(b.limit, amount).map_err(|r| {
-                        GatewayError::BudgetExceeded(refusal_message(&project.id, b.period, &r))
-                    })?;
-                    Some(a.remaining(b.limit))
+        let now_ms = now_unix.saturating_mul(1000);
+        let mut held: Vec<Held> = Vec::with_capacity(accounts.len());
+        let mut owners: Vec<Arc<str>> = Vec::with_capacity(accounts.len());
+        let mut primary = None;
+        for (at, a) in accounts.iter().enumerate() {
+            let period = a.period();
+            let cell = match a.kind {
+                // Unchecked (the fleet decided): an end user not in memory only needs its
+                // spend written.
+                AccountKind::User if a.window.is_none() || !check => {
+                    self.user_cell(&(a.name.clone(), period))
+                }
+                AccountKind::User => {
+                    let key = (a.name.clone(), period);
+                    match self.user_cell(&key) {
+                        Some(c) => Some(c),
+                        None if self.reader.is_none() => {
+                            // Nothing to rebuild from: a new user starts at zero.
+                            self.load_users(std::slice::from_ref(&key))
+                                .map_err(GatewayError::Internal)?;
+                            self.user_cell(&key)
+                        }
+                        None => {
+                            return Err(GatewayError::LedgerUnavailable(format!(
+                                "The spend of end user {} could not be read in time",
+                                crate::engine::admission::truncate(&a.id, 64)
+                            )))
+                        }
+                    }
+                }
+                _ => Some(self.cell(&a.name, period)),
+            };
+            match cell {
+                Some(cell) => {
+                    if !owners.iter().any(|o| **o == *cell.name) {
+                        owners.push(cell.name.clone());
+                    }
+                    if a.kind == AccountKind::Project && primary.is_none() {
+                        primary = Some(held.len());
+                    }
+                    cell.last_used_ms.store(now_ms, Ordering::Relaxed);
+                    held.push(Held {
+                        cell,
+                        limit: a.window.filter(|_| check).map(|w| w.limit),
+                        at,
+                    });
                 }
                 None => {
-                    a.reserved = a.reserved.saturating_add(amount);
-                    None
+                    if !owners.iter().any(|o| **o == *a.name) {
+                        owners.push(Arc::from(a.name.as_str()));
+                    }
                 }
             }
-        };
+        }
+        // One fixed lock order for every request: no two can wait on each other.
+        let mut order: Vec<usize> = (0..held.len()).collect();
+        order.sort_by(|&x, &y| {
+            let (a, b) = (&held[x].cell, &held[y].cell);
+            (&*a.name, a.period as u8).cmp(&(&*b.name, b.period as u8))
+        });
+        let mut guards: Vec<(usize, MutexGuard<'_, Account>)> = order
+            .iter()
+            .map(|&i| (i, lock(&held[i].cell)))
+            .collect();
+        let mut refusal: Option<(usize, Period, crate::engine::budget::Refusal)> = None;
+        for (i, g) in guards.iter_mut() {
+            let h = &held[*i];
+            g.roll_at(h.cell.period, now_unix);
+            if let Some(limit) = h.limit {
+                if let Err(r) = g.fits(limit, amount) {
+                    if refusal.as_ref().is_none_or(|(at, ..)| h.at < *at) {
+                        refusal = Some((h.at, h.cell.period, r));
+                    }
+                }
+            }
+        }
+        if let Some((at, period, r)) = refusal {
+            // Nothing was added anywhere: nothing to release.
+            drop(guards);
+            return Err(accounts::refused(&accounts[at], project, period, &r));
+        }
+        let mut remaining: Option<Nanos> = None;
+        for (i, g) in guards.iter_mut() {
+            g.reserved = g.reserved.saturating_add(amount);
+            if let Some(limit) = held[*i].limit {
+                let left = g.remaining(limit);
+                remaining = Some(remaining.map_or(left, |r| r.min(left)));
+            }
+        }
+        drop(guards);
         Ok(Reservation {
-            cell,
+            held,
+            owners,
+            primary,
             amount,
             remaining,
             store: self.store.clone(),
             clock: self.clock,
-            period,
+            periods: self.store.as_ref().map(|_| self.periods.clone()),
             settled: false,
         })
     }
 
-    /// Fleet mode: this instance's spend in the project's current period, to report to a new
+    /// Fleet mode: this instance's spend in the project's primary window, to report to a new
     /// fleet generation; bumps the account's snapshot count under the same lock, so every
     /// settle knows whether it was in the report (returns period key, spend, the new count).
     pub fn snapshot(&self, project: &Project) -> (String, Nanos, u64) {
-        let cell = self.cell(&project.id);
+        let cell = self.cell(&project.id, project.primary_period());
         let mut a = lock(&cell);
-        a.roll_at(period_of(project), (self.clock)());
+        a.roll_at(project.primary_period(), (self.clock)());
         a.snapshots += 1;
         (a.period_key.to_string(), a.spent, a.snapshots)
     }
 
     /// Fleet mode: how many snapshots of the project's spend were taken.
     pub fn snapshots(&self, project: &Project) -> u64 {
-        lock(&self.cell(&project.id)).snapshots
+        lock(&self.cell(&project.id, project.primary_period())).snapshots
     }
 
     /// Fleet mode: the fleet's freeze flag, as heard from Redis: applied and recorded only
@@ -374,28 +710,83 @@ impl Ledger {
         self.store.as_ref()
     }
 
+    /// One account's numbers in one window, as of `now_unix`.
+    pub fn window_at(&self, name: &str, window: Budget, now_unix: i64) -> WindowStatus {
+        let a = {
+            let cell = self.cell(name, window.period);
+            let mut a = lock(&cell);
+            a.roll_at(window.period, now_unix);
+            a.clone()
+        };
+        WindowStatus {
+            period: window.period.as_str(),
+            limit: window.limit,
+            spent: a.spent,
+            reserved: a.reserved,
+            remaining: a.remaining(window.limit),
+        }
+    }
+
+    /// A team's windows (`/admin/teams`).
+    pub fn team_status(&self, team: &Team) -> Vec<WindowStatus> {
+        let now = (self.clock)();
+        let name = accounts::ledger_name(AccountKind::Team, "", &team.id);
+        team.budgets
+            .iter()
+            .map(|w| self.window_at(&name, *w, now))
+            .collect()
+    }
+
+    /// An end user's numbers in the project's `user_budget` window, if the user is in memory
+    /// (spent, reserved); `None`: not in memory (the store has the spend).
+    pub fn user_in_memory(&self, name: &str, period: Period) -> Option<(Nanos, Nanos)> {
+        let cell = self.user_cell(&(name.to_string(), period))?;
+        let mut a = lock(&cell);
+        a.roll_at(period, (self.clock)());
+        Some((a.spent, a.reserved))
+    }
+
     pub fn status(&self, project: &Project) -> ProjectStatus {
         self.status_at(project, (self.clock)())
     }
 
-    /// [`Ledger::status`] at `now_unix` (Unix seconds): spend of the period current then.
+    /// [`Ledger::status`] at `now_unix` (Unix seconds): spend of the periods current then.
     pub fn status_at(&self, project: &Project, now_unix: i64) -> ProjectStatus {
-        let cell = self.cell(&project.id);
-        let period = period_of(project);
-        let a = {
-            let mut a = lock(&cell);
-            a.roll_at(period, now_unix);
-            a.clone()
-        };
-        let limit = project.budget.map(|b| b.limit);
-        ProjectStatus {
-            id: project.id.clone(),
-            period: period.as_str(),
-            spent: a.spent,
-            reserved: a.reserved,
-            limit,
-            remaining: limit.map(|l| a.remaining(l)),
-            frozen: self.is_frozen(&project.id),
+        let budgets: Vec<WindowStatus> = project
+            .budgets
+            .iter()
+            .map(|w| self.window_at(&project.id, *w, now_unix))
+            .collect();
+        let frozen = self.is_frozen(&project.id);
+        match budgets.iter().min_by_key(|w| w.remaining) {
+            Some(t) => ProjectStatus {
+                id: project.id.clone(),
+                period: t.period,
+                spent: t.spent,
+                reserved: t.reserved,
+                limit: Some(t.limit),
+                remaining: Some(t.remaining),
+                frozen,
+                budgets: budgets.clone(),
+            },
+            None => {
+                let cell = self.cell(&project.id, Period::Month);
+                let a = {
+                    let mut a = lock(&cell);
+                    a.roll_at(Period::Month, now_unix);
+                    a.clone()
+                };
+                ProjectStatus {
+                    id: project.id.clone(),
+                    period: Period::Month.as_str(),
+                    spent: a.spent,
+                    reserved: a.reserved,
+                    limit: None,
+                    remaining: None,
+                    frozen,
+                    budgets,
+                }
+            }
         }
     }
 
@@ -406,9 +797,40 @@ impl Ledger {
     }
 }
 
-/// Projects without a budget still account per month, so the admin view shows a useful number.
+/// A project's own accounts: each window, or an unlimited monthly one when it has none.
+pub fn project_accounts(p: &Project) -> Vec<AccountRef> {
+    let one = |window: Option<Budget>| AccountRef {
+        kind: AccountKind::Project,
+        id: p.id.clone(),
+        name: p.id.clone(),
+        window,
+    };
+    if p.budgets.is_empty() {
+        vec![one(None)]
+    } else {
+        p.budgets.iter().map(|w| one(Some(*w))).collect()
+    }
+}
+
+/// A team's accounts: each window, or an unlimited monthly one when it has none.
+fn team_accounts(t: &Team) -> Vec<AccountRef> {
+    let name = accounts::ledger_name(AccountKind::Team, "", &t.id);
+    let one = |window: Option<Budget>| AccountRef {
+        kind: AccountKind::Team,
+        id: t.id.clone(),
+        name: name.clone(),
+        window,
+    };
+    if t.budgets.is_empty() {
+        vec![one(None)]
+    } else {
+        t.budgets.iter().map(|w| one(Some(*w))).collect()
+    }
+}
+
+/// The period a project's own account is kept in when one must stand for it.
 pub fn period_of(p: &Project) -> Period {
-    p.budget.map_or(Period::Month, |b| b.period)
+    p.primary_period()
 }
 
 #[cfg(test)]
@@ -432,10 +854,16 @@ mod tests {
     fn project(id: &str, budget: Option<(u64, Period)>) -> Project {
         Project {
             id: id.into(),
-            budget: budget.map(|(limit, period)| Budget {
-                limit: Nanos(limit),
-                period,
-            }),
+            budgets: budget
+                .map(|(limit, period)| Budget {
+                    limit: Nanos(limit),
+                    period,
+                })
+                .into_iter()
+                .collect(),
+            team: None,
+            keys: Vec::new(),
+            user_budget: None,
             rate_limit: None,
             allow_models: None,
             deny_models: Vec::new(),

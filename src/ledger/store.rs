@@ -157,13 +157,18 @@ pub struct DecisionRecord {
 /// (project, period), as used by [`Reader::all_spend_for`].
 pub type SpendKey = (String, String);
 
+/// The period keys one spend write adds to, shared by every write of a day.
+pub type Periods = Arc<[Arc<str>]>;
+
 /// A change to persist.
 #[derive(Debug, Clone)]
 pub enum Write {
-    /// Add to a project's spend in a period (period key strings like "2026-11", "2026-11-22", "week-of-2026-11-16", "total").
+    /// Add to an account's spend in each of `periods` (period key strings like "2026-11",
+    /// "2026-11-22", "week-of-2026-11-16", "total"). `project` is the account's ledger name
+    /// ([`crate::engine::accounts::ledger_name`]): a project's id, `team:…`, `key:…`, `user:…`.
     Spend {
         project: Arc<str>,
-        period: Arc<str>,
+        periods: Periods,
         add_nanos: u64,
     },
     /// Set a project's freeze flag; writes are applied in the order sent, so
@@ -208,6 +213,8 @@ pub struct StoreStats {
 
 #[derive(Default)]
 struct Shared {
+    /// Writes ever sent (counted before each is pushed, so a count read after a send covers it).
+    sent: AtomicU64,
     queued: AtomicU64,
     committed: AtomicU64,
     dropped: AtomicU64,
@@ -267,6 +274,7 @@ impl StoreHandle {
         let shared = &self.inner.shared;
         // Counted before the send so the writer can never decrement first.
         let queued = shared.queued.fetch_add(1, Ordering::Relaxed) + 1;
+        shared.sent.fetch_add(1, Ordering::SeqCst);
         let guard = self.inner.tx.read().unwrap_or_else(PoisonError::into_inner);
         let sent = match guard.as_ref() {
             Some(tx) => tx.send(Msg::Write(w)).is_ok(),
@@ -348,6 +356,21 @@ impl StoreHandle {
             }
         }
         result
+    }
+
+    /// Writes sent so far. Read right after a send, it is a mark that [`StoreHandle::processed`]
+    /// passes only once that send (and all pushed before it) was committed or given up: the
+    /// channel is FIFO and every send is counted before it is pushed.
+    pub fn sent(&self) -> u64 {
+        self.inner.shared.sent.load(Ordering::SeqCst)
+    }
+
+    /// Writes the writer is done with: committed, or given up (failed, dropped).
+    pub fn processed(&self) -> u64 {
+        let s = &self.inner.shared;
+        s.committed.load(Ordering::SeqCst)
+            + s.failed.load(Ordering::SeqCst)
+            + s.dropped.load(Ordering::SeqCst)
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -554,11 +577,16 @@ impl Batch {
         match w {
             Write::Spend {
                 project,
-                period,
+                periods,
                 add_nanos,
             } => {
-                let total = self.spend.entry((project, period)).or_insert(0);
-                *total = total.saturating_add(add_nanos);
+                for period in periods.iter() {
+                    let total = self
+                        .spend
+                        .entry((project.clone(), period.clone()))
+                        .or_insert(0);
+                    *total = total.saturating_add(add_nanos);
+                }
             }
             Write::Freeze {
                 project,
@@ -709,7 +737,7 @@ impl Writer {
                 self.failures = 0;
                 let s = &self.shared;
                 s.queued.fetch_sub(n, Ordering::Relaxed);
-                s.committed.fetch_add(n, Ordering::Relaxed);
+                s.committed.fetch_add(n, Ordering::SeqCst);
                 s.last_flush_us.store(
                     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                     Ordering::Relaxed,
@@ -748,7 +776,7 @@ impl Writer {
     fn count_failed(&mut self, n: u64) {
         self.pending.writes = self.pending.writes.saturating_sub(n);
         self.shared.queued.fetch_sub(n, Ordering::Relaxed);
-        self.shared.failed.fetch_add(n, Ordering::Relaxed);
+        self.shared.failed.fetch_add(n, Ordering::SeqCst);
     }
 
     fn discard_pending(&mut self, why: &str) {
@@ -1027,9 +1055,10 @@ mod tests {
     }
 
     fn spend(project: &str, period: &str, add_nanos: u64) -> Write {
+        let periods: Periods = Arc::from(vec![Arc::<str>::from(period)]);
         Write::Spend {
             project: project.into(),
-            period: period.into(),
+            periods,
             add_nanos,
         }
     }

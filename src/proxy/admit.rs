@@ -50,6 +50,8 @@ impl Gateway {
                     .windows(9)
                     .any(|w| w == b"websocket")
             }),
+            tags: header("x-tollgate-tags"),
+            now_unix: crate::clock::unix_secs(),
         };
         // Anthropic's paths, and the shared model routes asked in Anthropic's dialect, answer
         // errors in Anthropic's shape.
@@ -105,23 +107,49 @@ impl Gateway {
             &Facts {
                 endpoint,
                 project: project_idx,
+                user_header: session
+                    .req_header()
+                    .headers
+                    .get("x-tollgate-user")
+                    .map(|v| v.as_bytes()),
                 body: &body,
                 pick: self.ids.counter.load(Ordering::Relaxed),
                 usable: &usable,
             },
             &mut ctx.seen,
         )?;
+        if self.fleet.is_none() && a.charged {
+            // End users with a budget whose spend is not in memory: read it from the store
+            // off this thread before reserving.
+            let missing = self.ledger.missing_users(&a.accounts);
+            if !missing.is_empty() {
+                let ledger = self.ledger.clone();
+                tokio::task::spawn_blocking(move || ledger.load_users(&missing))
+                    .await
+                    .map_err(|e| GatewayError::Internal(format!("user load task: {e}")))?
+                    .map_err(|e| {
+                        log::error!("ledger: reading end users' spend: {e}");
+                        GatewayError::LedgerUnavailable(
+                            "The end user's spend could not be read from the ledger".into(),
+                        )
+                    })?;
+            }
+        }
         let admitted = &mut ctx.admitted;
         if let Some(fleet) = &self.fleet {
             let worst = if a.charged { a.worst } else { Nanos::ZERO };
-            let hold = fleet.reserve(project, worst).await?;
+            let hold = fleet.reserve(project, &a.accounts, worst).await?;
             admitted.remaining = hold.remaining;
             admitted.hold = Some(hold);
             if a.charged {
-                admitted.reservation = Some(self.ledger.reserve_unchecked(project, a.worst)?);
+                admitted.reservation = Some(self.ledger.reserve_unchecked(
+                    &project.id,
+                    &a.accounts,
+                    a.worst,
+                )?);
             }
         } else if a.charged {
-            let reservation = self.ledger.reserve(project, a.worst)?;
+            let reservation = self.ledger.reserve_accounts(&project.id, &a.accounts, a.worst)?;
             admitted.remaining = reservation.remaining();
             admitted.reservation = Some(reservation);
         }

@@ -70,6 +70,8 @@ keys = ["{key}"]
 
 fn head<'a>(method: &'a str, path: &'a str, key: Option<&'a [u8]>) -> Head<'a> {
     Head {
+        tags: None,
+        now_unix: 1_795_341_600,
         method,
         path,
         key,
@@ -95,6 +97,7 @@ fn decide_body(cfg: &Config, endpoint: Endpoint, body: &str) -> Result<Admission
     decide(
         cfg,
         &Facts {
+            user_header: None,
             endpoint,
             project: 0,
             body: body.as_bytes(),
@@ -240,6 +243,7 @@ deny_models = ["gpt-4o-mini"]"#,
     let r = decide(
         &c,
         &Facts {
+            user_header: None,
             endpoint: Endpoint::ChatCompletions,
             project: 0,
             body: br#"{"model":"gpt-4o-mini","messages":[]}"#,
@@ -368,6 +372,7 @@ fn open_circuits_are_left_out_unless_every_provider_is_open() {
         decide(
             &c,
             &Facts {
+            user_header: None,
                 endpoint: Endpoint::ChatCompletions,
                 project: 0,
                 body,

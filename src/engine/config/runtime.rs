@@ -172,10 +172,40 @@ pub struct RateLimit {
     pub tpm: Option<u64>,
 }
 
+/// One key of a project (SPEC "Budgets everywhere the money is": keys as tables). The key
+/// itself is only in `Config`'s digest index; this is what records and budgets need of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectKey {
+    /// On records and reports: as configured, else the first 8 hex digits of the key's SHA-256.
+    pub name: String,
+    /// The key's own budget, besides its project's (`None`: only the project's apply).
+    pub budget: Option<Budget>,
+    /// Unix seconds: from then on the key gets 401 `key_expired`.
+    pub expires: Option<i64>,
+}
+
+/// `[[teams]]`: a budget shared by the projects that name the team.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Team {
+    pub id: String,
+    /// Its windows (`budget = {…}` and `budgets = […]` together); empty: spend is only recorded.
+    pub budgets: Vec<Budget>,
+}
+
+/// Index into `Config::teams`.
+pub type TeamIdx = usize;
+
 #[derive(Clone, Debug)]
 pub struct Project {
     pub id: String,
-    pub budget: Option<Budget>,
+    /// Every window of the project's own budget: `budget = {…}` first, then `budgets = […]`;
+    /// at most one per period. Empty: no limit (spend is still recorded).
+    pub budgets: Vec<Budget>,
+    pub team: Option<TeamIdx>,
+    /// Its keys, in the order the file lists them (`Config` maps each digest to one of these).
+    pub keys: Vec<ProjectKey>,
+    /// Applies to each end user of the project separately.
+    pub user_budget: Option<Budget>,
     pub rate_limit: Option<RateLimit>,
     /// `None`: every routable model is allowed.
     pub allow_models: Option<Vec<Glob>>,
@@ -185,6 +215,17 @@ pub struct Project {
     /// Every `block_patterns` entry as one alternation (see the projects validator).
     pub block_patterns: Option<Regex>,
     pub unpriced: Unpriced,
+}
+
+impl Project {
+    /// The window the project's own account is kept in when one number must stand for it (the
+    /// fleet's snapshot, the budget gauge's period): its first window, else a calendar month.
+    pub fn primary_period(&self) -> crate::engine::budget::Period {
+        self.budgets
+            .first()
+            .map_or(crate::engine::budget::Period::Month, |b| b.period)
+    }
+}
 }
 
 /// Index into `Config::projects`.
@@ -201,16 +242,22 @@ pub struct Config {
     pub routes: RouteTable,
     pub prices: PriceTable,
     pub projects: Vec<Project>,
-    pub(super) keys: HashMap<KeyDigest, ProjectIdx>,
+    pub teams: Vec<Team>,
+    /// Each key's digest → its project and its place in the project's `keys`.
+    pub(super) keys: HashMap<KeyDigest, (ProjectIdx, usize)>,
 }
 
 impl Config {
     /// The project whose key has this SHA-256 digest. The digest is compared again in constant
     /// time, so a lookup reveals nothing about how close a wrong key came.
-    pub fn project_for_digest(&self, digest: &KeyDigest) -> Option<ProjectIdx> {
+    pub fn project_for_digest(&self, digest: &KeyDigest) -> Option<(ProjectIdx, usize)> {
         use subtle::ConstantTimeEq;
         let (stored, idx) = self.keys.get_key_value(digest)?;
         bool::from(stored.ct_eq(digest)).then_some(*idx)
+    }
+
+    pub fn team_index(&self, id: &str) -> Option<TeamIdx> {
+        self.teams.iter().position(|t| t.id == id)
     }
 
     pub fn project_index(&self, id: &str) -> Option<ProjectIdx> {

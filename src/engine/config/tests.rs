@@ -46,12 +46,12 @@ fn the_spec_example_loads_unchanged() {
 fn the_sha256_form_and_the_plaintext_form_both_find_the_project() {
     let c = parse(SPEC_EXAMPLE, "spec.toml", &env_all).unwrap();
     let plain = crate::engine::auth::key_digest(b"tg_dev_plaintext_key_only_for_local_use");
-    assert_eq!(c.project_for_digest(&plain), Some(0));
+    assert_eq!(c.project_for_digest(&plain), Some((0, 0)));
     let listed = crate::engine::auth::parse_hex_digest(
         "7b04a5b57435cbc665da4ac338096b9f1040b0882887f54e0e21451b3edb0e0c",
     )
     .unwrap();
-    assert_eq!(c.project_for_digest(&listed), Some(0));
+    assert_eq!(c.project_for_digest(&listed), Some((0, 1)));
     // The sha256:... string itself is not a key.
     let as_key = crate::engine::auth::key_digest(
         b"sha256:7b04a5b57435cbc665da4ac338096b9f1040b0882887f54e0e21451b3edb0e0c",

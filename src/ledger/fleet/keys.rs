@@ -7,27 +7,7 @@
 
 use crate::engine::budget::Period;
 
-/// Which kind of account a budget key belongs to (SPEC "Budgets everywhere the money is").
-/// Only `Project` is used until team, key and user budgets land (issue 14).
-#[allow(dead_code)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AccountKind {
-    Project,
-    Team,
-    Key,
-    User,
-}
-
-impl AccountKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AccountKind::Project => "project",
-            AccountKind::Team => "team",
-            AccountKind::Key => "key",
-            AccountKind::User => "user",
-        }
-    }
-}
+pub use crate::engine::accounts::AccountKind;
 
 /// The global generation id: random, set if absent when a client loads the library.
 #[cfg(test)]
@@ -91,6 +71,17 @@ impl ProjectKeys {
     }
 }
 
+/// A team's budget key: `tg:{t:TEAM}:b:team:TEAM:<period>:<key>`. Its own hash tag, because
+/// several projects share it (the library accepts a team's budget keys beside a project's).
+pub fn team_budget(team: &str, period: Period, now_unix: i64) -> String {
+    let t = escape(team);
+    format!(
+        "tg:{{t:{t}}}:b:team:{t}:{}:{}",
+        period.as_str(),
+        period.key(now_unix)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +93,14 @@ mod tests {
         assert_eq!(k.meta()[4], "tg:{p:checkout-bot}:dexp");
         let day = k.budget(AccountKind::User, "alice", Period::Day, 1_790_000_000);
         assert_eq!(day, "tg:{p:checkout-bot}:b:user:alice:day:2026-09-21");
+    }
+
+    #[test]
+    fn a_team_key_has_the_teams_own_tag() {
+        assert_eq!(
+            team_budget("pay", Period::Month, 1_790_000_000),
+            "tg:{t:pay}:b:team:pay:month:2026-09"
+        );
     }
 
     #[test]

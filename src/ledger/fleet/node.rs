@@ -31,12 +31,13 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::{Deserialize, Serialize};
 
 use super::keys::{AccountKind, ProjectKeys};
+use crate::engine::accounts::AccountRef;
 use super::text;
 use super::{
     AccountActual, AccountHold, FleetConfig as StoreConfig, FleetError, FleetStore, Joined,
     RateAdd, RateCheck, Reservation as Answered, Settlement,
 };
-use crate::engine::budget::{refusal_message, Refusal};
+use crate::engine::budget::Refusal;
 use crate::engine::config::{Config, FleetConfig, Project};
 use crate::engine::error::{GatewayError, PolicyCode};
 use crate::engine::pricing::Nanos;
@@ -92,6 +93,14 @@ impl Tags {
             .rev()
             .find(|(s, _)| *s <= seen)
             .map(|(_, g)| g.clone())
+    }
+}
+
+/// The Redis budget key of one account of a request in its window, at `now` (Unix seconds).
+fn account_key(keys: &ProjectKeys, a: &AccountRef, now: i64) -> String {
+    match a.kind {
+        AccountKind::Team => super::keys::team_budget(&a.id, a.period(), now),
+        kind => keys.budget(kind, &a.id, a.period(), now),
     }
 }
 
@@ -151,7 +160,8 @@ pub struct FleetHold {
     fleet: Arc<Fleet>,
     id: String,
     project: String,
-    budget_key: String,
+    /// The budget keys held, one per windowed account of the request.
+    budget_keys: Vec<String>,
     tpm: bool,
     /// Budget left on the project after this hold (`None`: no budget, or not asked).
     pub remaining: Option<Nanos>,
@@ -354,16 +364,25 @@ impl Fleet {
         format!("{}:{:x}:{n:x}", self.instance, self.started_ms)
     }
 
-    /// Admit one request: hold `worst` on the project's budget window and count it against
-    /// its rate limits, in one Redis call. `charged`: whether the request costs money (a token
-    /// count does not, but it is still a request for rpm).
+    /// Admit one request: hold `worst` on every windowed account of `accounts` (and the
+    /// project's own, for its fleet-wide spend) and count it against the project's rate
+    /// limits, in one Redis call, all or nothing. A token count passes no accounts (it costs
+    /// nothing, but is still a request for rpm).
     pub async fn reserve(
         self: &Arc<Self>,
         project: &Project,
+        accounts: &[AccountRef],
         worst: Nanos,
     ) -> Result<FleetHold, GatewayError> {
-        let needs_fleet = project.budget.is_some() || project.rate_limit.is_some();
-        if self.settings.leases && project.rate_limit.is_none() {
+        let windowed = accounts.iter().filter(|a| a.window.is_some()).count();
+        let needs_fleet = windowed > 0 || project.rate_limit.is_some();
+        // A lease covers the project's one window; a request that also answers to a team, a
+        // key or an end user budget (or a second window) holds on all of them in Redis.
+        let lease_covers = project.budgets.len() <= 1
+            && accounts
+                .iter()
+                .all(|a| a.window.is_none() || a.kind == AccountKind::Project);
+        if self.settings.leases && project.rate_limit.is_none() && lease_covers {
             if let Some((l, open)) = self.admit_on_lease(project, worst) {
                 // The fast path: no Redis call and no key to build.
                 open.add(worst.0);
@@ -371,7 +390,7 @@ impl Fleet {
                     fleet: self.clone(),
                     id: String::new(),
                     project: String::new(),
-                    budget_key: String::new(),
+                    budget_keys: Vec::new(),
                     tpm: false,
                     remaining: None,
                     settled: false,
@@ -389,13 +408,34 @@ impl Fleet {
         let now_ms = crate::clock::unix_ms();
         let now = now_ms.div_euclid(1000);
         let keys = ProjectKeys::new(&project.id);
-        let period = period_of(project);
-        let budget_key = keys.budget(AccountKind::Project, &project.id, period, now);
+        // The project's own account always (its fleet-wide spend), then every other account
+        // with a limit; `at` maps each key back to its account for the 402.
+        let mut holds: Vec<AccountHold> = Vec::with_capacity(accounts.len().max(1));
+        let mut at: Vec<Option<usize>> = Vec::with_capacity(accounts.len().max(1));
+        if !accounts.iter().any(|a| a.kind == AccountKind::Project) {
+            holds.push(AccountHold {
+                key: keys.budget(AccountKind::Project, &project.id, period_of(project), now),
+                limit: None,
+                amount: worst,
+            });
+            at.push(None);
+        }
+        for (i, a) in accounts.iter().enumerate() {
+            if a.window.is_none() && a.kind != AccountKind::Project {
+                continue;
+            }
+            holds.push(AccountHold {
+                key: account_key(&keys, a, now),
+                limit: a.window.map(|w| w.limit),
+                amount: worst,
+            });
+            at.push(Some(i));
+        }
         let mut hold = FleetHold {
             fleet: self.clone(),
             id: self.next_hold_id(),
             project: project.id.clone(),
-            budget_key,
+            budget_keys: holds.iter().map(|h| h.key.clone()).collect(),
             tpm: project.rate_limit.as_ref().is_some_and(|l| l.tpm.is_some()),
             remaining: None,
             settled: false,
@@ -415,11 +455,6 @@ impl Fleet {
                 };
             }
         };
-        let accounts = [AccountHold {
-            key: hold.budget_key.clone(),
-            limit: project.budget.map(|b| b.limit),
-            amount: worst,
-        }];
         let minute = now_ms.div_euclid(60_000);
         // Permille of the previous minute still inside the sliding 60 s.
         let into = now_ms.rem_euclid(60_000);
@@ -459,7 +494,7 @@ impl Fleet {
                 &hold.id,
                 &self.instance,
                 self.settings.hold_ttl_s,
-                &accounts,
+                &holds,
                 &rates,
             )
             .await;
@@ -493,7 +528,7 @@ impl Fleet {
         let left_s = u64::try_from((60_000 - into).div_euclid(1000).max(1)).unwrap_or(60);
         match answer.value {
             Answered::Reserved(r) => {
-                hold.remaining = project.budget.and(r.remaining.first().copied().flatten());
+                hold.remaining = r.remaining.iter().flatten().copied().min();
                 let open = self.project_leases(&project.id).open.load_full();
                 open.add(worst.0);
                 hold.open = Some((open, worst.0));
@@ -501,7 +536,11 @@ impl Fleet {
             }
             Answered::Refused(r) => {
                 hold.settled = true;
-                let Some(b) = project.budget else {
+                let refused = at.get(r.account).copied().flatten().and_then(|i| {
+                    let a = accounts.get(i)?;
+                    Some((a, a.window?))
+                });
+                let Some((account, window)) = refused else {
                     return Err(GatewayError::Internal(
                         "fleet refused an unlimited account".into(),
                     ));
@@ -512,11 +551,12 @@ impl Fleet {
                     limit: r.limit,
                     needed: worst,
                 };
-                Err(GatewayError::BudgetExceeded(refusal_message(
+                Err(crate::engine::accounts::refused(
+                    account,
                     &project.id,
-                    b.period,
+                    window.period,
                     &refusal,
-                )))
+                ))
             }
             Answered::Limited { rate, .. } => {
                 hold.settled = true;
@@ -695,7 +735,11 @@ impl Fleet {
         };
         let cfg = self.config.load_full();
         let now_ms = crate::clock::unix_ms();
-        for p in cfg.projects.iter().filter(|p| p.rate_limit.is_none()) {
+        for p in cfg
+            .projects
+            .iter()
+            .filter(|p| p.rate_limit.is_none() && p.budgets.len() <= 1)
+        {
             let pl = self.project_leases(&p.id);
             let demand = pl.demand.swap(0, Ordering::Relaxed);
             let wanted = pl.wanted.swap(false, Ordering::Relaxed);
@@ -734,7 +778,7 @@ impl Fleet {
                 period_of(p),
                 now_ms.div_euclid(1000),
             );
-            let fresh = if p.budget.is_none() {
+            let fresh = if p.budgets.is_empty() {
                 // Nothing to check: admit locally, charge the spend in one settle.
                 Some(Lease {
                     id,
@@ -758,7 +802,7 @@ impl Fleet {
                         &self.instance,
                         LEASE_TTL_S,
                         &key,
-                        p.budget.map(|b| b.limit),
+                        p.budgets.first().map(|b| b.limit),
                         Nanos(want),
                         Nanos(max_worst.saturating_mul(2)),
                         divisor,
@@ -919,8 +963,8 @@ impl Fleet {
         let body = SettleBody {
             project: hold.project.clone(),
             id: hold.id.clone(),
-            keys: vec![hold.budget_key.clone()],
-            actuals: vec![actual.0],
+            keys: hold.budget_keys.clone(),
+            actuals: vec![actual.0; hold.budget_keys.len()],
             tpm: tpm.filter(|(_, t)| *t > 0),
             tag,
         };

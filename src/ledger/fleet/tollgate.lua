@@ -99,11 +99,16 @@ local function check_keys(keys, min_budget, max_budget, max_rate)
     end
   end
   local seen = {}
-  local bp, rp = p .. 'b:', p .. 'r:'
+  local rp = p .. 'r:'
   local n, r = 0, 0
   for i = META + 1, #keys do
     local k = keys[i]
-    local is_b = tag_of(k) == tag and string.sub(k, 1, #bp) == bp and #k > #bp
+    -- A budget key of this project, or of a team (shared by several projects: its own tag
+    -- `t:…`, so it lives outside the project's slot; fleets run on one Redis, not a cluster).
+    local kt = tag_of(k)
+    local bp = kt and ('tg:{' .. kt .. '}:b:') or ''
+    local is_b = kt ~= nil and (kt == tag or string.sub(kt, 1, 2) == 't:')
+      and string.sub(k, 1, #bp) == bp and #k > #bp
     local is_r = tag_of(k) == tag and string.sub(k, 1, #rp) == rp and #k > #rp
     if is_b and r == 0 then
       n = n + 1

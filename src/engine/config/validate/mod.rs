@@ -184,6 +184,7 @@ impl<'t> Validator<'t> {
             routes: RouteTable::new(routes),
             prices: PriceTable::new(prices),
             projects,
+            teams: Vec::new(),
             keys,
         })
     }

@@ -31,16 +31,17 @@ impl Validator<'_> {
     pub(super) fn projects(
         &mut self,
         list: &[Spanned<FileProject>],
-    ) -> (Vec<Project>, HashMap<KeyDigest, ProjectIdx>) {
+    ) -> (Vec<Project>, HashMap<KeyDigest, (ProjectIdx, usize)>) {
         let mut out = Vec::new();
         // Each digest with the field that first listed it, for the duplicate message.
-        let mut keys: HashMap<KeyDigest, (ProjectIdx, String)> = HashMap::new();
+        let mut keys: HashMap<KeyDigest, ((ProjectIdx, usize), String)> = HashMap::new();
         let mut ids = Names::new("projects", "id", "project id", id_rule);
         for (i, p) in list.iter().enumerate() {
             let p = p.get_ref();
             let at = format!("projects[{i}]");
             self.name(&mut ids, i, &p.id);
             let idx = out.len();
+            let mut project_keys = Vec::new();
             for (j, k) in p.keys.iter().enumerate() {
                 let field = format!("{at}.keys[{j}]");
                 let digest = match parse_key_entry(k.get_ref()) {
@@ -55,7 +56,12 @@ impl Validator<'_> {
                     self.err(Some(k.span()), field, m);
                     continue;
                 }
-                keys.insert(digest, (idx, field));
+                keys.insert(digest, ((idx, project_keys.len()), field));
+                project_keys.push(crate::engine::config::ProjectKey {
+                    name: crate::engine::auth::hex(&digest[..4]),
+                    budget: None,
+                    expires: None,
+                });
             }
             let budget = p.budget.as_ref().and_then(|b| self.budget(&at, b));
             let rate_limit = p.rate_limit.as_ref().and_then(|r| self.rate_limit(&at, r));
@@ -86,7 +92,10 @@ impl Validator<'_> {
             };
             out.push(Project {
                 id: p.id.get_ref().clone(),
-                budget,
+                budgets: budget.into_iter().collect(),
+                team: None,
+                keys: project_keys,
+                user_budget: None,
                 rate_limit,
                 allow_models,
                 deny_models,

@@ -1,0 +1,322 @@
+//! Accounts: everyone a request is charged to (SPEC "Budgets everywhere the money is"), the
+//! names the ledger keeps them under, the 402 each one answers, and the end-user and tag
+//! facts a request brings.
+//!
+//! A request is charged to its project (each window), its project's team (each window), its
+//! key and its end user. Admission reserves the worst case on all of them at once, all or
+//! nothing; settlement charges the truth to all of them.
+//!
+//! Engine module: no pingora, no tokio, no I/O, no clock.
+
+use crate::engine::budget::{Budget, Period, Refusal};
+use crate::engine::config::{Config, ProjectIdx};
+use crate::engine::error::GatewayError;
+
+/// Which kind of account (the 402's `code` tells them apart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AccountKind {
+    Project,
+    Team,
+    Key,
+    User,
+}
+
+impl AccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Project => "project",
+            AccountKind::Team => "team",
+            AccountKind::Key => "key",
+            AccountKind::User => "user",
+        }
+    }
+
+    /// The 402's `code` when this kind of account refused.
+    pub fn code(self) -> &'static str {
+        match self {
+            AccountKind::Project => "budget_exceeded",
+            AccountKind::Team => "team_budget_exceeded",
+            AccountKind::Key => "key_budget_exceeded",
+            AccountKind::User => "user_budget_exceeded",
+        }
+    }
+}
+
+/// One account of a request, in one window (or in none: spend is only recorded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountRef {
+    pub kind: AccountKind,
+    /// The owner's id: the project id, team id, key name or end user.
+    pub id: String,
+    /// The name the ledger keeps the account's spend under ([`ledger_name`]).
+    pub name: String,
+    /// The limit and its period; `None`: no limit.
+    pub window: Option<Budget>,
+}
+
+impl AccountRef {
+    /// The period the account is kept in: its window's, else a calendar month.
+    pub fn period(&self) -> Period {
+        self.window.map_or(Period::Month, |w| w.period)
+    }
+}
+
+/// The name an account's spend is kept under, in the ledger's `spend` table and its memory:
+/// a project's own is its id (as before teams existed), the others are prefixed so no two
+/// kinds collide (project ids never hold `:`): `team:payments`, `key:checkout-bot/ci`,
+/// `user:checkout-bot/alice` (a key or user is named within its project).
+pub fn ledger_name(kind: AccountKind, project: &str, id: &str) -> String {
+    match kind {
+        AccountKind::Project => id.to_string(),
+        AccountKind::Team => format!("team:{id}"),
+        AccountKind::Key => format!("key:{project}/{id}"),
+        AccountKind::User => format!("user:{project}/{id}"),
+    }
+}
+
+/// Every account a request of `project`, presented with key `key` (its index in the
+/// project's keys), for end user `user`, is charged to, in a fixed order: the project's
+/// windows, the team's windows, the key, the user. A project without a window still has its
+/// own account (spend is recorded per month); a team, key or user without a budget has one
+/// with no window (its spend is recorded for reports, nothing is checked).
+pub fn accounts(
+    cfg: &Config,
+    project: ProjectIdx,
+    key: Option<usize>,
+    user: Option<&str>,
+) -> Vec<AccountRef> {
+    let p = &cfg.projects[project];
+    let mut out = Vec::with_capacity(4);
+    let mut push = |kind: AccountKind, id: &str, window: Option<Budget>| {
+        out.push(AccountRef {
+            kind,
+            id: id.to_string(),
+            name: ledger_name(kind, &p.id, id),
+            window,
+        });
+    };
+    if p.budgets.is_empty() {
+        push(AccountKind::Project, &p.id, None);
+    }
+    for w in &p.budgets {
+        push(AccountKind::Project, &p.id, Some(*w));
+    }
+    if let Some(t) = p.team.and_then(|t| cfg.teams.get(t)) {
+        if t.budgets.is_empty() {
+            push(AccountKind::Team, &t.id, None);
+        }
+        for w in &t.budgets {
+            push(AccountKind::Team, &t.id, Some(*w));
+        }
+    }
+    if let Some(k) = key.and_then(|k| p.keys.get(k)) {
+        push(AccountKind::Key, &k.name, k.budget);
+    }
+    if let Some(u) = user {
+        push(AccountKind::User, u, p.user_budget);
+    }
+    out
+}
+
+/// Who an account is, in a 402's message: `Project checkout-bot`, `Team payments`,
+/// `Key ci of project checkout-bot`, `User alice of project checkout-bot`.
+pub fn who(kind: AccountKind, id: &str, project: &str) -> String {
+    match kind {
+        AccountKind::Project => format!("Project {id}"),
+        AccountKind::Team => format!("Team {id}"),
+        AccountKind::Key => format!("Key {id} of project {project}"),
+        AccountKind::User => format!("User {id} of project {project}"),
+    }
+}
+
+/// The 402 for `account` refusing: its kind's code, and a message naming the account, its
+/// period, its limit and what it has spent.
+pub fn refused(account: &AccountRef, project: &str, period: Period, r: &Refusal) -> GatewayError {
+    let who = who(account.kind, &account.id, project);
+    GatewayError::BudgetExceeded(
+        account.kind,
+        crate::engine::budget::refusal_message(&who, period, r),
+    )
+}
+
+/// At most this many bytes of an end user's id (a longer one is a 400, not a silent cut:
+/// two users must never share an account because their ids share a prefix).
+pub const MAX_USER_BYTES: usize = 256;
+
+/// The end user named by the `x-tollgate-user` header (`header`), else the body's `user`
+/// (OpenAI) or `metadata.user_id` (Anthropic), as [`crate::engine::request::parse`] found
+/// them. Blank is none; control characters or more than [`MAX_USER_BYTES`] are a 400 that
+/// says where the id came from.
+pub fn end_user<'a>(
+    header: Option<&'a [u8]>,
+    body_user: Option<&'a str>,
+) -> Result<Option<&'a str>, GatewayError> {
+    let (from, raw) = match header {
+        Some(h) => (
+            "The x-tollgate-user header",
+            std::str::from_utf8(h).map_err(|_| {
+                GatewayError::InvalidRequest("The x-tollgate-user header must be UTF-8".into())
+            })?,
+        ),
+        None => match body_user {
+            Some(u) => ("The request's end user (`user` or `metadata.user_id`)", u),
+            None => return Ok(None),
+        },
+    };
+    let u = raw.trim();
+    if u.is_empty() {
+        return Ok(None);
+    }
+    if u.len() > MAX_USER_BYTES {
+        return Err(GatewayError::InvalidRequest(format!(
+            "{from} is {} bytes long; at most {MAX_USER_BYTES} are accepted",
+            u.len()
+        )));
+    }
+    if u.chars().any(char::is_control) {
+        return Err(GatewayError::InvalidRequest(format!(
+            "{from} must not contain control characters"
+        )));
+    }
+    Ok(Some(u))
+}
+
+/// At most this many tags on a request.
+pub const MAX_TAGS: usize = 10;
+/// At most this many characters in a tag's key or value.
+pub const MAX_TAG_CHARS: usize = 64;
+
+/// `x-tollgate-tags: team=search,feature=summarize` → the pairs, in the order sent. Spaces
+/// around entries are ignored; an empty header is no tags. Anything else (a missing `=`, an
+/// empty or too long key or value, a character outside `[A-Za-z0-9_.:-]`, a key given twice,
+/// more than [`MAX_TAGS`]) is a 400 that names the bad tag.
+pub fn parse_tags(header: &[u8]) -> Result<Vec<(String, String)>, GatewayError> {
+    let bad = |m: String| GatewayError::InvalidRequest(format!("x-tollgate-tags: {m}"));
+    let text = std::str::from_utf8(header).map_err(|_| bad("the header must be UTF-8".into()))?;
+    let mut out: Vec<(String, String)> = Vec::new();
+    for entry in text.split(',').map(str::trim) {
+        if entry.is_empty() && text.trim().is_empty() {
+            continue;
+        }
+        let shown = crate::engine::admission::truncate(entry, 80);
+        let Some((k, v)) = entry.split_once('=') else {
+            return Err(bad(format!(
+                "tag {shown:?} is not key=value (tags look like team=search,feature=summarize)"
+            )));
+        };
+        let (k, v) = (k.trim(), v.trim());
+        for (what, s) in [("key", k), ("value", v)] {
+            let n = s.chars().count();
+            if n == 0 || n > MAX_TAG_CHARS {
+                return Err(bad(format!(
+                    "tag {shown:?}: its {what} must be 1 to {MAX_TAG_CHARS} characters, it has {n}"
+                )));
+            }
+            if let Some(c) = s
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
+            {
+                return Err(bad(format!(
+                    "tag {shown:?}: {c:?} is not allowed in its {what} (use letters, digits, '_', '.', ':' and '-')"
+                )));
+            }
+        }
+        if out.iter().any(|(have, _)| have == k) {
+            return Err(bad(format!("tag {k:?} is given twice")));
+        }
+        if out.len() == MAX_TAGS {
+            return Err(bad(format!("at most {MAX_TAGS} tags are accepted")));
+        }
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+/// Tags as the JSON object records keep (`{}` for none).
+pub fn tags_json(tags: &[(String, String)]) -> String {
+    let mut o = String::from("{");
+    for (i, (k, v)) in tags.iter().enumerate() {
+        if i > 0 {
+            o.push(',');
+        }
+        crate::engine::error::push_json_string(&mut o, k);
+        o.push(':');
+        crate::engine::error::push_json_string(&mut o, v);
+    }
+    o.push('}');
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_parse_in_order_and_bad_ones_are_named() {
+        let t = parse_tags(b" team=search , feature=summarize:v2").unwrap();
+        assert_eq!(
+            t,
+            vec![
+                ("team".to_string(), "search".to_string()),
+                ("feature".to_string(), "summarize:v2".to_string())
+            ]
+        );
+        assert_eq!(
+            tags_json(&t),
+            r#"{"team":"search","feature":"summarize:v2"}"#
+        );
+        assert!(parse_tags(b"").unwrap().is_empty());
+        assert!(parse_tags(b"  ").unwrap().is_empty());
+        for (h, names) in [
+            (&b"team"[..], "\"team\""),
+            (b"a=1,,b=2", "\"\""),
+            (b"a b=1", "' '"),
+            (b"a=1,a=2", "\"a\" is given twice"),
+            (b"x=", "its value must be 1 to 64"),
+            (b"=x", "its key must be 1 to 64"),
+            (b"ok=1,bad=v/1", "\"bad=v/1\""),
+        ] {
+            let e = parse_tags(h).unwrap_err();
+            assert_eq!(e.status(), 400);
+            assert!(
+                e.message().contains(names),
+                "{:?}: {}",
+                String::from_utf8_lossy(h),
+                e.message()
+            );
+        }
+        let long = format!("k={}", "v".repeat(65));
+        assert!(parse_tags(long.as_bytes()).is_err());
+        let ok = format!("k={}", "v".repeat(64));
+        assert!(parse_tags(ok.as_bytes()).is_ok());
+        let ten: Vec<String> = (0..10).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(parse_tags(ten.join(",").as_bytes()).unwrap().len(), 10);
+        let eleven: Vec<String> = (0..11).map(|i| format!("k{i}=v")).collect();
+        assert!(parse_tags(eleven.join(",").as_bytes())
+            .unwrap_err()
+            .message()
+            .contains("at most 10"));
+    }
+
+    #[test]
+    fn the_header_names_the_user_before_the_body() {
+        assert_eq!(end_user(Some(b" alice "), Some("bob")).unwrap(), Some("alice"));
+        assert_eq!(end_user(None, Some("bob")).unwrap(), Some("bob"));
+        assert_eq!(end_user(Some(b""), Some("bob")).unwrap(), None);
+        assert_eq!(end_user(None, None).unwrap(), None);
+        let long = "u".repeat(MAX_USER_BYTES + 1);
+        assert_eq!(end_user(None, Some(&long)).unwrap_err().status(), 400);
+        assert!(end_user(Some(b"a\x01b"), None)
+            .unwrap_err()
+            .message()
+            .contains("x-tollgate-user"));
+    }
+
+    #[test]
+    fn ledger_names_never_collide_across_kinds() {
+        assert_eq!(ledger_name(AccountKind::Project, "bot", "bot"), "bot");
+        assert_eq!(ledger_name(AccountKind::Team, "bot", "pay"), "team:pay");
+        assert_eq!(ledger_name(AccountKind::Key, "bot", "ci"), "key:bot/ci");
+        assert_eq!(ledger_name(AccountKind::User, "bot", "a/b"), "user:bot/a/b");
+    }
+}
