@@ -226,7 +226,6 @@ impl Project {
             .map_or(crate::engine::budget::Period::Month, |b| b.period)
     }
 }
-}
 
 /// Index into `Config::projects`.
 pub type ProjectIdx = usize;
