@@ -308,7 +308,9 @@ impl Ledger {
             }
         };
         for (i, p) in cfg.projects.iter().enumerate() {
-            accounts::accounts(cfg, i, None, None).iter().for_each(&mut add);
+            accounts::accounts(cfg, i, None, None)
+                .iter()
+                .for_each(&mut add);
             for k in 0..p.keys.len() {
                 if let Some(a) = accounts::accounts(cfg, i, Some(k), None)
                     .iter()
@@ -335,7 +337,10 @@ impl Ledger {
         let now = (self.clock)();
         let current = self.accounts.load_full();
         let wanted = Ledger::configured(cfg);
-        let missing: Vec<&SlotKey> = wanted.iter().filter(|k| !current.contains_key(*k)).collect();
+        let missing: Vec<&SlotKey> = wanted
+            .iter()
+            .filter(|k| !current.contains_key(*k))
+            .collect();
         let mut stored: HashMap<(String, String), u64> = HashMap::new();
         if let (Some(r), false) = (&self.reader, missing.is_empty()) {
             let keys: Vec<(String, String)> = missing
@@ -489,6 +494,7 @@ impl Ledger {
     }
 
     /// End-user accounts in memory now (tests and the admin view).
+    #[cfg(test)]
     pub fn users_in_memory(&self) -> usize {
         self.users.iter().map(|s| lock_shard(s).map.len()).sum()
     }
@@ -519,11 +525,13 @@ impl Ledger {
 
     /// Admit a request of `project` whose worst case is `amount`, charged to its project
     /// account(s) only (no key, no user). Tests and callers that know no more.
+    #[cfg(test)]
     pub fn reserve(&self, project: &Project, amount: Nanos) -> Result<Reservation, GatewayError> {
         self.reserve_at(project, amount, (self.clock)())
     }
 
     /// [`Ledger::reserve`] at `now_unix` (Unix seconds).
+    #[cfg(test)]
     pub fn reserve_at(
         &self,
         project: &Project,
@@ -550,6 +558,7 @@ impl Ledger {
     }
 
     /// [`Ledger::reserve_accounts`] at `now_unix`.
+    #[cfg(test)]
     pub fn reserve_accounts_at(
         &self,
         project: &str,
@@ -639,10 +648,8 @@ impl Ledger {
             let (a, b) = (&held[x].cell, &held[y].cell);
             (&*a.name, a.period as u8).cmp(&(&*b.name, b.period as u8))
         });
-        let mut guards: Vec<(usize, MutexGuard<'_, Account>)> = order
-            .iter()
-            .map(|&i| (i, lock(&held[i].cell)))
-            .collect();
+        let mut guards: Vec<(usize, MutexGuard<'_, Account>)> =
+            order.iter().map(|&i| (i, lock(&held[i].cell))).collect();
         let mut refusal: Option<(usize, Period, crate::engine::budget::Refusal)> = None;
         for (i, g) in guards.iter_mut() {
             let h = &held[*i];
@@ -735,6 +742,15 @@ impl Ledger {
             .iter()
             .map(|w| self.window_at(&name, *w, now))
             .collect()
+    }
+
+    /// A team without a window: its spend and holds in the calendar month.
+    pub fn team_month(&self, team: &Team) -> (Nanos, Nanos) {
+        let name = accounts::ledger_name(AccountKind::Team, "", &team.id);
+        let cell = self.cell(&name, Period::Month);
+        let mut a = lock(&cell);
+        a.roll_at(Period::Month, (self.clock)());
+        (a.spent, a.reserved)
     }
 
     /// An end user's numbers in the project's `user_budget` window, if the user is in memory

@@ -372,7 +372,7 @@ fn open_circuits_are_left_out_unless_every_provider_is_open() {
         decide(
             &c,
             &Facts {
-            user_header: None,
+                user_header: None,
                 endpoint: Endpoint::ChatCompletions,
                 project: 0,
                 body,

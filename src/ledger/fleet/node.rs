@@ -31,12 +31,12 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::{Deserialize, Serialize};
 
 use super::keys::{AccountKind, ProjectKeys};
-use crate::engine::accounts::AccountRef;
 use super::text;
 use super::{
     AccountActual, AccountHold, FleetConfig as StoreConfig, FleetError, FleetStore, Joined,
     RateAdd, RateCheck, Reservation as Answered, Settlement,
 };
+use crate::engine::accounts::AccountRef;
 use crate::engine::budget::Refusal;
 use crate::engine::config::{Config, FleetConfig, Project};
 use crate::engine::error::{GatewayError, PolicyCode};
@@ -1354,30 +1354,41 @@ impl Fleet {
         })
     }
 
-    /// Fleet-wide committed, held by requests, leased, of the project's current window, and
-    /// its freeze flag.
-    pub async fn project_status(&self, project: &Project) -> Option<(Nanos, Nanos, Nanos, bool)> {
+    /// Fleet-wide committed, held by requests and leased of each of `accounts` (in their
+    /// current windows), and the freeze flag of `project` (whose keys the call goes with).
+    pub async fn windows_status(
+        &self,
+        project: &str,
+        accounts: &[AccountRef],
+    ) -> Option<(Vec<(Nanos, Nanos, Nanos)>, bool)> {
         let store = self.store.load_full()?;
-        let keys = ProjectKeys::new(&project.id);
-        let key = keys.budget(
-            AccountKind::Project,
-            &project.id,
-            period_of(project),
-            crate::clock::unix_secs(),
-        );
+        let keys = ProjectKeys::new(project);
+        let now = crate::clock::unix_secs();
+        let budget_keys: Vec<String> = accounts
+            .iter()
+            .map(|a| account_key(&keys, a, now))
+            .collect();
+        if budget_keys.is_empty() || budget_keys.len() > super::MAX_ACCOUNTS {
+            return None;
+        }
         let started = Instant::now();
-        let r = store.status(&keys, &[key]).await;
+        let r = store.status(&keys, &budget_keys).await;
         observe("read", started);
         let s = r.ok()?.value;
-        let b = s.accounts.first()?;
-        let held = u64::try_from(b.held).unwrap_or(0);
-        let leased = u64::try_from(b.leased).unwrap_or(0).min(held);
-        Some((
-            Nanos(u64::try_from(b.committed).unwrap_or(0)),
-            Nanos(held - leased),
-            Nanos(leased),
-            s.frozen,
-        ))
+        let out = s
+            .accounts
+            .iter()
+            .map(|b| {
+                let held = u64::try_from(b.held).unwrap_or(0);
+                let leased = u64::try_from(b.leased).unwrap_or(0).min(held);
+                (
+                    Nanos(u64::try_from(b.committed).unwrap_or(0)),
+                    Nanos(held - leased),
+                    Nanos(leased),
+                )
+            })
+            .collect();
+        Some((out, s.frozen))
     }
 
     /// `GET /admin/fleet`.
