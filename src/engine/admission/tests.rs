@@ -620,7 +620,10 @@ fn the_end_user_comes_from_the_header_else_the_body_and_is_charged() {
         .iter()
         .find(|x| x.kind == crate::engine::accounts::AccountKind::User)
         .expect("the user is charged");
-    assert_eq!((u.name.as_str(), u.window.map(|w| w.period)), ("user:p/bob", Some(crate::engine::budget::Period::Day)));
+    assert_eq!(
+        (u.name.as_str(), u.window.map(|w| w.period)),
+        ("user:p/bob", Some(crate::engine::budget::Period::Day))
+    );
     let (_, user) = run(Some(b"carol"), body_user, Endpoint::ChatCompletions);
     assert_eq!(user.as_deref(), Some("carol"), "the header wins");
     let anthropic = r#"{"model":"claude-sonnet-4","max_tokens":10,"metadata":{"user_id":"dave"},"messages":[{"role":"user","content":"hi"}]}"#;
@@ -630,7 +633,11 @@ fn the_end_user_comes_from_the_header_else_the_body_and_is_charged() {
     let odd = r#"{"model":"gpt-4o-mini","user":{"id":1},"max_tokens":10,"messages":[]}"#;
     let (a, user) = run(None, odd, Endpoint::ChatCompletions);
     assert_eq!(user, None, "a user that is not a string is no user");
-    assert!(a.unwrap().accounts.iter().all(|x| x.kind != crate::engine::accounts::AccountKind::User));
+    assert!(a
+        .unwrap()
+        .accounts
+        .iter()
+        .all(|x| x.kind != crate::engine::accounts::AccountKind::User));
     let (a, _) = run(Some(b"a\x01b"), body_user, Endpoint::ChatCompletions);
     assert_eq!(a.unwrap_err().status(), 400);
 }

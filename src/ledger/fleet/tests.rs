@@ -816,7 +816,11 @@ async fn a_team_key_is_shared_by_its_projects_and_never_passed_by_their_holds() 
     // The team fits five holds of 100; each project alone would fit four.
     let mut admitted = 0;
     for i in 0..12 {
-        let (p, own) = if i % 2 == 0 { (&a, &own_a) } else { (&b, &own_b) };
+        let (p, own) = if i % 2 == 0 {
+            (&a, &own_a)
+        } else {
+            (&b, &own_b)
+        };
         let x = s
             .reserve(
                 p,
