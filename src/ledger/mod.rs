@@ -183,12 +183,17 @@ impl Reservation {
     fn settle_seen_at(mut self, actual: Nanos, now_unix: i64) -> (Nanos, u64) {
         self.settled = true;
         let mut seen = 0;
-        for (i, h) in self.held.iter().enumerate() {
-            let mut a = lock(&h.cell);
-            a.roll_at(h.cell.period, now_unix);
-            a.settle(self.amount, actual);
-            if Some(i) == self.primary {
-                seen = a.snapshots;
+        {
+            // Every account at once, in lock order: a fleet snapshot of the project's accounts
+            // sees all of this settle or none of it.
+            let mut guards: Vec<MutexGuard<'_, Account>> =
+                self.held.iter().map(|h| lock(&h.cell)).collect();
+            for (i, (h, a)) in self.held.iter().zip(guards.iter_mut()).enumerate() {
+                a.roll_at(h.cell.period, now_unix);
+                a.settle(self.amount, actual);
+                if Some(i) == self.primary {
+                    seen = a.snapshots;
+                }
             }
         }
         if let (true, Some(s)) = (actual > Nanos::ZERO, &self.store) {
@@ -230,8 +235,10 @@ impl Drop for Reservation {
     /// carry over a roll), so there is no period to find and no clock to read.
     fn drop(&mut self) {
         if !self.settled {
-            for h in &self.held {
-                lock(&h.cell).settle(self.amount, Nanos::ZERO);
+            let mut guards: Vec<MutexGuard<'_, Account>> =
+                self.held.iter().map(|h| lock(&h.cell)).collect();
+            for a in guards.iter_mut() {
+                a.settle(self.amount, Nanos::ZERO);
             }
         }
     }
@@ -662,14 +669,13 @@ impl Ledger {
                 }
             }
         }
-        // One fixed lock order for every request: no two can wait on each other.
-        let mut order: Vec<usize> = (0..held.len()).collect();
-        order.sort_by(|&x, &y| {
-            let (a, b) = (&held[x].cell, &held[y].cell);
-            (&*a.name, a.period as u8).cmp(&(&*b.name, b.period as u8))
-        });
+        // One fixed lock order for every request: no two can wait on each other. The held
+        // accounts are kept in it, so settle and release take their locks the same way.
+        let primary_cell = primary.map(|i| held[i].cell.clone());
+        held.sort_by(|a, b| (&*a.cell.name, a.cell.period).cmp(&(&*b.cell.name, b.cell.period)));
+        let primary = primary_cell.and_then(|c| held.iter().position(|h| Arc::ptr_eq(&h.cell, &c)));
         let mut guards: Vec<(usize, MutexGuard<'_, Account>)> =
-            order.iter().map(|&i| (i, lock(&held[i].cell))).collect();
+            (0..held.len()).map(|i| (i, lock(&held[i].cell))).collect();
         let mut refusal: Option<(usize, Period, crate::engine::budget::Refusal)> = None;
         for (i, g) in guards.iter_mut() {
             let h = &held[*i];
@@ -709,15 +715,44 @@ impl Ledger {
         })
     }
 
-    /// Fleet mode: this instance's spend in the project's primary window, to report to a new
-    /// fleet generation; bumps the account's snapshot count under the same lock, so every
-    /// settle knows whether it was in the report (returns period key, spend, the new count).
-    pub fn snapshot(&self, project: &Project) -> (String, Nanos, u64) {
-        let cell = self.cell(&project.id, project.primary_period());
-        let mut a = lock(&cell);
-        a.roll_at(project.primary_period(), (self.clock)());
-        a.snapshots += 1;
-        (a.period_key.to_string(), a.spent, a.snapshots)
+    /// Fleet mode: this instance's spend on each of `accounts` (configured accounts of
+    /// `project`: its windows and its keys'; the first is its primary window), read under all
+    /// their locks at once while the primary window's snapshot count is bumped, so each
+    /// settle's count says whether all of its spend was in the report, or none of it.
+    pub fn snapshot_accounts(&self, project: &Project, list: &[AccountRef]) -> (Vec<Nanos>, u64) {
+        let now = (self.clock)();
+        let cells: Vec<Cell> = list
+            .iter()
+            .map(|a| self.cell(&a.name, a.period()))
+            .collect();
+        let primary = self.cell(&project.id, project.primary_period());
+        let mut order: Vec<usize> = (0..cells.len()).collect();
+        order.sort_by(|&x, &y| {
+            (&*cells[x].name, cells[x].period).cmp(&(&*cells[y].name, cells[y].period))
+        });
+        order.dedup_by(|x, y| Arc::ptr_eq(&cells[*x], &cells[*y]));
+        let mut spent = vec![Nanos::ZERO; cells.len()];
+        let mut count = 0;
+        {
+            let mut guards: Vec<(usize, MutexGuard<'_, Account>)> =
+                order.iter().map(|&i| (i, lock(&cells[i]))).collect();
+            for (i, a) in guards.iter_mut() {
+                a.roll_at(cells[*i].period, now);
+                if Arc::ptr_eq(&cells[*i], &primary) {
+                    a.snapshots += 1;
+                    count = a.snapshots;
+                }
+            }
+            for (i, a) in &guards {
+                spent[*i] = a.spent;
+            }
+        }
+        for (i, c) in cells.iter().enumerate() {
+            if let Some(j) = order.iter().find(|&&j| Arc::ptr_eq(&cells[j], c)) {
+                spent[i] = spent[*j];
+            }
+        }
+        (spent, count)
     }
 
     /// Fleet mode: how many snapshots of the project's spend were taken.
