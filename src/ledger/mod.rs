@@ -1346,7 +1346,7 @@ mod tests {
     fn a_team_shared_by_two_projects_is_never_passed_by_concurrent_requests() {
         const THREADS: usize = 8;
         let l = Ledger::in_memory(no_clock);
-        let team = |p: &str| AccountRef {
+        let team = |_: &str| AccountRef {
             kind: AccountKind::Team,
             id: "pay".into(),
             name: "team:pay".into(),

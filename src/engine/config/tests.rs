@@ -721,7 +721,7 @@ fn teams_windows_key_tables_and_user_budgets_load_into_the_runtime_values() {
             },
         ]
     );
-    assert_eq!(c.team_index("search"), Some(1));
+    assert_eq!(c.teams.iter().position(|t| t.id == "search"), Some(1));
 
     let p = &c.projects[0];
     assert_eq!(p.team, Some(0));
