@@ -468,11 +468,12 @@ fn sqlite_i64(db: &Path, sql: &str, args: &[&str]) -> i64 {
         .unwrap_or_else(|e| panic!("{sql} on {}: {e}", db.display()))
 }
 
-/// What an instance's own ledger says it spent on `project` (every period).
+/// What an instance's own ledger says it spent on `project` (its `total` row: every charge is
+/// added to the day, week, month and total rows of each account).
 fn sqlite_spend(db: &Path, project: &str) -> i64 {
     sqlite_i64(
         db,
-        "SELECT COALESCE(SUM(spent_nanos), 0) FROM spend WHERE project = ?1",
+        "SELECT COALESCE(SUM(spent_nanos), 0) FROM spend WHERE project = ?1 AND period = 'total'",
         &[project],
     )
 }

@@ -261,7 +261,7 @@ fn sigterm_lets_a_stream_finish_exits_0_and_the_ledger_has_its_spend() {
     assert!(cost > 0);
     let spent: i64 = db
         .query_row(
-            "SELECT SUM(spent_nanos) FROM spend WHERE project = 'p1'",
+            "SELECT SUM(spent_nanos) FROM spend WHERE project = 'p1' AND period = 'total'",
             [],
             |r| r.get(0),
         )
