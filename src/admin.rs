@@ -510,14 +510,26 @@ impl Admin {
                 ));
             }
         };
-        let items: Vec<String> = rows
+        // The store lags by a flush; users in memory (a budget makes them so) are read there,
+        // with their holds, and merged in id order.
+        let mut merged: std::collections::BTreeMap<String, (Nanos, Nanos)> = rows
+            .into_iter()
+            .map(|(u, n)| (u, (Nanos(n), Nanos::ZERO)))
+            .collect();
+        if window.is_some() {
+            let after = query_param(query, "after").map(percent_decode);
+            for (u, spent, reserved) in
+                self.ledger
+                    .users_with_prefix(&prefix, period, after.as_deref(), limit)
+            {
+                merged.insert(u, (spent, reserved));
+            }
+        }
+        let page: Vec<(String, (Nanos, Nanos))> = merged.into_iter().take(limit).collect();
+        let items: Vec<String> = page
             .iter()
-            .map(|(user, stored)| {
-                let (spent, reserved) = self
-                    .ledger
-                    .user_in_memory(&format!("{prefix}{user}"), period)
-                    .filter(|_| window.is_some())
-                    .unwrap_or((Nanos(*stored), Nanos::ZERO));
+            .map(|(user, (spent, reserved))| {
+                let (spent, reserved) = (*spent, *reserved);
                 let (limit, remaining) = match window {
                     Some(w) => (
                         usd(w.limit),
@@ -534,9 +546,9 @@ impl Admin {
                 )
             })
             .collect();
-        let next = rows
+        let next = page
             .last()
-            .filter(|_| rows.len() == limit)
+            .filter(|_| page.len() == limit)
             .map_or("null".to_string(), |(u, _)| {
                 json_string(&format!("after={}", percent_encode(u)))
             });

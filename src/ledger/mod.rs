@@ -808,8 +808,45 @@ impl Ledger {
         (a.spent, a.reserved)
     }
 
+    /// End users in memory whose ledger name starts with `prefix`, in `period`, after the id
+    /// `after` (exclusive), in id order, at most `limit`: (id, spent, reserved).
+    pub fn users_with_prefix(
+        &self,
+        prefix: &str,
+        period: Period,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<(String, Nanos, Nanos)> {
+        let now = (self.clock)();
+        let mut cells: Vec<(String, Cell)> = Vec::new();
+        for shard in &self.users {
+            let sh = lock_shard(shard);
+            for ((name, p), c) in sh.map.iter() {
+                if *p != period {
+                    continue;
+                }
+                if let Some(id) = name.strip_prefix(prefix) {
+                    if after.is_none_or(|a| id > a) {
+                        cells.push((id.to_string(), c.clone()));
+                    }
+                }
+            }
+        }
+        cells.sort_by(|a, b| a.0.cmp(&b.0));
+        cells.truncate(limit);
+        cells
+            .into_iter()
+            .map(|(id, c)| {
+                let mut a = lock(&c);
+                a.roll_at(period, now);
+                (id, a.spent, a.reserved)
+            })
+            .collect()
+    }
+
     /// An end user's numbers in the project's `user_budget` window, if the user is in memory
     /// (spent, reserved); `None`: not in memory (the store has the spend).
+    #[cfg(test)]
     pub fn user_in_memory(&self, name: &str, period: Period) -> Option<(Nanos, Nanos)> {
         let cell = self.user_cell(&(name.to_string(), period))?;
         let mut a = lock(&cell);
