@@ -70,6 +70,7 @@ TARGETS = {
     "ttft_added_p99_ms": 1.0,
     "rss_mib": 64.0,        # standard load
     "rss_streams_mib": 160.0,  # 2,000 open streams
+    "four_accounts_cost": 0.03,  # throughput lost reserving on four accounts instead of one
 }
 
 
@@ -203,13 +204,13 @@ def start_pingora(procs, upstream):
     return p, port
 
 
-def start_tollgate(procs, tmp, upstream, name="tollgate"):
+def start_tollgate(procs, tmp, upstream, name="tollgate", accounts=1):
     port, admin = free_port(), free_port()
     d = os.path.join(tmp, name)
     os.makedirs(d, exist_ok=True)
     conf = os.path.join(d, "tollgate.toml")
     with open(conf, "w") as f:
-        f.write(tollgate_toml(port, upstream, os.path.join(d, "ledger.db"), admin))
+        f.write(tollgate_toml(port, upstream, os.path.join(d, "ledger.db"), admin, accounts=accounts))
     env = dict(os.environ, BENCH_PROVIDER_KEY="sk-bench", BENCH_ADMIN_TOKEN=ADMIN_TOKEN, RUST_LOG="warn")
     log = open(os.path.join(d, "tollgate.log"), "w")
     p = procs.start([os.path.join(REL, "tollgate"), "serve", "--config", conf], env=env,
@@ -475,12 +476,15 @@ def main():
         ng, ng_port = start_nginx(procs, tmp, mock_addr)
         bare, bare_port = start_pingora(procs, mock_addr)
         gw, gw_port, _ = start_tollgate(procs, tmp, mock_addr)
+        gw4, gw4_port, _ = start_tollgate(procs, tmp, mock_addr, name="tollgate-4acct", accounts=4)
         provider_auth = {"authorization": "Bearer sk-bench"}
         targets = {  # name: (port, headers, process whose group is measured)
             "direct": (mport, provider_auth, mock),
             "nginx": (ng_port, provider_auth, ng),
             "pingora": (bare_port, provider_auth, bare),
             "tollgate": (gw_port, {"authorization": f"Bearer {KEY}"}, gw),
+            # The same, each request reserved on four accounts (two windows, a team, the key).
+            "tollgate-4acct": (gw4_port, {"authorization": f"Bearer {KEY}"}, gw4),
         }
         if a.peers != "none":
             import peers
@@ -544,6 +548,10 @@ def main():
                 lines.append(f"| {mode} | {t} | {m['rps']:.0f} | {ratio:.2f} | {m['p50']:.3f} | {m['p99']:.3f} | "
                              f"{added50} | {added99} | {m['cpu_us']:.1f} | {rss[t]:.1f} | {errs} |")
             tg, ngm = med[(mode, "tollgate")], med[(mode, "nginx")]
+            four = med[(mode, "tollgate-4acct")]
+            verdicts.append((f"{mode}: four accounts cost ≤ {TARGETS['four_accounts_cost']:.0%} throughput",
+                             f"{four['rps'] / tg['rps']:.3f}× one account's ({four['rps']:.0f} vs {tg['rps']:.0f} req/s)",
+                             four["rps"] >= (1 - TARGETS["four_accounts_cost"]) * tg["rps"]))
             verdicts.append((f"{mode}: throughput ≥ {TARGETS['throughput']}× nginx",
                              f"{tg['rps'] / ngm['rps']:.2f}× (pingora floor {med[(mode, 'pingora')]['rps'] / ngm['rps']:.2f}×)",
                              tg["rps"] >= TARGETS["throughput"] * ngm["rps"]))

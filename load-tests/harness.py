@@ -39,16 +39,32 @@ KEY = "tg_bench_key_0000000000001"
 AGENT_KEY = "tg_bench_agent_key_00000001"
 
 
-def tollgate_toml(port, upstream, store_path, admin_port=None, rate_limits=True):
+def tollgate_toml(port, upstream, store_path, admin_port=None, rate_limits=True, accounts=1):
     """Tollgate with everything on, forwarding model `gpt-*` to `upstream` ("host:port"): key
     auth, the secret detectors and a block pattern, an output cap, a budget (reserved and
     settled on every request), rpm and tpm limits, usage counting, the SQLite ledger. The
     provider key comes from BENCH_PROVIDER_KEY, the admin token (when `admin_port` is given)
     from BENCH_ADMIN_TOKEN. `rate_limits=False` drops the rpm/tpm limits and keeps the rest
-    (fleet.py: in fleet mode only a project without them can run on leases)."""
+    (fleet.py: in fleet mode only a project without them can run on leases). `accounts=4` charges
+    each request of project `bench` to four budgeted accounts instead of one: a month and a day
+    window, a team and the key (bench.py's `tollgate-4acct`)."""
     admin = (f'admin_listen = "127.0.0.1:{admin_port}"\nadmin_token_env = "BENCH_ADMIN_TOKEN"\n'
              if admin_port else "")
     rate = "rate_limit = { rpm = 100000000, tpm = 100000000000 }\n" if rate_limits else ""
+    if accounts == 4:
+        bench_project = f"""[[teams]]
+id = "bench-team"
+budget = {{ limit_usd = 1000000.0, period = "month" }}
+[[projects]]
+id = "bench"
+team = "bench-team"
+keys = [{{ key = "{KEY}", name = "bench", budget = {{ limit_usd = 1000000.0, period = "week" }} }}]
+budgets = [{{ limit_usd = 1000000.0, period = "month" }}, {{ limit_usd = 1000000.0, period = "day" }}]"""
+    else:
+        bench_project = f"""[[projects]]
+id = "bench"
+keys = ["{KEY}"]
+budget = {{ limit_usd = 1000000.0, period = "month" }}"""
     return f"""[server]
 listen = "127.0.0.1:{port}"
 {admin}threads = 1
@@ -82,10 +98,7 @@ max_output_tokens = 128000
 input = 3.0
 output = 15.0
 max_output_tokens = 64000
-[[projects]]
-id = "bench"
-keys = ["{KEY}"]
-budget = {{ limit_usd = 1000000.0, period = "month" }}
+{bench_project}
 {rate}block_secrets = true
 block_patterns = ["(?i)internal use only"]
 max_tokens = 4096

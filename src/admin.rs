@@ -12,11 +12,14 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::engine::accounts::AccountKind;
+use crate::engine::admission::percent_decode;
+use crate::engine::budget::Period;
 use crate::engine::config::Config;
 use crate::engine::error::{json_string, push_json_string, ErrorShape, GatewayError};
 use crate::engine::pricing::Nanos;
 use crate::ledger::fleet::Fleet;
-use crate::ledger::{DecisionRecord, Ledger, ProjectStatus};
+use crate::ledger::{DecisionRecord, Ledger, ProjectStatus, WindowStatus};
 use crate::reload::Reloader;
 
 pub struct Admin {
@@ -46,6 +49,20 @@ fn error(e: GatewayError) -> Response<Vec<u8>> {
 /// Every amount in admin JSON: exact nano-dollars (SPEC "Admin listener"), never rounded.
 fn usd(n: Nanos) -> String {
     n.usd_exact()
+}
+
+/// `%XX` for every byte outside `[A-Za-z0-9_.~-]`, for a cursor that carries a user id.
+fn percent_encode(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"_.~-".contains(&b) {
+            o.push(b as char);
+        } else {
+            let _ = write!(o, "%{b:02X}");
+        }
+    }
+    o
 }
 
 fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
@@ -127,32 +144,91 @@ pub fn decision_json_of(d: &DecisionRecord, instance: Option<&str>) -> String {
         d.stream, d.attempts
     );
     opt_s(&mut o, &d.providers_tried);
+    o.push_str(r#","team":"#);
+    opt_s(&mut o, &d.team);
+    o.push_str(r#","key_name":"#);
+    opt_s(&mut o, &d.key_name);
+    o.push_str(r#","user":"#);
+    opt_s(&mut o, &d.user);
+    o.push_str(r#","tags":"#);
+    // Written by Tollgate as a JSON object; anything else (a hand-edited row) reads `{}`.
+    match d.tags.as_deref() {
+        Some(t) if t.starts_with('{') && serde_json::from_str::<serde_json::Value>(t).is_ok() => {
+            o.push_str(t)
+        }
+        _ => o.push_str("{}"),
+    }
     o.push('}');
     o
 }
 
+/// One window of an account: `{"period","limit_usd","spent_usd","reserved_usd","remaining_usd"}`
+/// (and `leased_usd` in fleet mode).
+fn window_json(w: &WindowStatus, leased: Option<Nanos>) -> String {
+    let extra = leased.map_or(String::new(), |l| format!(r#","leased_usd":{}"#, usd(l)));
+    format!(
+        r#"{{"period":"{}","limit_usd":{},"spent_usd":{},"reserved_usd":{},"remaining_usd":{}{extra}}}"#,
+        w.period,
+        usd(w.limit),
+        usd(w.spent),
+        usd(w.reserved),
+        usd(w.remaining),
+    )
+}
+
+/// Replace a window's figures with the fleet's (committed, held, leased).
+fn fleet_window(w: &mut WindowStatus, (committed, held, leased): (Nanos, Nanos, Nanos)) {
+    w.spent = committed;
+    w.reserved = held;
+    w.remaining = w
+        .limit
+        .saturating_sub(committed)
+        .saturating_sub(held)
+        .saturating_sub(leased);
+}
+
 /// One entry of `GET /admin/projects`; `limit_usd` and `remaining_usd` are `null` for a
 /// project without a budget.
+#[cfg(test)]
 pub fn project_json(s: &ProjectStatus) -> String {
     project_json_of(s, None)
 }
 
 /// Fleet mode adds `leased_usd` and says where the figures come from (`"fleet"`: Redis, the
 /// whole fleet; `"local"`: Redis could not be read, this instance's own share).
+#[cfg(test)]
 fn project_json_of(s: &ProjectStatus, fleet: Option<(Nanos, &str)>) -> String {
+    project_json_full(s, None, fleet, &[])
+}
+
+/// [`project_json_of`] with the project's `team` and each window's leased figure (fleet mode).
+fn project_json_full(
+    s: &ProjectStatus,
+    team: Option<&str>,
+    fleet: Option<(Nanos, &str)>,
+    leased: &[Nanos],
+) -> String {
     let opt = |v: Option<Nanos>| v.map_or("null".to_string(), usd);
     let extra = fleet.map_or(String::new(), |(leased, source)| {
         format!(r#","leased_usd":{},"source":"{source}""#, usd(leased))
     });
+    let budgets: Vec<String> = s
+        .budgets
+        .iter()
+        .enumerate()
+        .map(|(i, w)| window_json(w, fleet.map(|_| leased.get(i).copied().unwrap_or_default())))
+        .collect();
     format!(
-        r#"{{"id":{},"period":"{}","spent_usd":{},"reserved_usd":{},"limit_usd":{},"remaining_usd":{},"frozen":{}{extra}}}"#,
+        r#"{{"id":{},"team":{},"period":"{}","spent_usd":{},"reserved_usd":{},"limit_usd":{},"remaining_usd":{},"frozen":{},"budgets":[{}]{extra}}}"#,
         json_string(&s.id),
+        team.map_or("null".to_string(), json_string),
         s.period,
         usd(s.spent),
         usd(s.reserved),
         opt(s.limit),
         opt(s.remaining),
-        s.frozen
+        s.frozen,
+        budgets.join(",")
     )
 }
 
@@ -274,27 +350,200 @@ impl Admin {
         let mut items: Vec<String> = Vec::with_capacity(cfg.projects.len());
         for p in &cfg.projects {
             let mut s = self.ledger.status(p);
+            let team = p.team.map(|t| cfg.teams[t].id.as_str());
             let Some(fleet) = &self.fleet else {
-                items.push(project_json(&s));
+                items.push(project_json_full(&s, team, None, &[]));
                 continue;
             };
-            let (leased, source) = match fleet.project_status(p).await {
-                Some((committed, held, leased, frozen)) => {
-                    s.spent = committed;
-                    s.reserved = held;
-                    s.remaining = s.limit.map(|l| {
-                        l.saturating_sub(committed)
-                            .saturating_sub(held)
-                            .saturating_sub(leased)
-                    });
+            let accounts = crate::ledger::project_accounts(p);
+            let mut leased = Vec::new();
+            let source = match fleet.windows_status(&p.id, &accounts).await {
+                Some((figures, frozen)) => {
+                    for (w, f) in s.budgets.iter_mut().zip(&figures) {
+                        fleet_window(w, *f);
+                    }
+                    leased = figures.iter().map(|f| f.2).collect();
                     s.frozen = frozen;
-                    (leased, "fleet")
+                    match s
+                        .budgets
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, w)| w.remaining)
+                    {
+                        Some((i, t)) => {
+                            s.period = t.period;
+                            s.spent = t.spent;
+                            s.reserved = t.reserved;
+                            s.limit = Some(t.limit);
+                            s.remaining = Some(t.remaining);
+                            let _ = i;
+                        }
+                        None => {
+                            if let Some((c, h, _)) = figures.first() {
+                                s.spent = *c;
+                                s.reserved = *h;
+                            }
+                        }
+                    }
+                    "fleet"
                 }
-                None => (Nanos::ZERO, "local"),
+                None => "local",
             };
-            items.push(project_json_of(&s, Some((leased, source))));
+            // The flat `leased_usd` is the tightest window's (its first, without a window).
+            let tight = s
+                .budgets
+                .iter()
+                .position(|w| Some(w.remaining) == s.remaining && Some(w.limit) == s.limit)
+                .unwrap_or(0);
+            let flat = leased.get(tight).copied().unwrap_or_default();
+            items.push(project_json_full(&s, team, Some((flat, source)), &leased));
         }
         format!(r#"{{"projects":[{}]}}"#, items.join(","))
+    }
+
+    /// `GET /admin/teams`: each team with its projects and windows (fleet-wide in fleet mode).
+    async fn teams(&self, cfg: &Config) -> String {
+        let mut items = Vec::with_capacity(cfg.teams.len());
+        for (i, t) in cfg.teams.iter().enumerate() {
+            let projects: Vec<&str> = cfg
+                .projects
+                .iter()
+                .filter(|p| p.team == Some(i))
+                .map(|p| p.id.as_str())
+                .collect();
+            let mut windows = self.ledger.team_status(t);
+            let mut source = "";
+            if let (Some(f), Some(first), false) =
+                (&self.fleet, projects.first(), windows.is_empty())
+            {
+                let accounts: Vec<crate::engine::accounts::AccountRef> = t
+                    .budgets
+                    .iter()
+                    .map(|w| crate::engine::accounts::AccountRef {
+                        kind: AccountKind::Team,
+                        id: t.id.clone(),
+                        name: crate::engine::accounts::ledger_name(AccountKind::Team, "", &t.id),
+                        window: Some(*w),
+                    })
+                    .collect();
+                source = match f.windows_status(first, &accounts).await {
+                    Some((figures, _)) => {
+                        for (w, fig) in windows.iter_mut().zip(&figures) {
+                            fleet_window(w, *fig);
+                        }
+                        r#","source":"fleet""#
+                    }
+                    None => r#","source":"local""#,
+                };
+            }
+            let tight = windows.iter().min_by_key(|w| w.remaining);
+            let opt = |v: Option<Nanos>| v.map_or("null".to_string(), usd);
+            let (period, spent, reserved) = match tight {
+                Some(w) => (w.period, w.spent, w.reserved),
+                None => {
+                    let (spent, reserved) = self.ledger.team_month(t);
+                    ("month", spent, reserved)
+                }
+            };
+            let list: Vec<String> = projects.iter().map(|p| json_string(p)).collect();
+            let budgets: Vec<String> = windows.iter().map(|w| window_json(w, None)).collect();
+            items.push(format!(
+                r#"{{"id":{},"projects":[{}],"period":"{period}","spent_usd":{},"reserved_usd":{},"limit_usd":{},"remaining_usd":{},"budgets":[{}]{source}}}"#,
+                json_string(&t.id),
+                list.join(","),
+                usd(spent),
+                usd(reserved),
+                opt(tight.map(|w| w.limit)),
+                opt(tight.map(|w| w.remaining)),
+                budgets.join(",")
+            ));
+        }
+        format!(r#"{{"teams":[{}]}}"#, items.join(","))
+    }
+
+    /// `GET /admin/users?project=ID[&limit=N][&after=USER]`: the project's end users with
+    /// their spend in its `user_budget` window (the calendar month without one), in id order,
+    /// paged. Read from this instance's store; a user with a request in flight shows its hold.
+    async fn users(&self, cfg: &Config, query: Option<&str>) -> Response<Vec<u8>> {
+        let Some(id) = query_param(query, "project") else {
+            return error(GatewayError::InvalidRequest(
+                "project is required: /admin/users?project=ID".into(),
+            ));
+        };
+        let Some(p) = cfg.project_index(id).map(|i| &cfg.projects[i]) else {
+            return error(GatewayError::NotFound(format!("Unknown project {id}")));
+        };
+        let limit = match query_param(query, "limit").map(str::parse::<usize>) {
+            None => 100,
+            Some(Ok(n)) if (1..=1000).contains(&n) => n,
+            Some(_) => {
+                return error(GatewayError::InvalidRequest(
+                    "limit must be a number from 1 to 1000".into(),
+                ))
+            }
+        };
+        let Some(reader) = self.ledger.reader() else {
+            return json(200, r#"{"users":[],"next":null}"#.into());
+        };
+        let window = p.user_budget;
+        let period = window.map_or(Period::Month, |w| w.period);
+        let prefix = crate::engine::accounts::ledger_name(AccountKind::User, &p.id, "");
+        let after = query_param(query, "after").map(percent_decode);
+        let key = period.key(crate::clock::unix_secs());
+        let pfx = prefix.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            reader.spend_with_prefix(&pfx, &key, after.as_deref(), limit)
+        })
+        .await;
+        let rows = match res {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                log::error!("admin users: {e}");
+                return error(GatewayError::Internal(
+                    "Could not read the end users".into(),
+                ));
+            }
+            Err(e) => {
+                log::error!("admin users: {e}");
+                return error(GatewayError::Internal(
+                    "Could not read the end users".into(),
+                ));
+            }
+        };
+        let items: Vec<String> = rows
+            .iter()
+            .map(|(user, stored)| {
+                let (spent, reserved) = self
+                    .ledger
+                    .user_in_memory(&format!("{prefix}{user}"), period)
+                    .filter(|_| window.is_some())
+                    .unwrap_or((Nanos(*stored), Nanos::ZERO));
+                let (limit, remaining) = match window {
+                    Some(w) => (
+                        usd(w.limit),
+                        usd(w.limit.saturating_sub(spent).saturating_sub(reserved)),
+                    ),
+                    None => ("null".to_string(), "null".to_string()),
+                };
+                format!(
+                    r#"{{"user":{},"period":"{}","spent_usd":{},"reserved_usd":{},"limit_usd":{limit},"remaining_usd":{remaining}}}"#,
+                    json_string(user),
+                    period.as_str(),
+                    usd(spent),
+                    usd(reserved)
+                )
+            })
+            .collect();
+        let next = rows
+            .last()
+            .filter(|_| rows.len() == limit)
+            .map_or("null".to_string(), |(u, _)| {
+                json_string(&format!("after={}", percent_encode(u)))
+            });
+        json(
+            200,
+            format!(r#"{{"users":[{}],"next":{next}}}"#, items.join(",")),
+        )
     }
 
     async fn decisions(&self, query: Option<&str>) -> Response<Vec<u8>> {
@@ -395,6 +644,8 @@ impl ServeHttp for Admin {
         let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
         match (method.as_str(), segments.as_slice()) {
             ("GET", ["", "admin", "projects"]) => json(200, self.projects(&cfg).await),
+            ("GET", ["", "admin", "teams"]) => json(200, self.teams(&cfg).await),
+            ("GET", ["", "admin", "users"]) => self.users(&cfg, query.as_deref()).await,
             ("GET", ["", "admin", "fleet"]) => match &self.fleet {
                 Some(f) => json(200, f.fleet_json().await),
                 None => error(GatewayError::NotFound(
@@ -440,6 +691,8 @@ impl ServeHttp for Admin {
             (
                 _,
                 ["", "admin", "projects"]
+                | ["", "admin", "teams"]
+                | ["", "admin", "users"]
                 | ["", "admin", "reload"]
                 | ["", "admin", "decisions"]
                 | ["", "admin", "fleet"]
@@ -490,7 +743,29 @@ mod tests {
             attempts: 1,
             providers_tried: Some("openai".into()),
             overrun_nanos: 0,
+            team: Some("payments".into()),
+            key_name: Some("ci".into()),
+            user: None,
+            tags: Some(r#"{"feature":"summarize"}"#.into()),
         }
+    }
+
+    #[test]
+    fn a_record_names_team_key_user_and_tags_never_the_key() {
+        let v = parse(&decision_json(&record()));
+        assert_eq!(v["team"], "payments");
+        assert_eq!(v["key_name"], "ci");
+        assert!(v["user"].is_null());
+        assert_eq!(v["tags"]["feature"], "summarize");
+        let mut d = record();
+        d.tags = None;
+        assert_eq!(parse(&decision_json(&d))["tags"], serde_json::json!({}));
+        d.tags = Some("not json".into());
+        assert_eq!(
+            parse(&decision_json(&d))["tags"],
+            serde_json::json!({}),
+            "a hand-edited row cannot break the JSON"
+        );
     }
 
     #[test]
@@ -574,7 +849,7 @@ mod tests {
         };
         assert_eq!(
             project_json(&s),
-            r#"{"id":"checkout-bot","period":"month","spent_usd":1.2501645,"reserved_usd":0.020000001,"limit_usd":50.0,"remaining_usd":48.729835499,"frozen":false}"#
+            r#"{"id":"checkout-bot","team":null,"period":"month","spent_usd":1.2501645,"reserved_usd":0.020000001,"limit_usd":50.0,"remaining_usd":48.729835499,"frozen":false,"budgets":[]}"#
         );
         let unbudgeted = ProjectStatus {
             spent: Nanos::ZERO,

@@ -2381,3 +2381,169 @@ fn rediss_reaches_redis_over_tls_and_checks_its_certificate() {
     );
     assert_eq!(mock.count(), 1, "only gw-a's request reached the provider");
 }
+
+/// Watch `keys` in Redis while `work` runs: committed + held never past `limit` on any.
+fn watched<T: Send>(
+    redis: &RedisServer,
+    keys: &[String],
+    limit: i64,
+    work: impl FnOnce() -> T,
+) -> T {
+    let stop = AtomicBool::new(false);
+    let looks = Mutex::new(0u32);
+    let out = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                for k in keys {
+                    let (c, h) = balance(redis, k);
+                    assert!(
+                        c + h <= limit,
+                        "{k}: committed {c} + held {h} > limit {limit}"
+                    );
+                }
+                *looks.lock().unwrap() += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let out = work();
+        stop.store(true, Ordering::SeqCst);
+        out
+    });
+    assert!(*looks.lock().unwrap() > 0, "the watcher looked");
+    out
+}
+
+/// Issue 14: a team budget shared by two projects, requests for both on three instances:
+/// the team's key in Redis never passes its limit, and the refusals name the team.
+#[test]
+fn a_team_budget_holds_across_projects_and_instances() {
+    // One worst case ≈ $0.0153 (see shared_limit); the team fits five, each project ten.
+    let team_usd = 0.08;
+    let limit = (team_usd * 1e9) as i64;
+    let projects = format!(
+        "[[teams]]\nid = \"pay\"\nbudget = {{ limit_usd = {team_usd}, period = \"total\" }}\n\
+         [[projects]]\nid = \"p1\"\nteam = \"pay\"\nkeys = [\"{KEY}\"]\nbudget = {{ limit_usd = 0.16, period = \"total\" }}\n\
+         [[projects]]\nid = \"p2\"\nteam = \"pay\"\nkeys = [\"{KEY2}\"]\nbudget = {{ limit_usd = 0.16, period = \"total\" }}\n"
+    );
+    let fleet = start_fleet(3, &projects);
+    let team_key = "tg:{t:pay}:b:team:pay:total:total".to_string();
+    let shots: Vec<Shot> = watched(&fleet.redis, std::slice::from_ref(&team_key), limit, || {
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..120)
+                .map(|i| {
+                    let urls = &fleet.urls;
+                    let key = if i % 2 == 0 { KEY } else { KEY2 };
+                    s.spawn(move || sonnet_as(urls, i % 3, key, 1000, 200))
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("worker"))
+                .collect()
+        })
+    });
+    let ok = shots.iter().filter(|s| s.status == 200).count();
+    for s in &shots {
+        assert!(
+            s.status == 200 || (s.status == 402 && s.code == "team_budget_exceeded"),
+            "the team is the tighter account: {s:?}"
+        );
+    }
+    assert!(
+        (3..=5).contains(&ok),
+        "the team fits five worst cases; admitted {ok}"
+    );
+    assert_eq!(
+        fleet.mock.count(),
+        ok as u64,
+        "no refused request reached the provider"
+    );
+    let (committed, held) = balance(&fleet.redis, &team_key);
+    assert_eq!(held, 0, "every hold settled");
+    assert!(committed <= limit);
+    assert_eq!(
+        committed,
+        mock_cost(&fleet.mock),
+        "the team was charged what was served"
+    );
+    let p1 = balance(&fleet.redis, &total_key("p1")).0;
+    let p2 = balance(&fleet.redis, &total_key("p2")).0;
+    assert_eq!(p1 + p2, committed, "each project's own key has its share");
+    let teams = admin_get(fleet.admins[1], "/admin/teams").json();
+    let t = &teams["teams"][0];
+    assert_eq!(t["id"], "pay");
+    assert_eq!(t["source"], "fleet");
+    assert_eq!(nanos(&t["budgets"][0]["spent_usd"]), committed, "{teams}");
+}
+
+/// Issue 14: end users' budgets count across the fleet: 10 users, 120 requests spread over
+/// three instances, each user's budget fitting two worst cases.
+#[test]
+fn end_user_budgets_hold_across_instances() {
+    let user_usd = 0.035;
+    let limit = (user_usd * 1e9) as i64;
+    let fleet = start_fleet(
+        3,
+        &p1(&format!(
+            "user_budget = {{ limit_usd = {user_usd}, period = \"total\" }}"
+        )),
+    );
+    let users: Vec<String> = (0..10).map(|i| format!("user-{i}")).collect();
+    let keys: Vec<String> = users
+        .iter()
+        .map(|u| format!("tg:{{p:p1}}:b:user:{u}:total:total"))
+        .collect();
+    let shots: Vec<(usize, Shot)> = watched(&fleet.redis, &keys, limit, || {
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..120)
+                .map(|i| {
+                    let (urls, user) = (&fleet.urls, users[i % 10].as_str());
+                    s.spawn(move || {
+                        let shot = send(
+                            urls,
+                            i % 3,
+                            "/v1/messages",
+                            &[
+                                ("x-api-key", KEY),
+                                ("x-tollgate-user", user),
+                                ("x-mock-tokens", "1000"),
+                                ("x-mock-latency-ms", "150"),
+                            ],
+                            &chat("claude-sonnet-4", 1000),
+                        );
+                        (i % 10, shot)
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("worker"))
+                .collect()
+        })
+    });
+    for (u, key) in keys.iter().enumerate() {
+        let ok = shots
+            .iter()
+            .filter(|(x, s)| *x == u && s.status == 200)
+            .count();
+        assert!((1..=2).contains(&ok), "user {u}: {ok} admitted");
+        let (committed, held) = balance(&fleet.redis, key);
+        assert_eq!(held, 0);
+        assert!(committed <= limit, "user {u}: {committed} > {limit}");
+    }
+    for (_, s) in &shots {
+        assert!(
+            s.status == 200 || (s.status == 402 && s.code == "user_budget_exceeded"),
+            "{s:?}"
+        );
+    }
+    let ok = shots.iter().filter(|(_, s)| s.status == 200).count();
+    assert_eq!(fleet.mock.count(), ok as u64);
+    let recs = records(&fleet, 0, "p1");
+    assert!(
+        recs.iter()
+            .any(|r| r["user"].as_str().is_some_and(|u| u.starts_with("user-"))),
+        "records name the end user"
+    );
+}

@@ -300,7 +300,10 @@ mod tests {
 
     #[test]
     fn the_header_names_the_user_before_the_body() {
-        assert_eq!(end_user(Some(b" alice "), Some("bob")).unwrap(), Some("alice"));
+        assert_eq!(
+            end_user(Some(b" alice "), Some("bob")).unwrap(),
+            Some("alice")
+        );
         assert_eq!(end_user(None, Some("bob")).unwrap(), Some("bob"));
         assert_eq!(end_user(Some(b""), Some("bob")).unwrap(), None);
         assert_eq!(end_user(None, None).unwrap(), None);

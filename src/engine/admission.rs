@@ -347,7 +347,7 @@ fn count_tokens(
 
 /// `%2F` and friends in a model id of a path (`/v1/models/openai%2Fgpt-4o-mini`); anything
 /// that does not decode to UTF-8 is kept as it was.
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -134,6 +134,7 @@ impl Account {
     /// Reserve `amount` if `spent + reserved + amount <= limit`. This is the invariant that
     /// keeps recorded spend under the limit however many requests race: every admitted
     /// request's worst case is already counted when the next one is checked.
+    #[cfg(test)]
     pub fn admit(&mut self, limit: Nanos, amount: Nanos) -> Result<(), Refusal> {
         self.fits(limit, amount)?;
         self.reserved = Nanos(self.reserved.0 + amount.0);

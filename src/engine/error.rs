@@ -249,10 +249,16 @@ mod tests {
             (AccountKind::User, "user_budget_exceeded"),
         ] {
             let e = GatewayError::BudgetExceeded(kind, "m".into());
-            assert_eq!((e.status(), e.error_type(), e.code()), (402, "budget_exceeded", code));
+            assert_eq!(
+                (e.status(), e.error_type(), e.code()),
+                (402, "budget_exceeded", code)
+            );
         }
         let e = GatewayError::KeyExpired("Key ci expired".into());
-        assert_eq!((e.status(), e.error_type(), e.code()), (401, "unauthorized", "key_expired"));
+        assert_eq!(
+            (e.status(), e.error_type(), e.code()),
+            (401, "unauthorized", "key_expired")
+        );
     }
 
     #[test]

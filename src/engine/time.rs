@@ -71,6 +71,87 @@ pub fn rfc3339_millis_into(time_ms: i64, buf: &mut [u8; 24]) -> Option<&str> {
     std::str::from_utf8(buf).ok()
 }
 
+/// (year, month, day) → days since 1970-01-01, proleptic Gregorian: the inverse of
+/// [`civil_from_days`] (Howard Hinnant's `days_from_civil`). `m` is 1..=12.
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400); // [0, 399]
+    let mp = i64::from((m + 9) % 12); // March = 0
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1; // [0, 365]
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; // [0, 146096]
+    era * 146_097 + doe - 719_468
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// An RFC 3339 date-time (`2027-03-31T00:00:00Z`, `2027-03-31T02:00:00.5+02:00`) → Unix
+/// seconds. The offset is required (`Z` or `±HH:MM`); fractional seconds are allowed and
+/// dropped (the instant is rounded down, so a deadline is never moved later); `T` may be `t`
+/// or a space and `Z` may be `z`, as RFC 3339 permits. A leap second (`:60`) counts as the
+/// next second. `None` for anything else, including impossible dates like `2027-02-30`.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    fn num(b: &[u8]) -> Option<u32> {
+        if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(b.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')))
+    }
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    if !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let year = i64::from(num(&b[0..4])?);
+    let month = num(&b[5..7])?;
+    let day = num(&b[8..10])?;
+    let (hour, minute, second) = (num(&b[11..13])?, num(&b[14..16])?, num(&b[17..19])?);
+    if !(1..=12).contains(&month)
+        || !(1..=days_in_month(year, month)).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut rest = &b[19..];
+    if let Some(frac) = rest.strip_prefix(b".") {
+        let digits = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &frac[digits..];
+    }
+    let offset_s = match rest {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let (oh, om) = (num(&[*h1, *h2])?, num(&[*m1, *m2])?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let off = i64::from(oh * 3600 + om * 60);
+            if *sign == b'-' {
+                -off
+            } else {
+                off
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let local = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
+    Some(local - offset_s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +186,54 @@ mod tests {
             rfc3339_millis_into(253_402_300_799_999, &mut buf),
             Some("9999-12-31T23:59:59.999Z")
         );
+    }
+
+    #[test]
+    fn days_from_civil_inverts_civil_from_days() {
+        for days in [-800_000, -1, 0, 1, 19_782, 20_818, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_times_parse_to_unix_seconds() {
+        for (text, secs) in [
+            ("1970-01-01T00:00:00Z", 0),
+            ("2027-03-31T00:00:00Z", 1_806_451_200),
+            ("2027-03-31T02:00:00+02:00", 1_806_451_200),
+            ("2027-03-30T19:30:00-04:30", 1_806_451_200),
+            ("2027-03-31T00:00:00.999Z", 1_806_451_200),
+            ("2027-03-31t00:00:00z", 1_806_451_200),
+            ("2027-03-31 00:00:00Z", 1_806_451_200),
+            ("2024-02-29T23:59:59Z", 1_709_251_199),
+            ("1969-12-31T23:59:59Z", -1),
+            ("2016-12-31T23:59:60Z", 1_483_228_800),
+        ] {
+            assert_eq!(parse_rfc3339(text), Some(secs), "{text}");
+        }
+        for bad in [
+            "",
+            "2027-03-31",
+            "2027-03-31T00:00:00",
+            "2027-03-31T00:00Z",
+            "2027-3-31T00:00:00Z",
+            "2027-03-31T00:00:00.Z",
+            "2027-03-31T00:00:00+0200",
+            "2027-03-31T00:00:00+24:00",
+            "2027-03-31T00:00:00 UTC",
+            "2027-13-01T00:00:00Z",
+            "2027-02-29T00:00:00Z",
+            "2027-04-31T00:00:00Z",
+            "2027-03-31T24:00:00Z",
+            "2027-03-31T00:60:00Z",
+            "2027-03-31T00:00:61Z",
+            "+027-03-31T00:00:00Z",
+            "2027-03-31X00:00:00Z",
+            "2027-03-31T00:00:00Zjunk",
+            "next tuesday",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
+        }
     }
 }

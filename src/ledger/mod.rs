@@ -82,6 +82,8 @@ pub struct Ledger {
     /// The period keys spend is recorded under (day, week, month, total), for the UTC day
     /// they were built on.
     periods: Arc<ArcSwap<(i64, Periods)>>,
+    /// [`MAX_IDLE_USERS`] (tests lower it).
+    max_idle_users: usize,
 }
 
 /// A poisoned account lock only means another request panicked mid-update of plain integers;
@@ -181,12 +183,17 @@ impl Reservation {
     fn settle_seen_at(mut self, actual: Nanos, now_unix: i64) -> (Nanos, u64) {
         self.settled = true;
         let mut seen = 0;
-        for (i, h) in self.held.iter().enumerate() {
-            let mut a = lock(&h.cell);
-            a.roll_at(h.cell.period, now_unix);
-            a.settle(self.amount, actual);
-            if Some(i) == self.primary {
-                seen = a.snapshots;
+        {
+            // Every account at once, in lock order: a fleet snapshot of the project's accounts
+            // sees all of this settle or none of it.
+            let mut guards: Vec<MutexGuard<'_, Account>> =
+                self.held.iter().map(|h| lock(&h.cell)).collect();
+            for (i, (h, a)) in self.held.iter().zip(guards.iter_mut()).enumerate() {
+                a.roll_at(h.cell.period, now_unix);
+                a.settle(self.amount, actual);
+                if Some(i) == self.primary {
+                    seen = a.snapshots;
+                }
             }
         }
         if let (true, Some(s)) = (actual > Nanos::ZERO, &self.store) {
@@ -228,8 +235,10 @@ impl Drop for Reservation {
     /// carry over a roll), so there is no period to find and no clock to read.
     fn drop(&mut self) {
         if !self.settled {
-            for h in &self.held {
-                lock(&h.cell).settle(self.amount, Nanos::ZERO);
+            let mut guards: Vec<MutexGuard<'_, Account>> =
+                self.held.iter().map(|h| lock(&h.cell)).collect();
+            for a in guards.iter_mut() {
+                a.settle(self.amount, Nanos::ZERO);
             }
         }
     }
@@ -284,6 +293,7 @@ impl Ledger {
             reader: None,
             clock,
             periods: Arc::new(ArcSwap::from_pointee((i64::MIN, Arc::from(Vec::new())))),
+            max_idle_users: MAX_IDLE_USERS,
         }
     }
 
@@ -308,7 +318,9 @@ impl Ledger {
             }
         };
         for (i, p) in cfg.projects.iter().enumerate() {
-            accounts::accounts(cfg, i, None, None).iter().for_each(&mut add);
+            accounts::accounts(cfg, i, None, None)
+                .iter()
+                .for_each(&mut add);
             for k in 0..p.keys.len() {
                 if let Some(a) = accounts::accounts(cfg, i, Some(k), None)
                     .iter()
@@ -335,7 +347,10 @@ impl Ledger {
         let now = (self.clock)();
         let current = self.accounts.load_full();
         let wanted = Ledger::configured(cfg);
-        let missing: Vec<&SlotKey> = wanted.iter().filter(|k| !current.contains_key(*k)).collect();
+        let missing: Vec<&SlotKey> = wanted
+            .iter()
+            .filter(|k| !current.contains_key(*k))
+            .collect();
         let mut stored: HashMap<(String, String), u64> = HashMap::new();
         if let (Some(r), false) = (&self.reader, missing.is_empty()) {
             let keys: Vec<(String, String)> = missing
@@ -370,17 +385,34 @@ impl Ledger {
                     ),
                 );
             }
-            // Accounts reserved on between the read and the swap: `cell` made them empty;
-            // keep the ones the map already has (they hold those reservations).
+            // Accounts reserved on between the read and the swap (a reload swaps the config
+            // before it loads): `cell` started them empty and reservations hold them, so they
+            // stay, and the stored spend is added to them below, once.
+            let mut kept: Vec<SlotKey> = Vec::new();
             self.accounts.rcu(|m| {
+                kept.clear();
                 let mut next = map.clone();
                 for (k, v) in m.iter() {
                     if wanted.contains(k) && !current.contains_key(k) {
                         next.insert(k.clone(), v.clone());
+                        kept.push(k.clone());
                     }
                 }
                 next
             });
+            let now_map = self.accounts.load();
+            for k in kept {
+                let (Some(c), Some(n)) =
+                    (now_map.get(&k), stored.get(&(k.0.clone(), k.1.key(now))))
+                else {
+                    continue;
+                };
+                let mut a = lock(c);
+                a.roll_at(k.1, now);
+                if *a.period_key == *k.1.key(now) {
+                    a.spent = a.spent.saturating_add(Nanos(*n));
+                }
+            }
         }
         if let Some(r) = &self.reader {
             let frozen: HashSet<String> = r
@@ -476,7 +508,7 @@ impl Ledger {
     /// the last [`USER_KEEP_MS`], and the store has every spend write they sent (so rebuilding
     /// from it gives the same number). Without a store nothing could rebuild them: kept.
     fn sweep(&self, shard: &mut UserShard, now_ms: i64) {
-        let floor = MAX_IDLE_USERS / USER_SHARDS;
+        let floor = self.max_idle_users / USER_SHARDS;
         if let Some(store) = &self.store {
             let processed = store.processed();
             shard.map.retain(|_, c| {
@@ -489,6 +521,7 @@ impl Ledger {
     }
 
     /// End-user accounts in memory now (tests and the admin view).
+    #[cfg(test)]
     pub fn users_in_memory(&self) -> usize {
         self.users.iter().map(|s| lock_shard(s).map.len()).sum()
     }
@@ -519,11 +552,13 @@ impl Ledger {
 
     /// Admit a request of `project` whose worst case is `amount`, charged to its project
     /// account(s) only (no key, no user). Tests and callers that know no more.
+    #[cfg(test)]
     pub fn reserve(&self, project: &Project, amount: Nanos) -> Result<Reservation, GatewayError> {
         self.reserve_at(project, amount, (self.clock)())
     }
 
     /// [`Ledger::reserve`] at `now_unix` (Unix seconds).
+    #[cfg(test)]
     pub fn reserve_at(
         &self,
         project: &Project,
@@ -550,6 +585,7 @@ impl Ledger {
     }
 
     /// [`Ledger::reserve_accounts`] at `now_unix`.
+    #[cfg(test)]
     pub fn reserve_accounts_at(
         &self,
         project: &str,
@@ -633,16 +669,13 @@ impl Ledger {
                 }
             }
         }
-        // One fixed lock order for every request: no two can wait on each other.
-        let mut order: Vec<usize> = (0..held.len()).collect();
-        order.sort_by(|&x, &y| {
-            let (a, b) = (&held[x].cell, &held[y].cell);
-            (&*a.name, a.period as u8).cmp(&(&*b.name, b.period as u8))
-        });
-        let mut guards: Vec<(usize, MutexGuard<'_, Account>)> = order
-            .iter()
-            .map(|&i| (i, lock(&held[i].cell)))
-            .collect();
+        // One fixed lock order for every request: no two can wait on each other. The held
+        // accounts are kept in it, so settle and release take their locks the same way.
+        let primary_cell = primary.map(|i| held[i].cell.clone());
+        held.sort_by(|a, b| (&*a.cell.name, a.cell.period).cmp(&(&*b.cell.name, b.cell.period)));
+        let primary = primary_cell.and_then(|c| held.iter().position(|h| Arc::ptr_eq(&h.cell, &c)));
+        let mut guards: Vec<(usize, MutexGuard<'_, Account>)> =
+            (0..held.len()).map(|i| (i, lock(&held[i].cell))).collect();
         let mut refusal: Option<(usize, Period, crate::engine::budget::Refusal)> = None;
         for (i, g) in guards.iter_mut() {
             let h = &held[*i];
@@ -682,15 +715,44 @@ impl Ledger {
         })
     }
 
-    /// Fleet mode: this instance's spend in the project's primary window, to report to a new
-    /// fleet generation; bumps the account's snapshot count under the same lock, so every
-    /// settle knows whether it was in the report (returns period key, spend, the new count).
-    pub fn snapshot(&self, project: &Project) -> (String, Nanos, u64) {
-        let cell = self.cell(&project.id, project.primary_period());
-        let mut a = lock(&cell);
-        a.roll_at(project.primary_period(), (self.clock)());
-        a.snapshots += 1;
-        (a.period_key.to_string(), a.spent, a.snapshots)
+    /// Fleet mode: this instance's spend on each of `accounts` (configured accounts of
+    /// `project`: its windows and its keys'; the first is its primary window), read under all
+    /// their locks at once while the primary window's snapshot count is bumped, so each
+    /// settle's count says whether all of its spend was in the report, or none of it.
+    pub fn snapshot_accounts(&self, project: &Project, list: &[AccountRef]) -> (Vec<Nanos>, u64) {
+        let now = (self.clock)();
+        let cells: Vec<Cell> = list
+            .iter()
+            .map(|a| self.cell(&a.name, a.period()))
+            .collect();
+        let primary = self.cell(&project.id, project.primary_period());
+        let mut order: Vec<usize> = (0..cells.len()).collect();
+        order.sort_by(|&x, &y| {
+            (&*cells[x].name, cells[x].period).cmp(&(&*cells[y].name, cells[y].period))
+        });
+        order.dedup_by(|x, y| Arc::ptr_eq(&cells[*x], &cells[*y]));
+        let mut spent = vec![Nanos::ZERO; cells.len()];
+        let mut count = 0;
+        {
+            let mut guards: Vec<(usize, MutexGuard<'_, Account>)> =
+                order.iter().map(|&i| (i, lock(&cells[i]))).collect();
+            for (i, a) in guards.iter_mut() {
+                a.roll_at(cells[*i].period, now);
+                if Arc::ptr_eq(&cells[*i], &primary) {
+                    a.snapshots += 1;
+                    count = a.snapshots;
+                }
+            }
+            for (i, a) in &guards {
+                spent[*i] = a.spent;
+            }
+        }
+        for (i, c) in cells.iter().enumerate() {
+            if let Some(j) = order.iter().find(|&&j| Arc::ptr_eq(&cells[j], c)) {
+                spent[i] = spent[*j];
+            }
+        }
+        (spent, count)
     }
 
     /// Fleet mode: how many snapshots of the project's spend were taken.
@@ -735,6 +797,15 @@ impl Ledger {
             .iter()
             .map(|w| self.window_at(&name, *w, now))
             .collect()
+    }
+
+    /// A team without a window: its spend and holds in the calendar month.
+    pub fn team_month(&self, team: &Team) -> (Nanos, Nanos) {
+        let name = accounts::ledger_name(AccountKind::Team, "", &team.id);
+        let cell = self.cell(&name, Period::Month);
+        let mut a = lock(&cell);
+        a.roll_at(Period::Month, (self.clock)());
+        (a.spent, a.reserved)
     }
 
     /// An end user's numbers in the project's `user_budget` window, if the user is in memory
@@ -1194,6 +1265,267 @@ mod tests {
             handle.stats().committed,
             3,
             "two spend writes and a freeze; a dropped hold writes nothing"
+        );
+        handle.shutdown().unwrap();
+    }
+
+    fn window(kind: AccountKind, id: &str, limit: u64, period: Period) -> AccountRef {
+        AccountRef {
+            kind,
+            id: id.into(),
+            name: accounts::ledger_name(kind, "p", id),
+            window: Some(Budget {
+                limit: Nanos(limit),
+                period,
+            }),
+        }
+    }
+
+    fn nov() -> i64 {
+        NOV
+    }
+
+    #[test]
+    fn every_account_is_reserved_at_once_and_the_first_that_cannot_cover_refuses() {
+        let l = Ledger::in_memory(nov);
+        let accounts = vec![
+            window(AccountKind::Project, "p", 1_000, Period::Month),
+            window(AccountKind::Project, "p", 100, Period::Day),
+            window(AccountKind::Team, "pay", 500, Period::Month),
+            window(AccountKind::Key, "ci", 60, Period::Week),
+            window(AccountKind::User, "alice", 1_000, Period::Day),
+        ];
+        let a = l
+            .reserve_accounts_at("p", &accounts, Nanos(50), NOV)
+            .unwrap();
+        assert_eq!(
+            a.remaining(),
+            Some(Nanos(10)),
+            "the tightest: the key's 60 − 50"
+        );
+        let e = match l.reserve_accounts_at("p", &accounts, Nanos(20), NOV) {
+            Err(e) => e,
+            Ok(_) => panic!("the key has 10 left"),
+        };
+        assert_eq!(e.code(), "key_budget_exceeded");
+        assert!(
+            e.message().starts_with("Key ci of project p")
+                && e.message().contains("week budget of $0.00"),
+            "{}",
+            e.message()
+        );
+        // Nothing was held anywhere by the refusal: the day window still has 50 of 100.
+        let day_only = vec![window(AccountKind::Project, "p", 100, Period::Day)];
+        let b = l
+            .reserve_accounts_at("p", &day_only, Nanos(50), NOV)
+            .unwrap();
+        assert!(l
+            .reserve_accounts_at("p", &day_only, Nanos(1), NOV)
+            .is_err());
+        // The day refuses before the key when both would (request order).
+        let e = match l.reserve_accounts_at("p", &accounts, Nanos(20), NOV) {
+            Err(e) => e,
+            Ok(_) => panic!("the day is full"),
+        };
+        assert_eq!(e.code(), "budget_exceeded");
+        assert!(e.message().contains("day budget"), "{}", e.message());
+        drop(b);
+        assert_eq!(a.settle_at(Nanos(30), NOV), Nanos::ZERO);
+        let team = &accounts[2];
+        let s = l.window_at(&team.name, team.window.unwrap(), NOV);
+        assert_eq!((s.spent, s.reserved), (Nanos(30), Nanos(0)));
+        let u = l.user_in_memory("user:p/alice", Period::Day);
+        assert_eq!(
+            u,
+            Some((Nanos(30), Nanos(0))),
+            "without a store a new user starts at 0"
+        );
+    }
+
+    #[test]
+    fn a_team_shared_by_two_projects_is_never_passed_by_concurrent_requests() {
+        const THREADS: usize = 8;
+        let l = Ledger::in_memory(no_clock);
+        let team = |_: &str| AccountRef {
+            kind: AccountKind::Team,
+            id: "pay".into(),
+            name: "team:pay".into(),
+            window: Some(Budget {
+                limit: Nanos(50),
+                period: Period::Month,
+            }),
+        };
+        let own = |p: &str| AccountRef {
+            kind: AccountKind::Project,
+            id: p.into(),
+            name: p.into(),
+            window: Some(Budget {
+                limit: Nanos(40),
+                period: Period::Month,
+            }),
+        };
+        let sets = [vec![own("a"), team("a")], vec![own("b"), team("b")]];
+        let barrier = std::sync::Barrier::new(THREADS);
+        let held: Vec<Reservation> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (l, sets, barrier) = (&l, &sets, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        let mut mine = Vec::new();
+                        for _ in 0..50 {
+                            let set = &sets[t % 2];
+                            match l.reserve_accounts_at(&set[0].id, set, Nanos(10), NOV) {
+                                Ok(r) => mine.push(r),
+                                Err(e) => assert!(
+                                    ["budget_exceeded", "team_budget_exceeded"].contains(&e.code()),
+                                    "{e}"
+                                ),
+                            }
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        assert_eq!(
+            held.len(),
+            5,
+            "the team fits five worst cases, whoever asks"
+        );
+        let t = l.window_at("team:pay", sets[0][1].window.unwrap(), NOV);
+        assert_eq!(t.reserved, Nanos(50));
+        for set in &sets {
+            let p = l.window_at(&set[0].name, set[0].window.unwrap(), NOV);
+            assert!(p.reserved <= Nanos(40), "{p:?}");
+        }
+        drop(held);
+        assert_eq!(
+            l.window_at("team:pay", sets[0][1].window.unwrap(), NOV)
+                .reserved,
+            Nanos(0)
+        );
+    }
+
+    #[test]
+    fn an_end_users_spend_survives_eviction_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let open = || {
+            let (handle, reader) =
+                store::Store::open(&path, std::time::Duration::from_secs(3600)).unwrap();
+            let l = Ledger {
+                store: Some(handle.clone()),
+                reader: Some(Arc::new(reader)),
+                max_idle_users: USER_SHARDS, // one idle user per shard
+                ..Ledger::in_memory(nov)
+            };
+            (l, handle)
+        };
+        let (l, handle) = open();
+        let users: Vec<AccountRef> = (0..40)
+            .map(|i| window(AccountKind::User, &format!("u{i}"), 100, Period::Day))
+            .collect();
+        for u in &users {
+            let set = std::slice::from_ref(u);
+            assert_eq!(l.missing_users(set).len(), 1);
+            l.load_users(&l.missing_users(set)).unwrap();
+            l.reserve_accounts_at("p", set, Nanos(60), NOV)
+                .unwrap()
+                .settle_at(Nanos(60), NOV);
+        }
+        handle.flush().unwrap();
+        // Recently used users stay; past the keep time, idle ones go once the store has them.
+        assert_eq!(l.users_in_memory(), 40);
+        for shard in &l.users {
+            let mut sh = lock_shard(shard);
+            l.sweep(&mut sh, NOV * 1000 + USER_KEEP_MS + 1);
+        }
+        assert_eq!(l.users_in_memory(), 0, "idle and stored: evicted");
+        let u0 = std::slice::from_ref(&users[0]);
+        l.load_users(&l.missing_users(u0)).unwrap();
+        let e = match l.reserve_accounts_at("p", u0, Nanos(60), NOV) {
+            Err(e) => e,
+            Ok(_) => panic!("u0 spent 60 of 100 before it was evicted"),
+        };
+        assert_eq!(e.code(), "user_budget_exceeded");
+        assert!(
+            e.message().starts_with("User u0 of project p"),
+            "{}",
+            e.message()
+        );
+        let held = l.reserve_accounts_at("p", u0, Nanos(40), NOV).unwrap();
+        for shard in &l.users {
+            let mut sh = lock_shard(shard);
+            l.sweep(&mut sh, NOV * 1000 + 10 * USER_KEEP_MS);
+        }
+        assert_eq!(
+            l.users_in_memory(),
+            1,
+            "a user with a request in flight stays"
+        );
+        drop(held);
+        handle.shutdown().unwrap();
+        drop(l);
+        let (l, handle) = open();
+        let u1 = std::slice::from_ref(&users[1]);
+        l.load_users(&l.missing_users(u1)).unwrap();
+        assert!(
+            l.reserve_accounts_at("p", u1, Nanos(41), NOV).is_err(),
+            "the restart read u1's 60"
+        );
+        assert!(l.reserve_accounts_at("p", u1, Nanos(40), NOV).is_ok());
+        assert_eq!(
+            l.reader().unwrap().spend("user:p/u1", "2026-11").unwrap(),
+            60,
+            "recorded in every period, the month too"
+        );
+        handle.shutdown().unwrap();
+    }
+
+    #[test]
+    fn accounts_without_a_limit_still_record_spend_in_every_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, reader) = store::Store::open(
+            &dir.path().join("l.db"),
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+        let l = Ledger {
+            store: Some(handle.clone()),
+            reader: Some(Arc::new(reader)),
+            ..Ledger::in_memory(nov)
+        };
+        let free = |kind, id: &str| AccountRef {
+            kind,
+            id: id.into(),
+            name: accounts::ledger_name(kind, "p", id),
+            window: None,
+        };
+        let set = vec![
+            free(AccountKind::Project, "p"),
+            free(AccountKind::Team, "pay"),
+            free(AccountKind::Key, "ci"),
+            free(AccountKind::User, "bob"),
+        ];
+        let r = l.reserve_accounts_at("p", &set, Nanos(10), NOV).unwrap();
+        assert_eq!(r.remaining(), None);
+        r.settle_at(Nanos(7), NOV);
+        handle.flush().unwrap();
+        let rd = l.reader().unwrap();
+        for name in ["p", "team:pay", "key:p/ci", "user:p/bob"] {
+            for period in ["2026-11-22", "week-of-2026-11-16", "2026-11", "total"] {
+                assert_eq!(rd.spend(name, period).unwrap(), 7, "{name} {period}");
+            }
+        }
+        assert_eq!(
+            l.users_in_memory(),
+            0,
+            "a user without a budget needs no memory"
         );
         handle.shutdown().unwrap();
     }

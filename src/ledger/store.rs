@@ -51,9 +51,13 @@
 //! alerted on; at a few hundred bytes a write, a minute of backlog at 1k req/s
 //! is tens of MB.
 //!
-//! # Schema (`PRAGMA user_version` = 4)
+//! # Schema (`PRAGMA user_version` = 5)
 //! v2 added `decisions.attempts` and `providers_tried`; v3 added `decisions.overrun_nanos`;
-//! v4 added `fleet_settles`, fleet mode's queue of settlements not yet applied in Redis.
+//! v4 added `fleet_settles`, fleet mode's queue of settlements not yet applied in Redis;
+//! v5 added `decisions.team`, `key_name`, `user` and `tags`.
+//! `spend.project` is an account's ledger name: a project's id, `team:ID`, `key:PROJECT/NAME`
+//! or `user:PROJECT/USER`; every charge is added to the day, week, month and total rows of
+//! each account it applies to, so a window added later starts from the truth.
 //! ```sql
 //! CREATE TABLE spend(
 //!   project TEXT NOT NULL, period TEXT NOT NULL,  -- period: "2026-11", "2026-11-22", "week-of-2026-11-16", "total"
@@ -73,7 +77,9 @@
 //!   stream INTEGER NOT NULL,
 //!   attempts INTEGER NOT NULL DEFAULT 0,          -- v2: upstream tries
 //!   providers_tried TEXT,                         -- v2: "openai,openai-backup"
-//!   overrun_nanos INTEGER NOT NULL DEFAULT 0);    -- v3: usage charged beyond the reservation
+//!   overrun_nanos INTEGER NOT NULL DEFAULT 0,     -- v3: usage charged beyond the reservation
+//!   team TEXT, key_name TEXT, user TEXT,          -- v5: who caused it (the key's name, never the key)
+//!   tags TEXT);                                   -- v5: x-tollgate-tags as a JSON object
 //! CREATE INDEX decisions_time ON decisions(time_ms DESC, id DESC);
 //! CREATE INDEX decisions_project_time ON decisions(project, time_ms DESC, id DESC);
 //! CREATE TABLE fleet_settles(                     -- v4: written before a settle is sent to Redis,
@@ -99,7 +105,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// A batch this large is committed without waiting for the timer, so a burst
 /// becomes several medium transactions instead of one huge one.
@@ -152,6 +158,12 @@ pub struct DecisionRecord {
     /// How far the charged cost exceeded the reserved worst case, in nano-dollars (0: it did
     /// not, or nothing was reserved).
     pub overrun_nanos: u64,
+    /// The project's team, the key's name (never the key), the end user, and the tags as a
+    /// JSON object (`None`: none were sent).
+    pub team: Option<String>,
+    pub key_name: Option<String>,
+    pub user: Option<String>,
+    pub tags: Option<String>,
 }
 
 /// (project, period), as used by [`Reader::all_spend_for`].
@@ -510,6 +522,15 @@ const MIGRATE_TO_V3: &str = "
 ALTER TABLE decisions ADD COLUMN overrun_nanos INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// v5: who and what caused a decision (SPEC "Budgets everywhere the money is"). Rows written
+/// before it read `NULL`: nothing was known of teams, key names, users or tags then.
+const MIGRATE_TO_V5: &str = "
+ALTER TABLE decisions ADD COLUMN team TEXT;
+ALTER TABLE decisions ADD COLUMN key_name TEXT;
+ALTER TABLE decisions ADD COLUMN user TEXT;
+ALTER TABLE decisions ADD COLUMN tags TEXT;
+";
+
 /// v4: fleet mode's settle queue.
 const MIGRATE_TO_V4: &str = "
 CREATE TABLE IF NOT EXISTS fleet_settles(
@@ -549,7 +570,11 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
         tx.execute_batch(MIGRATE_TO_V4)
             .map_err(|e| format!("migrate schema to v4: {e}"))?;
     }
-    // Later versions: `if version < 5 { ... }`.
+    if version < 5 {
+        tx.execute_batch(MIGRATE_TO_V5)
+            .map_err(|e| format!("migrate schema to v5: {e}"))?;
+    }
+    // Later versions: `if version < 6 { ... }`.
     if version != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| format!("set user_version: {e}"))?;
@@ -831,8 +856,10 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
         let mut decision = tx.prepare_cached(
             "INSERT INTO decisions(id, time_ms, time, project, key_id, endpoint, model, provider,
                decision, reason, status, prompt_tokens, completion_tokens, usage_source,
-               cost_nanos, cost_usd, latency_ms, stream, attempts, providers_tried, overrun_nanos)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+               cost_nanos, cost_usd, latency_ms, stream, attempts, providers_tried, overrun_nanos,
+               team, key_name, user, tags)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
+               ?22, ?23, ?24, ?25)",
         )?;
         let mut time_buf = [0u8; 24];
         for d in &batch.decisions {
@@ -867,6 +894,10 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
                 d.attempts,
                 d.providers_tried,
                 clamp_i64(d.overrun_nanos),
+                d.team,
+                d.key_name,
+                d.user,
+                d.tags,
             ])?;
         }
     }
@@ -887,7 +918,7 @@ pub struct Reader {
 const DECISION_COLUMNS: &str =
     "id, time_ms, project, key_id, endpoint, model, provider, decision, reason, \
      status, prompt_tokens, completion_tokens, usage_source, cost_nanos, latency_ms, stream, \
-     attempts, providers_tried, overrun_nanos";
+     attempts, providers_tried, overrun_nanos, team, key_name, user, tags";
 
 impl Reader {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -938,6 +969,47 @@ impl Reader {
         tx.finish()
             .map_err(|e| format!("ledger store: read spend: {e}"))?;
         Ok(out)
+    }
+
+    /// Accounts whose ledger name starts with `prefix` (e.g. `user:checkout-bot/`), with their
+    /// spend in `period` (a period key), in name order, after the name `after` (exclusive;
+    /// paging), at most `limit`: the name without the prefix, and the spend.
+    pub fn spend_with_prefix(
+        &self,
+        prefix: &str,
+        period: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, String> {
+        // Every name with the prefix sorts between the prefix and the prefix with its last
+        // byte raised by one (prefixes end in '/', raised to '0').
+        let mut upper = prefix.as_bytes().to_vec();
+        if let Some(last) = upper.last_mut() {
+            *last = last.saturating_add(1);
+        }
+        let upper = String::from_utf8(upper)
+            .map_err(|_| "ledger store: a prefix must end in an ASCII byte".to_string())?;
+        let from = format!("{prefix}{}", after.unwrap_or(""));
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT project, spent_nanos FROM spend
+                 WHERE project > ?1 AND project < ?2 AND period = ?3
+                 ORDER BY project LIMIT ?4",
+            )
+            .map_err(|e| format!("ledger store: read spend: {e}"))?;
+        let rows = stmt
+            .query_map(params![from, upper, period, clamp_i64(limit as u64)], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?))
+            })
+            .map_err(|e| format!("ledger store: read spend: {e}"))?;
+        let rows = rows
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| format!("ledger store: read spend: {e}"))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(name, n)| Some((name.strip_prefix(prefix)?.to_string(), n)))
+            .collect())
     }
 
     /// Fleet mode: settlements not yet applied in Redis, oldest first, at most `limit`.
@@ -1027,6 +1099,10 @@ impl Reader {
                     attempts: r.get(16)?,
                     providers_tried: r.get(17)?,
                     overrun_nanos: r.get(18)?,
+                    team: r.get(19)?,
+                    key_name: r.get(20)?,
+                    user: r.get(21)?,
+                    tags: r.get(22)?,
                 })
             })
             .map_err(|e| format!("ledger store: read decisions: {e}"))?;
@@ -1092,6 +1168,10 @@ mod tests {
             attempts: 2,
             providers_tried: Some("a,b".into()),
             overrun_nanos: 0,
+            team: None,
+            key_name: None,
+            user: None,
+            tags: None,
         }
     }
 
@@ -1187,6 +1267,60 @@ mod tests {
     }
 
     #[test]
+    fn one_spend_write_adds_to_every_period_it_names_and_users_page_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, r) = open(&db_path(&dir), Duration::from_secs(3600));
+        let periods: Periods = Arc::from(vec![
+            Arc::<str>::from("2026-11-22"),
+            Arc::<str>::from("2026-11"),
+            Arc::<str>::from("total"),
+        ]);
+        for (who, n) in [
+            ("user:bot/alice", 5),
+            ("user:bot/bob", 7),
+            ("user:bot/alice", 1),
+            ("user:bot0/zed", 100),
+            ("user:bo/x", 100),
+            ("bot", 9),
+        ] {
+            h.send(Write::Spend {
+                project: Arc::from(who),
+                periods: periods.clone(),
+                add_nanos: n,
+            });
+        }
+        h.flush().unwrap();
+        assert_eq!(r.spend("user:bot/alice", "2026-11-22").unwrap(), 6);
+        assert_eq!(r.spend("user:bot/alice", "2026-11").unwrap(), 6);
+        assert_eq!(r.spend("user:bot/alice", "total").unwrap(), 6);
+        assert_eq!(r.spend("bot", "2026-11").unwrap(), 9);
+        let all = r
+            .spend_with_prefix("user:bot/", "2026-11", None, 10)
+            .unwrap();
+        assert_eq!(
+            all,
+            vec![("alice".to_string(), 6), ("bob".to_string(), 7)],
+            "only this project's users, in id order"
+        );
+        let page = r
+            .spend_with_prefix("user:bot/", "2026-11", Some("alice"), 10)
+            .unwrap();
+        assert_eq!(page, vec![("bob".to_string(), 7)]);
+        assert_eq!(
+            r.spend_with_prefix("user:bot/", "2026-11", None, 1)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(r
+            .spend_with_prefix("user:bot/", "2026-12", None, 10)
+            .unwrap()
+            .is_empty());
+        assert!(h.processed() >= h.sent(), "every write sent was processed");
+        h.shutdown().unwrap();
+    }
+
+    #[test]
     fn spend_saturates_instead_of_failing_the_batch() {
         let dir = tempfile::tempdir().unwrap();
         let (h, r) = open(&db_path(&dir), LONG);
@@ -1253,6 +1387,10 @@ mod tests {
             attempts: 2,
             providers_tried: Some("a,b".into()),
             overrun_nanos: 164_500,
+            team: Some("payments".into()),
+            key_name: Some("ci".into()),
+            user: Some("alice".into()),
+            tags: Some(r#"{"feature":"summarize"}"#.into()),
         };
         let empty = DecisionRecord {
             id: "req-empty".into(),
@@ -1274,6 +1412,10 @@ mod tests {
             attempts: 2,
             providers_tried: Some("a,b".into()),
             overrun_nanos: 0,
+            team: None,
+            key_name: None,
+            user: None,
+            tags: None,
         };
         h.send(decision(full.clone()));
         h.send(decision(empty.clone()));
@@ -1708,11 +1850,24 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION, "the file is now the current version");
-        assert_eq!(SCHEMA_VERSION, 4);
+        assert_eq!(SCHEMA_VERSION, 5);
         let fleet: i64 = c
             .query_row("SELECT COUNT(*) FROM fleet_settles", [], |r| r.get(0))
             .unwrap();
         assert_eq!(fleet, 0, "v4 adds the fleet settle queue, empty");
+        let who: (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        ) = c
+            .query_row(
+                "SELECT team, key_name, user, tags FROM decisions ORDER BY time_ms LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(who, (None, None, None, None), "v5: old records name no one");
     }
 
     #[test]

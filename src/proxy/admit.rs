@@ -149,7 +149,9 @@ impl Gateway {
                 )?);
             }
         } else if a.charged {
-            let reservation = self.ledger.reserve_accounts(&project.id, &a.accounts, a.worst)?;
+            let reservation = self
+                .ledger
+                .reserve_accounts(&project.id, &a.accounts, a.worst)?;
             admitted.remaining = reservation.remaining();
             admitted.reservation = Some(reservation);
         }

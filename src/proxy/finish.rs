@@ -214,6 +214,13 @@ fn record(ctx: &Ctx, end: &Ending) -> DecisionRecord {
         usage_source: end.source.as_str().to_string(),
         cost_nanos: end.cost.map(|c| c.0),
         overrun_nanos: end.overrun.0,
+        team: cfg
+            .zip(ctx.seen.project)
+            .and_then(|(c, p)| c.projects[p].team.map(|t| c.teams[t].id.clone())),
+        key_name: ctx.seen.key_name.clone(),
+        user: ctx.seen.user.clone(),
+        tags: (!ctx.seen.tags.is_empty())
+            .then(|| crate::engine::accounts::tags_json(&ctx.seen.tags)),
         latency_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
         stream: ctx.seen.stream,
         attempts: ctx.attempts.count(),

@@ -223,6 +223,10 @@ impl ProxyHttp for Gateway {
         for h in auth::KEY_HEADERS {
             req.remove_header(h);
         }
+        // Tollgate's own request headers are for Tollgate; the body's `user` (if any) is the
+        // client's to send.
+        req.remove_header("x-tollgate-user");
+        req.remove_header("x-tollgate-tags");
         if let Some((name, value)) = &wire.credential {
             req.insert_header(name, value.clone())?;
         }

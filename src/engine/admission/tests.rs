@@ -372,7 +372,7 @@ fn open_circuits_are_left_out_unless_every_provider_is_open() {
         decide(
             &c,
             &Facts {
-            user_header: None,
+                user_header: None,
                 endpoint: Endpoint::ChatCompletions,
                 project: 0,
                 body,
@@ -567,4 +567,77 @@ fn each_block_pattern_keeps_its_own_flags_in_the_combined_regex() {
         ask("do not start here").is_ok(),
         "^ anchors its own pattern only"
     );
+}
+
+#[test]
+fn tags_are_checked_before_the_body_and_kept_for_the_record() {
+    let c = config("");
+    let mut h = head("POST", "/v1/chat/completions", Some(KEY));
+    h.tags = Some(b"team=search, feature=summarize");
+    let mut seen = Seen::default();
+    assert_eq!(
+        before_body(&c, &h, &not_frozen, &mut seen),
+        Ok(Next::ReadBody)
+    );
+    assert_eq!(
+        seen.tags,
+        vec![
+            ("team".to_string(), "search".to_string()),
+            ("feature".to_string(), "summarize".to_string())
+        ]
+    );
+    h.tags = Some(b"team=search,bad tag=1");
+    let e = stage1(&c, &h).unwrap_err();
+    assert_eq!((e.status(), e.code()), (400, "invalid_request"));
+    assert!(e.message().contains("\"bad tag=1\""), "{}", e.message());
+}
+
+#[test]
+fn the_end_user_comes_from_the_header_else_the_body_and_is_charged() {
+    let c = config("user_budget = { limit_usd = 1.0, period = \"day\" }");
+    let body_user = r#"{"model":"gpt-4o-mini","user":"bob","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#;
+    let run = |header: Option<&'static [u8]>, body: &str, endpoint: Endpoint| {
+        let mut seen = Seen::default();
+        let a = decide(
+            &c,
+            &Facts {
+                user_header: header,
+                endpoint,
+                project: 0,
+                body: body.as_bytes(),
+                pick: 0,
+                usable: &all_up,
+            },
+            &mut seen,
+        );
+        (a, seen.user)
+    };
+    let (a, user) = run(None, body_user, Endpoint::ChatCompletions);
+    assert_eq!(user.as_deref(), Some("bob"));
+    let a = a.unwrap();
+    let u = a
+        .accounts
+        .iter()
+        .find(|x| x.kind == crate::engine::accounts::AccountKind::User)
+        .expect("the user is charged");
+    assert_eq!(
+        (u.name.as_str(), u.window.map(|w| w.period)),
+        ("user:p/bob", Some(crate::engine::budget::Period::Day))
+    );
+    let (_, user) = run(Some(b"carol"), body_user, Endpoint::ChatCompletions);
+    assert_eq!(user.as_deref(), Some("carol"), "the header wins");
+    let anthropic = r#"{"model":"claude-sonnet-4","max_tokens":10,"metadata":{"user_id":"dave"},"messages":[{"role":"user","content":"hi"}]}"#;
+    let (a, user) = run(None, anthropic, Endpoint::Messages);
+    assert_eq!(user.as_deref(), Some("dave"));
+    assert!(a.is_ok());
+    let odd = r#"{"model":"gpt-4o-mini","user":{"id":1},"max_tokens":10,"messages":[]}"#;
+    let (a, user) = run(None, odd, Endpoint::ChatCompletions);
+    assert_eq!(user, None, "a user that is not a string is no user");
+    assert!(a
+        .unwrap()
+        .accounts
+        .iter()
+        .all(|x| x.kind != crate::engine::accounts::AccountKind::User));
+    let (a, _) = run(Some(b"a\x01b"), body_user, Endpoint::ChatCompletions);
+    assert_eq!(a.unwrap_err().status(), 400);
 }

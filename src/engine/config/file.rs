@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 #[derive(Debug, Deserialize)]
@@ -26,6 +27,9 @@ pub struct FileConfig {
     pub price_files: Vec<Spanned<String>>,
     #[serde(default)]
     pub prices: BTreeMap<Spanned<String>, Spanned<FilePrice>>,
+    /// Budgets shared by several projects (SPEC "Budgets everywhere the money is").
+    #[serde(default)]
+    pub teams: Vec<Spanned<FileTeam>>,
     #[serde(default)]
     pub projects: Vec<Spanned<FileProject>>,
 }
@@ -144,13 +148,75 @@ pub struct FileRateLimit {
     pub tpm: Option<i64>,
 }
 
+/// `[[teams]]`: one budget (any number of windows) shared by the projects naming the team.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTeam {
+    pub id: Spanned<String>,
+    pub budget: Option<Spanned<FileBudget>>,
+    #[serde(default)]
+    pub budgets: Vec<Spanned<FileBudget>>,
+}
+
+/// One `keys` entry: the key as a string (plaintext or `sha256:<hex>`), or a table that also
+/// names the key, gives it a budget and an expiry.
+#[derive(Debug)]
+pub enum FileKey {
+    Plain(String),
+    Table(FileKeyTable),
+}
+
+/// `{ key = "…", name = "ci", budget = {…}, expires = "2027-03-31T00:00:00Z" }`. `key` is
+/// optional here only so that its absence is reported by the validator, with its place and
+/// beside every other problem, instead of stopping the parse.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKeyTable {
+    pub key: Option<Spanned<String>>,
+    pub name: Option<Spanned<String>>,
+    pub budget: Option<Spanned<FileBudget>>,
+    /// A string, or a TOML date-time written unquoted; the validator wants RFC 3339 of either.
+    pub expires: Option<Spanned<toml::Value>>,
+}
+
+/// By hand rather than `#[serde(untagged)]`: an untagged enum buffers its input and so loses
+/// the spans of the table's fields, which the validator needs to name a bad value's place.
+impl<'de> Deserialize<'de> for FileKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = FileKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a key string, or a table like { key = \"…\", name = \"ci\", budget = {…}, expires = \"…\" }",
+                )
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<FileKey, E> {
+                Ok(FileKey::Plain(s.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FileKey, A::Error> {
+                FileKeyTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(FileKey::Table)
+            }
+        }
+        d.deserialize_any(KeyVisitor)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileProject {
     pub id: Spanned<String>,
+    /// The team whose budget this project's spend also counts against.
+    pub team: Option<Spanned<String>>,
     #[serde(default)]
-    pub keys: Vec<Spanned<String>>,
+    pub keys: Vec<Spanned<FileKey>>,
+    /// One window; `budgets` gives more (both may be set: `budget` is the first window).
     pub budget: Option<Spanned<FileBudget>>,
+    #[serde(default)]
+    pub budgets: Vec<Spanned<FileBudget>>,
+    /// Applies to each end user of the project separately.
+    pub user_budget: Option<Spanned<FileBudget>>,
     pub rate_limit: Option<Spanned<FileRateLimit>>,
     pub allow_models: Option<Vec<Spanned<String>>>,
     #[serde(default)]

@@ -255,10 +255,6 @@ impl Config {
         bool::from(stored.ct_eq(digest)).then_some(*idx)
     }
 
-    pub fn team_index(&self, id: &str) -> Option<TeamIdx> {
-        self.teams.iter().position(|t| t.id == id)
-    }
-
     pub fn project_index(&self, id: &str) -> Option<ProjectIdx> {
         self.projects.iter().position(|p| p.id == id)
     }

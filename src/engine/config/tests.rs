@@ -46,12 +46,13 @@ fn the_spec_example_loads_unchanged() {
 fn the_sha256_form_and_the_plaintext_form_both_find_the_project() {
     let c = parse(SPEC_EXAMPLE, "spec.toml", &env_all).unwrap();
     let plain = crate::engine::auth::key_digest(b"tg_dev_plaintext_key_only_for_local_use");
-    assert_eq!(c.project_for_digest(&plain), Some((0, 0)));
+    // Project 0's second key, the plaintext one; the sha256: entry is its first.
+    assert_eq!(c.project_for_digest(&plain), Some((0, 1)));
     let listed = crate::engine::auth::parse_hex_digest(
         "7b04a5b57435cbc665da4ac338096b9f1040b0882887f54e0e21451b3edb0e0c",
     )
     .unwrap();
-    assert_eq!(c.project_for_digest(&listed), Some((0, 1)));
+    assert_eq!(c.project_for_digest(&listed), Some((0, 0)));
     // The sha256:... string itself is not a key.
     let as_key = crate::engine::auth::key_digest(
         b"sha256:7b04a5b57435cbc665da4ac338096b9f1040b0882887f54e0e21451b3edb0e0c",
@@ -650,4 +651,500 @@ fn fleet_problems_are_named_and_never_echo_the_url() {
             "{text}: want {want:?} in {e:?}"
         );
     }
+}
+
+// ---- Budgets everywhere the money is: teams, windows, key tables, end users ----
+
+use crate::engine::auth::{hex, key_digest, parse_hex_digest};
+use crate::engine::budget::{Budget, Period};
+use crate::engine::pricing::Nanos;
+
+fn window(usd: f64, period: Period) -> Budget {
+    Budget {
+        limit: Nanos::from_usd(usd).unwrap(),
+        period,
+    }
+}
+
+/// What the default name of a plaintext key is: the first 8 hex digits of its SHA-256.
+fn default_name(key: &str) -> String {
+    hex(&key_digest(key.as_bytes())[..4])
+}
+
+/// The SPEC's example of "Budgets everywhere the money is", with a real digest for its `…`, and
+/// a second team and project around it.
+const BUDGETS_EXAMPLE: &str = r#"
+[[teams]]
+id = "payments"                                   # a budget shared by several projects
+budget = { limit_usd = 500.0, period = "month" }
+budgets = [{ limit_usd = 40.0, period = "day" }]
+
+[[teams]]
+id = "search"
+
+[[projects]]
+id = "checkout-bot"
+team = "payments"
+budgets = [{ limit_usd = 50.0, period = "month" }, { limit_usd = 5.0, period = "day" }]   # several windows at once
+keys = [
+  "sha256:7b04a5b57435cbc665da4ac338096b9f1040b0882887f54e0e21451b3edb0e0c",
+  { key = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", name = "ci", budget = { limit_usd = 10.0, period = "week" }, expires = "2027-03-31T00:00:00Z" },
+  { key = "tg_unquoted_expiry_01", expires = 2027-03-31T02:00:00.250+02:00 },
+]
+user_budget = { limit_usd = 2.0, period = "day" } # each end user of this project, separately
+
+[[projects]]
+id = "search-bot"
+team = "search"
+budget = { limit_usd = 1.0, period = "total" }
+budgets = [{ limit_usd = 0.5, period = "week" }]
+keys = [{ key = "tg_search_key_000001", name = "ci" }]    # a key name is unique in its project only
+
+[[projects]]
+id = "alone"
+keys = ["tg_alone_key_0000001"]
+"#;
+
+#[test]
+fn teams_windows_key_tables_and_user_budgets_load_into_the_runtime_values() {
+    let c = parse(BUDGETS_EXAMPLE, "b.toml", &env_all).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.teams,
+        vec![
+            Team {
+                id: "payments".into(),
+                budgets: vec![window(500.0, Period::Month), window(40.0, Period::Day)],
+            },
+            Team {
+                id: "search".into(),
+                budgets: vec![],
+            },
+        ]
+    );
+    assert_eq!(c.teams.iter().position(|t| t.id == "search"), Some(1));
+
+    let p = &c.projects[0];
+    assert_eq!(p.team, Some(0));
+    assert_eq!(
+        p.budgets,
+        vec![window(50.0, Period::Month), window(5.0, Period::Day)]
+    );
+    assert_eq!(p.user_budget, Some(window(2.0, Period::Day)));
+    let expires = Some(1_806_451_200); // 2027-03-31T00:00:00Z
+    assert_eq!(
+        p.keys,
+        vec![
+            ProjectKey {
+                name: "7b04a5b5".into(),
+                budget: None,
+                expires: None,
+            },
+            ProjectKey {
+                name: "ci".into(),
+                budget: Some(window(10.0, Period::Week)),
+                expires,
+            },
+            ProjectKey {
+                name: default_name("tg_unquoted_expiry_01"),
+                budget: None,
+                expires, // an unquoted TOML date-time, its fraction of a second dropped
+            },
+        ]
+    );
+    let digest = |hex: &str| parse_hex_digest(hex).unwrap();
+    assert_eq!(
+        c.project_for_digest(&digest(
+            "7b04a5b57435cbc665da4ac338096b9f1040b0882887f54e0e21451b3edb0e0c"
+        )),
+        Some((0, 0))
+    );
+    assert_eq!(
+        c.project_for_digest(&digest(
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        )),
+        Some((0, 1))
+    );
+    assert_eq!(
+        c.project_for_digest(&key_digest(b"tg_unquoted_expiry_01")),
+        Some((0, 2))
+    );
+
+    let s = &c.projects[1];
+    assert_eq!(s.team, Some(1));
+    assert_eq!(
+        s.budgets,
+        vec![window(1.0, Period::Total), window(0.5, Period::Week)],
+        "`budget` first, then `budgets` in order"
+    );
+    assert_eq!(s.keys[0].name, "ci");
+    assert_eq!(
+        c.project_for_digest(&key_digest(b"tg_search_key_000001")),
+        Some((1, 0))
+    );
+
+    let a = &c.projects[2];
+    assert_eq!((a.team, a.user_budget), (None, None));
+    assert!(a.budgets.is_empty());
+    assert_eq!(a.keys[0].name, default_name("tg_alone_key_0000001"));
+    assert_eq!(c.key_count(), 5);
+}
+
+#[test]
+fn the_old_single_budget_is_one_window_and_string_keys_get_default_names() {
+    let c = parse(SPEC_EXAMPLE, "spec.toml", &env_all).unwrap();
+    assert!(c.teams.is_empty());
+    let p = &c.projects[0];
+    assert_eq!(p.budgets, vec![window(50.0, Period::Month)]);
+    assert_eq!((p.team, p.user_budget), (None, None));
+    let names: Vec<&str> = p.keys.iter().map(|k| k.name.as_str()).collect();
+    let plain = default_name("tg_dev_plaintext_key_only_for_local_use");
+    assert_eq!(names, ["7b04a5b5", plain.as_str()]);
+    assert!(p
+        .keys
+        .iter()
+        .all(|k| k.budget.is_none() && k.expires.is_none()));
+}
+
+#[test]
+fn keys_may_be_written_as_an_array_of_tables() {
+    let text = r#"
+[[projects]]
+id = "p"
+[[projects.keys]]
+key = "tg_table_key_0000001"
+name = "batch"
+[[projects.keys]]
+key = "tg_table_key_0000002"
+expires = 2027-03-31T00:00:00Z
+"#;
+    let c = parse(text, "t.toml", &env_all).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.projects[0].keys[0].name, "batch");
+    assert_eq!(c.projects[0].keys[1].expires, Some(1_806_451_200));
+}
+
+#[test]
+fn a_fresh_key_from_key_new_is_accepted_in_both_forms() {
+    let (key, sha) = crate::new_key().unwrap();
+    let text = format!(
+        "[[projects]]\nid = \"a\"\nkeys = [\"{key}\"]\n[[projects]]\nid = \"b\"\nkeys = [{{ key = \"{}\", name = \"ci\" }}]\n",
+        // Another fresh key's digest form, in a key table.
+        crate::new_key().unwrap().1
+    );
+    let c = parse(&text, "t.toml", &env_all).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.project_for_digest(&key_digest(key.as_bytes())),
+        Some((0, 0))
+    );
+    let hex_part = sha.strip_prefix("sha256:").unwrap();
+    assert_eq!(c.projects[0].keys[0].name, hex_part[..8]);
+    assert_eq!(c.projects[1].keys[0].name, "ci");
+}
+
+/// The one error of `text`, as `line:col: field: message`.
+fn only_error(text: &str) -> String {
+    let errs = errors_of(text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    let e = &errs[0];
+    format!(
+        "{}:{}: {}: {}",
+        e.line.unwrap(),
+        e.col.unwrap(),
+        e.field,
+        e.message
+    )
+}
+
+#[test]
+fn an_unknown_team_is_named_at_its_value() {
+    let text = "[[teams]]\nid = \"payments\"\n[[teams]]\nid = \"search\"\n\n[[projects]]\nid = \"p\"\nteam = \"paymnts\"\n";
+    assert_eq!(
+        only_error(text),
+        "8:8: projects[0].team: unknown team \"paymnts\" (known: payments, search)"
+    );
+    assert_eq!(
+        only_error("[[projects]]\nid = \"p\"\nteam = \"x\"\n"),
+        "3:8: projects[0].team: unknown team \"x\" (known: none defined)"
+    );
+}
+
+#[test]
+fn team_ids_follow_the_project_id_rule_and_are_unique() {
+    let text = "[[teams]]\nid = \"payments\"\n[[teams]]\nid = \"payments\"\n[[teams]]\nid = \"has space\"\n";
+    let errs = errors_of(text);
+    let got: Vec<String> = errs
+        .iter()
+        .map(|e| format!("{}: {}: {}", e.line.unwrap(), e.field, e.message))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "4: teams[1].id: duplicate team id \"payments\" (first at teams[0])",
+            "6: teams[2].id: \"has space\" must be non-empty and use only letters, digits, '-', '_' and '.'",
+        ]
+    );
+}
+
+#[test]
+fn a_period_may_have_one_window_per_project_and_per_team() {
+    let text = r#"
+[[teams]]
+id = "t"
+budget = { limit_usd = 5.0, period = "day" }
+budgets = [{ limit_usd = 50.0, period = "month" }, { limit_usd = 6.0, period = "day" }]
+
+[[projects]]
+id = "p"
+budget = { limit_usd = 5.0, period = "week" }
+budgets = [{ limit_usd = 4.0, period = "week" }, { limit_usd = 1.0, period = "year" }]
+"#;
+    let errs = errors_of(text);
+    let got: Vec<String> = errs
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{}: {}: {}",
+                e.line.unwrap(),
+                e.col.unwrap(),
+                e.field,
+                e.message
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "5:80: teams[0].budgets[1].period: two windows of period day: a period may have one limit (first at teams[0].budget)",
+            "10:40: projects[0].budgets[0].period: two windows of period week: a period may have one limit (first at projects[0].budget)",
+            "10:78: projects[0].budgets[1].period: unknown period \"year\" (expected day, week, month or total)",
+        ]
+    );
+    // The same period in a project and in its team, or in a key's budget, is no conflict.
+    let ok = "[[teams]]\nid = \"t\"\nbudget = { limit_usd = 5.0, period = \"day\" }\n[[projects]]\nid = \"p\"\nteam = \"t\"\nbudget = { limit_usd = 1.0, period = \"day\" }\nuser_budget = { limit_usd = 1.0, period = \"day\" }\nkeys = [{ key = \"tg_some_key_00000001\", budget = { limit_usd = 1.0, period = \"day\" } }]\n";
+    parse(ok, "t.toml", &env_all).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn a_key_table_without_key_is_reported_at_the_table() {
+    let text = "[[projects]]\nid = \"p\"\nkeys = [\"tg_some_key_00000001\", { name = \"ci\" }]\n";
+    assert_eq!(
+        only_error(text),
+        "3:33: projects[0].keys[1]: a key table needs `key` (the key itself, or its sha256: form)"
+    );
+}
+
+#[test]
+fn a_key_tables_own_values_are_checked_at_their_places() {
+    let text = r#"
+[[projects]]
+id = "p"
+keys = [
+  { key = "short", name = "has space", budget = { limit_usd = -1.0, period = "fortnight" } },
+  { key = "sha256:abc" },
+  { key = "tg_name_too_long_0001", name = "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn" },
+]
+user_budget = { limit_usd = 1.0, period = "hour" }
+"#;
+    let report = parse(text, "k.toml", &env_all).unwrap_err().to_string();
+    assert_eq!(
+        report,
+        r#"k.toml: 7 errors in the configuration
+  k.toml:5:11: projects[0].keys[0].key: a plaintext key must be at least 16 characters, this one has 5
+  k.toml:5:27: projects[0].keys[0].name: "has space" must be 1 to 64 characters, each a letter, digit, '-', '_' or '.'
+  k.toml:5:49: projects[0].keys[0].budget.limit_usd: must be between 0 and 1000000000 dollars, got -1
+  k.toml:5:78: projects[0].keys[0].budget.period: unknown period "fortnight" (expected day, week, month or total)
+  k.toml:6:11: projects[0].keys[1].key: a sha256: entry needs exactly 64 hex digits (see `tollgate key new`)
+  k.toml:7:43: projects[0].keys[2].name: "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn" must be 1 to 64 characters, each a letter, digit, '-', '_' or '.'
+  k.toml:9:43: projects[0].user_budget.period: unknown period "hour" (expected day, week, month or total)
+"#
+    );
+    // 64 characters is the longest name.
+    let ok = format!(
+        "[[projects]]\nid = \"p\"\nkeys = [{{ key = \"tg_name_64_long_0001\", name = \"{}\" }}]\n",
+        "n".repeat(64)
+    );
+    parse(&ok, "t.toml", &env_all).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn unknown_fields_of_a_key_table_and_of_a_team_are_refused() {
+    let errs = errors_of(
+        "[[projects]]\nid = \"p\"\nkeys = [{ key = \"tg_some_key_00000001\", nmae = \"ci\" }]\n",
+    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].message.contains("unknown field `nmae`"), "{errs:?}");
+    assert_eq!(errs[0].line, Some(3));
+    let errs = errors_of("[[teams]]\nid = \"t\"\nlimit_usd = 5.0\n");
+    assert!(
+        errs[0].message.contains("unknown field `limit_usd`"),
+        "{errs:?}"
+    );
+    assert_eq!(errs[0].line, Some(3));
+    let errs = errors_of("[[projects]]\nid = \"p\"\nkeys = [5]\n");
+    assert!(
+        errs[0].message.contains("a key string, or a table"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn key_names_are_unique_in_a_project_whether_given_or_default() {
+    let plain = "tg_some_key_00000001";
+    let text = format!(
+        r#"[[projects]]
+id = "p"
+keys = [
+  {{ key = "tg_first_key_0000001", name = "ci" }},
+  {{ key = "tg_second_key_000001", name = "ci" }},
+  "{plain}",
+  {{ key = "tg_third_key_0000001", name = "{d}" }},
+]
+"#,
+        d = default_name(plain)
+    );
+    let errs = errors_of(&text);
+    let got: Vec<String> = errs
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{}: {}: {}",
+                e.line.unwrap(),
+                e.col.unwrap(),
+                e.field,
+                e.message
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "5:42: projects[0].keys[1].name: duplicate key name \"ci\" (first at projects[0].keys[0])".to_string(),
+            format!(
+                "7:42: projects[0].keys[3].name: duplicate key name \"{}\" (first at projects[0].keys[2])",
+                default_name(plain)
+            ),
+        ]
+    );
+    // A default name repeating an earlier given name is reported at the key.
+    let text = format!(
+        "[[projects]]\nid = \"p\"\nkeys = [{{ key = \"tg_third_key_0000001\", name = \"{}\" }}, \"{plain}\"]\n",
+        default_name(plain)
+    );
+    let e = only_error(&text);
+    assert!(
+        e.starts_with("3:62: projects[0].keys[1]: duplicate key name")
+            && e.ends_with("give it a `name`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_same_key_twice_is_one_duplicate_key_error_whatever_its_form() {
+    let d = hex(&key_digest(b"tg_key_number_one_0001"));
+    let text = format!(
+        "[[projects]]\nid = \"a\"\nkeys = [{{ key = \"tg_key_number_one_0001\", name = \"x\" }}]\n[[projects]]\nid = \"b\"\nkeys = [{{ key = \"sha256:{d}\", name = \"y\" }}, \"tg_key_number_one_0001\"]\n"
+    );
+    let errs = errors_of(&text);
+    let got: Vec<String> = errs
+        .iter()
+        .map(|e| format!("{}: {}: {}", e.line.unwrap(), e.field, e.message))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "6: projects[1].keys[0].key: duplicate key: the same key is already listed at projects[0].keys[0]",
+            "6: projects[1].keys[1]: duplicate key: the same key is already listed at projects[0].keys[0]",
+        ],
+        "a repeated key is not also reported as a repeated default name"
+    );
+}
+
+#[test]
+fn expires_must_be_an_rfc3339_time_with_an_offset() {
+    let at = |v: &str| {
+        format!("[[projects]]\nid = \"p\"\nkeys = [{{ key = \"tg_some_key_00000001\", expires = {v} }}]\n")
+    };
+    for (v, secs) in [
+        ("\"2027-03-31T00:00:00Z\"", 1_806_451_200),
+        ("\"2027-03-31T01:00:00.5+01:00\"", 1_806_451_200),
+        ("\"2027-03-30T20:00:00-04:00\"", 1_806_451_200),
+        ("2027-03-31T00:00:00Z", 1_806_451_200),
+        ("2027-03-31 00:00:00z", 1_806_451_200),
+    ] {
+        let c = parse(&at(v), "t.toml", &env_all).unwrap_or_else(|e| panic!("{v}: {e}"));
+        assert_eq!(c.projects[0].keys[0].expires, Some(secs), "{v}");
+    }
+    let example = "(e.g. \"2027-03-31T00:00:00Z\" or \"2027-03-31T00:00:00+02:00\")";
+    for (v, message) in [
+        (
+            "\"2027-03-31\"",
+            format!("\"2027-03-31\" is not an RFC 3339 time {example}"),
+        ),
+        (
+            "\"2027-03-31T00:00:00\"",
+            format!("\"2027-03-31T00:00:00\" is not an RFC 3339 time {example}"),
+        ),
+        (
+            "\"31/03/2027\"",
+            format!("\"31/03/2027\" is not an RFC 3339 time {example}"),
+        ),
+        (
+            "\"2027-02-30T00:00:00Z\"",
+            format!("\"2027-02-30T00:00:00Z\" is not an RFC 3339 time {example}"),
+        ),
+        (
+            "2027-03-31T00:00:00",
+            format!("2027-03-31T00:00:00 is not an RFC 3339 time: it needs a date, a time and an offset, Z or ±HH:MM {example}"),
+        ),
+        (
+            "2027-03-31",
+            format!("2027-03-31 is not an RFC 3339 time: it needs a date, a time and an offset, Z or ±HH:MM {example}"),
+        ),
+        (
+            "1806451200",
+            format!("an integer is not an RFC 3339 time {example}"),
+        ),
+    ] {
+        assert_eq!(
+            only_error(&at(v)),
+            format!("3:51: projects[0].keys[0].expires: {message}"),
+            "{v}"
+        );
+    }
+}
+
+/// SPEC: `tollgate check` reports every mistake with its place, all in one run.
+#[test]
+fn every_mistake_of_teams_and_keys_is_reported_at_once_with_its_place() {
+    let text = r#"
+[[teams]]
+id = "payments"
+budgets = [{ limit_usd = 500.0, period = "month" }, { limit_usd = 600.0, period = "month" }]
+
+[[teams]]
+id = "payments"
+
+[[projects]]
+id = "checkout-bot"
+team = "paymnts"
+keys = [
+  { name = "no-key", budget = { limit_usd = 10.0, period = "week" } },
+  { key = "tg_ci_key_0123456789", name = "ci", expires = "2027-03-31" },
+  { key = "tg_other_key_0123456", name = "ci" },
+]
+budget = { limit_usd = 50.0, period = "day" }
+budgets = [{ limit_usd = 5.0, period = "day" }]
+"#;
+    let report = parse(text, "many.toml", &env_all).unwrap_err().to_string();
+    assert_eq!(
+        report,
+        r#"many.toml: 7 errors in the configuration
+  many.toml:4:83: teams[0].budgets[1].period: two windows of period month: a period may have one limit (first at teams[0].budgets[0])
+  many.toml:7:6: teams[1].id: duplicate team id "payments" (first at teams[0])
+  many.toml:11:8: projects[0].team: unknown team "paymnts" (known: payments, payments)
+  many.toml:13:3: projects[0].keys[0]: a key table needs `key` (the key itself, or its sha256: form)
+  many.toml:14:58: projects[0].keys[1].expires: "2027-03-31" is not an RFC 3339 time (e.g. "2027-03-31T00:00:00Z" or "2027-03-31T00:00:00+02:00")
+  many.toml:15:42: projects[0].keys[2].name: duplicate key name "ci" (first at projects[0].keys[1])
+  many.toml:18:40: projects[0].budgets[0].period: two windows of period day: a period may have one limit (first at projects[0].budget)
+"#
+    );
 }

@@ -31,12 +31,12 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::{Deserialize, Serialize};
 
 use super::keys::{AccountKind, ProjectKeys};
-use crate::engine::accounts::AccountRef;
 use super::text;
 use super::{
     AccountActual, AccountHold, FleetConfig as StoreConfig, FleetError, FleetStore, Joined,
     RateAdd, RateCheck, Reservation as Answered, Settlement,
 };
+use crate::engine::accounts::AccountRef;
 use crate::engine::budget::Refusal;
 use crate::engine::config::{Config, FleetConfig, Project};
 use crate::engine::error::{GatewayError, PolicyCode};
@@ -102,6 +102,34 @@ fn account_key(keys: &ProjectKeys, a: &AccountRef, now: i64) -> String {
         AccountKind::Team => super::keys::team_budget(&a.id, a.period(), now),
         kind => keys.budget(kind, &a.id, a.period(), now),
     }
+}
+
+/// The accounts of a project whose spend on this instance a join reports to a new
+/// generation: its own windows (the primary first) and its keys' windows, at most
+/// [`super::MAX_ACCOUNTS`]. A team's windows (shared by several projects) and end users' are
+/// not carried: after Redis loses its data they count again from what is spent after it.
+fn join_accounts(p: &Project) -> Vec<AccountRef> {
+    let mut out = crate::ledger::project_accounts(p);
+    for k in &p.keys {
+        if let Some(w) = k.budget {
+            out.push(AccountRef {
+                kind: AccountKind::Key,
+                id: k.name.clone(),
+                name: crate::engine::accounts::ledger_name(AccountKind::Key, &p.id, &k.name),
+                window: Some(w),
+            });
+        }
+    }
+    if out.len() > super::MAX_ACCOUNTS {
+        log::warn!(
+            "fleet: project {} has more than {} budget windows with its keys; a rebuild carries the first {}",
+            p.id,
+            super::MAX_ACCOUNTS,
+            super::MAX_ACCOUNTS
+        );
+        out.truncate(super::MAX_ACCOUNTS);
+    }
+    out
 }
 
 /// Why the fleet cannot admit a request that needs it.
@@ -211,7 +239,7 @@ impl LeaseUse {
 struct RebuildHold {
     project: String,
     id: String,
-    key: String,
+    keys: Vec<String>,
     counter: Arc<OpenCounter>,
 }
 
@@ -831,14 +859,14 @@ impl Fleet {
                         _ => None,
                     },
                     Ok(_) => {
-                        self.release_unknown(&p.id, &id, &key);
+                        self.release_unknown(&p.id, &id, std::slice::from_ref(&key));
                         None
                     }
                     Err(e) => {
                         // The lease may exist: release it; keep the current one meanwhile
                         // (valid until its deadline).
                         log::warn!("fleet: lease for project {} failed: {e}", p.id);
-                        self.release_unknown(&p.id, &id, &key);
+                        self.release_unknown(&p.id, &id, std::slice::from_ref(&key));
                         continue;
                     }
                 }
@@ -863,17 +891,17 @@ impl Fleet {
             Err(_) => return,
         };
         for h in done {
-            self.release_unknown(&h.project, &h.id, &h.key);
+            self.release_unknown(&h.project, &h.id, &h.keys);
         }
     }
 
     /// Settle a hold whose creation's outcome is unknown to 0 (it may not exist: then nothing).
-    fn release_unknown(&self, project: &str, id: &str, key: &str) {
+    fn release_unknown(&self, project: &str, id: &str, keys: &[String]) {
         self.submit(SettleBody {
             project: project.to_string(),
             id: id.to_string(),
-            keys: vec![key.to_string()],
-            actuals: vec![0],
+            keys: keys.to_vec(),
+            actuals: vec![0; keys.len()],
             tpm: None,
             tag: self.joined.load_full().map(|g| g.to_string()),
         });
@@ -1152,7 +1180,9 @@ impl Fleet {
                     .push((next, gen_arc.clone()));
                 t
             });
-            let (_period, amount, snap) = self.ledger.snapshot(p);
+            let carried = join_accounts(p);
+            let (amounts, snap) = self.ledger.snapshot_accounts(p, &carried);
+            let amount = amounts.iter().copied().max().unwrap_or_default();
             if snap != next {
                 log::error!("fleet: snapshot count of {} moved under the join", p.id);
             }
@@ -1162,19 +1192,27 @@ impl Fleet {
             let old = pl.open.swap(Arc::new(OpenCounter::default()));
             let in_flight = old.worst.load(Ordering::Relaxed);
             let now = crate::clock::unix_secs();
-            let key = keys.budget(AccountKind::Project, &p.id, period_of(p), now);
+            let budget_keys: Vec<String> =
+                carried.iter().map(|a| account_key(&keys, a, now)).collect();
             let rebuild_id = format!("rebuild:{}", self.next_hold_id());
-            let held = [Nanos(in_flight)];
+            // Each account may carry all of the project's requests in flight: more than a
+            // key's own share, never less.
+            let held = vec![Nanos(in_flight); budget_keys.len()];
             let started = Instant::now();
+            let reported: Vec<AccountActual> = budget_keys
+                .iter()
+                .zip(&amounts)
+                .map(|(k, a)| AccountActual {
+                    key: k.clone(),
+                    actual: *a,
+                })
+                .collect();
             let r = store
                 .join(
                     &keys,
                     &gen,
                     &self.instance,
-                    &[AccountActual {
-                        key: key.clone(),
-                        actual: amount,
-                    }],
+                    &reported,
                     (in_flight > 0).then_some((
                         rebuild_id.as_str(),
                         self.settings.hold_ttl_s,
@@ -1188,7 +1226,7 @@ impl Fleet {
                         m.push(RebuildHold {
                             project: p.id.clone(),
                             id: rebuild_id,
-                            key,
+                            keys: budget_keys,
                             counter: old,
                         });
                     }
@@ -1354,30 +1392,41 @@ impl Fleet {
         })
     }
 
-    /// Fleet-wide committed, held by requests, leased, of the project's current window, and
-    /// its freeze flag.
-    pub async fn project_status(&self, project: &Project) -> Option<(Nanos, Nanos, Nanos, bool)> {
+    /// Fleet-wide committed, held by requests and leased of each of `accounts` (in their
+    /// current windows), and the freeze flag of `project` (whose keys the call goes with).
+    pub async fn windows_status(
+        &self,
+        project: &str,
+        accounts: &[AccountRef],
+    ) -> Option<(Vec<(Nanos, Nanos, Nanos)>, bool)> {
         let store = self.store.load_full()?;
-        let keys = ProjectKeys::new(&project.id);
-        let key = keys.budget(
-            AccountKind::Project,
-            &project.id,
-            period_of(project),
-            crate::clock::unix_secs(),
-        );
+        let keys = ProjectKeys::new(project);
+        let now = crate::clock::unix_secs();
+        let budget_keys: Vec<String> = accounts
+            .iter()
+            .map(|a| account_key(&keys, a, now))
+            .collect();
+        if budget_keys.is_empty() || budget_keys.len() > super::MAX_ACCOUNTS {
+            return None;
+        }
         let started = Instant::now();
-        let r = store.status(&keys, &[key]).await;
+        let r = store.status(&keys, &budget_keys).await;
         observe("read", started);
         let s = r.ok()?.value;
-        let b = s.accounts.first()?;
-        let held = u64::try_from(b.held).unwrap_or(0);
-        let leased = u64::try_from(b.leased).unwrap_or(0).min(held);
-        Some((
-            Nanos(u64::try_from(b.committed).unwrap_or(0)),
-            Nanos(held - leased),
-            Nanos(leased),
-            s.frozen,
-        ))
+        let out = s
+            .accounts
+            .iter()
+            .map(|b| {
+                let held = u64::try_from(b.held).unwrap_or(0);
+                let leased = u64::try_from(b.leased).unwrap_or(0).min(held);
+                (
+                    Nanos(u64::try_from(b.committed).unwrap_or(0)),
+                    Nanos(held - leased),
+                    Nanos(leased),
+                )
+            })
+            .collect();
+        Some((out, s.frozen))
     }
 
     /// `GET /admin/fleet`.

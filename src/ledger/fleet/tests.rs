@@ -804,3 +804,48 @@ async fn a_period_rollover_with_a_hold_open_and_a_lowered_limit() {
     );
     assert_eq!(balances(&s, &p, &[&tomorrow]).await, vec![(90, 0)]);
 }
+
+#[tokio::test]
+async fn a_team_key_is_shared_by_its_projects_and_never_passed_by_their_holds() {
+    let r = RedisServer::start();
+    let s = r.store().await;
+    let team = keys::team_budget("pay", Period::Month, NOW);
+    let (a, b) = (project("a"), project("b"));
+    let own_a = a.budget(AccountKind::Project, "a", Period::Month, NOW);
+    let own_b = b.budget(AccountKind::Project, "b", Period::Month, NOW);
+    // The team fits five holds of 100; each project alone would fit four.
+    let mut admitted = 0;
+    for i in 0..12 {
+        let (p, own) = if i % 2 == 0 {
+            (&a, &own_a)
+        } else {
+            (&b, &own_b)
+        };
+        let x = s
+            .reserve(
+                p,
+                &format!("h{i}"),
+                "gw-a",
+                60,
+                &[hold(own, Some(400), 100), hold(&team, Some(500), 100)],
+            )
+            .await
+            .expect("reserve");
+        match x.value {
+            Reservation::Reserved(_) => admitted += 1,
+            Reservation::Refused(r) => {
+                assert_eq!(r.account, 1, "the team refuses, not the project");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(admitted, 5);
+    assert_eq!(balances(&s, &a, &[&team]).await, vec![(0, 500)]);
+    assert_eq!(balances(&s, &a, &[&own_a]).await, vec![(0, 300)]);
+    assert_eq!(balances(&s, &b, &[&own_b]).await, vec![(0, 200)]);
+    // A budget key of another project is still refused: only teams cross projects.
+    let e = s
+        .reserve(&a, "x", "gw-a", 60, &[hold(&own_b, Some(400), 1)])
+        .await;
+    assert!(e.is_err(), "{e:?}");
+}

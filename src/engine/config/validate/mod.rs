@@ -1,7 +1,8 @@
 //! The validator: file schema → runtime config, one `impl Validator` block per section
-//! (`server.rs`, `store.rs`, `providers.rs`, `routes.rs`, `prices.rs`, `projects.rs`). Each
-//! section reports its own problems and returns what it could build; [`Validator::build`]
-//! assembles a [`Config`] only from sections that are whole. Defaults come from `runtime.rs`.
+//! (`server.rs`, `store.rs`, `fleet.rs`, `providers.rs`, `routes.rs`, `prices.rs`, `teams.rs`,
+//! `projects.rs`). Each section reports its own problems and returns what it could build;
+//! [`Validator::build`] assembles a [`Config`] only from sections that are whole. Defaults come
+//! from `runtime.rs`.
 
 mod fleet;
 mod prices;
@@ -10,6 +11,7 @@ mod providers;
 mod routes;
 mod server;
 mod store;
+mod teams;
 
 use core::net::SocketAddr;
 use std::collections::HashMap;
@@ -172,7 +174,13 @@ impl<'t> Validator<'t> {
             .collect();
         let routes = self.routes(&raw.routes, &names);
         prices::merge(&mut prices, self.prices(&raw.prices));
-        let (projects, keys) = self.projects(&raw.projects);
+        let teams = self.teams(&raw.teams);
+        let team_ids: Vec<&str> = raw
+            .teams
+            .iter()
+            .map(|t| t.get_ref().id.get_ref().as_str())
+            .collect();
+        let (projects, keys) = self.projects(&raw.projects, &team_ids);
         Some(Config {
             server: server?,
             store: store?,
@@ -184,7 +192,7 @@ impl<'t> Validator<'t> {
             routes: RouteTable::new(routes),
             prices: PriceTable::new(prices),
             projects,
-            teams: Vec::new(),
+            teams,
             keys,
         })
     }
