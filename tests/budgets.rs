@@ -510,7 +510,7 @@ fn an_expired_key_gets_401_key_expired_and_the_projects_other_keys_work() {
         let v = r.json();
         assert_eq!(v["error"]["code"], "key_expired", "{}", r.body);
         assert_eq!(v["error"]["type"], "unauthorized", "{}", r.body);
-        assert_eq!(v["reason"], "key_expired", "{}", r.body);
+        assert_eq!(v["error"]["reason"], "key_expired", "{}", r.body);
         assert!(r.header("x-tollgate-request-id").is_some());
     }
     let r = post(
@@ -618,6 +618,14 @@ fn each_end_user_has_its_own_budget_under_concurrency_and_after_a_restart() {
     assert_eq!(mock.count(), 40, "one upstream call per 200");
     settled(admin, "p1");
 
+    // The list is read from the store (how soon a user appears there is the subject of
+    // `a_new_end_user_is_listed_with_its_hold_and_its_spend_at_once`).
+    eventually("every user listed", || {
+        admin_get(admin, "/admin/users?project=p1&limit=1000").json()["users"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == 20
+    });
     let r = admin_get(admin, "/admin/users?project=p1&limit=1000");
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
@@ -705,6 +713,68 @@ fn each_end_user_has_its_own_budget_under_concurrency_and_after_a_restart() {
     let r = Req::chat(Some("enduser-new-qzx")).send(&base(&again), KEY, &[]);
     assert_eq!(r.status, 200, "{}", r.body);
     drop(again);
+}
+
+#[test]
+fn a_new_end_user_is_listed_with_its_hold_and_its_spend_at_once() {
+    let mock = Mock::start();
+    let req = Req::chat(None);
+    let w = req.worst();
+    let (gw, admin) = start_admin(&body_with_projects(
+        &mock,
+        &format!(
+            "{PRICES}[[projects]]\nid = \"p1\"\nkeys = [\"{KEY}\"]\nuser_budget = {{ limit_usd = {}, period = \"day\" }}\n",
+            usd(10 * w)
+        ),
+    ));
+    let listed = |user: &str| -> Option<Value> {
+        let r = admin_get(admin, "/admin/users?project=p1&limit=1000");
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["users"]
+            .as_array()?
+            .iter()
+            .find(|u| u["user"] == user)
+            .cloned()
+    };
+    // A request in flight: its hold is on the project the moment it is admitted, and on its
+    // user in the same step.
+    let url = base(&gw);
+    let slow = std::thread::spawn({
+        let req = req.clone();
+        move || {
+            req.send(
+                &url,
+                KEY,
+                &[
+                    ("x-tollgate-user", "inflight"),
+                    ("x-mock-latency-ms", "1500"),
+                ],
+            )
+            .status
+        }
+    });
+    eventually("the hold is taken", || {
+        project(admin, "p1")["reserved_usd"] != 0.0
+    });
+    let u = listed("inflight");
+    assert!(
+        u.as_ref().is_some_and(|u| nanos(&u["reserved_usd"]) == w),
+        "a user with a request in flight is listed with its hold: {u:?}"
+    );
+    assert_eq!(slow.join().unwrap(), 200);
+    // A settled request: its spend is listed as soon as /admin/projects shows it.
+    assert_eq!(
+        req.send(&base(&gw), KEY, &[("x-tollgate-user", "fresh")])
+            .status,
+        200
+    );
+    settled(admin, "p1");
+    assert_eq!(nanos(&project(admin, "p1")["spent_usd"]), 2 * w);
+    let u = listed("fresh");
+    assert!(
+        u.as_ref().is_some_and(|u| nanos(&u["spent_usd"]) == w),
+        "a user's settled spend is listed at once, as the project's is: {u:?}"
+    );
 }
 
 #[test]
@@ -909,23 +979,32 @@ fn check(path: &std::path::Path) -> (i32, String) {
 
 #[test]
 fn check_reports_each_budget_mistake_with_its_place() {
-    // (the line as it is wrong, the line as it would be right, what the report must mention)
-    let mistakes: [(&str, &str, &str); 4] = [
-        ("team = \"no-such-team\"", "team = \"pay\"", "no-such-team"),
+    // (the line as it is wrong, the line as it would be right, what the report must mention,
+    // where on the line the report points: the value, or the key table without `key`)
+    let mistakes: [(&str, &str, &str, &str); 4] = [
+        (
+            "team = \"no-such-team\"",
+            "team = \"pay\"",
+            "no-such-team",
+            "\"no-such-team\"",
+        ),
         (
             "  { name = \"no-key-here\" },",
             "  { key = \"tg_check_key_000000000000\", name = \"has-key\" },",
             "key",
+            "{",
         ),
         (
             "  { key = \"tg_check_key_000000000001\", expires = \"next tuesday\" },",
             "  { key = \"tg_check_key_000000000001\", expires = \"2030-01-01T00:00:00Z\" },",
             "expires",
+            "\"next tuesday\"",
         ),
         (
             "  { key = \"tg_check_key_000000000003\", name = \"ci\" },",
             "  { key = \"tg_check_key_000000000003\", name = \"ci-2\" },",
             "ci",
+            "\"ci\"",
         ),
     ];
     let file = |wrong: &[bool; 4]| {
@@ -956,7 +1035,7 @@ fn check_reports_each_budget_mistake_with_its_place() {
 
     // The report of mistake `i` in `text`: `bad.toml:LINE:COL: …` on the line where it is.
     let reported = |text: &str, out: &str, i: usize| {
-        let (wrong, _, says) = mistakes[i];
+        let (wrong, _, says, at) = mistakes[i];
         let line = text
             .lines()
             .position(|l| l == wrong)
@@ -975,10 +1054,8 @@ fn check_reports_each_budget_mistake_with_its_place() {
             .next()
             .and_then(|c| c.parse().ok())
             .unwrap_or_else(|| panic!("no column in {report:?}"));
-        assert!(
-            (1..=wrong.len()).contains(&col),
-            "column {col} is on the line {wrong:?}: {report}"
-        );
+        let want = wrong.rfind(at).expect("the place is on the line") + 1;
+        assert_eq!(col, want, "the column of {at:?} in {wrong:?}: {report}");
         assert!(report.contains(says), "{report:?} mentions {says:?}");
     };
     for i in 0..4 {
