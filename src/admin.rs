@@ -670,6 +670,10 @@ impl ServeHttp for Admin {
                 }
                 let frozen = *action == "freeze";
                 self.ledger.set_frozen(id, frozen);
+                if let Some(s) = crate::handover::successor() {
+                    // During an upgrade: the successor admits, so it must hear the freeze.
+                    s.freeze(id, frozen);
+                }
                 log::warn!(
                     "project {id} {}",
                     if frozen { "frozen" } else { "unfrozen" }

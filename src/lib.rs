@@ -34,6 +34,7 @@
 mod admin;
 mod clock;
 mod engine;
+mod handover;
 mod health;
 mod ledger;
 mod metrics;

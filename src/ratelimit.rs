@@ -74,6 +74,28 @@ impl RateLimiter {
         Ok(())
     }
 
+    /// Binary upgrade: the project's requests and tokens in the last 60 s (sliding estimates),
+    /// for the successor; `None` for a project without limits.
+    pub fn window_counts(&self, project: &Project) -> Option<(u64, u64)> {
+        project.rate_limit.as_ref()?;
+        let key = project.id.as_str();
+        let (requests, _) = self.requests.rate_with(&key, window);
+        let (tokens, _) = self.tokens.rate_with(&key, window);
+        Some((requests.ceil() as u64, tokens.ceil() as u64))
+    }
+
+    /// Binary upgrade: count the predecessor's window as this process's own.
+    pub fn carry_over(&self, project: &Project, requests: u64, tokens: u64) {
+        let key = project.id.as_str();
+        let n = |v: u64| v.min(isize::MAX as u64) as isize;
+        if requests > 0 {
+            self.requests.observe(&key, n(requests));
+        }
+        if tokens > 0 {
+            self.tokens.observe(&key, n(tokens));
+        }
+    }
+
     /// Add the tokens a finished request used.
     pub fn add_tokens(&self, project: &Project, tokens: u64) {
         if project.rate_limit.as_ref().is_some_and(|l| l.tpm.is_some()) && tokens > 0 {

@@ -109,18 +109,46 @@ pub fn run(loaded: Loaded, opts: RunOptions) -> i32 {
             return 1;
         }
     };
+    let listen = cfg.server.listen;
+    let admin_listen = cfg.server.admin_listen;
+    let single_node = cfg.fleet.is_none();
+    let handover_path = crate::handover::socket_path(&cfg.server.upgrade_sock);
+    let config = Arc::new(ArcSwap::from_pointee(cfg));
+    let limits = Arc::new(RateLimiter::new());
+    if single_node {
+        if opts.upgrade {
+            // Before the sockets are asked for: the predecessor hands its ledger over first.
+            if let Err(e) = crate::handover::listen(
+                &handover_path,
+                ledger.clone(),
+                config.clone(),
+                limits.clone(),
+            ) {
+                log::warn!(
+                    "hand-over socket {}: {e}; the predecessor keeps its own numbers during the overlap",
+                    handover_path.display()
+                );
+            }
+        }
+        let (l, c, r, p) = (
+            ledger.clone(),
+            config.clone(),
+            limits.clone(),
+            handover_path.clone(),
+        );
+        signals.on_upgrade(Box::new(move || {
+            let (l, c, r, p) = (l.clone(), c.clone(), r.clone(), p.clone());
+            Box::pin(crate::handover::hand_over(p, l, c, r))
+        }));
+    }
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let listen = cfg.server.listen;
-    let admin_listen = cfg.server.admin_listen;
     let bound = Arc::new(BoundAddrs {
         admin_expected: admin_listen.is_some(),
         ..BoundAddrs::default()
     });
-    let config = Arc::new(ArcSwap::from_pointee(cfg));
     let resolver = Arc::new(Resolver::new());
-    let limits = Arc::new(RateLimiter::new());
 
     // Fleet mode: its own runtime (kept alive until the server returns) and background loop.
     let mut _fleet_runtime = None;
@@ -431,8 +459,13 @@ impl<S: PingoraService> PingoraService for Prebound<S> {
 /// the default action and kills the process without a final flush. These are registered
 /// first, in `run`, and Pingora is given them instead; a signal that arrives before Pingora
 /// asks is kept, not lost.
+/// What SIGQUIT runs before the sockets go to the successor (the ledger hand-over).
+type UpgradeHook =
+    Box<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
+
 struct EarlySignals {
     signals: tokio::sync::Mutex<(Signal, Signal, Signal)>,
+    on_upgrade: std::sync::OnceLock<UpgradeHook>,
 }
 
 impl EarlySignals {
@@ -454,9 +487,16 @@ impl EarlySignals {
         Ok((
             EarlySignals {
                 signals: tokio::sync::Mutex::new(signals),
+                on_upgrade: std::sync::OnceLock::new(),
             },
             rt,
         ))
+    }
+}
+
+impl EarlySignals {
+    fn on_upgrade(&self, hook: UpgradeHook) {
+        let _ = self.on_upgrade.set(hook);
     }
 }
 
@@ -466,11 +506,18 @@ impl ShutdownSignalWatch for EarlySignals {
         let mut guard = self.signals.lock().await;
         let (quit, term, int) = &mut *guard;
         // The same meaning as Pingora's `UnixShutdownSignalWatch`.
-        tokio::select! {
+        let signal = tokio::select! {
             _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
             _ = term.recv() => ShutdownSignal::GracefulTerminate,
             _ = int.recv() => ShutdownSignal::FastShutdown,
+        };
+        if matches!(signal, ShutdownSignal::GracefulUpgrade) {
+            // The ledger goes to the successor before the sockets do (crate::handover).
+            if let Some(hook) = self.on_upgrade.get() {
+                hook().await;
+            }
         }
+        signal
     }
 }
 

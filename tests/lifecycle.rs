@@ -550,3 +550,178 @@ fn a_binary_upgrade_hands_the_sockets_over_without_a_failed_request() {
         new.log()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 18: the hand-over keeps every budget exact
+
+/// claude-sonnet-4 in the standard config: $3/M input, $15/M output, in nanos per token.
+const SONNET_IN: u64 = 3_000;
+const SONNET_OUT: u64 = 15_000;
+
+/// What the mock served (what each recorded Messages request truly cost, as the gateway
+/// charges it from the reported usage).
+fn served_cost(mock: &Mock) -> i64 {
+    mock.requests()
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_str(r["body"].as_str().unwrap_or("")).expect("body");
+            let prompt = r["body_len"].as_u64().expect("body_len").div_ceil(4);
+            let asked = req_header(r, "x-mock-tokens")
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(8);
+            let completion = asked.min(body["max_tokens"].as_u64().unwrap_or(u64::MAX));
+            (prompt * SONNET_IN + completion * SONNET_OUT) as i64
+        })
+        .sum()
+}
+
+/// One Messages request for 1000 output tokens, the mock answering after `latency_ms`, on a
+/// new connection: (status, error code).
+fn sonnet_at(base: &str, latency_ms: u64) -> (u16, String) {
+    let l = latency_ms.to_string();
+    match try_request(
+        "POST",
+        &format!("{base}/v1/messages"),
+        &[
+            ("x-api-key", KEY),
+            ("x-mock-tokens", "1000"),
+            ("x-mock-latency-ms", &l),
+        ],
+        Some(chat("claude-sonnet-4", 1000).as_bytes()),
+    ) {
+        Ok(r) => {
+            let code = serde_json::from_str::<Value>(&r.body)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            (r.status, code)
+        }
+        Err(e) => (0, e),
+    }
+}
+
+fn usd_nanos(v: &Value) -> i64 {
+    (v.as_f64().unwrap_or(f64::NAN) * 1e9).round() as i64
+}
+
+#[test]
+fn a_binary_upgrade_keeps_the_budget_exact_and_carries_a_freeze_over() {
+    // One worst case ≈ $0.0153 (prompt bound + 1000 output tokens); $0.16 fits ten.
+    let limit_usd = 0.16;
+    let limit = (limit_usd * 1e9) as i64;
+    let mock = Mock::start();
+    let sock_dir = tempfile::tempdir().unwrap();
+    let upgrade_sock = sock_dir.path().join("upgrade.sock");
+    let body = body_with_projects(
+        &mock,
+        &format!(
+            "[[projects]]\nid = \"p1\"\nkeys = [\"{KEY}\"]\nbudget = {{ limit_usd = {limit_usd}, period = \"total\" }}\n\
+             [[projects]]\nid = \"p2\"\nkeys = [\"{KEY2}\"]\n"
+        ),
+    );
+    let extra = format!(
+        "{ADMIN_EXTRA}upgrade_sock = \"{}\"\ngrace_period_s = 10",
+        upgrade_sock.display()
+    );
+    let mut old = Gateway::start_with(&body, &extra, &env_with_admin());
+    let base = old.url("");
+    let old_admin = old.admin_port();
+
+    // Six requests in flight on the old process when the hand-over comes.
+    let first: Vec<_> = (0..6)
+        .map(|_| {
+            let b = base.clone();
+            std::thread::spawn(move || sonnet_at(&b, 2500))
+        })
+        .collect();
+    eventually("six requests in flight upstream", || mock.count() >= 6);
+
+    let mut new = Gateway::spawn_on(&old.config_path, &["--upgrade"], &env_with_admin());
+    let ledger_sock = PathBuf::from(format!("{}.ledger", upgrade_sock.display()));
+    eventually("the successor waits, its hand-over socket open", || {
+        upgrade_sock.exists() && ledger_sock.exists()
+    });
+    // A freeze set on the old process after the successor read the store.
+    let r = admin_post(old_admin, "/admin/projects/p2/freeze");
+    assert_eq!(r.status, 200, "{}", r.body);
+    old.signal("QUIT");
+    // More requests while both processes run: new connections land on either.
+    let second: Vec<_> = (0..24)
+        .map(|i| {
+            let b = base.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(80 * i));
+                sonnet_at(&b, 200)
+            })
+        })
+        .collect();
+    let outcomes: Vec<(u16, String)> = first
+        .into_iter()
+        .chain(second)
+        .map(|t| t.join().expect("client"))
+        .collect();
+    new.wait_listening();
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        old.log()
+    );
+    let ok = outcomes.iter().filter(|(s, _)| *s == 200).count();
+    for (s, code) in &outcomes {
+        assert!(
+            *s == 200 || (*s == 402 && code == "budget_exceeded"),
+            "only 200 or 402 across the hand-over: {s} {code}\nold:\n{}\nnew:\n{}",
+            old.log(),
+            new.log()
+        );
+    }
+    assert!(ok >= 6, "the six in flight finish: {ok}");
+    assert!(ok <= 10, "ten worst cases fit, {ok} were admitted");
+    assert_eq!(
+        mock.count(),
+        ok as u64,
+        "no refused request reached the provider"
+    );
+    let old_log = old.log();
+    assert!(
+        old_log.contains("took the ledger"),
+        "the old process handed its ledger over: {old_log}"
+    );
+
+    // After the old process is gone: the successor's figures are every charge of both.
+    let served = served_cost(&mock);
+    assert!(served <= limit, "served {served} > limit {limit}");
+    let p = project(new.admin_port(), "p1");
+    assert_eq!(usd_nanos(&p["spent_usd"]), served, "{p}");
+    assert_eq!(usd_nanos(&p["reserved_usd"]), 0, "{p}");
+    // Both processes run on the one store of the config (in the old one's directory).
+    let db = rusqlite::Connection::open(old.dir.path().join("ledger.db")).unwrap();
+    eventually("the store has every charge", || {
+        db.query_row(
+            "SELECT COALESCE(SUM(spent_nanos), 0) FROM spend WHERE project = 'p1' AND period = 'total'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap_or(0)
+            == served
+    });
+
+    // The freeze set on the old process holds on the successor.
+    let (status, code) = {
+        let r = chat_as(&new, KEY2, "gpt-4o-mini", 2);
+        let v: Value = serde_json::from_str(&r.body).unwrap_or_default();
+        (
+            r.status,
+            v["error"]["code"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    assert_eq!((status, code.as_str()), (403, "project_frozen"));
+    new.signal("TERM");
+    assert_eq!(
+        new.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        new.log()
+    );
+}

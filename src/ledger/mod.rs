@@ -43,6 +43,9 @@ struct Slot {
     last_seq: AtomicU64,
     /// Unix ms of the last reservation on it: recently used accounts are never evicted.
     last_used_ms: AtomicI64,
+    /// Binary upgrade: this account's numbers went to the successor (written under the
+    /// account's lock), so whatever settles on it from now on is sent there too.
+    handed: std::sync::atomic::AtomicBool,
 }
 
 type Cell = Arc<Slot>;
@@ -79,12 +82,46 @@ pub struct Ledger {
     store: Option<StoreHandle>,
     reader: Option<Arc<Reader>>,
     clock: Clock,
-    /// The period keys spend is recorded under (day, week, month, total), for the UTC day
-    /// they were built on.
-    periods: Arc<ArcSwap<(i64, Periods)>>,
+    /// What every reservation shares with the ledger: the period keys cache and, after a
+    /// hand-over, where settles of handed accounts go.
+    shared: Arc<Shared>,
     /// [`MAX_IDLE_USERS`] (tests lower it).
     max_idle_users: usize,
+    /// Binary upgrade: the successor admits from now on (see `crate::handover`).
+    handed: std::sync::atomic::AtomicBool,
 }
+
+/// A settle of a reservation made before the hand-over, on the accounts whose numbers went to
+/// the successor: it releases `amount` and charges `actual` there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Carried {
+    pub cells: Vec<(String, Period)>,
+    pub amount: Nanos,
+    pub actual: Nanos,
+}
+
+type CarrySink = Box<dyn Fn(Carried) + Send + Sync>;
+
+struct Shared {
+    /// The period keys spend is recorded under (day, week, month, total), for the UTC day
+    /// they were built on.
+    periods: ArcSwap<(i64, Periods)>,
+    carry: std::sync::OnceLock<CarrySink>,
+}
+
+/// One account's numbers, as handed to a successor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CellState {
+    pub name: String,
+    pub period: Period,
+    pub period_key: String,
+    pub spent: Nanos,
+    pub reserved: Nanos,
+}
+
+/// The refusal a reservation answers once the ledger was handed over: the shell retries it
+/// on the successor.
+pub const HANDED_OVER: &str = "The ledger was handed over to the successor";
 
 /// A poisoned account lock only means another request panicked mid-update of plain integers;
 /// the numbers are still the best we have.
@@ -103,6 +140,7 @@ fn slot(name: &str, period: Period, account: Account) -> Cell {
         account: Mutex::new(account),
         last_seq: AtomicU64::new(0),
         last_used_ms: AtomicI64::new(0),
+        handed: std::sync::atomic::AtomicBool::new(false),
     })
 }
 
@@ -141,7 +179,7 @@ pub struct Reservation {
     store: Option<StoreHandle>,
     /// The ledger's clock: `settle` charges the period current when the request ends.
     clock: Clock,
-    periods: Option<Arc<ArcSwap<(i64, Periods)>>>,
+    shared: Arc<Shared>,
     settled: bool,
 }
 
@@ -183,6 +221,7 @@ impl Reservation {
     fn settle_seen_at(mut self, actual: Nanos, now_unix: i64) -> (Nanos, u64) {
         self.settled = true;
         let mut seen = 0;
+        let mut handed = Vec::new();
         {
             // Every account at once, in lock order: a fleet snapshot of the project's accounts
             // sees all of this settle or none of it.
@@ -194,8 +233,12 @@ impl Reservation {
                 if Some(i) == self.primary {
                     seen = a.snapshots;
                 }
+                if h.cell.handed.load(Ordering::Relaxed) {
+                    handed.push((h.cell.name.to_string(), h.cell.period));
+                }
             }
         }
+        self.carry(handed, actual);
         if let (true, Some(s)) = (actual > Nanos::ZERO, &self.store) {
             let periods = self.period_keys(now_unix);
             for owner in &self.owners {
@@ -215,17 +258,27 @@ impl Reservation {
 
     fn period_keys(&self, now_unix: i64) -> Periods {
         let day = now_unix.div_euclid(86_400);
-        match &self.periods {
-            Some(cache) => {
-                let cur = cache.load();
-                if cur.0 == day {
-                    return cur.1.clone();
-                }
-                let fresh = period_keys(now_unix);
-                cache.store(Arc::new((day, fresh.clone())));
-                fresh
-            }
-            None => period_keys(now_unix),
+        let cache = &self.shared.periods;
+        let cur = cache.load();
+        if cur.0 == day {
+            return cur.1.clone();
+        }
+        let fresh = period_keys(now_unix);
+        cache.store(Arc::new((day, fresh.clone())));
+        fresh
+    }
+
+    /// After a hand-over: tell the successor what settled on the accounts it took over.
+    fn carry(&self, handed: Vec<(String, Period)>, actual: Nanos) {
+        if handed.is_empty() {
+            return;
+        }
+        if let Some(sink) = self.shared.carry.get() {
+            sink(Carried {
+                cells: handed,
+                amount: self.amount,
+                actual,
+            });
         }
     }
 }
@@ -235,11 +288,18 @@ impl Drop for Reservation {
     /// carry over a roll), so there is no period to find and no clock to read.
     fn drop(&mut self) {
         if !self.settled {
-            let mut guards: Vec<MutexGuard<'_, Account>> =
-                self.held.iter().map(|h| lock(&h.cell)).collect();
-            for a in guards.iter_mut() {
-                a.settle(self.amount, Nanos::ZERO);
+            let mut handed = Vec::new();
+            {
+                let mut guards: Vec<MutexGuard<'_, Account>> =
+                    self.held.iter().map(|h| lock(&h.cell)).collect();
+                for (h, a) in self.held.iter().zip(guards.iter_mut()) {
+                    a.settle(self.amount, Nanos::ZERO);
+                    if h.cell.handed.load(Ordering::Relaxed) {
+                        handed.push((h.cell.name.to_string(), h.cell.period));
+                    }
+                }
             }
+            self.carry(handed, Nanos::ZERO);
         }
     }
 }
@@ -292,8 +352,12 @@ impl Ledger {
             store: None,
             reader: None,
             clock,
-            periods: Arc::new(ArcSwap::from_pointee((i64::MIN, Arc::from(Vec::new())))),
+            shared: Arc::new(Shared {
+                periods: ArcSwap::from_pointee((i64::MIN, Arc::from(Vec::new()))),
+                carry: std::sync::OnceLock::new(),
+            }),
             max_idle_users: MAX_IDLE_USERS,
+            handed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -526,6 +590,102 @@ impl Ledger {
         self.users.iter().map(|s| lock_shard(s).map.len()).sum()
     }
 
+    /// Binary upgrade, the predecessor's side: from now on every checked reservation is
+    /// refused with [`HANDED_OVER`] (the shell makes it on the successor), and each account's
+    /// numbers are read and marked under its lock, so a reservation made before settles its
+    /// marked accounts through the carry sink ([`Ledger::set_carry`]). Returns the numbers.
+    pub fn hand_over(&self) -> Vec<CellState> {
+        self.handed.store(true, Ordering::SeqCst);
+        let mut cells: Vec<Cell> = self.accounts.load().values().cloned().collect();
+        for shard in &self.users {
+            cells.extend(lock_shard(shard).map.values().cloned());
+        }
+        cells
+            .iter()
+            .map(|c| {
+                let a = lock(c);
+                c.handed.store(true, Ordering::Relaxed);
+                CellState {
+                    name: c.name.to_string(),
+                    period: c.period,
+                    period_key: a.period_key.to_string(),
+                    spent: a.spent,
+                    reserved: a.reserved,
+                }
+            })
+            .collect()
+    }
+
+    /// The hand-over failed before the successor took the numbers: admit here again.
+    pub fn undo_hand_over(&self) {
+        self.handed.store(false, Ordering::SeqCst);
+        let mut cells: Vec<Cell> = self.accounts.load().values().cloned().collect();
+        for shard in &self.users {
+            cells.extend(lock_shard(shard).map.values().cloned());
+        }
+        for c in cells {
+            let _a = lock(&c);
+            c.handed.store(false, Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_handed_over(&self) -> bool {
+        self.handed.load(Ordering::Acquire)
+    }
+
+    /// Where settles on handed accounts go (set once, before [`Ledger::hand_over`]).
+    pub fn set_carry(&self, sink: CarrySink) {
+        let _ = self.shared.carry.set(sink);
+    }
+
+    /// Binary upgrade, the successor's side: the predecessor's numbers replace what this
+    /// process read from the store at its start (the predecessor kept charging since), and
+    /// its requests in flight stay held here until their settles arrive ([`Ledger::apply_carried`]).
+    pub fn take_over(&self, cells: &[CellState]) {
+        let now = (self.clock)();
+        for s in cells {
+            let cell = self.any_cell(&s.name, s.period);
+            let mut a = lock(&cell);
+            a.roll_at(s.period, now);
+            if *a.period_key == *s.period_key {
+                a.spent = s.spent;
+            }
+            a.reserved = a.reserved.saturating_add(s.reserved);
+        }
+    }
+
+    /// A predecessor's request settled: release its hold on the accounts it names and
+    /// charge what it cost (the predecessor records the spend in the store itself).
+    pub fn apply_carried(&self, c: &Carried) {
+        let now = (self.clock)();
+        for (name, period) in &c.cells {
+            let cell = self.any_cell(name, *period);
+            let mut a = lock(&cell);
+            a.roll_at(*period, now);
+            a.settle(c.amount, c.actual);
+        }
+    }
+
+    /// A configured account's cell, or an end user's (made if missing, empty: the successor's
+    /// hand-over gives its numbers).
+    fn any_cell(&self, name: &str, period: Period) -> Cell {
+        if !name.starts_with("user:") {
+            return self.cell(name, period);
+        }
+        let key = (name.to_string(), period);
+        let mut shard = lock_shard(self.shard(&key));
+        shard
+            .map
+            .entry(key)
+            .or_insert_with(|| slot(name, period, Account::default()))
+            .clone()
+    }
+
+    /// Every frozen project.
+    pub fn frozen_list(&self) -> Vec<String> {
+        self.frozen.load().iter().cloned().collect()
+    }
+
     pub fn is_frozen(&self, project: &str) -> bool {
         self.frozen.load().contains(project)
     }
@@ -676,6 +836,10 @@ impl Ledger {
         let primary = primary_cell.and_then(|c| held.iter().position(|h| Arc::ptr_eq(&h.cell, &c)));
         let mut guards: Vec<(usize, MutexGuard<'_, Account>)> =
             (0..held.len()).map(|i| (i, lock(&held[i].cell))).collect();
+        if check && self.handed.load(Ordering::SeqCst) {
+            // Handed over while this request looked for its accounts: the successor decides.
+            return Err(GatewayError::LedgerUnavailable(HANDED_OVER.into()));
+        }
         let mut refusal: Option<(usize, Period, crate::engine::budget::Refusal)> = None;
         for (i, g) in guards.iter_mut() {
             let h = &held[*i];
@@ -710,7 +874,7 @@ impl Ledger {
             remaining,
             store: self.store.clone(),
             clock: self.clock,
-            periods: self.store.as_ref().map(|_| self.periods.clone()),
+            shared: self.shared.clone(),
             settled: false,
         })
     }

@@ -82,8 +82,9 @@ impl Gateway {
             return Err(GatewayError::Internal("admission lost its facts".into()));
         };
         let project = &cfg.projects[project_idx];
-        if self.fleet.is_none() {
-            // In fleet mode the limits are counted by Redis, with the reservation.
+        if self.fleet.is_none() && !self.ledger.is_handed_over() {
+            // In fleet mode the limits are counted by Redis, with the reservation; after an
+            // upgrade's hand-over, by the successor.
             self.limits.admit(project)?;
         }
 
@@ -136,7 +137,33 @@ impl Gateway {
             }
         }
         let admitted = &mut ctx.admitted;
-        if let Some(fleet) = &self.fleet {
+        let mut local = None;
+        if self.fleet.is_none() && a.charged && !self.ledger.is_handed_over() {
+            match self
+                .ledger
+                .reserve_accounts(&project.id, &a.accounts, a.worst)
+            {
+                Err(GatewayError::LedgerUnavailable(m)) if m == crate::ledger::HANDED_OVER => {}
+                other => local = Some(other?),
+            }
+        }
+        if let Some(reservation) = local {
+            admitted.remaining = reservation.remaining();
+            admitted.reservation = Some(reservation);
+        } else if self.fleet.is_none() && self.ledger.is_handed_over() {
+            // A binary upgrade handed the ledger over: the successor admits (budgets, freeze,
+            // rate limits) and keeps the hold.
+            let Some(succ) = crate::handover::successor() else {
+                return Err(GatewayError::LedgerUnavailable(
+                    "The ledger is being handed over to the successor process".into(),
+                ));
+            };
+            let hold = succ
+                .reserve(&project.id, &a.accounts, a.worst, a.charged)
+                .await?;
+            admitted.remaining = hold.remaining;
+            admitted.remote = Some(hold);
+        } else if let Some(fleet) = &self.fleet {
             let worst = if a.charged { a.worst } else { Nanos::ZERO };
             let hold = fleet.reserve(project, &a.accounts, worst).await?;
             admitted.remaining = hold.remaining;

@@ -75,6 +75,8 @@ pub struct Admitted {
     pub reservation: Option<Reservation>,
     /// Fleet mode: the hold in Redis (budget and rate limits across the fleet).
     pub hold: Option<FleetHold>,
+    /// During a binary upgrade, after the hand-over: the hold on the successor.
+    pub remote: Option<crate::handover::RemoteHold>,
     /// The matched price (None: unpriced model, cost unknown).
     pub price: Option<Price>,
     /// The bounded `model` label: the matched price key.

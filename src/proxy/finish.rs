@@ -63,12 +63,16 @@ impl Gateway {
             cost = Some(Nanos::ZERO);
         }
         let charge = cost.unwrap_or(Nanos::ZERO);
-        let (overrun, seen) = match ctx.admitted.reservation.take() {
+        let (mut overrun, seen) = match ctx.admitted.reservation.take() {
             Some(r) => r.settle_seen(charge),
             None => (Nanos::ZERO, u64::MAX),
         };
         let tokens = format.map_or(0, |f| usage.total_tokens(f));
-        if let Some(hold) = ctx.admitted.hold.take() {
+        if let Some(remote) = ctx.admitted.remote.take() {
+            // Admitted on the successor during an upgrade: it charges and records the spend.
+            overrun = charge.saturating_sub(remote.amount());
+            remote.settle(charge, tokens);
+        } else if let Some(hold) = ctx.admitted.hold.take() {
             hold.settle(charge, tokens, seen);
         } else if let (Some(cfg), Some(p), true) =
             (ctx.cfg.as_deref(), ctx.seen.project, self.fleet.is_none())
