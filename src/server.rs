@@ -113,6 +113,12 @@ pub fn run(loaded: Loaded, opts: RunOptions) -> i32 {
     let admin_listen = cfg.server.admin_listen;
     let single_node = cfg.fleet.is_none();
     let handover_path = crate::handover::socket_path(&cfg.server.upgrade_sock);
+    let self_upgrade = SelfUpgrade {
+        config_path: opts.config_path.clone(),
+        upgrade_sock: PathBuf::from(&cfg.server.upgrade_sock),
+        ledger_sock: single_node.then(|| handover_path.clone()),
+        now: signals.upgrade_now.clone(),
+    };
     let config = Arc::new(ArcSwap::from_pointee(cfg));
     let limits = Arc::new(RateLimiter::new());
     if single_node {
@@ -225,6 +231,7 @@ pub fn run(loaded: Loaded, opts: RunOptions) -> i32 {
             store: store.clone(),
             phases: Mutex::new(Some(server.watch_execution_phase())),
             bound: bound.clone(),
+            self_upgrade,
         },
     ));
     if let Some(addr) = admin_listen {
@@ -466,6 +473,8 @@ type UpgradeHook =
 struct EarlySignals {
     signals: tokio::sync::Mutex<(Signal, Signal, Signal)>,
     on_upgrade: std::sync::OnceLock<UpgradeHook>,
+    /// SIGUSR2's self-upgrade: the successor is waiting, hand over as on SIGQUIT.
+    upgrade_now: Arc<tokio::sync::Notify>,
 }
 
 impl EarlySignals {
@@ -488,6 +497,7 @@ impl EarlySignals {
             EarlySignals {
                 signals: tokio::sync::Mutex::new(signals),
                 on_upgrade: std::sync::OnceLock::new(),
+                upgrade_now: Arc::new(tokio::sync::Notify::new()),
             },
             rt,
         ))
@@ -508,6 +518,7 @@ impl ShutdownSignalWatch for EarlySignals {
         // The same meaning as Pingora's `UnixShutdownSignalWatch`.
         let signal = tokio::select! {
             _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            () = self.upgrade_now.notified() => ShutdownSignal::GracefulUpgrade,
             _ = term.recv() => ShutdownSignal::GracefulTerminate,
             _ = int.recv() => ShutdownSignal::FastShutdown,
         };
@@ -536,6 +547,88 @@ struct Control {
     phases: Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
     /// The addresses the listeners got (the config may say port 0).
     bound: Arc<BoundAddrs>,
+    /// SIGUSR2: start the successor and hand over to it.
+    self_upgrade: SelfUpgrade,
+}
+
+/// How many times, 50 ms apart, SIGUSR2's upgrade looks for the successor to be waiting.
+const SUCCESSOR_WAIT_TRIES: u32 = 300;
+
+/// SIGUSR2: the binary upgrade in one signal, so it runs inside a service manager's unit (the
+/// successor is this process's child, so it is in the unit's cgroup, and with
+/// `NotifyAccess=all` its `READY=1` + `MAINPID=` make it the unit's main process). The
+/// successor is the binary at the path this process was started as (a new file there is the
+/// new version), with the same config file and environment, and `--upgrade`. Once it waits for
+/// the sockets, this process hands over exactly as on SIGQUIT.
+struct SelfUpgrade {
+    config_path: PathBuf,
+    upgrade_sock: PathBuf,
+    /// Single-node mode: the successor's hand-over socket, bound before it waits.
+    ledger_sock: Option<PathBuf>,
+    now: Arc<tokio::sync::Notify>,
+}
+
+impl SelfUpgrade {
+    /// The binary to start: the path this process was started as, when absolute (systemd's
+    /// `ExecStart=` is); else the running executable's path.
+    fn binary() -> Option<PathBuf> {
+        let arg0 = std::env::args_os().next().map(PathBuf::from);
+        match arg0 {
+            Some(p) if p.is_absolute() => Some(p),
+            _ => {
+                let exe = std::env::current_exe().ok()?;
+                // A binary replaced on disk reads back as "… (deleted)": its path is the new one.
+                let s = exe.to_string_lossy().to_string();
+                Some(PathBuf::from(s.trim_end_matches(" (deleted)")))
+            }
+        }
+    }
+
+    async fn run(&self) {
+        let Some(bin) = SelfUpgrade::binary() else {
+            log::error!("SIGUSR2: cannot tell which binary to start; no upgrade");
+            return;
+        };
+        // Left from this process's own start as a successor: only the new ones say "ready".
+        let _ = std::fs::remove_file(&self.upgrade_sock);
+        if let Some(l) = &self.ledger_sock {
+            let _ = std::fs::remove_file(l);
+        }
+        let mut child = match std::process::Command::new(&bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--upgrade")
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("SIGUSR2: cannot start {}: {e}; no upgrade", bin.display());
+                return;
+            }
+        };
+        log::info!(
+            "SIGUSR2: started the successor {} (pid {}); handing over once it waits",
+            bin.display(),
+            child.id()
+        );
+        for _ in 0..SUCCESSOR_WAIT_TRIES {
+            if let Ok(Some(status)) = child.try_wait() {
+                log::error!("SIGUSR2: the successor exited ({status}) before taking over; this process serves on");
+                return;
+            }
+            let waiting =
+                self.upgrade_sock.exists() && self.ledger_sock.as_ref().is_none_or(|l| l.exists());
+            if waiting {
+                self.now.notify_one();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        log::error!("SIGUSR2: the successor did not get ready in time; stopping it");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// The bound addresses, once every listener has one (bounded, like the probe).
@@ -631,6 +724,16 @@ impl Control {
 impl BackgroundService for Control {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let r = &self.reloader;
+        let mut usr2 =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    log::error!(
+                        "cannot listen for SIGUSR2, upgrade only with --upgrade and SIGQUIT: {e}"
+                    );
+                    None
+                }
+            };
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -673,6 +776,9 @@ impl BackgroundService for Control {
                 () = &mut startup, if !started => started = true,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     let _ = r.reload().await;
+                }
+                Some(()) = async { match usr2.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    self.self_upgrade.run().await;
                 }
                 phase = async { match phases.as_mut() { Some(p) => p.recv().await, None => std::future::pending().await } } => {
                     match phase {

@@ -725,3 +725,95 @@ fn a_binary_upgrade_keeps_the_budget_exact_and_carries_a_freeze_over() {
         new.log()
     );
 }
+
+/// Issue 18: SIGUSR2 is the whole upgrade in one signal, as a service manager can send it
+/// (`systemctl kill -s SIGUSR2 --kill-whom=main tollgate`): the process starts its successor
+/// (the binary at its own path, same config, `--upgrade`), hands over, and exits; the
+/// successor's `READY=1` names its own `MAINPID` (the unit has `NotifyAccess=all`); the old
+/// process never says `STOPPING=1`; no request fails.
+#[test]
+fn sigusr2_starts_the_successor_and_hands_over_as_a_service_manager_expects() {
+    let mock = Mock::start();
+    let notify = NotifySocket::new();
+    let sock_dir = tempfile::tempdir().unwrap();
+    let upgrade_sock = sock_dir.path().join("upgrade.sock");
+    let extra = format!(
+        "upgrade_sock = \"{}\"\ngrace_period_s = 1",
+        upgrade_sock.display()
+    );
+    let mut env = provider_env();
+    env.push(("NOTIFY_SOCKET", notify.path()));
+    let mut old = Gateway::start_with(&standard_config(&mock), &extra, &env);
+    assert!(notify
+        .expect("READY from the old process", Duration::from_secs(10))
+        .starts_with("READY=1\n"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let results = Arc::new(LoadResults::default());
+    let load = {
+        let (url, stop, results) = (
+            old.url("/v1/chat/completions"),
+            stop.clone(),
+            results.clone(),
+        );
+        std::thread::spawn(move || run_load(url, stop, results))
+    };
+    let ok_now = || results.ok.load(Ordering::Relaxed);
+    eventually("load running", || ok_now() >= 20);
+
+    old.signal("USR2");
+    let ready = notify.expect("READY from the successor", Duration::from_secs(20));
+    let pid: u32 = ready
+        .strip_prefix("READY=1\nMAINPID=")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("READY with the successor's MAINPID: {ready:?}"));
+    assert_ne!(pid, old.pid(), "the successor is another process");
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        old.log()
+    );
+    let served_before_exit = ok_now();
+    eventually("the successor serves alone", || {
+        ok_now() >= served_before_exit + 50
+    });
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let failures = results.failures.lock().unwrap().clone();
+    let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let stop_successor = || {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    };
+    if !failures.is_empty() {
+        stop_successor();
+    }
+    assert!(
+        failures.is_empty(),
+        "{} requests failed across the SIGUSR2 upgrade: {failures:#?}\n{}",
+        failures.len(),
+        old.log()
+    );
+    let log = old.log();
+    assert!(log.contains("SIGUSR2: started the successor"), "{log}");
+    let mut seen = Vec::new();
+    while let Some(m) = notify.recv(Duration::from_millis(200)) {
+        seen.push(m);
+    }
+    assert!(!seen.iter().any(|m| m.contains("STOPPING=1")), "{seen:?}");
+    assert!(alive(), "the successor runs");
+    stop_successor();
+    assert_eq!(
+        notify.expect("STOPPING from the successor", Duration::from_secs(10)),
+        "STOPPING=1"
+    );
+    eventually("the successor exits", || {
+        !alive() || {
+            // A zombie (its parent, the old process, is gone: reaped by init) counts as gone.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+        }
+    });
+}
