@@ -2548,3 +2548,106 @@ fn end_user_budgets_hold_across_instances() {
         "records name the end user"
     );
 }
+
+/// Issue 18 in fleet mode: Redis is the shared ledger of the old process and its successor,
+/// so a SIGUSR2 upgrade with requests in flight keeps the budget exact with nothing handed over.
+#[test]
+fn a_binary_upgrade_in_fleet_mode_keeps_the_shared_budget_exact() {
+    let limit_usd = 0.16; // ten worst cases (see shared_limit)
+    let limit = (limit_usd * 1e9) as i64;
+    let redis = RedisServer::start_with(Persistence::Aof);
+    let mock = Mock::start();
+    let sock_dir = tempfile::tempdir().unwrap();
+    let upgrade_sock = sock_dir.path().join("upgrade.sock");
+    let mut env = env_with_admin();
+    let url = redis.url();
+    env.push((URL_ENV, url.as_str()));
+    let body = format!(
+        "{}{}",
+        body_with_projects(
+            &mock,
+            &p1(&format!(
+                "budget = {{ limit_usd = {limit_usd}, period = \"total\" }}"
+            ))
+        ),
+        fleet_section("gw-a")
+    );
+    let extra = format!(
+        "{ADMIN_EXTRA}grace_period_s = 10\nupgrade_sock = \"{}\"",
+        upgrade_sock.display()
+    );
+    let mut old = Gateway::start_with(&body, &extra, &env);
+    let admin = old.admin_port();
+    eventually("the fleet opens admission", || {
+        admin_get(admin, "/admin/fleet").json()["redis"]["joined"] == true
+            && redis
+                .try_cmd(&["EXISTS", "tg:rebuilding"])
+                .is_ok_and(|r| r.to_string() == "0")
+    });
+    let urls = vec![old.url("")];
+    let key = total_key("p1");
+    let shots: Vec<Shot> = watched(&redis, std::slice::from_ref(&key), limit, || {
+        std::thread::scope(|s| {
+            let first: Vec<_> = (0..6)
+                .map(|_| {
+                    let urls = &urls;
+                    s.spawn(move || sonnet(urls, 0, 1000, 2500))
+                })
+                .collect();
+            eventually("six in flight upstream", || mock.count() >= 6);
+            old.signal("USR2");
+            let second: Vec<_> = (0..24)
+                .map(|i| {
+                    let urls = &urls;
+                    s.spawn(move || {
+                        std::thread::sleep(Duration::from_millis(80 * i));
+                        sonnet(urls, 0, 1000, 200)
+                    })
+                })
+                .collect();
+            first
+                .into_iter()
+                .chain(second)
+                .map(|w| w.join().expect("client"))
+                .collect()
+        })
+    });
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        old.log()
+    );
+    let ok = shots.iter().filter(|s| s.status == 200).count();
+    for s in &shots {
+        assert!(
+            s.status == 200 || (s.status == 402 && s.code == "budget_exceeded"),
+            "only 200 or 402 across the upgrade: {s:?}\n{}",
+            old.log()
+        );
+    }
+    assert!((6..=10).contains(&ok), "{ok} admitted");
+    assert_eq!(mock.count(), ok as u64);
+    eventually("every hold settled", || balance(&redis, &key).1 == 0);
+    assert_eq!(
+        balance(&redis, &key).0,
+        mock_cost(&mock),
+        "Redis charged what was served"
+    );
+    // The successor (the old one's child) serves on; stop it.
+    let log = old.log();
+    let pid = log
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("the successor's pid in the log: {log}"));
+    let r = mini(&urls, 0);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    assert_eq!(
+        r.status, 200,
+        "the successor serves after the old process left"
+    );
+}
