@@ -150,6 +150,10 @@ pub fn decision_json_of(d: &DecisionRecord, instance: Option<&str>) -> String {
     opt_s(&mut o, &d.key_name);
     o.push_str(r#","user":"#);
     opt_s(&mut o, &d.user);
+    o.push_str(r#","cache":"#);
+    opt_s(&mut o, &d.cache);
+    o.push_str(r#","saved_usd":"#);
+    o.push_str(&usd(Nanos(d.saved_nanos)));
     o.push_str(r#","tags":"#);
     // Written by Tollgate as a JSON object; anything else (a hand-edited row) reads `{}`.
     match d.tags.as_deref() {
@@ -763,6 +767,8 @@ mod tests {
             key_name: Some("ci".into()),
             user: None,
             tags: Some(r#"{"feature":"summarize"}"#.into()),
+            cache: None,
+            saved_nanos: 0,
         }
     }
 

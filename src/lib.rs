@@ -32,6 +32,7 @@
 //! so rustc reports dead code anywhere else.
 
 mod admin;
+mod cache;
 mod clock;
 mod engine;
 mod handover;

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub upstream_attempts: IntCounterVec,
     pub provider_up: IntGaugeVec,
     pub reservation_overruns: IntCounterVec,
+    pub cache_lookups: IntCounterVec,
+    pub cache_saved: CounterVec,
+    pub cache_bytes: IntGauge,
 }
 
 /// Fleet mode's families, registered only when a `[fleet]` section starts the fleet, so a
@@ -195,6 +198,20 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "tollgate_reservation_overruns_total",
         "Requests whose reported cost exceeded the worst case reserved for them (the truth is charged)",
         &["project"]
+    )?,
+    cache_lookups: register_int_counter_vec!(
+        "tollgate_cache_lookups_total",
+        "Response cache lookups of projects with a cache, by result (hit, miss, skip)",
+        &["project", "result"]
+    )?,
+    cache_saved: register_counter_vec!(
+        "tollgate_cache_saved_usd_total",
+        "What cache hits saved: the cost of the stored answers served again",
+        &["project"]
+    )?,
+    cache_bytes: register_int_gauge!(
+        "tollgate_cache_bytes",
+        "Bytes the response cache holds on this instance"
     )?,
 })
 }

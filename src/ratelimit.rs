@@ -124,6 +124,7 @@ mod tests {
             block_secrets: false,
             block_patterns: None,
             unpriced: Unpriced::Block,
+            cache_ttl: None,
         }
     }
 

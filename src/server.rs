@@ -184,12 +184,16 @@ pub fn run(loaded: Loaded, opts: RunOptions) -> i32 {
         }
         None => None,
     };
+    let cache = Arc::new(crate::cache::ResponseCache::new(
+        config.load().cache.max_bytes,
+    ));
     let gateway = Gateway::new(
         config.clone(),
         resolver.clone(),
         ledger.clone(),
         limits,
         fleet.clone(),
+        cache,
     );
     let mut proxy = http_proxy_service(&server.configuration, gateway);
     let key = fd_key(Role::Gateway, listen);

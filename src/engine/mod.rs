@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod admission;
 pub mod auth;
 pub mod budget;
+pub mod cache;
 pub mod circuit;
 pub mod config;
 pub mod error;

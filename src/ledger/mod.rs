@@ -1143,6 +1143,7 @@ mod tests {
             block_secrets: false,
             block_patterns: None,
             unpriced: Unpriced::Block,
+            cache_ttl: None,
         }
     }
 

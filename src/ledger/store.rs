@@ -51,10 +51,11 @@
 //! alerted on; at a few hundred bytes a write, a minute of backlog at 1k req/s
 //! is tens of MB.
 //!
-//! # Schema (`PRAGMA user_version` = 5)
+//! # Schema (`PRAGMA user_version` = 6)
 //! v2 added `decisions.attempts` and `providers_tried`; v3 added `decisions.overrun_nanos`;
 //! v4 added `fleet_settles`, fleet mode's queue of settlements not yet applied in Redis;
-//! v5 added `decisions.team`, `key_name`, `user` and `tags`.
+//! v5 added `decisions.team`, `key_name`, `user` and `tags`; v6 added `decisions.cache` and
+//! `saved_nanos` (the response cache).
 //! `spend.project` is an account's ledger name: a project's id, `team:ID`, `key:PROJECT/NAME`
 //! or `user:PROJECT/USER`; every charge is added to the day, week, month and total rows of
 //! each account it applies to, so a window added later starts from the truth.
@@ -79,7 +80,9 @@
 //!   providers_tried TEXT,                         -- v2: "openai,openai-backup"
 //!   overrun_nanos INTEGER NOT NULL DEFAULT 0,     -- v3: usage charged beyond the reservation
 //!   team TEXT, key_name TEXT, user TEXT,          -- v5: who caused it (the key's name, never the key)
-//!   tags TEXT);                                   -- v5: x-tollgate-tags as a JSON object
+//!   tags TEXT,                                    -- v5: x-tollgate-tags as a JSON object
+//!   cache TEXT,                                   -- v6: hit / miss / skip, NULL: no cache
+//!   saved_nanos INTEGER NOT NULL DEFAULT 0);      -- v6: what a hit saved
 //! CREATE INDEX decisions_time ON decisions(time_ms DESC, id DESC);
 //! CREATE INDEX decisions_project_time ON decisions(project, time_ms DESC, id DESC);
 //! CREATE TABLE fleet_settles(                     -- v4: written before a settle is sent to Redis,
@@ -105,7 +108,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// A batch this large is committed without waiting for the timer, so a burst
 /// becomes several medium transactions instead of one huge one.
@@ -164,6 +167,10 @@ pub struct DecisionRecord {
     pub key_name: Option<String>,
     pub user: Option<String>,
     pub tags: Option<String>,
+    /// The response cache: `hit`, `miss` or `skip` (`None`: the project has no cache, or the
+    /// endpoint is not cached); what a hit saved, in nano-dollars.
+    pub cache: Option<String>,
+    pub saved_nanos: u64,
 }
 
 /// (project, period), as used by [`Reader::all_spend_for`].
@@ -531,6 +538,12 @@ ALTER TABLE decisions ADD COLUMN user TEXT;
 ALTER TABLE decisions ADD COLUMN tags TEXT;
 ";
 
+/// v6: the response cache on each record.
+const MIGRATE_TO_V6: &str = "
+ALTER TABLE decisions ADD COLUMN cache TEXT;
+ALTER TABLE decisions ADD COLUMN saved_nanos INTEGER NOT NULL DEFAULT 0;
+";
+
 /// v4: fleet mode's settle queue.
 const MIGRATE_TO_V4: &str = "
 CREATE TABLE IF NOT EXISTS fleet_settles(
@@ -574,7 +587,11 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
         tx.execute_batch(MIGRATE_TO_V5)
             .map_err(|e| format!("migrate schema to v5: {e}"))?;
     }
-    // Later versions: `if version < 6 { ... }`.
+    if version < 6 {
+        tx.execute_batch(MIGRATE_TO_V6)
+            .map_err(|e| format!("migrate schema to v6: {e}"))?;
+    }
+    // Later versions: `if version < 7 { ... }`.
     if version != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| format!("set user_version: {e}"))?;
@@ -857,9 +874,9 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
             "INSERT INTO decisions(id, time_ms, time, project, key_id, endpoint, model, provider,
                decision, reason, status, prompt_tokens, completion_tokens, usage_source,
                cost_nanos, cost_usd, latency_ms, stream, attempts, providers_tried, overrun_nanos,
-               team, key_name, user, tags)
+               team, key_name, user, tags, cache, saved_nanos)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
-               ?22, ?23, ?24, ?25)",
+               ?22, ?23, ?24, ?25, ?26, ?27)",
         )?;
         let mut time_buf = [0u8; 24];
         for d in &batch.decisions {
@@ -898,6 +915,8 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
                 d.key_name,
                 d.user,
                 d.tags,
+                d.cache,
+                clamp_i64(d.saved_nanos),
             ])?;
         }
     }
@@ -918,7 +937,7 @@ pub struct Reader {
 const DECISION_COLUMNS: &str =
     "id, time_ms, project, key_id, endpoint, model, provider, decision, reason, \
      status, prompt_tokens, completion_tokens, usage_source, cost_nanos, latency_ms, stream, \
-     attempts, providers_tried, overrun_nanos, team, key_name, user, tags";
+     attempts, providers_tried, overrun_nanos, team, key_name, user, tags, cache, saved_nanos";
 
 impl Reader {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -1103,6 +1122,8 @@ impl Reader {
                     key_name: r.get(20)?,
                     user: r.get(21)?,
                     tags: r.get(22)?,
+                    cache: r.get(23)?,
+                    saved_nanos: r.get(24)?,
                 })
             })
             .map_err(|e| format!("ledger store: read decisions: {e}"))?;
@@ -1172,6 +1193,8 @@ mod tests {
             key_name: None,
             user: None,
             tags: None,
+            cache: None,
+            saved_nanos: 0,
         }
     }
 
@@ -1391,6 +1414,8 @@ mod tests {
             key_name: Some("ci".into()),
             user: Some("alice".into()),
             tags: Some(r#"{"feature":"summarize"}"#.into()),
+            cache: Some("hit".into()),
+            saved_nanos: 164_500,
         };
         let empty = DecisionRecord {
             id: "req-empty".into(),
@@ -1416,6 +1441,8 @@ mod tests {
             key_name: None,
             user: None,
             tags: None,
+            cache: None,
+            saved_nanos: 0,
         };
         h.send(decision(full.clone()));
         h.send(decision(empty.clone()));
@@ -1850,7 +1877,7 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION, "the file is now the current version");
-        assert_eq!(SCHEMA_VERSION, 5);
+        assert_eq!(SCHEMA_VERSION, 6);
         let fleet: i64 = c
             .query_row("SELECT COUNT(*) FROM fleet_settles", [], |r| r.get(0))
             .unwrap();

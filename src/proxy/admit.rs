@@ -21,6 +21,8 @@ pub enum Admit {
     Local { status: u16, body: Bytes },
     /// Forward upstream with this body.
     Forward(Bytes),
+    /// Answer with a stored response (a cache hit): nothing is reserved or sent upstream.
+    Cached(std::sync::Arc<crate::cache::Entry>),
 }
 
 impl Gateway {
@@ -119,6 +121,47 @@ impl Gateway {
             },
             &mut ctx.seen,
         )?;
+        // The response cache: after every control has passed (a request the project may not
+        // send is blocked even if an answer is stored), before anything is reserved.
+        if let (Some(ttl), true) = (
+            project.cache_ttl,
+            a.charged && crate::engine::cache::cacheable(endpoint),
+        ) {
+            use crate::engine::cache::{self as rules, Directive};
+            let asked = session
+                .req_header()
+                .headers
+                .get("x-tollgate-cache")
+                .map(|v| v.as_bytes());
+            let directive = Directive::parse(asked)?;
+            let mut state = crate::proxy::ctx::CacheState {
+                result: "skip",
+                key: [0; 32],
+                ttl,
+                recording: None,
+                status: 0,
+                content_type: None,
+                complete: false,
+                saved: Nanos::ZERO,
+            };
+            if directive != Directive::Skip {
+                let sent = a.rewritten.as_deref().unwrap_or(&body);
+                let model = ctx.seen.upstream_model.as_deref().unwrap_or("");
+                state.key = rules::key(&project.id, endpoint, model, sent);
+                if directive == Directive::Normal {
+                    if let Some(entry) = self.cache.get(&state.key, std::time::Instant::now()) {
+                        state.result = "hit";
+                        state.saved = entry.cost;
+                        ctx.cache = Some(state);
+                        ctx.admitted.strip_usage_chunk = a.strip_usage_chunk;
+                        return Ok(Admit::Cached(entry));
+                    }
+                }
+                state.result = "miss";
+                state.recording = Some(Vec::new());
+            }
+            ctx.cache = Some(state);
+        }
         if self.fleet.is_none() && a.charged {
             // End users with a budget whose spend is not in memory: read it from the store
             // off this thread before reserving.

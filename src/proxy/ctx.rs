@@ -21,6 +21,8 @@ use crate::ledger::fleet::FleetHold;
 use crate::ledger::Reservation;
 
 pub struct Ctx {
+    /// The response cache's part (`None`: the project has none, or the endpoint is not cached).
+    pub cache: Option<CacheState>,
     pub request_id: String,
     /// The id as the `x-tollgate-request-id` value, upstream and downstream.
     pub request_id_value: HeaderValue,
@@ -46,6 +48,7 @@ impl Ctx {
         let request_id_value =
             HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-"));
         Ctx {
+            cache: None,
             request_id,
             request_id_value,
             started: Instant::now(),
@@ -64,6 +67,22 @@ impl Ctx {
     pub fn shape(&self) -> ErrorShape {
         self.shape
     }
+}
+
+/// The response cache's part in one request of a project with a cache.
+pub struct CacheState {
+    /// `x-tollgate-cache` on the answer: `hit`, `miss` or `skip`.
+    pub result: &'static str,
+    pub key: crate::engine::cache::Key,
+    pub ttl: std::time::Duration,
+    /// The provider's body so far, while it may still be stored (a miss or a refresh).
+    pub recording: Option<Vec<u8>>,
+    pub status: u16,
+    pub content_type: Option<String>,
+    /// The body ran to its end.
+    pub complete: bool,
+    /// A hit: what the stored answer cost when it was made.
+    pub saved: Nanos,
 }
 
 /// What an admitted request holds until it finishes.

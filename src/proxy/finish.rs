@@ -31,6 +31,43 @@ struct Ending {
 }
 
 impl Gateway {
+    /// The provider's answer ran to its end: store it if the request may be (a miss or a
+    /// refresh of a complete 2xx answer within the entry limit), with what it cost. Called from
+    /// `response_body_filter` at the end of the body, before its last bytes reach the client, so
+    /// a client's next identical request already finds it.
+    pub(super) fn store_cached(&self, ctx: &mut Ctx) {
+        let Some(c) = ctx.cache.as_mut() else {
+            return;
+        };
+        let Some(buf) = c.recording.take() else {
+            return;
+        };
+        if !(200..300).contains(&c.status) {
+            return;
+        }
+        let (usage, _) = final_usage(ctx.upstream.scanner.as_ref(), ctx.admitted.request_bytes);
+        let format = ctx.seen.endpoint.and_then(|e| e.wire_format());
+        let cost = match (&ctx.admitted.price, format) {
+            (Some(p), Some(f)) => p.cost(&usage, f),
+            _ => Nanos::ZERO,
+        };
+        let sse = c
+            .content_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("text/event-stream"));
+        self.cache.put(
+            c.key,
+            crate::cache::Entry {
+                status: c.status,
+                content_type: c.content_type.clone(),
+                body: bytes::Bytes::from(buf),
+                sse,
+                cost,
+                expires: std::time::Instant::now() + c.ttl,
+            },
+        );
+    }
+
     pub(super) fn finish(&self, session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         if ctx.attempts.open.is_some() {
             // The forwarded response ran to its end (breaks were recorded in error_while_proxy).
@@ -56,12 +93,18 @@ impl Gateway {
             // Token counting is free: nothing to charge, whatever the provider answered.
             cost = Some(Nanos::ZERO);
         }
-        if blocked {
+        let hit = ctx.cache.as_ref().is_some_and(|c| c.result == "hit");
+        if blocked || hit {
             // Nothing reached a provider, so nothing is unknown: the record says 0, not null.
             usage.prompt_tokens = Some(0);
             usage.completion_tokens = Some(0);
             cost = Some(Nanos::ZERO);
         }
+        let source = if hit {
+            crate::engine::usage::Source::None
+        } else {
+            source
+        };
         let charge = cost.unwrap_or(Nanos::ZERO);
         let (mut overrun, seen) = match ctx.admitted.reservation.take() {
             Some(r) => r.settle_seen(charge),
@@ -78,6 +121,19 @@ impl Gateway {
             (ctx.cfg.as_deref(), ctx.seen.project, self.fleet.is_none())
         {
             self.limits.add_tokens(&cfg.projects[p], tokens);
+        }
+        if let (Some(c), Some(m)) = (ctx.cache.as_ref(), crate::metrics::get()) {
+            let project = self.project_name(ctx);
+            m.cache_lookups
+                .with_label_values(&[project, c.result])
+                .inc();
+            if c.saved > Nanos::ZERO {
+                m.cache_saved
+                    .with_label_values(&[project])
+                    .inc_by(c.saved.as_usd());
+            }
+            m.cache_bytes
+                .set(i64::try_from(self.cache.bytes()).unwrap_or(i64::MAX));
         }
         let end = Ending {
             status,
@@ -225,6 +281,8 @@ fn record(ctx: &Ctx, end: &Ending) -> DecisionRecord {
         user: ctx.seen.user.clone(),
         tags: (!ctx.seen.tags.is_empty())
             .then(|| crate::engine::accounts::tags_json(&ctx.seen.tags)),
+        cache: ctx.cache.as_ref().map(|c| c.result.to_string()),
+        saved_nanos: ctx.cache.as_ref().map_or(0, |c| c.saved.0),
         latency_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
         stream: ctx.seen.stream,
         attempts: ctx.attempts.count(),

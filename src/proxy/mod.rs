@@ -65,6 +65,8 @@ pub struct Gateway {
     pub limits: Arc<RateLimiter>,
     /// Fleet mode: budgets, rate limits and freezes shared on Redis.
     pub fleet: Option<Arc<Fleet>>,
+    /// The response cache (kept across reloads).
+    pub cache: Arc<crate::cache::ResponseCache>,
     ids: RequestIds,
 }
 
@@ -77,6 +79,7 @@ impl Gateway {
         ledger: Arc<Ledger>,
         limits: Arc<RateLimiter>,
         fleet: Option<Arc<Fleet>>,
+        cache: Arc<crate::cache::ResponseCache>,
     ) -> Gateway {
         Gateway {
             config,
@@ -84,6 +87,7 @@ impl Gateway {
             ledger,
             limits,
             fleet,
+            cache,
             ids: RequestIds::new(),
         }
     }
@@ -130,6 +134,10 @@ impl ProxyHttp for Gateway {
         match self.admit(session, ctx).await {
             Ok(Admit::Local { status, body }) => {
                 respond::json(session, &ctx.request_id, status, body, None).await?;
+                Ok(true)
+            }
+            Ok(Admit::Cached(entry)) => {
+                respond::cached(session, ctx, &entry).await?;
                 Ok(true)
             }
             Ok(Admit::Forward(body)) => {
@@ -312,6 +320,22 @@ impl ProxyHttp for Gateway {
         if let Some(rem) = ctx.admitted.remaining {
             resp.insert_header("x-tollgate-budget-remaining-usd", rem.usd_6dp())?;
         }
+        if let Some(c) = ctx.cache.as_mut() {
+            resp.insert_header("x-tollgate-cache", c.result)?;
+            if c.recording.is_some() {
+                if (200..300).contains(&status) {
+                    c.status = status;
+                    c.content_type = resp
+                        .headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                } else {
+                    // Only complete 2xx answers are stored.
+                    c.recording = None;
+                }
+            }
+        }
         let format = ctx.seen.endpoint.and_then(|e| e.wire_format());
         if let (Some(format), true) = (format, (200..300).contains(&status)) {
             let sse = resp
@@ -335,7 +359,24 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Box<Ctx>,
     ) -> Result<Option<Duration>> {
+        if let Some(c) = ctx.cache.as_mut() {
+            // The body as the provider sent it (before the usage chunk is taken out for the
+            // client), up to the entry limit.
+            if let (Some(buf), Some(chunk)) = (c.recording.as_mut(), body.as_ref()) {
+                if buf.len() + chunk.len() > crate::engine::cache::MAX_ENTRY_BYTES {
+                    c.recording = None;
+                } else {
+                    buf.extend_from_slice(chunk);
+                }
+            }
+            if end_of_stream {
+                c.complete = true;
+            }
+        }
         let Some(scanner) = ctx.upstream.scanner.as_mut() else {
+            if end_of_stream {
+                self.store_cached(ctx);
+            }
             return Ok(None);
         };
         if let Some(chunk) = body.as_ref() {
@@ -355,6 +396,7 @@ impl ProxyHttp for Gateway {
                     _ => rest,
                 });
             }
+            self.store_cached(ctx);
         }
         Ok(None)
     }

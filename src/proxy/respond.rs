@@ -46,6 +46,36 @@ pub async fn json(
     Ok(())
 }
 
+/// Answer a cache hit: the stored status, content type and body; a stream as a stream, with
+/// the usage chunk taken out when this client did not ask for it (as for a live call).
+pub async fn cached(session: &mut Session, ctx: &Ctx, entry: &crate::cache::Entry) -> Result<()> {
+    let format = ctx.seen.endpoint.and_then(|e| e.wire_format());
+    let body = match format {
+        Some(f) if entry.sse && ctx.admitted.strip_usage_chunk => {
+            let mut scanner = crate::engine::usage::UsageScanner::new(f, true, true);
+            let mut out = match scanner.feed_bytes(&entry.body) {
+                crate::engine::usage::Feed::Pass => entry.body.to_vec(),
+                crate::engine::usage::Feed::Replace(b) => b.to_vec(),
+            };
+            if let Some(rest) = scanner.finish() {
+                out.extend_from_slice(&rest);
+            }
+            Bytes::from(out)
+        }
+        _ => entry.body.clone(),
+    };
+    let mut h = ResponseHeader::build(entry.status, Some(5))?;
+    if let Some(ct) = &entry.content_type {
+        h.insert_header("content-type", ct.as_str())?;
+    }
+    h.insert_header("content-length", body.len().to_string())?;
+    h.insert_header("x-tollgate-request-id", ctx.request_id.as_str())?;
+    h.insert_header("x-tollgate-cache", "hit")?;
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
 /// Answer with the status of a provider's earlier error answer (`last`), its `Retry-After` and
 /// its request id header, and `err`'s JSON body: the provider's own body was not kept, because
 /// a later try was made after it.

@@ -17,6 +17,8 @@ pub struct FileConfig {
     pub store: FileStore,
     /// Fleet mode: several instances on one Redis (SPEC "Fleet").
     pub fleet: Option<Spanned<FileFleet>>,
+    /// The response cache's memory (SPEC "Response cache").
+    pub cache: Option<FileCache>,
     #[serde(default)]
     pub providers: Vec<Spanned<FileProvider>>,
     #[serde(default)]
@@ -227,4 +229,18 @@ pub struct FileProject {
     #[serde(default)]
     pub block_patterns: Vec<Spanned<String>>,
     pub unpriced: Option<Spanned<String>>,
+    /// Opt in to the response cache.
+    pub cache: Option<Spanned<FileProjectCache>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCache {
+    pub max_bytes: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProjectCache {
+    pub ttl_s: Spanned<i64>,
 }

@@ -157,6 +157,28 @@ impl FleetConfig {
     pub const MAX_HOLD_TTL_S: i64 = 7 * 86_400;
 }
 
+/// `[cache]`: the response cache's memory on this instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub max_bytes: u64,
+}
+
+impl CacheConfig {
+    /// 256 MiB, the SPEC example's value.
+    pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+    pub const MAX_MAX_BYTES: i64 = 64 * 1024 * 1024 * 1024;
+    /// A project's `cache.ttl_s` at most: 30 days.
+    pub const MAX_TTL_S: i64 = 30 * 86_400;
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_bytes: Self::DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
 /// What to do with a model that has no price.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Unpriced {
@@ -215,6 +237,8 @@ pub struct Project {
     /// Every `block_patterns` entry as one alternation (see the projects validator).
     pub block_patterns: Option<Regex>,
     pub unpriced: Unpriced,
+    /// The response cache: how long an answer is served again (`None`: no cache).
+    pub cache_ttl: Option<Duration>,
 }
 
 impl Project {
@@ -237,6 +261,7 @@ pub struct Config {
     pub store: StoreConfig,
     /// `None`: a single instance on its own ledger.
     pub fleet: Option<FleetConfig>,
+    pub cache: CacheConfig,
     pub providers: Vec<Provider>,
     pub routes: RouteTable,
     pub prices: PriceTable,

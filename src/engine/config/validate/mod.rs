@@ -166,6 +166,16 @@ impl<'t> Validator<'t> {
         let server = self.server(&raw.server, env, tls);
         let store = self.store(&raw.store);
         let fleet = raw.fleet.as_ref().map(|f| self.fleet(f, env));
+        let cache = match raw.cache.as_ref().and_then(|c| c.max_bytes.as_ref()) {
+            None => Some(crate::engine::config::CacheConfig::default()),
+            Some(v) => self
+                .positive(
+                    v,
+                    "cache.max_bytes",
+                    crate::engine::config::CacheConfig::MAX_MAX_BYTES,
+                )
+                .map(|max_bytes| crate::engine::config::CacheConfig { max_bytes }),
+        };
         let providers = self.providers(&raw.providers, env);
         let names: Vec<&str> = raw
             .providers
@@ -188,6 +198,7 @@ impl<'t> Validator<'t> {
                 Some(f) => Some(f?),
                 None => None,
             },
+            cache: cache?,
             providers,
             routes: RouteTable::new(routes),
             prices: PriceTable::new(prices),

@@ -117,6 +117,14 @@ impl Validator<'_> {
                 block_secrets: p.block_secrets,
                 block_patterns,
                 unpriced,
+                cache_ttl: p.cache.as_ref().and_then(|c| {
+                    self.positive(
+                        &c.get_ref().ttl_s,
+                        &format!("{at}.cache.ttl_s"),
+                        crate::engine::config::CacheConfig::MAX_TTL_S,
+                    )
+                    .map(std::time::Duration::from_secs)
+                }),
             });
         }
         (
