@@ -204,13 +204,14 @@ def start_pingora(procs, upstream):
     return p, port
 
 
-def start_tollgate(procs, tmp, upstream, name="tollgate", accounts=1):
+def start_tollgate(procs, tmp, upstream, name="tollgate", accounts=1, cache=False):
     port, admin = free_port(), free_port()
     d = os.path.join(tmp, name)
     os.makedirs(d, exist_ok=True)
     conf = os.path.join(d, "tollgate.toml")
     with open(conf, "w") as f:
-        f.write(tollgate_toml(port, upstream, os.path.join(d, "ledger.db"), admin, accounts=accounts))
+        f.write(tollgate_toml(port, upstream, os.path.join(d, "ledger.db"), admin, accounts=accounts,
+                              cache=cache))
     env = dict(os.environ, BENCH_PROVIDER_KEY="sk-bench", BENCH_ADMIN_TOKEN=ADMIN_TOKEN, RUST_LOG="warn")
     log = open(os.path.join(d, "tollgate.log"), "w")
     p = procs.start([os.path.join(REL, "tollgate"), "serve", "--config", conf], env=env,
@@ -477,6 +478,7 @@ def main():
         bare, bare_port = start_pingora(procs, mock_addr)
         gw, gw_port, _ = start_tollgate(procs, tmp, mock_addr)
         gw4, gw4_port, _ = start_tollgate(procs, tmp, mock_addr, name="tollgate-4acct", accounts=4)
+        gwc, gwc_port, _ = start_tollgate(procs, tmp, mock_addr, name="tollgate-cache", cache=True)
         provider_auth = {"authorization": "Bearer sk-bench"}
         targets = {  # name: (port, headers, process whose group is measured)
             "direct": (mport, provider_auth, mock),
@@ -485,6 +487,10 @@ def main():
             "tollgate": (gw_port, {"authorization": f"Bearer {KEY}"}, gw),
             # The same, each request reserved on four accounts (two windows, a team, the key).
             "tollgate-4acct": (gw4_port, {"authorization": f"Bearer {KEY}"}, gw4),
+            # The response cache: every request a hit (the same body), or every one a miss
+            # that is stored again (`refresh`: the key, the recording and the store, each time).
+            "cache-hit": (gwc_port, {"authorization": f"Bearer {KEY}"}, gwc),
+            "cache-miss": (gwc_port, {"authorization": f"Bearer {KEY}", "x-tollgate-cache": "refresh"}, gwc),
         }
         if a.peers != "none":
             import peers
@@ -548,6 +554,14 @@ def main():
                 lines.append(f"| {mode} | {t} | {m['rps']:.0f} | {ratio:.2f} | {m['p50']:.3f} | {m['p99']:.3f} | "
                              f"{added50} | {added99} | {m['cpu_us']:.1f} | {rss[t]:.1f} | {errs} |")
             tg, ngm = med[(mode, "tollgate")], med[(mode, "nginx")]
+            hit, miss = med[(mode, "cache-hit")], med[(mode, "cache-miss")]
+            verdicts.append((f"{mode}: a cache hit is served at least as fast as direct to the mock",
+                             f"{hit['rps'] / med[(mode, 'direct')]['rps']:.2f}× direct's throughput "
+                             f"(p50 {hit['p50']:.3f} vs {med[(mode, 'direct')]['p50']:.3f} ms)",
+                             hit["rps"] >= med[(mode, "direct")]["rps"]))
+            verdicts.append((f"{mode}: the cache's bookkeeping adds ≤ 2% to a miss",
+                             f"{miss['rps'] / tg['rps']:.3f}× the uncached gateway's throughput",
+                             miss["rps"] >= 0.98 * tg["rps"]))
             four = med[(mode, "tollgate-4acct")]
             verdicts.append((f"{mode}: four accounts cost ≤ {TARGETS['four_accounts_cost']:.0%} throughput",
                              f"{four['rps'] / tg['rps']:.3f}× one account's ({four['rps']:.0f} vs {tg['rps']:.0f} req/s)",

@@ -39,7 +39,8 @@ KEY = "tg_bench_key_0000000000001"
 AGENT_KEY = "tg_bench_agent_key_00000001"
 
 
-def tollgate_toml(port, upstream, store_path, admin_port=None, rate_limits=True, accounts=1):
+def tollgate_toml(port, upstream, store_path, admin_port=None, rate_limits=True, accounts=1,
+                  cache=False):
     """Tollgate with everything on, forwarding model `gpt-*` to `upstream` ("host:port"): key
     auth, the secret detectors and a block pattern, an output cap, a budget (reserved and
     settled on every request), rpm and tpm limits, usage counting, the SQLite ledger. The
@@ -47,7 +48,8 @@ def tollgate_toml(port, upstream, store_path, admin_port=None, rate_limits=True,
     from BENCH_ADMIN_TOKEN. `rate_limits=False` drops the rpm/tpm limits and keeps the rest
     (fleet.py: in fleet mode only a project without them can run on leases). `accounts=4` charges
     each request of project `bench` to four budgeted accounts instead of one: a month and a day
-    window, a team and the key (bench.py's `tollgate-4acct`)."""
+    window, a team and the key (bench.py's `tollgate-4acct`). `cache=True` turns the response
+    cache on for `bench` (bench.py's `tollgate-cache-*`)."""
     admin = (f'admin_listen = "127.0.0.1:{admin_port}"\nadmin_token_env = "BENCH_ADMIN_TOKEN"\n'
              if admin_port else "")
     rate = "rate_limit = { rpm = 100000000, tpm = 100000000000 }\n" if rate_limits else ""
@@ -65,6 +67,8 @@ budgets = [{{ limit_usd = 1000000.0, period = "month" }}, {{ limit_usd = 1000000
 id = "bench"
 keys = ["{KEY}"]
 budget = {{ limit_usd = 1000000.0, period = "month" }}"""
+    if cache:
+        bench_project += "\ncache = {{ ttl_s = 3600 }}".replace("{{", "{").replace("}}", "}")
     return f"""[server]
 listen = "127.0.0.1:{port}"
 {admin}threads = 1

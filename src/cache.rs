@@ -89,13 +89,13 @@ impl ResponseCache {
 
     /// Store `entry` (replacing an older one), evicting the least recently used until the
     /// shard is within its budget. An entry larger than a shard's budget is not stored.
-    pub fn put(&self, key: Key, entry: Entry) {
+    pub fn put(&self, key: Key, entry: Arc<Entry>) {
         let w = entry.weight();
         if w > self.shard_budget {
             return;
         }
         let mut s = lock(self.shard(&key));
-        if let Some(old) = s.map.put(key, Arc::new(entry)) {
+        if let Some(old) = s.map.put(key, entry) {
             s.bytes = s.bytes.saturating_sub(old.weight());
             self.bytes.fetch_sub(old.weight(), Ordering::Relaxed);
         }
@@ -118,20 +118,61 @@ impl ResponseCache {
     }
 }
 
+/// An entry as the fleet keeps it in Redis: one JSON line (status, content type, stream or
+/// not, cost in nanos, expiry in Unix ms), then the body bytes.
+pub fn encode(e: &Entry, expires_unix_ms: i64) -> Vec<u8> {
+    let head = serde_json::json!({
+        "s": e.status,
+        "ct": e.content_type,
+        "sse": e.sse,
+        "c": e.cost.0,
+        "x": expires_unix_ms,
+    })
+    .to_string();
+    let mut out = Vec::with_capacity(head.len() + 1 + e.body.len());
+    out.extend_from_slice(head.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(&e.body);
+    out
+}
+
+/// [`encode`]'s inverse; `None` for anything else (a foreign value is never served).
+pub fn decode(blob: &[u8], now: Instant, now_unix_ms: i64) -> Option<Entry> {
+    let nl = memchr::memchr(b'\n', blob)?;
+    let head: serde_json::Value = serde_json::from_slice(&blob[..nl]).ok()?;
+    let left = head["x"].as_i64()?.checked_sub(now_unix_ms)?;
+    if left <= 0 {
+        return None;
+    }
+    Some(Entry {
+        status: u16::try_from(head["s"].as_u64()?).ok()?,
+        content_type: head["ct"].as_str().map(str::to_string),
+        body: Bytes::copy_from_slice(&blob[nl + 1..]),
+        sse: head["sse"].as_bool()?,
+        cost: Nanos(head["c"].as_u64()?),
+        expires: now + std::time::Duration::from_millis(left as u64),
+    })
+}
+
+/// A key in hex (the fleet's Redis key of an entry).
+pub fn hex(key: &Key) -> String {
+    crate::engine::auth::hex(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn entry(n: usize, ttl: Duration) -> Entry {
-        Entry {
+    fn entry(n: usize, ttl: Duration) -> Arc<Entry> {
+        Arc::new(Entry {
             status: 200,
             content_type: Some("application/json".into()),
             body: Bytes::from(vec![b'x'; n]),
             sse: false,
             cost: Nanos(7),
             expires: Instant::now() + ttl,
-        }
+        })
     }
 
     /// Keys that land in one shard (the first byte picks it).
@@ -165,6 +206,28 @@ mod tests {
             c.get(&key(4), now).is_none(),
             "larger than a shard's budget: not stored"
         );
+    }
+
+    #[test]
+    fn an_entry_round_trips_through_its_fleet_form_and_a_foreign_value_is_refused() {
+        let now = Instant::now();
+        let e = entry(5, Duration::from_secs(60));
+        let blob = encode(&e, 2_000);
+        let back = decode(&blob, now, 1_000).expect("decodes");
+        assert_eq!(
+            (
+                back.status,
+                &back.content_type,
+                &back.body,
+                back.sse,
+                back.cost
+            ),
+            (200, &e.content_type, &e.body, false, Nanos(7))
+        );
+        assert!(back.expires > now + Duration::from_millis(900));
+        assert!(decode(&blob, now, 2_000).is_none(), "expired");
+        assert!(decode(b"hello", now, 0).is_none());
+        assert!(decode(b"{}\nbody", now, 0).is_none());
     }
 
     #[test]

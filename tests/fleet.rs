@@ -2651,3 +2651,38 @@ fn a_binary_upgrade_in_fleet_mode_keeps_the_shared_budget_exact() {
         "the successor serves after the old process left"
     );
 }
+
+/// Issue 15 in fleet mode: an answer stored by one instance is a hit on another.
+#[test]
+fn a_cached_answer_stored_by_one_instance_is_a_hit_on_another() {
+    let fleet = start_fleet(2, &p1("cache = { ttl_s = 60 }"));
+    let body = chat("gpt-4o-mini", 9);
+    let first = send(
+        &fleet.urls,
+        0,
+        "/v1/chat/completions",
+        &[("x-api-key", KEY)],
+        &body,
+    );
+    assert_eq!(first.status, 200);
+    eventually("the entry is in Redis", || {
+        redis_keys(&fleet.redis, "tg:{p:p1}:cache:*") == 1
+    });
+    let r = try_request(
+        "POST",
+        &format!("{}/v1/chat/completions", fleet.urls[1]),
+        &[("x-api-key", KEY)],
+        Some(body.as_bytes()),
+    )
+    .expect("instance b");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-tollgate-cache"), Some("hit"), "{}", r.body);
+    assert_eq!(fleet.mock.count(), 1, "instance b called no provider");
+}
+
+fn redis_keys(redis: &RedisServer, pattern: &str) -> usize {
+    match redis.try_cmd(&["KEYS", pattern]) {
+        Ok(Reply::Array(Some(items))) => items.len(),
+        other => panic!("KEYS {pattern}: {other:?}"),
+    }
+}

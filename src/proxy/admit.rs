@@ -149,7 +149,22 @@ impl Gateway {
                 let model = ctx.seen.upstream_model.as_deref().unwrap_or("");
                 state.key = rules::key(&project.id, endpoint, model, sent);
                 if directive == Directive::Normal {
-                    if let Some(entry) = self.cache.get(&state.key, std::time::Instant::now()) {
+                    let mut found = self.cache.get(&state.key, std::time::Instant::now());
+                    if let (None, Some(f)) = (&found, &self.fleet) {
+                        // Another instance of the fleet may have stored it.
+                        let hex = crate::cache::hex(&state.key);
+                        if let Some(blob) = f.cache_get(&project.id, &hex).await {
+                            let now = std::time::Instant::now();
+                            if let Some(e) =
+                                crate::cache::decode(&blob, now, crate::clock::unix_ms())
+                            {
+                                let e = std::sync::Arc::new(e);
+                                self.cache.put(state.key, e.clone());
+                                found = Some(e);
+                            }
+                        }
+                    }
+                    if let Some(entry) = found {
                         state.result = "hit";
                         state.saved = entry.cost;
                         ctx.cache = Some(state);

@@ -36,6 +36,10 @@ impl Gateway {
     /// `response_body_filter` at the end of the body, before its last bytes reach the client, so
     /// a client's next identical request already finds it.
     pub(super) fn store_cached(&self, ctx: &mut Ctx) {
+        if ctx.cache.as_ref().is_none_or(|c| c.recording.is_none()) {
+            return;
+        }
+        let project = self.project_of(ctx).map(str::to_string);
         let Some(c) = ctx.cache.as_mut() else {
             return;
         };
@@ -55,17 +59,34 @@ impl Gateway {
             .content_type
             .as_deref()
             .is_some_and(|t| t.starts_with("text/event-stream"));
-        self.cache.put(
-            c.key,
-            crate::cache::Entry {
-                status: c.status,
-                content_type: c.content_type.clone(),
-                body: bytes::Bytes::from(buf),
-                sse,
-                cost,
-                expires: std::time::Instant::now() + c.ttl,
-            },
-        );
+        let entry = std::sync::Arc::new(crate::cache::Entry {
+            status: c.status,
+            content_type: c.content_type.clone(),
+            body: bytes::Bytes::from(buf),
+            sse,
+            cost,
+            expires: std::time::Instant::now() + c.ttl,
+        });
+        if let (Some(f), Some(p)) = (&self.fleet, project.as_deref()) {
+            // Shared with the fleet: another instance's identical request is a hit too.
+            let ttl_ms = u64::try_from(c.ttl.as_millis()).unwrap_or(u64::MAX);
+            let expires_ms =
+                crate::clock::unix_ms().saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
+            f.cache_put(
+                p,
+                &crate::cache::hex(&c.key),
+                crate::cache::encode(&entry, expires_ms),
+                ttl_ms,
+            );
+        }
+        self.cache.put(c.key, entry);
+    }
+
+    fn project_of<'a>(&self, ctx: &'a Ctx) -> Option<&'a str> {
+        ctx.cfg
+            .as_deref()
+            .zip(ctx.seen.project)
+            .map(|(c, p)| c.projects[p].id.as_str())
     }
 
     pub(super) fn finish(&self, session: &Session, e: Option<&Error>, ctx: &mut Ctx) {

@@ -51,6 +51,11 @@ impl ProjectKeys {
         ["cfg", "holds", "hexp", "done", "dexp"].map(|s| format!("{}{s}", self.prefix))
     }
 
+    /// A response cache entry of the project (its key in hex).
+    pub fn cache(&self, key_hex: &str) -> String {
+        format!("{}cache:{key_hex}", self.prefix)
+    }
+
     /// A rate window of the project: `tg:{p:P}:r:<what>:<minute>` (`what`: `rpm`, `tpm`;
     /// `minute`: Unix seconds / 60).
     pub fn rate(&self, what: &str, minute: i64) -> String {

@@ -1492,6 +1492,45 @@ impl Fleet {
         let _ = self.stream.try_send(json);
     }
 
+    /// The response cache shared by the fleet: the stored blob of `key` in `project`, if Redis
+    /// answers in time and has it.
+    pub async fn cache_get(&self, project: &str, key: &str) -> Option<Vec<u8>> {
+        let store = self.store.load_full()?;
+        let started = Instant::now();
+        let r = store
+            .command(redis::cmd("GET").arg(ProjectKeys::new(project).cache(key)))
+            .await;
+        observe("cache", started);
+        match r {
+            Ok(redis::Value::BulkString(b)) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// Store a blob for the fleet, for `ttl_ms` (in the background: a request never waits).
+    pub fn cache_put(&self, project: &str, key: &str, blob: Vec<u8>, ttl_ms: u64) {
+        let Some(store) = self.store.load_full() else {
+            return;
+        };
+        let k = ProjectKeys::new(project).cache(key);
+        self.rt.spawn(async move {
+            let started = Instant::now();
+            let r = store
+                .command(
+                    redis::cmd("SET")
+                        .arg(k)
+                        .arg(blob)
+                        .arg("PX")
+                        .arg(ttl_ms.max(1)),
+                )
+                .await;
+            observe("cache", started);
+            if let Err(e) = r {
+                log::warn!("fleet: storing a cached answer failed: {e}");
+            }
+        });
+    }
+
     /// Writes records to the stream, up to [`STREAM_BATCH`] records per entry (one JSON per
     /// line, oldest first), so the stream costs one XADD per batch, not per request. A batch
     /// that fails (Redis down) is kept and tried again; meanwhile new records wait in the
