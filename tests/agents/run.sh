@@ -345,9 +345,17 @@ agent_fail() { FAILED+=("$1: $2"); echo "FAIL: $1: $2" >&2; }
 # them, must equal what Tollgate charged and counted.
 check_project() {
   local agent=$1 version=$2 project=$3 secs=$4 want_cost=${5:-} want_tokens=${6:-}
-  local json
-  json="$(curl -fsS --max-time 10 -H "Authorization: Bearer $ADMIN_TOKEN" \
-    "$ADMIN/admin/decisions?project=$project&limit=1000")" || { agent_fail "$agent" "GET /admin/decisions failed"; return; }
+  local json want n
+  # The records reach the store within its flush interval (200 ms) after the response: wait
+  # until it has one for every access-log line of the project (an agent may exit at once).
+  want="$(grep -c "tollgate::access.* project=$project " "$TMP/tollgate.log" || true)"
+  for _ in $(seq 1 50); do
+    json="$(curl -fsS --max-time 10 -H "Authorization: Bearer $ADMIN_TOKEN" \
+      "$ADMIN/admin/decisions?project=$project&limit=1000")" || { agent_fail "$agent" "GET /admin/decisions failed"; return; }
+    n="$(node -e 'console.log(JSON.parse(require("fs").readFileSync(0, "utf8")).decisions.length)' <<<"$json")"
+    [ "$n" -ge "$want" ] && [ "$n" -gt 0 ] && break
+    sleep 0.1
+  done
   local verdict
   verdict="$(node -e '
     const [agent, version, secs] = process.argv.slice(1);
