@@ -287,3 +287,69 @@ fn every_control_still_runs_before_the_cache_is_read() {
         r.status == 200 && r.header("x-tollgate-cache").is_none()
     });
 }
+
+/// The shard (of 16) an entry lands in: the first byte of its key, computed as the engine does
+/// (SHA-256 over the length-prefixed project, endpoint, provider model and upstream body).
+fn shard_of(project: &str, model: &str, body: &str) -> u8 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        project.as_bytes(),
+        b"chat_completions".as_slice(),
+        model.as_bytes(),
+        body.as_bytes(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize()[0] % 16
+}
+
+#[test]
+fn the_byte_budget_evicts_the_least_recently_used_entry_of_its_shard() {
+    let mock = Mock::start();
+    // Measure one answer's size, then give each of the 16 shards room for one entry only.
+    let probe = Gateway::start_with(&with_cache(&mock, 60, ""), "", &provider_env());
+    let a = chat("gpt-4o-mini", 6);
+    let size = send(&probe, KEY, "/v1/chat/completions", &a, &[])
+        .body
+        .len();
+    drop(probe);
+    let weight = size + "application/json".len() + 128;
+    let budget = 16 * (weight + weight / 2);
+    let body = format!(
+        "[cache]\nmax_bytes = {budget}\n{}",
+        with_cache(&mock, 60, "")
+    );
+    let gw = Gateway::start_with(&body, "", &provider_env());
+    // Bodies that differ only in max_tokens: same answer size, keys in known shards.
+    let target = shard_of("p1", "gpt-4o-mini", &a);
+    let same_shard = (7..400)
+        .map(|n| chat("gpt-4o-mini", n))
+        .find(|b| shard_of("p1", "gpt-4o-mini", b) == target)
+        .expect("a body in the same shard");
+    let other_shard = (7..400)
+        .map(|n| chat("gpt-4o-mini", n))
+        .find(|b| shard_of("p1", "gpt-4o-mini", b) != target && *b != same_shard)
+        .expect("a body in another shard");
+    let hit = |b: &str| {
+        send(&gw, KEY, "/v1/chat/completions", b, &[])
+            .header("x-tollgate-cache")
+            .map(str::to_string)
+    };
+    assert_eq!(hit(&a).as_deref(), Some("miss"));
+    assert_eq!(hit(&a).as_deref(), Some("hit"), "stored");
+    assert_eq!(hit(&other_shard).as_deref(), Some("miss"));
+    assert_eq!(
+        hit(&a).as_deref(),
+        Some("hit"),
+        "another shard's entry evicts nothing here"
+    );
+    assert_eq!(hit(&same_shard).as_deref(), Some("miss"));
+    assert_eq!(
+        hit(&a).as_deref(),
+        Some("miss"),
+        "the shard had room for one: the least recently used went"
+    );
+    assert_eq!(hit(&other_shard).as_deref(), Some("hit"));
+}
