@@ -420,16 +420,8 @@ impl Admin {
             if let (Some(f), Some(first), false) =
                 (&self.fleet, projects.first(), windows.is_empty())
             {
-                let accounts: Vec<crate::engine::accounts::AccountRef> = t
-                    .budgets
-                    .iter()
-                    .map(|w| crate::engine::accounts::AccountRef {
-                        kind: AccountKind::Team,
-                        id: t.id.clone(),
-                        name: crate::engine::accounts::ledger_name(AccountKind::Team, "", &t.id),
-                        window: Some(*w),
-                    })
-                    .collect();
+                let accounts =
+                    crate::engine::accounts::windows(AccountKind::Team, "", &t.id, &t.budgets);
                 source = match f.windows_status(first, &accounts).await {
                     Some((figures, _)) => {
                         for (w, fig) in windows.iter_mut().zip(&figures) {
@@ -499,14 +491,8 @@ impl Admin {
             reader.spend_with_prefix(&pfx, &key, after.as_deref(), limit)
         })
         .await;
-        let rows = match res {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => {
-                log::error!("admin users: {e}");
-                return error(GatewayError::Internal(
-                    "Could not read the end users".into(),
-                ));
-            }
+        let rows = match res.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok(rows) => rows,
             Err(e) => {
                 log::error!("admin users: {e}");
                 return error(GatewayError::Internal(

@@ -86,7 +86,10 @@ pub fn accounts(
     user: Option<&str>,
 ) -> Vec<AccountRef> {
     let p = &cfg.projects[project];
-    let mut out = Vec::with_capacity(4);
+    let mut out = windows(AccountKind::Project, &p.id, &p.id, &p.budgets);
+    if let Some(t) = p.team.and_then(|t| cfg.teams.get(t)) {
+        out.extend(windows(AccountKind::Team, &p.id, &t.id, &t.budgets));
+    }
     let mut push = |kind: AccountKind, id: &str, window: Option<Budget>| {
         out.push(AccountRef {
             kind,
@@ -95,20 +98,6 @@ pub fn accounts(
             window,
         });
     };
-    if p.budgets.is_empty() {
-        push(AccountKind::Project, &p.id, None);
-    }
-    for w in &p.budgets {
-        push(AccountKind::Project, &p.id, Some(*w));
-    }
-    if let Some(t) = p.team.and_then(|t| cfg.teams.get(t)) {
-        if t.budgets.is_empty() {
-            push(AccountKind::Team, &t.id, None);
-        }
-        for w in &t.budgets {
-            push(AccountKind::Team, &t.id, Some(*w));
-        }
-    }
     if let Some(k) = key.and_then(|k| p.keys.get(k)) {
         push(AccountKind::Key, &k.name, k.budget);
     }
@@ -116,6 +105,22 @@ pub fn accounts(
         push(AccountKind::User, u, p.user_budget);
     }
     out
+}
+
+/// One account (of project `project`) in each of `budgets`, or in none (no limit: its spend
+/// is recorded per month) when there are none.
+pub fn windows(kind: AccountKind, project: &str, id: &str, budgets: &[Budget]) -> Vec<AccountRef> {
+    let one = |window: Option<Budget>| AccountRef {
+        kind,
+        id: id.to_string(),
+        name: ledger_name(kind, project, id),
+        window,
+    };
+    if budgets.is_empty() {
+        vec![one(None)]
+    } else {
+        budgets.iter().map(|w| one(Some(*w))).collect()
+    }
 }
 
 /// Who an account is, in a 402's message: `Project checkout-bot`, `Team payments`,

@@ -596,11 +596,7 @@ impl Ledger {
     /// marked accounts through the carry sink ([`Ledger::set_carry`]). Returns the numbers.
     pub fn hand_over(&self) -> Vec<CellState> {
         self.handed.store(true, Ordering::SeqCst);
-        let mut cells: Vec<Cell> = self.accounts.load().values().cloned().collect();
-        for shard in &self.users {
-            cells.extend(lock_shard(shard).map.values().cloned());
-        }
-        cells
+        self.all_cells()
             .iter()
             .map(|c| {
                 let a = lock(c);
@@ -619,14 +615,19 @@ impl Ledger {
     /// The hand-over failed before the successor took the numbers: admit here again.
     pub fn undo_hand_over(&self) {
         self.handed.store(false, Ordering::SeqCst);
+        for c in self.all_cells() {
+            let _a = lock(&c);
+            c.handed.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Every account in memory: the configured ones and the end users'.
+    fn all_cells(&self) -> Vec<Cell> {
         let mut cells: Vec<Cell> = self.accounts.load().values().cloned().collect();
         for shard in &self.users {
             cells.extend(lock_shard(shard).map.values().cloned());
         }
-        for c in cells {
-            let _a = lock(&c);
-            c.handed.store(false, Ordering::Relaxed);
-        }
+        cells
     }
 
     pub fn is_handed_over(&self) -> bool {
@@ -1071,38 +1072,12 @@ impl Ledger {
 
 /// A project's own accounts: each window, or an unlimited monthly one when it has none.
 pub fn project_accounts(p: &Project) -> Vec<AccountRef> {
-    let one = |window: Option<Budget>| AccountRef {
-        kind: AccountKind::Project,
-        id: p.id.clone(),
-        name: p.id.clone(),
-        window,
-    };
-    if p.budgets.is_empty() {
-        vec![one(None)]
-    } else {
-        p.budgets.iter().map(|w| one(Some(*w))).collect()
-    }
+    accounts::windows(AccountKind::Project, &p.id, &p.id, &p.budgets)
 }
 
 /// A team's accounts: each window, or an unlimited monthly one when it has none.
 fn team_accounts(t: &Team) -> Vec<AccountRef> {
-    let name = accounts::ledger_name(AccountKind::Team, "", &t.id);
-    let one = |window: Option<Budget>| AccountRef {
-        kind: AccountKind::Team,
-        id: t.id.clone(),
-        name: name.clone(),
-        window,
-    };
-    if t.budgets.is_empty() {
-        vec![one(None)]
-    } else {
-        t.budgets.iter().map(|w| one(Some(*w))).collect()
-    }
-}
-
-/// The period a project's own account is kept in when one must stand for it.
-pub fn period_of(p: &Project) -> Period {
-    p.primary_period()
+    accounts::windows(AccountKind::Team, "", &t.id, &t.budgets)
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ use crate::engine::config::{Config, FleetConfig, Project};
 use crate::engine::error::{GatewayError, PolicyCode};
 use crate::engine::pricing::Nanos;
 use crate::ledger::store::Write;
-use crate::ledger::{period_of, Ledger};
+use crate::ledger::Ledger;
 
 /// Rate windows are minutes; a window key outlives the minute after it (the sliding estimate
 /// reads the previous one).
@@ -442,7 +442,12 @@ impl Fleet {
         let mut at: Vec<Option<usize>> = Vec::with_capacity(accounts.len().max(1));
         if !accounts.iter().any(|a| a.kind == AccountKind::Project) {
             holds.push(AccountHold {
-                key: keys.budget(AccountKind::Project, &project.id, period_of(project), now),
+                key: keys.budget(
+                    AccountKind::Project,
+                    &project.id,
+                    project.primary_period(),
+                    now,
+                ),
                 limit: None,
                 amount: worst,
             });
@@ -803,7 +808,7 @@ impl Fleet {
             let key = ProjectKeys::new(&p.id).budget(
                 AccountKind::Project,
                 &p.id,
-                period_of(p),
+                p.primary_period(),
                 now_ms.div_euclid(1000),
             );
             let fresh = if p.budgets.is_empty() {
