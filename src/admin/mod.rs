@@ -22,6 +22,8 @@ use crate::ledger::fleet::Fleet;
 use crate::ledger::{DecisionRecord, Ledger, ProjectStatus, WindowStatus};
 use crate::reload::Reloader;
 
+mod console;
+
 pub struct Admin {
     pub config: Arc<ArcSwap<Config>>,
     pub ledger: Arc<Ledger>,
@@ -35,6 +37,22 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
         .header("content-type", content_type)
         .header("content-length", body.len())
         .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+/// A console file: the page's strict Content-Security-Policy, never sniffed or framed, and no
+/// referrer (the page's address carries nothing secret, but nothing needs it either).
+fn console_reply(content_type: &str, body: &'static [u8]) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(200)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .header("content-security-policy", console::CSP)
+        .header("x-content-type-options", "nosniff")
+        .header("x-frame-options", "DENY")
+        .header("referrer-policy", "no-referrer")
+        .header("cache-control", "no-cache")
+        .body(body.to_vec())
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
@@ -635,6 +653,11 @@ impl ServeHttp for Admin {
                 return reply(200, "text/plain; version=0.0.4", crate::metrics::render());
             }
             _ => {}
+        }
+        if method == "GET" || method == "HEAD" {
+            if let Some((content_type, body)) = console::asset(&path) {
+                return console_reply(content_type, body);
+            }
         }
         if !path.starts_with("/admin/") {
             return error(GatewayError::NotFound(format!("Unknown path {path}")));
