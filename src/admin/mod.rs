@@ -9,8 +9,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::Response;
-use pingora::apps::http_app::ServeHttp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 
 use crate::engine::accounts::AccountKind;
 use crate::engine::admission::percent_decode;
@@ -19,10 +21,35 @@ use crate::engine::config::Config;
 use crate::engine::error::{json_string, push_json_string, ErrorShape, GatewayError};
 use crate::engine::pricing::Nanos;
 use crate::ledger::fleet::Fleet;
-use crate::ledger::{DecisionRecord, Ledger, ProjectStatus, WindowStatus};
+use crate::ledger::{DecisionFilter, DecisionRecord, Ledger, ProjectStatus, WindowStatus};
 use crate::reload::Reloader;
 
 mod console;
+mod reports;
+
+/// What a token may do on the admin API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Admin,
+    Viewer,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+/// The viewer token asked for an action.
+fn read_only() -> Response<Vec<u8>> {
+    json(
+        403,
+        r#"{"error":{"message":"This token is read-only (viewer_token_env): it can see everything and change nothing; use the admin token","type":"permission_denied","param":null,"code":"read_only_token","reason":"read_only_token"}}"#.into(),
+    )
+}
 
 pub struct Admin {
     pub config: Arc<ArcSwap<Config>>,
@@ -338,8 +365,12 @@ impl Admin {
         ))
     }
 
-    fn authorized(&self, cfg: &Config, session: &ServerSession) -> Result<(), GatewayError> {
-        let Some(token) = &cfg.server.admin_token else {
+    /// Who presented which token: the admin token may do everything, the viewer token
+    /// (`viewer_token_env`) may read everything and change nothing. Both are compared in
+    /// constant time (as digests, so their lengths do not show either).
+    fn authorized(&self, cfg: &Config, session: &ServerSession) -> Result<Role, GatewayError> {
+        let (admin, viewer) = (&cfg.server.admin_token, &cfg.server.viewer_token);
+        if admin.is_none() && viewer.is_none() {
             return Err(GatewayError::NotFound(format!(
                 "The admin API is disabled: set {} to enable it",
                 cfg.server
@@ -347,7 +378,7 @@ impl Admin {
                     .as_deref()
                     .unwrap_or("server.admin_token_env")
             )));
-        };
+        }
         let presented = session
             .get_header("authorization")
             .and_then(|v| v.to_str().ok())
@@ -359,22 +390,51 @@ impl Admin {
             .unwrap_or("");
         use subtle::ConstantTimeEq;
         let a = crate::engine::auth::key_digest(presented.as_bytes());
-        let b = crate::engine::auth::key_digest(token.expose().as_bytes());
-        if presented.is_empty() || !bool::from(a.ct_eq(&b)) {
-            return Err(GatewayError::Unauthorized(
+        let matches = |t: &Option<crate::engine::provider::Secret>| {
+            t.as_ref().is_some_and(|t| {
+                let b = crate::engine::auth::key_digest(t.expose().as_bytes());
+                bool::from(a.ct_eq(&b))
+            })
+        };
+        // Both are compared whichever matches, so the time taken does not tell which.
+        let (is_admin, is_viewer) = (matches(admin), matches(viewer));
+        match (presented.is_empty(), is_admin, is_viewer) {
+            (false, true, _) => Ok(Role::Admin),
+            (false, false, true) => Ok(Role::Viewer),
+            _ => Err(GatewayError::Unauthorized(
                 "Missing or wrong admin token".into(),
-            ));
+            )),
         }
-        Ok(())
     }
 
     async fn projects(&self, cfg: &Config) -> String {
+        let now = crate::clock::unix_ms();
+        let month = self.month_spend(now).await;
+        format!(
+            r#"{{"projects":{}}}"#,
+            self.projects_with(cfg, &month, now).await
+        )
+    }
+
+    /// The projects as a JSON list, each with its month-end `projection_usd` from `month`
+    /// (this calendar month's spend per project, from the rollups).
+    async fn projects_with(
+        &self,
+        cfg: &Config,
+        month: &std::collections::BTreeMap<String, u64>,
+        now_ms: i64,
+    ) -> String {
         let mut items: Vec<String> = Vec::with_capacity(cfg.projects.len());
         for p in &cfg.projects {
+            let projection = reports::projection(month.get(&p.id).copied().unwrap_or(0), now_ms);
+            let projection = format!(r#","projection_usd":{}}}"#, usd(projection));
             let mut s = self.ledger.status(p);
             let team = p.team.map(|t| cfg.teams[t].id.as_str());
             let Some(fleet) = &self.fleet else {
-                items.push(project_json_full(&s, team, None, &[]));
+                let mut item = project_json_full(&s, team, None, &[]);
+                item.pop();
+                item.push_str(&projection);
+                items.push(item);
                 continue;
             };
             let accounts = crate::ledger::project_accounts(p);
@@ -418,9 +478,12 @@ impl Admin {
                 .position(|w| Some(w.remaining) == s.remaining && Some(w.limit) == s.limit)
                 .unwrap_or(0);
             let flat = leased.get(tight).copied().unwrap_or_default();
-            items.push(project_json_full(&s, team, Some((flat, source)), &leased));
+            let mut item = project_json_full(&s, team, Some((flat, source)), &leased);
+            item.pop();
+            item.push_str(&projection);
+            items.push(item);
         }
-        format!(r#"{{"projects":[{}]}}"#, items.join(","))
+        format!("[{}]", items.join(","))
     }
 
     /// `GET /admin/teams`: each team with its projects and windows (fleet-wide in fleet mode).
@@ -570,7 +633,11 @@ impl Admin {
         let Some(reader) = self.ledger.reader() else {
             return json(200, r#"{"decisions":[]}"#.into());
         };
-        let project = query_param(query, "project").map(str::to_string);
+        let filter = match reports::decision_filter(query) {
+            Ok(f) => f,
+            Err(e) => return error(GatewayError::InvalidRequest(e)),
+        };
+        let project = filter.project.clone();
         let limit = match query_param(query, "limit").map(str::parse::<usize>) {
             None => 50,
             Some(Ok(n)) if (1..=1000).contains(&n) => n,
@@ -580,8 +647,15 @@ impl Admin {
                 ))
             }
         };
-        let local_cursor = query_param(query, "before_ms").is_some();
-        if let (Some(f), false) = (&self.fleet, local_cursor) {
+        // The fleet's stream is filtered by project only: any other filter reads this
+        // instance's store.
+        let local = query_param(query, "before_ms").is_some()
+            || filter
+                != DecisionFilter {
+                    project: filter.project.clone(),
+                    ..Default::default()
+                };
+        if let (Some(f), false) = (&self.fleet, local) {
             if let Some(page) = self
                 .fleet_decisions(
                     f,
@@ -597,10 +671,9 @@ impl Admin {
         let before = query_param(query, "before_ms")
             .and_then(|t| t.parse::<i64>().ok())
             .map(|t| (t, query_param(query, "before_id").unwrap_or("").to_string()));
-        let res = tokio::task::spawn_blocking(move || {
-            reader.decisions(project.as_deref(), limit, before)
-        })
-        .await;
+        let res =
+            tokio::task::spawn_blocking(move || reader.decisions_where(&filter, limit, before))
+                .await;
         match res {
             Ok(Ok(list)) => {
                 // In fleet mode (Redis unreadable) these are this instance's own records.
@@ -634,8 +707,53 @@ impl Admin {
     }
 }
 
+/// The admin listener is a plain request → response server, except for the live tail, which
+/// writes events for as long as the watcher stays (so it cannot be a `ServeHttp`).
 #[async_trait]
-impl ServeHttp for Admin {
+impl HttpServerApp for Admin {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut http: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match http.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                log::debug!("admin: reading a request failed: {e}");
+                return None;
+            }
+        }
+        http.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let req = http.req_header();
+        if req.method == http::Method::GET && req.uri.path() == "/admin/decisions/stream" {
+            self.stream(http, shutdown.clone()).await;
+            return None;
+        }
+        let (parts, body) = self.response(&mut http).await.into_parts();
+        let header: ResponseHeader = parts.into();
+        if let Err(e) = http.write_response_header(Box::new(header)).await {
+            log::debug!("admin: writing a response failed: {e}");
+            return None;
+        }
+        if !body.is_empty() {
+            if let Err(e) = http.write_response_body(body.into(), true).await {
+                log::debug!("admin: writing a response failed: {e}");
+                return None;
+            }
+        }
+        let settings = HttpPersistentSettings::for_session(&http);
+        match http.finish().await {
+            Ok(c) => c.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
+            Err(e) => {
+                log::debug!("admin: finishing a response failed: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let _ = session.drain_request_body().await;
         let req = session.req_header();
@@ -663,12 +781,18 @@ impl ServeHttp for Admin {
             return error(GatewayError::NotFound(format!("Unknown path {path}")));
         }
         let cfg = self.config.load_full();
-        if let Err(e) = self.authorized(&cfg, session) {
-            return error(e);
+        let role = match self.authorized(&cfg, session) {
+            Ok(r) => r,
+            Err(e) => return error(e),
+        };
+        if role == Role::Viewer && method != "GET" && method != "HEAD" {
+            return read_only();
         }
         let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
         match (method.as_str(), segments.as_slice()) {
             ("GET", ["", "admin", "projects"]) => json(200, self.projects(&cfg).await),
+            ("GET", ["", "admin", "overview"]) => self.overview(&cfg, role).await,
+            ("GET", ["", "admin", "spend"]) => self.spend(query.as_deref()).await,
             ("GET", ["", "admin", "teams"]) => json(200, self.teams(&cfg).await),
             ("GET", ["", "admin", "users"]) => self.users(&cfg, query.as_deref()).await,
             ("GET", ["", "admin", "fleet"]) => match &self.fleet {
@@ -724,6 +848,9 @@ impl ServeHttp for Admin {
                 | ["", "admin", "users"]
                 | ["", "admin", "reload"]
                 | ["", "admin", "decisions"]
+                | ["", "admin", "decisions", "stream"]
+                | ["", "admin", "overview"]
+                | ["", "admin", "spend"]
                 | ["", "admin", "fleet"]
                 | ["", "admin", "providers"],
             ) => error(GatewayError::MethodNotAllowed(format!(

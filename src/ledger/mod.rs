@@ -17,7 +17,9 @@
 /// Fleet mode: the Redis store and the instance's side of it (admission, settle queue,
 /// generation, freezes, heartbeats).
 pub mod fleet;
+pub mod rollups;
 pub mod store;
+pub mod tail;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -30,7 +32,7 @@ use crate::engine::budget::{Account, Budget, Period};
 use crate::engine::config::{Config, Project, Team};
 use crate::engine::error::GatewayError;
 use crate::engine::pricing::Nanos;
-pub use store::{DecisionRecord, Periods, Reader, StoreHandle, Write};
+pub use store::{DecisionFilter, DecisionRecord, Periods, Reader, StoreHandle, Write};
 
 /// One account in one window, and its name, shared so that reservations and spend writes
 /// copy a pointer rather than the string.
@@ -89,6 +91,8 @@ pub struct Ledger {
     max_idle_users: usize,
     /// Binary upgrade: the successor admits from now on (see `crate::handover`).
     handed: std::sync::atomic::AtomicBool,
+    /// The live tail of decision records (`GET /admin/decisions/stream`).
+    pub tail: tail::Tail,
 }
 
 /// A settle of a reservation made before the hand-over, on the accounts whose numbers went to
@@ -358,6 +362,7 @@ impl Ledger {
             }),
             max_idle_users: MAX_IDLE_USERS,
             handed: std::sync::atomic::AtomicBool::new(false),
+            tail: tail::Tail::default(),
         }
     }
 
@@ -1064,6 +1069,7 @@ impl Ledger {
     }
 
     pub fn record(&self, d: DecisionRecord) {
+        self.tail.publish(&d);
         if let Some(s) = &self.store {
             s.send(Write::Decision(Box::new(d)));
         }

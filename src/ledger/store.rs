@@ -51,11 +51,12 @@
 //! alerted on; at a few hundred bytes a write, a minute of backlog at 1k req/s
 //! is tens of MB.
 //!
-//! # Schema (`PRAGMA user_version` = 6)
+//! # Schema (`PRAGMA user_version` = 7)
 //! v2 added `decisions.attempts` and `providers_tried`; v3 added `decisions.overrun_nanos`;
 //! v4 added `fleet_settles`, fleet mode's queue of settlements not yet applied in Redis;
 //! v5 added `decisions.team`, `key_name`, `user` and `tags`; v6 added `decisions.cache` and
-//! `saved_nanos` (the response cache).
+//! `saved_nanos` (the response cache); v7 added `rollups`, the hourly sums the reports read
+//! (`super::rollups`, which holds its schema), written in the same transaction as the records.
 //! `spend.project` is an account's ledger name: a project's id, `team:ID`, `key:PROJECT/NAME`
 //! or `user:PROJECT/USER`; every charge is added to the day, week, month and total rows of
 //! each account it applies to, so a window added later starts from the truth.
@@ -108,7 +109,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// A batch this large is committed without waiting for the timer, so a burst
 /// becomes several medium transactions instead of one huge one.
@@ -171,6 +172,20 @@ pub struct DecisionRecord {
     /// endpoint is not cached); what a hit saved, in nano-dollars.
     pub cache: Option<String>,
     pub saved_nanos: u64,
+}
+
+/// Which decision records [`Reader::decisions_where`] returns: each `Some` must match
+/// exactly; `tag` is (name, value) of the record's tags; the time range is `[from_ms, to_ms)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecisionFilter {
+    pub project: Option<String>,
+    pub decision: Option<String>,
+    pub reason: Option<String>,
+    pub model: Option<String>,
+    pub user: Option<String>,
+    pub tag: Option<(String, String)>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
 }
 
 /// (project, period), as used by [`Reader::all_spend_for`].
@@ -591,7 +606,16 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
         tx.execute_batch(MIGRATE_TO_V6)
             .map_err(|e| format!("migrate schema to v6: {e}"))?;
     }
-    // Later versions: `if version < 7 { ... }`.
+    if version < 7 {
+        tx.execute_batch(super::rollups::CREATE_V7)
+            .map_err(|e| format!("migrate schema to v7: {e}"))?;
+        if let Err(e) = tx.execute_batch(super::rollups::FILL_V7) {
+            log::warn!("schema v7: exact rollups of the old records failed ({e}); saturating");
+            tx.execute_batch(super::rollups::FILL_V7_SATURATING)
+                .map_err(|e| format!("migrate schema to v7 (build the rollups): {e}"))?;
+        }
+    }
+    // Later versions: `if version < 8 { ... }`.
     if version != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| format!("set user_version: {e}"))?;
@@ -920,6 +944,7 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
             ])?;
         }
     }
+    super::rollups::write(&tx, &batch.decisions)?;
     tx.commit()
 }
 
@@ -940,7 +965,7 @@ const DECISION_COLUMNS: &str =
      attempts, providers_tried, overrun_nanos, team, key_name, user, tags, cache, saved_nanos";
 
 impl Reader {
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a read connection in a
         // bad state, so a poisoned lock is simply taken over.
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
@@ -1066,9 +1091,26 @@ impl Reader {
     /// "Older" is the order (time_ms, id) descending, so records sharing a
     /// millisecond page correctly; pass the last record's (time_ms, id) to get
     /// the next page.
+    #[cfg(test)]
     pub fn decisions(
         &self,
         project: Option<&str>,
+        limit: usize,
+        before: Option<(i64, String)>,
+    ) -> Result<Vec<DecisionRecord>, String> {
+        let filter = DecisionFilter {
+            project: project.map(str::to_string),
+            ..Default::default()
+        };
+        self.decisions_where(&filter, limit, before)
+    }
+
+    /// [`Reader::decisions`] with every filter of [`DecisionFilter`]. The project filter and
+    /// the time range use the indexes; the others are checked on the rows the index walk
+    /// meets, newest first, until `limit` match (a rare value over a long range reads more).
+    pub fn decisions_where(
+        &self,
+        f: &DecisionFilter,
         limit: usize,
         before: Option<(i64, String)>,
     ) -> Result<Vec<DecisionRecord>, String> {
@@ -1076,10 +1118,34 @@ impl Reader {
             return Ok(Vec::new());
         }
         let mut sql = format!("SELECT {DECISION_COLUMNS} FROM decisions WHERE 1 = 1");
-        let mut args: Vec<Value> = Vec::with_capacity(4);
-        if let Some(p) = project {
-            sql.push_str(" AND project = ?");
-            args.push(Value::Text(p.to_string()));
+        let mut args: Vec<Value> = Vec::with_capacity(8);
+        for (column, value) in [
+            ("project", &f.project),
+            ("decision", &f.decision),
+            ("reason", &f.reason),
+            ("model", &f.model),
+            ("user", &f.user),
+        ] {
+            if let Some(v) = value {
+                sql.push_str(&format!(" AND {column} = ?"));
+                args.push(Value::Text(v.clone()));
+            }
+        }
+        if let Some((name, value)) = &f.tag {
+            // A JSON path with the name quoted, so any tag name is one path step.
+            let mut path = String::from("$.");
+            crate::engine::error::push_json_string(&mut path, name);
+            sql.push_str(" AND json_extract(tags, ?) = ?");
+            args.push(Value::Text(path));
+            args.push(Value::Text(value.clone()));
+        }
+        if let Some(t) = f.from_ms {
+            sql.push_str(" AND time_ms >= ?");
+            args.push(Value::Integer(t));
+        }
+        if let Some(t) = f.to_ms {
+            sql.push_str(" AND time_ms < ?");
+            args.push(Value::Integer(t));
         }
         if let Some((t, id)) = before {
             // The `time_ms <= ?` half lets SQLite seek the index; the OR half
@@ -1208,6 +1274,112 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    fn rollup_totals(
+        r: &Reader,
+        dims: &[super::super::rollups::Dim],
+    ) -> Vec<super::super::rollups::Row> {
+        r.rollups(&super::super::rollups::Query {
+            from_ms: 0,
+            to_ms: i64::MAX,
+            dims,
+            bucket_ms: Some(super::super::rollups::HOUR_MS),
+            project: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn rollups_sum_the_records_of_each_hour_across_batches_in_the_same_commit() {
+        use super::super::rollups::{Dim, Sums, HOUR_MS};
+        let dir = tempfile::tempdir().unwrap();
+        let (h, r) = open(&db_path(&dir), LONG);
+        let mut blocked = rec("b", HOUR_MS + 5, Some("p"));
+        blocked.decision = "block".into();
+        blocked.reason = "budget_exceeded".into();
+        blocked.status = 402;
+        blocked.cost_nanos = Some(0);
+        let mut failed = rec("f", HOUR_MS + 6, Some("p"));
+        failed.status = 502;
+        failed.cost_nanos = None;
+        failed.saved_nanos = 9;
+        for d in [rec("a", 10, Some("p")), rec("a2", 20, Some("q")), blocked] {
+            h.send(decision(d));
+        }
+        h.flush().unwrap();
+        h.send(decision(rec("a3", HOUR_MS - 1, Some("p"))));
+        h.send(decision(failed));
+        h.flush().unwrap();
+        let rows = rollup_totals(&r, &[Dim::Project]);
+        let got: Vec<(Option<String>, Option<i64>, Sums)> = rows
+            .into_iter()
+            .map(|row| (row.dims[0].clone(), row.bucket_ms, row.sums))
+            .collect();
+        let allowed = |n: u64| Sums {
+            requests: n,
+            prompt_tokens: 12 * n,
+            completion_tokens: 34 * n,
+            cost_nanos: 1_234_567 * n,
+            ..Default::default()
+        };
+        assert_eq!(
+            got,
+            vec![
+                (Some("p".into()), Some(0), allowed(2)),
+                (Some("q".into()), Some(0), allowed(1)),
+                (
+                    Some("p".into()),
+                    Some(HOUR_MS),
+                    Sums {
+                        requests: 2,
+                        blocked: 1,
+                        errors: 1,
+                        prompt_tokens: 24,
+                        completion_tokens: 68,
+                        cost_nanos: 0,
+                        saved_nanos: 9,
+                    }
+                ),
+            ]
+        );
+        h.shutdown().unwrap();
+    }
+
+    #[test]
+    fn a_version_6_file_gets_its_rollups_built_from_the_records_it_holds() {
+        use super::super::rollups::Dim;
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let (h, r) = open(&path, LONG);
+        let mut tagged = rec("t", 7_200_000 + 1, Some("p"));
+        tagged.tags = Some(r#"{"env":"prod"}"#.into());
+        tagged.user = Some("alice".into());
+        for d in [rec("a", 1, Some("p")), rec("b", 2, None), tagged] {
+            h.send(decision(d));
+        }
+        h.shutdown().unwrap();
+        let before = rollup_totals(&r, &[Dim::Project, Dim::User, Dim::Tags]);
+        drop(r);
+        {
+            // What a v6 file looks like: the same records, no rollups.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch("DROP TABLE rollups; PRAGMA user_version = 6;")
+                .unwrap();
+        }
+        let (h, r) = open(&path, LONG);
+        let after = rollup_totals(&r, &[Dim::Project, Dim::User, Dim::Tags]);
+        assert_eq!(
+            after, before,
+            "the migration sums the old records as the writer did"
+        );
+        assert_eq!(after.len(), 3);
+        assert_eq!(
+            after[0].dims,
+            vec![None, None, None],
+            "a record without a project"
+        );
+        h.shutdown().unwrap();
     }
 
     #[test]
@@ -1877,7 +2049,7 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION, "the file is now the current version");
-        assert_eq!(SCHEMA_VERSION, 6);
+        assert_eq!(SCHEMA_VERSION, 7);
         let fleet: i64 = c
             .query_row("SELECT COUNT(*) FROM fleet_settles", [], |r| r.get(0))
             .unwrap();

@@ -50,6 +50,8 @@ pub struct FileServer {
     pub listen: Option<Spanned<String>>,
     pub admin_listen: Option<Spanned<String>>,
     pub admin_token_env: Option<Spanned<String>>,
+    /// The console's read-only token (SPEC "Console and reports").
+    pub viewer_token_env: Option<Spanned<String>>,
     pub max_body_bytes: Option<Spanned<i64>>,
     pub threads: Option<Spanned<i64>>,
     pub grace_period_s: Option<Spanned<i64>>,

@@ -36,6 +36,8 @@ pub struct ServerConfig {
     /// The admin token's value; `None` (variable unset) disables `/admin/*`.
     pub admin_token: Option<Secret>,
     pub admin_token_env: Option<String>,
+    /// The read-only token (`viewer_token_env`): every GET of `/admin/*`, no action.
+    pub viewer_token: Option<Secret>,
     pub max_body_bytes: usize,
     pub threads: usize,
     pub grace_period_s: u64,
@@ -94,6 +96,7 @@ impl Default for ServerConfig {
             admin_listen: None,
             admin_token: None,
             admin_token_env: None,
+            viewer_token: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             threads: Self::DEFAULT_THREADS,
             grace_period_s: Self::DEFAULT_GRACE_PERIOD_S,

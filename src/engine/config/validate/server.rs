@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use toml::Spanned;
+
 use super::{Env, Validator};
 use crate::engine::circuit::CircuitParams;
 use crate::engine::config::file::FileServer;
@@ -10,6 +12,25 @@ use crate::engine::config::{ServerConfig, TlsCheck, TlsFiles, TlsPart};
 use crate::engine::provider::Secret;
 
 impl Validator<'_> {
+    /// A token named by an environment variable: unset (or empty) is allowed and means "no
+    /// such token" (the admin API is then disabled, as the SPEC says); an empty name is not.
+    fn token(
+        &mut self,
+        var: &Option<Spanned<String>>,
+        what: &str,
+        env: Env,
+    ) -> (Option<Secret>, Option<String>) {
+        let Some(var) = var else {
+            return (None, None);
+        };
+        let name = var.get_ref().clone();
+        if name.is_empty() {
+            self.err(Some(var.span()), what, "must name an environment variable");
+        }
+        let token = env(&name).filter(|t| !t.is_empty()).map(Secret::new);
+        (token, Some(name))
+    }
+
     pub(super) fn server(
         &mut self,
         s: &FileServer,
@@ -25,22 +46,9 @@ impl Validator<'_> {
             Some(l) => self.addr(l, "server.admin_listen").map(Some),
             None => Some(d.admin_listen),
         };
-        let (admin_token, admin_token_env) = match &s.admin_token_env {
-            Some(var) => {
-                let name = var.get_ref().clone();
-                if name.is_empty() {
-                    self.err(
-                        Some(var.span()),
-                        "server.admin_token_env",
-                        "must name an environment variable",
-                    );
-                }
-                // Unset is allowed: the admin API is then disabled, as the SPEC says.
-                let token = env(&name).filter(|t| !t.is_empty()).map(Secret::new);
-                (token, Some(name))
-            }
-            None => (d.admin_token, d.admin_token_env),
-        };
+        let (admin_token, admin_token_env) =
+            self.token(&s.admin_token_env, "server.admin_token_env", env);
+        let (viewer_token, _) = self.token(&s.viewer_token_env, "server.viewer_token_env", env);
         let max_body_bytes = match &s.max_body_bytes {
             Some(v) => self
                 .positive(v, "server.max_body_bytes", 1 << 30)
@@ -72,6 +80,7 @@ impl Validator<'_> {
             admin_listen: admin_listen?,
             admin_token,
             admin_token_env,
+            viewer_token,
             max_body_bytes: max_body_bytes?,
             threads: threads?,
             grace_period_s: grace_period_s?,
