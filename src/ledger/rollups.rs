@@ -2,10 +2,21 @@
 //! the records they sum (so a report and the records can never disagree), and read by the
 //! reports API (`GET /admin/spend`, the console's overview) instead of scanning the records.
 //!
-//! One row per (hour, project, team, key name, user, model, provider, tags, decision, reason)
-//! that had at least one record, with its counts, tokens and nano-dollars. A report groups
-//! these rows by what it was asked for; with a few dozen distinct combinations an hour, a
-//! month is tens of thousands of rows however many millions of records it sums.
+//! Four tables, one per grain and level of detail, all with the same columns:
+//!
+//! | table | one row per |
+//! |---|---|
+//! | `rollups` | hour × project, team, key name, user, model, provider, tags, decision, reason |
+//! | `rollups_day` | the same per UTC day |
+//! | `rollups_coarse` | hour × project, team, model, provider, decision, reason (key name, user and tags `''`) |
+//! | `rollups_coarse_day` | the same per UTC day |
+//!
+//! each row with its counts, tokens and nano-dollars (`hour_ms` holds the start of the hour or
+//! of the day). A report reads the least detailed table that has what it groups by: a month by
+//! project and model by day reads `rollups_coarse_day` for the whole days and
+//! `rollups_coarse` for the hours at either end, a few thousand rows however many millions of
+//! records and users they sum. The four are written by the same UPSERT in the same transaction
+//! as the records, so they always agree with them and with each other.
 //!
 //! Absent values (no team, no user, no tags) are stored as `''` (a primary key column cannot
 //! be NULL) and read back as `None`. Tags are the record's JSON object, as sent: grouping by
@@ -23,9 +34,43 @@ use super::store::{DecisionRecord, Reader};
 pub const HOUR_MS: i64 = 3_600_000;
 pub const DAY_MS: i64 = 24 * HOUR_MS;
 
-/// Schema v7: the rollup table.
-pub const CREATE_V7: &str = "
-CREATE TABLE IF NOT EXISTS rollups(
+/// One rollup table: its name, its grain and whether it keeps key name, user and tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Table {
+    pub name: &'static str,
+    pub grain_ms: i64,
+    pub fine: bool,
+}
+
+pub const FINE_HOUR: Table = Table {
+    name: "rollups",
+    grain_ms: HOUR_MS,
+    fine: true,
+};
+pub const FINE_DAY: Table = Table {
+    name: "rollups_day",
+    grain_ms: DAY_MS,
+    fine: true,
+};
+pub const COARSE_HOUR: Table = Table {
+    name: "rollups_coarse",
+    grain_ms: HOUR_MS,
+    fine: false,
+};
+pub const COARSE_DAY: Table = Table {
+    name: "rollups_coarse_day",
+    grain_ms: DAY_MS,
+    fine: false,
+};
+pub const TABLES: [Table; 4] = [FINE_HOUR, FINE_DAY, COARSE_HOUR, COARSE_DAY];
+
+/// Schema v7: the rollup tables.
+pub fn create_v7() -> String {
+    TABLES
+        .iter()
+        .map(|t| {
+            format!(
+                "CREATE TABLE IF NOT EXISTS {}(
   hour_ms INTEGER NOT NULL,
   project TEXT NOT NULL, team TEXT NOT NULL, key_name TEXT NOT NULL, user TEXT NOT NULL,
   model TEXT NOT NULL, provider TEXT NOT NULL, tags TEXT NOT NULL,
@@ -35,33 +80,70 @@ CREATE TABLE IF NOT EXISTS rollups(
   cost_nanos INTEGER NOT NULL, saved_nanos INTEGER NOT NULL,
   PRIMARY KEY(hour_ms, project, team, key_name, user, model, provider, tags, decision, reason)
 ) WITHOUT ROWID;
-";
+",
+                t.name
+            )
+        })
+        .collect()
+}
 
-/// The rollups of the records a file already holds, summed as the writer sums them. `SUM`
-/// is exact but fails on an i64 overflow (only absurd records can cause one); then
-/// [`FILL_V7_SATURATING`] is used instead, so such a file still opens.
-pub const FILL_V7: &str = "
-INSERT INTO rollups
+/// The rollups of the records a file already holds, summed as the writer sums them: `rollups`
+/// from the records, the other three from `rollups`. `SUM` is exact but fails on an i64
+/// overflow (only absurd records can cause one); with `saturating`, sums stop at i64::MAX
+/// instead, so such a file still opens.
+pub fn fill_v7(saturating: bool) -> String {
+    let sum = |c: &str| {
+        if saturating {
+            format!("CAST(min(total({c}), 9.2e18) AS INTEGER)")
+        } else {
+            format!("sum({c})")
+        }
+    };
+    // A failed exact fill may have filled some tables before it failed.
+    let mut sql: String = if saturating {
+        TABLES
+            .iter()
+            .map(|t| format!("DELETE FROM {};\n", t.name))
+            .collect()
+    } else {
+        String::new()
+    };
+    sql.push_str(&format!(
+        "INSERT INTO rollups
 SELECT time_ms - (time_ms % 3600000), coalesce(project, ''), coalesce(team, ''),
        coalesce(key_name, ''), coalesce(user, ''), coalesce(model, ''), coalesce(provider, ''),
        coalesce(tags, ''), decision, reason,
-       count(*), sum(status >= 500), sum(coalesce(prompt_tokens, 0)),
-       sum(coalesce(completion_tokens, 0)), sum(coalesce(cost_nanos, 0)), sum(saved_nanos)
+       count(*), sum(status >= 500), {}, {}, {}, {}
 FROM decisions GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10;
-";
-
-pub const FILL_V7_SATURATING: &str = "
-INSERT INTO rollups
-SELECT time_ms - (time_ms % 3600000), coalesce(project, ''), coalesce(team, ''),
-       coalesce(key_name, ''), coalesce(user, ''), coalesce(model, ''), coalesce(provider, ''),
-       coalesce(tags, ''), decision, reason,
-       count(*), sum(status >= 500),
-       CAST(min(total(coalesce(prompt_tokens, 0)), 9.2e18) AS INTEGER),
-       CAST(min(total(coalesce(completion_tokens, 0)), 9.2e18) AS INTEGER),
-       CAST(min(total(coalesce(cost_nanos, 0)), 9.2e18) AS INTEGER),
-       CAST(min(total(saved_nanos), 9.2e18) AS INTEGER)
-FROM decisions GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10;
-";
+",
+        sum("coalesce(prompt_tokens, 0)"),
+        sum("coalesce(completion_tokens, 0)"),
+        sum("coalesce(cost_nanos, 0)"),
+        sum("saved_nanos"),
+    ));
+    for t in &TABLES[1..] {
+        let fine = |c: &'static str| if t.fine { c } else { "''" };
+        sql.push_str(&format!(
+            "INSERT INTO {name}
+SELECT hour_ms - (hour_ms % {grain}), project, team, {key_name}, {user}, model, provider, {tags},
+       decision, reason, {requests}, {errors}, {prompt}, {completion}, {cost}, {saved}
+FROM rollups GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10;
+",
+            name = t.name,
+            grain = t.grain_ms,
+            key_name = fine("key_name"),
+            user = fine("user"),
+            tags = fine("tags"),
+            requests = sum("requests"),
+            errors = sum("errors"),
+            prompt = sum("prompt_tokens"),
+            completion = sum("completion_tokens"),
+            cost = sum("cost_nanos"),
+            saved = sum("saved_nanos"),
+        ));
+    }
+    sql
+}
 
 type Key<'a> = (
     i64,
@@ -111,7 +193,7 @@ fn clamp(v: u64) -> i64 {
 
 /// The writer's UPSERT; every sum saturates at i64::MAX rather than failing the batch (as the
 /// spend rows do).
-static UPSERT: once_cell::sync::Lazy<String> = once_cell::sync::Lazy::new(|| {
+fn upsert(table: &str) -> String {
     let sat = |c: &str| {
         format!(
             "CASE WHEN {c} > 9223372036854775807 - excluded.{c} THEN 9223372036854775807 \
@@ -119,7 +201,7 @@ static UPSERT: once_cell::sync::Lazy<String> = once_cell::sync::Lazy::new(|| {
         )
     };
     format!(
-        "INSERT INTO rollups(hour_ms, project, team, key_name, user, model, provider, tags,
+        "INSERT INTO {table}(hour_ms, project, team, key_name, user, model, provider, tags,
            decision, reason, requests, errors, prompt_tokens, completion_tokens, cost_nanos,
            saved_nanos)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
@@ -135,7 +217,10 @@ static UPSERT: once_cell::sync::Lazy<String> = once_cell::sync::Lazy::new(|| {
         cost_nanos = sat("cost_nanos"),
         saved_nanos = sat("saved_nanos"),
     )
-});
+}
+
+static UPSERTS: once_cell::sync::Lazy<[String; 4]> =
+    once_cell::sync::Lazy::new(|| TABLES.map(|t| upsert(t.name)));
 
 /// Adds a batch's records to the rollups, inside the batch's transaction: summed in memory
 /// first, so a busy hour costs one UPSERT per distinct row per flush.
@@ -165,26 +250,45 @@ pub fn write(tx: &Transaction<'_>, decisions: &[DecisionRecord]) -> rusqlite::Re
         );
         sums.entry(key).or_default().add(&Sums::of(d));
     }
-    let mut up = tx.prepare_cached(&UPSERT)?;
-    for ((hour, dims, reason), v) in &sums {
-        up.execute(rusqlite::params![
-            hour,
-            dims[0],
-            dims[1],
-            dims[2],
-            dims[3],
-            dims[4],
-            dims[5],
-            dims[6],
-            dims[7],
-            reason,
-            clamp(v.requests),
-            clamp(v.errors),
-            clamp(v.prompt_tokens),
-            clamp(v.completion_tokens),
-            clamp(v.cost_nanos),
-            clamp(v.saved_nanos),
-        ])?;
+    for (i, t) in TABLES.iter().enumerate() {
+        let mut up = tx.prepare_cached(&UPSERTS[i])?;
+        let mut coarser: HashMap<Key<'_>, Sums>;
+        let rows = if *t == FINE_HOUR {
+            &sums
+        } else {
+            coarser = HashMap::with_capacity(sums.len());
+            for ((hour, dims, reason), v) in &sums {
+                let mut dims = *dims;
+                if !t.fine {
+                    dims[2] = "";
+                    dims[3] = "";
+                    dims[6] = "";
+                }
+                let start = hour.div_euclid(t.grain_ms).saturating_mul(t.grain_ms);
+                coarser.entry((start, dims, *reason)).or_default().add(v);
+            }
+            &coarser
+        };
+        for ((start, dims, reason), v) in rows {
+            up.execute(rusqlite::params![
+                start,
+                dims[0],
+                dims[1],
+                dims[2],
+                dims[3],
+                dims[4],
+                dims[5],
+                dims[6],
+                dims[7],
+                reason,
+                clamp(v.requests),
+                clamp(v.errors),
+                clamp(v.prompt_tokens),
+                clamp(v.completion_tokens),
+                clamp(v.cost_nanos),
+                clamp(v.saved_nanos),
+            ])?;
+        }
     }
     Ok(())
 }
@@ -204,6 +308,11 @@ pub enum Dim {
 }
 
 impl Dim {
+    /// Kept only by the detailed tables.
+    fn fine(self) -> bool {
+        matches!(self, Dim::Key | Dim::User | Dim::Tags)
+    }
+
     fn column(self) -> &'static str {
         match self {
             Dim::Project => "project",
@@ -240,8 +349,67 @@ pub struct Query<'a> {
 }
 
 impl Reader {
-    /// Sums of the rollups as `q` asks, ordered by bucket, then by the dimensions.
+    /// Sums of the rollups as `q` asks, ordered by bucket, then by the dimensions: from the
+    /// least detailed tables that have `q`'s dimensions; whole days from the daily one when
+    /// the bucket is a day or longer (or none), the hours at either end from the hourly one.
     pub fn rollups(&self, q: &Query<'_>) -> Result<Vec<Row>, String> {
+        let fine = q.dims.iter().any(|d| d.fine());
+        let (hourly, daily) = if fine {
+            (FINE_HOUR, FINE_DAY)
+        } else {
+            (COARSE_HOUR, COARSE_DAY)
+        };
+        let by_days = q.bucket_ms.is_none_or(|b| b >= DAY_MS && b % DAY_MS == 0);
+        let first_day = q
+            .from_ms
+            .div_euclid(DAY_MS)
+            .saturating_add(1)
+            .saturating_mul(DAY_MS);
+        let first_day = if q.from_ms.rem_euclid(DAY_MS) == 0 {
+            q.from_ms
+        } else {
+            first_day
+        };
+        let last_day = q.to_ms.div_euclid(DAY_MS).saturating_mul(DAY_MS);
+        if !by_days || first_day >= last_day {
+            return self.rollups_of(hourly, q.from_ms, q.to_ms, q);
+        }
+        let parts = [
+            (hourly, q.from_ms, first_day),
+            (daily, first_day, last_day),
+            (hourly, last_day, q.to_ms),
+        ];
+        let mut merged: std::collections::BTreeMap<(Option<i64>, Vec<Option<String>>), Sums> =
+            std::collections::BTreeMap::new();
+        for (table, from, to) in parts {
+            if from >= to {
+                continue;
+            }
+            for row in self.rollups_of(table, from, to, q)? {
+                merged
+                    .entry((row.bucket_ms, row.dims))
+                    .or_default()
+                    .add(&row.sums);
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .map(|((bucket_ms, dims), sums)| Row {
+                dims,
+                bucket_ms,
+                sums,
+            })
+            .collect())
+    }
+
+    /// [`Reader::rollups`] from one table, over `[from_ms, to_ms)` (aligned to its grain).
+    fn rollups_of(
+        &self,
+        table: Table,
+        from_ms: i64,
+        to_ms: i64,
+        q: &Query<'_>,
+    ) -> Result<Vec<Row>, String> {
         let err = |e: rusqlite::Error| format!("ledger store: read rollups: {e}");
         let cols: Vec<&str> = q.dims.iter().map(|d| d.column()).collect();
         let mut select = cols.join(", ");
@@ -261,9 +429,10 @@ impl Reader {
             "SELECT {select}{bucket} AS b, sum(requests),
                sum(CASE WHEN decision = 'block' THEN requests ELSE 0 END), sum(errors),
                sum(prompt_tokens), sum(completion_tokens), sum(cost_nanos), sum(saved_nanos)
-             FROM rollups WHERE hour_ms >= ? AND hour_ms < ?"
+             FROM {table} WHERE hour_ms >= ? AND hour_ms < ?",
+            table = table.name
         );
-        let mut args = vec![Value::Integer(q.from_ms), Value::Integer(q.to_ms)];
+        let mut args = vec![Value::Integer(from_ms), Value::Integer(to_ms)];
         if let Some(p) = q.project {
             sql.push_str(" AND project = ?");
             args.push(Value::Text(p.to_string()));
@@ -302,8 +471,8 @@ impl Reader {
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)
     }
 
-    /// The distinct tag objects (JSON, as sent) of the hours in `[from_ms, to_ms)`, at most
-    /// `limit` of them: the console lists the tag names found in them.
+    /// The distinct tag objects (JSON, as sent) of the days that overlap `[from_ms, to_ms)`, at
+    /// most `limit` of them: the console lists the tag names found in them.
     pub fn rollup_tags(
         &self,
         from_ms: i64,
@@ -314,13 +483,17 @@ impl Reader {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT DISTINCT tags FROM rollups
+                "SELECT DISTINCT tags FROM rollups_day
                  WHERE hour_ms >= ?1 AND hour_ms < ?2 AND tags <> '' LIMIT ?3",
             )
             .map_err(err)?;
         let rows = stmt
             .query_map(
-                rusqlite::params![from_ms, to_ms, clamp(limit as u64)],
+                rusqlite::params![
+                    from_ms.div_euclid(DAY_MS).saturating_mul(DAY_MS),
+                    to_ms,
+                    clamp(limit as u64)
+                ],
                 |r| r.get::<_, String>(0),
             )
             .map_err(err)?;

@@ -607,11 +607,11 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
             .map_err(|e| format!("migrate schema to v6: {e}"))?;
     }
     if version < 7 {
-        tx.execute_batch(super::rollups::CREATE_V7)
+        tx.execute_batch(&super::rollups::create_v7())
             .map_err(|e| format!("migrate schema to v7: {e}"))?;
-        if let Err(e) = tx.execute_batch(super::rollups::FILL_V7) {
+        if let Err(e) = tx.execute_batch(&super::rollups::fill_v7(false)) {
             log::warn!("schema v7: exact rollups of the old records failed ({e}); saturating");
-            tx.execute_batch(super::rollups::FILL_V7_SATURATING)
+            tx.execute_batch(&super::rollups::fill_v7(true))
                 .map_err(|e| format!("migrate schema to v7 (build the rollups): {e}"))?;
         }
     }
@@ -1290,6 +1290,136 @@ mod tests {
         .unwrap()
     }
 
+    /// Every row of the four rollup tables, table by table.
+    fn dump_rollups(path: &Path) -> Vec<Vec<String>> {
+        let c = Connection::open(path).unwrap();
+        super::super::rollups::TABLES
+            .iter()
+            .map(|t| {
+                let mut st = c
+                    .prepare(&format!(
+                        "SELECT * FROM {} ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10",
+                        t.name
+                    ))
+                    .unwrap();
+                let n = st.column_count();
+                st.query_map([], |r| {
+                    let mut row = Vec::new();
+                    for i in 0..n {
+                        row.push(format!("{:?}", r.get::<_, Value>(i)?));
+                    }
+                    Ok(row.join("|"))
+                })
+                .unwrap()
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .unwrap()
+            })
+            .collect()
+    }
+
+    /// Whatever table a report is read from (detailed or coarse, hourly or daily with the
+    /// hours at either end), it sums to what the records say.
+    #[test]
+    fn every_report_shape_sums_to_the_records_whichever_tables_it_reads() {
+        use super::super::rollups::{Dim, Query, Sums, DAY_MS, HOUR_MS};
+        use std::collections::BTreeMap;
+        let dir = tempfile::tempdir().unwrap();
+        let (h, r) = open(&db_path(&dir), LONG);
+        let mut records = Vec::new();
+        // Three days, every 37 minutes, varied projects, users, tags, models and decisions.
+        let mut t = 3 * HOUR_MS + 11;
+        let mut i = 0u64;
+        while t < 3 * DAY_MS {
+            let mut d = rec(&format!("r{i}"), t, Some(["p", "q", "r"][(i % 3) as usize]));
+            d.user = (i % 4 != 0).then(|| format!("u{}", i % 5));
+            d.tags = (i % 3 == 1).then(|| format!(r#"{{"env":"e{}"}}"#, i % 2));
+            d.model = Some(["m1", "m2"][(i % 2) as usize].into());
+            d.cost_nanos = Some(1_000 + i * 7);
+            if i % 11 == 0 {
+                d.decision = "block".into();
+                d.reason = "budget_exceeded".into();
+                d.cost_nanos = Some(0);
+            }
+            records.push(d.clone());
+            h.send(decision(d));
+            t += 37 * 60_000;
+            i += 1;
+        }
+        h.flush().unwrap();
+        let value = |d: &DecisionRecord, dim: Dim| -> Option<String> {
+            match dim {
+                Dim::Project => d.project.clone(),
+                Dim::User => d.user.clone(),
+                Dim::Tags => d.tags.clone(),
+                Dim::Model => d.model.clone(),
+                Dim::Decision => Some(d.decision.clone()),
+                _ => unreachable!(),
+            }
+        };
+        let ranges = [
+            (0, 3 * DAY_MS),
+            (5 * HOUR_MS, 2 * DAY_MS + 7 * HOUR_MS),
+            (DAY_MS, 2 * DAY_MS),
+            (DAY_MS + HOUR_MS, 2 * DAY_MS - HOUR_MS),
+            (2 * HOUR_MS, 9 * HOUR_MS),
+        ];
+        let dims_sets: [&[Dim]; 4] = [
+            &[Dim::Project, Dim::Model],
+            &[Dim::User],
+            &[Dim::Project, Dim::Tags],
+            &[Dim::Decision],
+        ];
+        let mut checked = 0;
+        for (from, to) in ranges {
+            for dims in dims_sets {
+                for bucket in [None, Some(HOUR_MS), Some(DAY_MS)] {
+                    let mut want: BTreeMap<(Option<i64>, Vec<Option<String>>), Sums> =
+                        BTreeMap::new();
+                    for d in records
+                        .iter()
+                        .filter(|d| d.time_ms >= from && d.time_ms < to)
+                    {
+                        let b = bucket.map(|b| d.time_ms - d.time_ms % b);
+                        let key = (b, dims.iter().map(|&x| value(d, x)).collect());
+                        want.entry(key).or_default().add(&Sums {
+                            requests: 1,
+                            blocked: u64::from(d.decision == "block"),
+                            prompt_tokens: 12,
+                            completion_tokens: 34,
+                            cost_nanos: d.cost_nanos.unwrap_or(0),
+                            ..Default::default()
+                        });
+                    }
+                    let got: Vec<_> = r
+                        .rollups(&Query {
+                            from_ms: from,
+                            to_ms: to,
+                            dims,
+                            bucket_ms: bucket,
+                            project: None,
+                        })
+                        .unwrap()
+                        .into_iter()
+                        .map(|row| {
+                            (
+                                (row.bucket_ms.filter(|_| bucket.is_some()), row.dims),
+                                row.sums,
+                            )
+                        })
+                        .collect();
+                    let want: Vec<_> = want.into_iter().collect();
+                    assert_eq!(
+                        got, want,
+                        "range {from}..{to}, dims {dims:?}, bucket {bucket:?}"
+                    );
+                    checked += want.len();
+                }
+            }
+        }
+        assert!(checked > 500, "{checked}");
+        h.shutdown().unwrap();
+    }
+
     #[test]
     fn rollups_sum_the_records_of_each_hour_across_batches_in_the_same_commit() {
         use super::super::rollups::{Dim, Sums, HOUR_MS};
@@ -1360,15 +1490,28 @@ mod tests {
         }
         h.shutdown().unwrap();
         let before = rollup_totals(&r, &[Dim::Project, Dim::User, Dim::Tags]);
+        let tables_before = dump_rollups(&path);
+        assert!(
+            tables_before.iter().all(|t| !t.is_empty()),
+            "{tables_before:?}"
+        );
         drop(r);
         {
             // What a v6 file looks like: the same records, no rollups.
             let c = Connection::open(&path).unwrap();
-            c.execute_batch("DROP TABLE rollups; PRAGMA user_version = 6;")
-                .unwrap();
+            c.execute_batch(
+                "DROP TABLE rollups; DROP TABLE rollups_day; DROP TABLE rollups_coarse;
+                 DROP TABLE rollups_coarse_day; PRAGMA user_version = 6;",
+            )
+            .unwrap();
         }
         let (h, r) = open(&path, LONG);
         let after = rollup_totals(&r, &[Dim::Project, Dim::User, Dim::Tags]);
+        assert_eq!(
+            dump_rollups(&path),
+            tables_before,
+            "all four tables are rebuilt as the writer wrote them"
+        );
         assert_eq!(
             after, before,
             "the migration sums the old records as the writer did"
