@@ -71,3 +71,4 @@ echo "== load-test harness smoke run (debug build, a few seconds, no peers)"
 python3 load-tests/bench.py --smoke --bin-dir target/debug
 python3 load-tests/fleet.py --smoke --bin-dir target/debug
 python3 load-tests/agents.py --smoke --bin-dir target/debug
+python3 load-tests/reports.py --smoke
