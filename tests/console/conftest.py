@@ -65,16 +65,16 @@ input = 3.0
 output = 15.0
 [[teams]]
 id = "payments"
-budget = {{ limit_usd = 50.0, period = "month" }}
+budget = {{ limit_usd = 0.5, period = "month" }}
 [[projects]]
 id = "checkout-bot"
 team = "payments"
-budgets = [{{ limit_usd = 20.0, period = "month" }}, {{ limit_usd = 2.0, period = "day" }}]
+budgets = [{{ limit_usd = 0.05, period = "month" }}, {{ limit_usd = 0.008, period = "day" }}]
 keys = ["{checkout}", {{ key = "{ci}", name = "ci" }}]
 block_secrets = true
 [[projects]]
 id = "search"
-budget = {{ limit_usd = 10.0, period = "month" }}
+budget = {{ limit_usd = 0.02, period = "month" }}
 keys = ["{search}"]
 allow_models = ["claude-*", "gpt-4o-mini"]
 [[projects]]

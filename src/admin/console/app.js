@@ -988,7 +988,14 @@
     }
     for (const v of Object.keys(VIEWS)) $("v-" + v).hidden = v !== name;
     banner("");
-    Promise.resolve(VIEWS[name].show(q)).catch(showError);
+    // aria-busy while the view reads the API (assistive tech and the browser test wait on it).
+    const section = $("v-" + name);
+    const turn = (route.turn = (route.turn || 0) + 1);
+    section.setAttribute("aria-busy", "true");
+    Promise.resolve()
+      .then(() => VIEWS[name].show(q))
+      .catch(showError)
+      .finally(() => { if (route.turn === turn) section.removeAttribute("aria-busy"); });
   }
 
   // ---------- wiring ----------
