@@ -98,6 +98,11 @@
   }
 
   const int = (n) => (n === null || n === undefined ? "—" : Number(n).toLocaleString());
+  const plural = (n, one, many) => `${int(n)} ${Number(n) === 1 ? one : many || one + "s"}`;
+  function share(part, whole) {
+    const v = pct(part, whole);
+    return v > 0 && v < 1 ? "<1%" : Math.round(v) + "%";
+  }
 
   function pad(n) {
     return String(n).padStart(2, "0");
@@ -289,7 +294,8 @@
     return h("div", { cls: "stat card " + (cls || "") },
       h("h3", { text: title }),
       h("div", { cls: "big" }, hourValue),
-      h("div", { cls: "muted small" }, "last hour · ", h("b", null, dayValue), " last 24 h"));
+      h("div", { cls: "stat-foot small" }, h("span", { cls: "muted", text: "last hour" }),
+        h("span", null, h("span", { cls: "muted", text: "24 h " }), h("b", null, dayValue))));
   }
 
   function renderOverview() {
@@ -445,9 +451,11 @@
       });
       return h("article", { cls: "card project" + (p.frozen ? " is-frozen" : ""), "data-project": p.id, "data-frozen": String(p.frozen) },
         h("div", { cls: "project-head" },
-          h("h2", null, p.id,
-            p.team ? h("span", { cls: "badge", text: "team " + p.team }) : "",
-            p.frozen ? h("span", { cls: "badge bad state", text: "frozen" }) : h("span", { cls: "badge ok state", text: "serving" })),
+          h("div", null,
+            h("h2", { text: p.id }),
+            h("div", { cls: "meta" },
+              p.frozen ? h("span", { cls: "badge bad state", text: "frozen" }) : h("span", { cls: "badge ok state", text: "serving" }),
+              p.team ? h("span", { cls: "badge", text: "team " + p.team }) : "")),
           btn),
         windows.length ? windows : h("p", { cls: "muted small" }, "No budget: ", usd(p.spent_usd), " spent this month."),
         h("p", { cls: "projection small" + (over ? " over" : "") },
@@ -681,8 +689,8 @@
     fill($("spend-legend"),
       series.map((s) => h("li", { "data-series": s.key },
         h("span", { cls: "swatch " + s.cls }), h("b", { text: s.key }), " ", usd(s.total),
-        h("span", { cls: "muted small", text: ` · ${Math.round(pct(s.total, total))}% · ${int(s.requests)} requests` }))),
-      h("li", { cls: "total" }, "Total ", usd(total), h("span", { cls: "muted small", text: ` · ${int(r.totals && r.totals.requests)} requests (${int(r.totals && r.totals.blocked)} blocked)` })));
+        h("span", { cls: "muted small", text: ` · ${share(s.total, total)} · ${plural(s.requests, "request")}` }))),
+      h("li", { cls: "total" }, "Total ", usd(total), h("span", { cls: "muted small", text: ` · ${plural((r.totals && r.totals.requests) || 0, "request")} (${int(r.totals && r.totals.blocked)} blocked)` })));
   }
 
   async function downloadCsv() {
@@ -941,7 +949,7 @@
     const u = await users;
     const list = (u.rows || []).filter((x) => x.user !== null).sort((a, b) => b.cost_usd - a.cost_usd);
     fill($("people-users"), hbars(list.slice(0, 50).map((x) => ({
-      key: x.user, label: x.user, value: x.cost_usd, extra: ` · ${int(x.requests)} req`,
+      key: x.user, label: x.user, value: x.cost_usd, extra: ` · ${plural(x.requests, "req", "req")}`,
       link: "#decisions?" + new URLSearchParams({ user: x.user }).toString(),
     })), { cls: "c0", format: (v) => usd(v), empty: "No end user sent a request in this range (x-tollgate-user or the body's user)." }));
     $("people-tag-title").textContent = tag ? `Spend per value of tag ${tag}` : "Spend per tag";
@@ -953,7 +961,7 @@
     const col = "tag:" + tag;
     const tl = (t.rows || []).filter((x) => x[col] !== null).sort((a, b) => b.cost_usd - a.cost_usd);
     fill($("people-tags"), hbars(tl.slice(0, 50).map((x) => ({
-      key: x[col], label: `${tag}=${x[col]}`, value: x.cost_usd, extra: ` · ${int(x.requests)} req`,
+      key: x[col], label: `${tag}=${x[col]}`, value: x.cost_usd, extra: ` · ${plural(x.requests, "req", "req")}`,
       link: "#decisions?" + new URLSearchParams({ tag: `${tag}:${x[col]}` }).toString(),
     })), { cls: "c1", format: (v) => usd(v), empty: `No request carried the tag ${tag} in this range.` }));
   }
