@@ -397,6 +397,19 @@ def test_freezing_a_project_through_the_console_blocks_its_next_request(admin, s
     admin.assert_clean()
 
 
+def test_reload_config_asks_then_reloads(admin):
+    d = admin.d
+    goto(d, "#overview")
+    d.find_element(By.ID, "reload").click()
+    dialog = d.find_element(By.ID, "confirm")
+    wait(d, lambda d: dialog.is_displayed(), "the confirmation")
+    assert "Reload the configuration?" in dialog.text
+    d.find_element(By.ID, "confirm-ok").click()
+    toast = d.find_element(By.ID, "toast")
+    wait(d, lambda d: toast.is_displayed() and "reloaded" in toast.text, "the reload's answer")
+    admin.assert_clean()
+
+
 def test_users_and_tags_show_their_spend(admin, stack):
     d = admin.d
     goto(d, "#people")
