@@ -127,7 +127,11 @@ fn reported_usage(path: &str, stream: bool, body: &str) -> Value {
             u.get("cost").is_some().then_some((name, u))
         })
         .collect();
-    assert_eq!(with.len(), 1, "{path}: one usage event has the cost: {body}");
+    assert_eq!(
+        with.len(),
+        1,
+        "{path}: one usage event has the cost: {body}"
+    );
     let (name, u) = with.into_iter().next().unwrap_or_default();
     match path {
         "/v1/responses" => assert_eq!(name.as_deref(), Some("response.completed")),
@@ -145,9 +149,7 @@ fn raw_member<'a>(text: &'a str, from: usize, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key} in {text}"))
         + from
         + pat.len();
-    let end = text[at..]
-        .find([',', '}'])
-        .map_or(text.len(), |k| at + k);
+    let end = text[at..].find([',', '}']).map_or(text.len(), |k| at + k);
     &text[at..end]
 }
 
@@ -216,15 +218,32 @@ fn every_endpoint_json_and_stream_reports_the_charged_cost_and_the_recorded_dura
         let (cost_usd, latency_ms) = recorded(admin, &r.request_id());
         // The cost, to the nano-dollar and to the character, is what the ledger charged.
         assert_eq!(raw_member(&r.body, 0, "cost"), cost_usd, "{what}");
-        assert_eq!(usage["cost"].as_f64(), cost_usd.parse::<f64>().ok(), "{what}");
-        assert!(nanos(&cost_usd) > 0, "{what}: a priced call costs something");
+        assert_eq!(
+            usage["cost"].as_f64(),
+            cost_usd.parse::<f64>().ok(),
+            "{what}"
+        );
+        assert!(
+            nanos(&cost_usd) > 0,
+            "{what}: a priced call costs something"
+        );
         // The duration is the record's latency.
         assert_eq!(raw_member(&r.body, 0, "duration_ms"), latency_ms, "{what}");
-        assert!(usage["duration_ms"].as_f64().is_some_and(|d| d > 0.0), "{what}");
-        // The provider's own usage members are all still there, and so is every other byte.
-        let tokens = ["prompt_tokens", "input_tokens", "output_tokens", "completion_tokens"];
         assert!(
-            tokens.iter().any(|t| usage[*t].as_u64().is_some_and(|n| n > 0)),
+            usage["duration_ms"].as_f64().is_some_and(|d| d > 0.0),
+            "{what}"
+        );
+        // The provider's own usage members are all still there, and so is every other byte.
+        let tokens = [
+            "prompt_tokens",
+            "input_tokens",
+            "output_tokens",
+            "completion_tokens",
+        ];
+        assert!(
+            tokens
+                .iter()
+                .any(|t| usage[*t].as_u64().is_some_and(|n| n > 0)),
             "{what}: {usage}"
         );
         assert_eq!(
@@ -233,7 +252,11 @@ fn every_endpoint_json_and_stream_reports_the_charged_cost_and_the_recorded_dura
             "{what}: only the two members were added"
         );
         if let Some(cl) = r.header("content-length") {
-            assert_eq!(cl, r.body.len().to_string(), "{what}: framing fits the body");
+            assert_eq!(
+                cl,
+                r.body.len().to_string(),
+                "{what}: framing fits the body"
+            );
         }
     }
 }
@@ -258,7 +281,10 @@ fn off_by_default_a_project_gets_the_providers_bytes_unchanged() {
             );
         }
         let d = decision(admin, &r.request_id());
-        assert!(d["cost_usd"].as_f64().is_some_and(|c| c > 0.0), "{what}: {d}");
+        assert!(
+            d["cost_usd"].as_f64().is_some_and(|c| c > 0.0),
+            "{what}: {d}"
+        );
     }
 }
 
@@ -272,7 +298,10 @@ fn an_unpriced_model_reports_a_null_cost() {
         assert!(usage["cost"].is_null(), "{what}: {usage}");
         assert_eq!(raw_member(&r.body, 0, "cost"), "null", "{what}");
         let (cost_usd, latency_ms) = recorded(admin, &r.request_id());
-        assert_eq!(cost_usd, "null", "{what}: the record does not know it either");
+        assert_eq!(
+            cost_usd, "null",
+            "{what}: the record does not know it either"
+        );
         assert_eq!(raw_member(&r.body, 0, "duration_ms"), latency_ms, "{what}");
     }
 }
@@ -285,14 +314,17 @@ fn a_stream_whose_client_did_not_ask_for_usage_gets_no_usage_chunk_and_no_cost()
     let r = send(&gw, KEY, "/v1/chat/completions", &body);
     assert!(!r.body.contains("\"cost\""), "{}", r.body);
     assert!(
-        events(&r.body).iter().all(|(_, v)| v["choices"]
-            .as_array()
-            .is_some_and(|c| !c.is_empty())),
+        events(&r.body)
+            .iter()
+            .all(|(_, v)| v["choices"].as_array().is_some_and(|c| !c.is_empty())),
         "no usage-only chunk: {}",
         r.body
     );
     let d = decision(admin, &r.request_id());
-    assert!(d["cost_usd"].as_f64().is_some_and(|c| c > 0.0), "still charged: {d}");
+    assert!(
+        d["cost_usd"].as_f64().is_some_and(|c| c > 0.0),
+        "still charged: {d}"
+    );
 }
 
 #[test]

@@ -344,15 +344,18 @@ def test_the_live_tail_shows_a_new_request_at_the_top(admin, stack):
     wait(d, lambda d: row_ids(d)[:1] == [rid], "the new request at the top")
     row = row_data(d)[0]
     assert row["project"] == "checkout-bot" and row["user"] == "dave" and row["decision"] == "allow"
-    # With a project filter the tail follows it: batch's request does not show, checkout-bot's does.
-    apply_filters(d, project="checkout-bot")
+    # The filters hold for the tail: the project on the server's stream, the rest in the page.
+    # batch's request and another user's do not show; checkout-bot's by dave does.
+    apply_filters(d, project="checkout-bot", user="dave")
     wait(d, lambda d: "live:" in d.find_element(By.ID, "live-status").text
-         and all(r["project"] == "checkout-bot" for r in row_data(d)), "the filtered tail")
-    other = stack.chat(KEY_BATCH, "gpt-4o-mini", tokens=2)
+         and all(r["project"] == "checkout-bot" and r["user"] == "dave" for r in row_data(d)), "the filtered tail")
+    others = [stack.chat(KEY_BATCH, "gpt-4o-mini", user="dave", tokens=2),
+              stack.chat(KEY_CHECKOUT, "gpt-4o-mini", user="erin", tokens=2)]
     mine = stack.chat(KEY_CHECKOUT, "gpt-4o-mini", user="dave", tokens=2)
-    assert other.status == 200 and mine.status == 200
-    wait(d, lambda d: row_ids(d)[:1] == [mine.headers["x-tollgate-request-id"]], "checkout-bot's request")
-    assert other.headers["x-tollgate-request-id"] not in row_ids(d)
+    assert all(r.status == 200 for r in others + [mine])
+    wait(d, lambda d: row_ids(d)[:1] == [mine.headers["x-tollgate-request-id"]], "checkout-bot's request by dave")
+    shown = row_ids(d)
+    assert not [r for r in others if r.headers["x-tollgate-request-id"] in shown], "filtered out"
     screenshot(d, "decisions-live")
     d.find_element(By.ID, "live").click()
     wait(d, lambda d: d.find_element(By.ID, "live").get_attribute("aria-pressed") == "false", "the tail stopped")
@@ -391,6 +394,19 @@ def test_freezing_a_project_through_the_console_blocks_its_next_request(admin, s
     d.find_element(By.ID, "confirm-ok").click()
     wait(d, lambda d: d.find_element(By.CSS_SELECTOR, sel).get_attribute("data-frozen") == "false", "batch unfrozen")
     assert stack.chat(KEY_BATCH, tokens=2).status == 200
+    admin.assert_clean()
+
+
+def test_reload_config_asks_then_reloads(admin):
+    d = admin.d
+    goto(d, "#overview")
+    d.find_element(By.ID, "reload").click()
+    dialog = d.find_element(By.ID, "confirm")
+    wait(d, lambda d: dialog.is_displayed(), "the confirmation")
+    assert "Reload the configuration?" in dialog.text
+    d.find_element(By.ID, "confirm-ok").click()
+    toast = d.find_element(By.ID, "toast")
+    wait(d, lambda d: toast.is_displayed() and "reloaded" in toast.text, "the reload's answer")
     admin.assert_clean()
 
 

@@ -6,8 +6,9 @@
 //! `response_body_filter` hands it over, and extracts the token usage the provider reported
 //! ([`Usage`]), the volume of output text actually delivered (for an estimate when usage is
 //! missing or the stream was cut), and any error event. It passes the bytes through untouched;
-//! the one exception is removing the OpenAI usage-only chunk that the gateway itself asked for
-//! (see [`UsageScanner::new`]).
+//! the exceptions are removing the OpenAI usage-only chunk that the gateway itself asked for
+//! (see [`UsageScanner::new`]) and, for a project with `report_cost`, adding the call's cost and
+//! duration to the usage object (see [`UsageScanner::with_report`] and `report.rs`).
 //!
 //! This is core code: it must not import pingora or tokio, do I/O, read a clock, or panic on
 //! any input. Every function here is pure state-machine work over byte slices, which is what
@@ -40,7 +41,9 @@
 //!
 //! Memory per scanner is bounded: the SSE event buffer (≤ 16 MiB, released after an event that
 //! grew it past 64 KiB), the JSON capture (≤ 64 KiB), the strip hold-back (≤ 64 KiB) and at
-//! most 1 KiB of error text. The stream itself is never stored.
+//! most 1 KiB of error text. The stream itself is never stored, except under cost reporting
+//! ([`UsageScanner::with_report`], a project's `report_cost`): then an incomplete event is held
+//! back until it completes, and a JSON body until its end, each up to 16 MiB.
 
 mod json;
 mod report;

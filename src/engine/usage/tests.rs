@@ -1189,7 +1189,10 @@ fn report_mode_adds_cost_and_duration_to_exactly_the_usage_object_and_changes_no
         assert_eq!(u["cost"].as_f64(), Some(cost.as_usd()), "{}", f.name);
         assert_eq!(u["duration_ms"].as_f64(), Some(12.25), "{}", f.name);
     }
-    assert_eq!(edited, 9, "4 JSON bodies and 5 streams carry a usage object");
+    assert_eq!(
+        edited, 9,
+        "4 JSON bodies and 5 streams carry a usage object"
+    );
 }
 
 #[test]
@@ -1203,7 +1206,10 @@ fn report_mode_split_at_every_offset_and_with_any_line_ends_gives_the_same_outpu
         for body in &variants {
             let want = run_report(f, Charge::Priced(test_price()), &[body]);
             assert!(want.1.is_some(), "{}: edited", f.name);
-            assert_eq!(want.0.len(), body.len() + want.1.map_or(0, |r| r.members().len() + 1));
+            assert_eq!(
+                want.0.len(),
+                body.len() + want.1.map_or(0, |r| r.members().len() + 1)
+            );
             for k in 0..=body.len() {
                 let (a, b) = body.split_at(k);
                 let got = run_report(f, Charge::Priced(test_price()), &[a, b]);
@@ -1221,11 +1227,19 @@ fn an_unpriced_model_reports_a_null_cost_and_a_free_answer_zero() {
         let (out, r) = run_report(f, Charge::Unpriced, &[f.body]);
         assert_eq!(r.map(|r| r.cost), Some(None), "{}", f.name);
         let text = String::from_utf8_lossy(&out);
-        assert!(text.contains(r#""cost":null,"duration_ms":12.250"#), "{}", f.name);
+        assert!(
+            text.contains(r#""cost":null,"duration_ms":12.250"#),
+            "{}",
+            f.name
+        );
         let (out, r) = run_report(f, Charge::Free, &[f.body]);
         assert_eq!(r.map(|r| r.cost), Some(Some(Nanos::ZERO)), "{}", f.name);
         let text = String::from_utf8_lossy(&out);
-        assert!(text.contains(r#""cost":0.0,"duration_ms":12.250"#), "{}", f.name);
+        assert!(
+            text.contains(r#""cost":0.0,"duration_ms":12.250"#),
+            "{}",
+            f.name
+        );
     }
 }
 
