@@ -131,6 +131,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
+        if crate::handover::upgrading() {
+            // The successor has (or is about to get) the sockets: this answer closes the
+            // connection, so the client's next request opens one to the successor.
+            session.set_keepalive(None);
+        }
         match self.admit(session, ctx).await {
             Ok(Admit::Local { status, body }) => {
                 respond::json(session, &ctx.request_id, status, body, None).await?;
