@@ -114,14 +114,6 @@ pub fn prompt_tokens_upper_bound(format: Format, body: &[u8]) -> u64 {
     acc.bound()
 }
 
-/// [`for_each_text`] and [`prompt_tokens_upper_bound`] in one walk of the body: calls `f`
-/// with each text and returns the bound. The gateway needs both for every request, and the
-/// walk is most of the cost of either.
-pub fn scan(format: Format, body: &[u8], f: &mut dyn FnMut(&str)) -> u64 {
-    let mut f = |t: &str, _: Option<usize>| f(t);
-    scan_body(format, body, &mut f, &mut |_, _| {}).bound
-}
-
 /// What [`scan_body`] found besides the texts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Scanned {
@@ -133,10 +125,12 @@ pub struct Scanned {
     pub whole: bool,
 }
 
-/// [`scan`], telling more: `f` gets each text and, when the text is the body's own bytes (it
-/// had no escapes), its byte offset in `body`, so a caller can relate it to a search made over
-/// the whole body; `member` gets the (unescaped) key of each top-level member of the body and
-/// the byte range of its value.
+/// [`for_each_text`] and [`prompt_tokens_upper_bound`] in one walk of the body, telling more.
+/// The gateway needs both for every request, and the walk is most of the cost of either.
+/// `f` gets each text and, when the text is the body's own bytes (it had no escapes), its byte
+/// offset in `body`, so a caller can relate it to a search made over the whole body; `member`
+/// gets the (unescaped) key of each top-level member of the body and the byte range of its
+/// value.
 pub fn scan_body(
     format: Format,
     body: &[u8],
@@ -1388,7 +1382,7 @@ mod proptests {
                 let mut apart = Vec::new();
                 for_each_text(format, &body, &mut |t| apart.push(t.to_string()));
                 let mut together = Vec::new();
-                let bound = scan(format, &body, &mut |t| together.push(t.to_string()));
+                let bound = scan_body(format, &body, &mut |t, _| together.push(t.to_string()), &mut |_, _| {}).bound;
                 prop_assert_eq!(&apart, &together);
                 prop_assert_eq!(bound, prompt_tokens_upper_bound(format, &body));
             }

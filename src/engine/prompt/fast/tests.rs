@@ -88,7 +88,11 @@ fn assert_same(format: Format, body: &str) {
     assert_eq!(f.bound, bound, "{format:?}: bound of {body:?}");
     for (t, at) in &f.texts {
         if let Some(at) = at {
-            assert_eq!(&body[*at..*at + t.len()], t, "the offset points at the text");
+            assert_eq!(
+                &body[*at..*at + t.len()],
+                t,
+                "the offset points at the text"
+            );
         }
     }
     assert_eq!(
@@ -103,8 +107,18 @@ fn assert_same(format: Format, body: &str) {
 fn assert_entry_is_reference(format: Format, body: &[u8]) {
     let (texts, bound) = reference(format, body);
     let (got, got_bound, whole) = combined(format, body);
-    assert_eq!(got, texts, "{format:?}: texts of {:?}", String::from_utf8_lossy(body));
-    assert_eq!(got_bound, bound, "{format:?}: bound of {:?}", String::from_utf8_lossy(body));
+    assert_eq!(
+        got,
+        texts,
+        "{format:?}: texts of {:?}",
+        String::from_utf8_lossy(body)
+    );
+    assert_eq!(
+        got_bound,
+        bound,
+        "{format:?}: bound of {:?}",
+        String::from_utf8_lossy(body)
+    );
     if let Ok(s) = std::str::from_utf8(body) {
         let f = fast(format, s);
         assert_eq!(f.ok, whole);
@@ -282,7 +296,11 @@ fn a_body_declined_after_its_texts_passes_each_text_once() {
     assert_eq!(f.texts.len(), 2);
     assert_eq!(
         combined(Format::Chat, body.as_bytes()),
-        (vec!["one".to_string(), "two".to_string()], reference(Format::Chat, body.as_bytes()).1, false)
+        (
+            vec!["one".to_string(), "two".to_string()],
+            reference(Format::Chat, body.as_bytes()).1,
+            false
+        )
     );
 }
 
