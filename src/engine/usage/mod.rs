@@ -431,7 +431,7 @@ impl Extract {
                 return;
             }
         }
-        let Ok(ev) = serde_json::from_slice::<ResponsesEvent>(data) else {
+        let Some(ev) = ResponsesEvent::read(data) else {
             return;
         };
         let kind = ev.kind();
@@ -467,7 +467,7 @@ impl Extract {
             }
             _ => {}
         }
-        let Ok(ev) = serde_json::from_slice::<AnthropicEvent>(data) else {
+        let Some(ev) = AnthropicEvent::read(data) else {
             return;
         };
         match ev.kind() {
