@@ -138,8 +138,12 @@ AGENT_PARTS = [
     ("request_filter", GW + "request_filter::{{closure}}"),
     ("admission::decide", "tollgate::engine::admission::decide"),
     ("request::parse (the fields)", "tollgate::engine::request::parse"),
-    ("policy::check_prompt (the walk, detectors, pattern)", "tollgate::engine::policy::check_prompt"),
+    ("request::Members::facts (the fields, from the walk)", "tollgate::engine::request::Members::facts"),
+    # check_prompt before the walk reported the body's members, scan_prompt after.
+    ("the prompt scan (the walk, detectors, pattern)", "tollgate::engine::policy::check_prompt"),
+    ("the prompt scan (the walk, detectors, pattern)", "tollgate::engine::policy::scan_prompt"),
     ("the callback per text (detectors, pattern)", "tollgate::engine::policy::check_prompt::{{closure}}"),
+    ("the callback per text (detectors, pattern)", "tollgate::engine::policy::scan_prompt::{{closure}}"),
     ("secrets::find_secret", "tollgate::engine::secrets::find_secret"),
     ("request::rewrite", "tollgate::engine::request::rewrite"),
     ("body_replay::install", "tollgate::proxy::body_replay::install"),
@@ -163,17 +167,19 @@ def agent_rows(parts):
     """The report's rows, in order: (label, instructions or None, depth)."""
     g = parts.get
     pf = lambda *ks: None if any(g(k) is None for k in ks) else g(ks[0]) - sum(g(k) for k in ks[1:])
+    scan = "the prompt scan (the walk, detectors, pattern)"
+    callback = "the callback per text (detectors, pattern)"
     return [
         ("request_filter", g("request_filter"), 0),
         ("body read, copies, reservation (request_filter − decide)", pf("request_filter", "admission::decide"), 1),
         ("admission::decide", g("admission::decide"), 1),
         ("request::parse (the fields)", g("request::parse (the fields)"), 2),
-        ("policy::check_prompt", g("policy::check_prompt (the walk, detectors, pattern)"), 2),
-        ("the walk itself (check_prompt − callback)",
-         pf("policy::check_prompt (the walk, detectors, pattern)", "the callback per text (detectors, pattern)"), 3),
+        ("the fields from the walk's members (request::Members::facts)",
+         g("request::Members::facts (the fields, from the walk)"), 2),
+        ("the prompt scan (policy)", g(scan), 2),
+        ("the walk itself (scan − callback)", pf(scan, callback), 3),
         ("secrets::find_secret", g("secrets::find_secret"), 3),
-        ("the block pattern (callback − find_secret)",
-         pf("the callback per text (detectors, pattern)", "secrets::find_secret"), 3),
+        ("the block pattern (callback − find_secret)", pf(callback, "secrets::find_secret"), 3),
         ("request::rewrite", g("request::rewrite"), 2),
         ("body_replay::install (> 64 KiB)", g("body_replay::install"), 1),
         ("request_body_filter", g("request_body_filter"), 0),

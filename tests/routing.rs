@@ -227,6 +227,31 @@ fn a_large_body_replays_intact_on_every_attempt() {
 }
 
 #[test]
+fn a_body_declared_over_64k_that_the_rewrite_brings_under_it_still_arrives() {
+    // Tollgate does not turn on Pingora's retry buffer (64 KiB) for a body declared larger, so
+    // such a body is replayed by Tollgate even when stripping the model's prefix makes it fit.
+    let a = Mock::start();
+    let (gw, _) = start(&[p("a", &a)], "provider = \"a\"", "");
+    for size in [65_537usize, 65_538, 65_540, 70_000] {
+        let shell = json!({"model": "ha/gpt-4o-mini", "messages": [{"role": "user", "content": ""}], "max_tokens": 5}).to_string();
+        let content = "y".repeat(size - shell.len());
+        let body = json!({"model": "ha/gpt-4o-mini", "messages": [{"role": "user", "content": content}], "max_tokens": 5}).to_string();
+        assert_eq!(body.len(), size);
+        let r = post(
+            &gw.url("/v1/chat/completions"),
+            &[("x-api-key", KEY)],
+            &body,
+        );
+        assert_eq!(r.status, 200, "size {size}: {}", r.body);
+        let served = a.last_request();
+        assert_eq!(served["body_len"], size - 3, "size {size}");
+        let sent: Value = serde_json::from_str(served["body"].as_str().unwrap()).unwrap();
+        assert_eq!(sent["model"], "gpt-4o-mini");
+        assert_eq!(sent["messages"][0]["content"].as_str().unwrap(), content);
+    }
+}
+
+#[test]
 fn when_every_target_is_down_the_fallback_serves() {
     let a = Mock::start_with(&["--fault", "close-before-headers"]);
     let b = Mock::start_with(&["--status", "503"]);

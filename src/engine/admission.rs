@@ -220,7 +220,19 @@ pub struct Admission {
 /// Stage 2: the body rules, in the order the SPEC's codes are checked.
 pub fn decide(cfg: &Config, f: &Facts, seen: &mut Seen) -> Result<Admission, GatewayError> {
     let project = &cfg.projects[f.project];
-    let facts = request::parse(f.body)?;
+    // One walk of the body gives the prompt rules' verdict and, for a valid body, its fields;
+    // the verdict is applied in its SPEC order below.
+    let (verdict, facts) = match f.endpoint.prompt_format() {
+        Some(format) => {
+            let scan = policy::scan_prompt(project, format, f.body);
+            (Some(scan.verdict), scan.facts)
+        }
+        None => (None, None),
+    };
+    let facts = match facts {
+        Some(facts) => facts,
+        None => request::parse(f.body)?,
+    };
     seen.model = Some(truncate(&facts.model, 200).to_string());
     seen.stream = facts.stream;
     let user = accounts::end_user(f.user_header, facts.user.as_deref())?;
@@ -234,10 +246,7 @@ pub fn decide(cfg: &Config, f: &Facts, seen: &mut Seen) -> Result<Admission, Gat
     let upstream_model = route.upstream_model(&facts.model);
     seen.upstream_model = Some(upstream_model.to_string());
     policy::check_model(project, &facts.model, upstream_model)?;
-    let prompt_bound = match f.endpoint.prompt_format() {
-        Some(format) => Some(policy::check_prompt(project, format, f.body)?),
-        None => None,
-    };
+    let prompt_bound = verdict.transpose()?;
     if f.endpoint == Endpoint::CountTokens {
         return count_tokens(cfg, f, route, &facts.model, upstream_model);
     }

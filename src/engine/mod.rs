@@ -15,6 +15,7 @@ pub mod budget;
 pub mod cache;
 pub mod circuit;
 pub mod config;
+pub(crate) mod cursor;
 pub mod error;
 pub mod policy;
 pub mod pricing;

@@ -79,44 +79,64 @@ pub fn check_model(
     }
 }
 
+/// What one walk of a body found: the prompt rules' verdict and, when the body read as one
+/// valid JSON object, the request's fields.
+pub struct PromptScan {
+    /// The prompt's token upper bound, or the block.
+    pub verdict: Result<u64, GatewayError>,
+    /// [`crate::engine::request::parse`]'s result when the walk could tell it (see
+    /// [`crate::engine::request::Members::facts`]); `None`: parse the body.
+    pub facts: Option<crate::engine::request::RequestFacts>,
+}
+
 /// Scan the prompt text for credentials (`block_secrets`) and the project's `block_patterns`.
 /// Texts are visited one by one, so a pattern never matches across two messages. The same walk
-/// gives the prompt's token upper bound ([`crate::engine::prompt::prompt_tokens_upper_bound`]), which is
-/// what `Ok` carries.
-pub fn check_prompt(
+/// gives the prompt's token upper bound ([`crate::engine::prompt::prompt_tokens_upper_bound`]),
+/// which is what an `Ok` verdict carries, and the body's top-level members, from which the
+/// request's fields are read without parsing the body again.
+pub fn scan_prompt(
     project: &Project,
     format: crate::engine::prompt::Format,
     body: &[u8],
-) -> Result<u64, GatewayError> {
+) -> PromptScan {
     let scanning = project.block_secrets || project.block_patterns.is_some();
     let mut hit: Option<GatewayError> = None;
-    let bound = crate::engine::prompt::scan(format, body, &mut |text| {
-        if hit.is_some() || !scanning {
-            return;
-        }
-        if project.block_secrets {
-            if let Some(kind) = crate::engine::secrets::find_secret(text) {
-                hit = Some(GatewayError::PolicyBlocked(
-                    PolicyCode::SecretDetected,
-                    format!(
-                        "The prompt contains {}; project {} blocks credentials in prompts",
-                        kind.description(),
-                        project.id
-                    ),
-                ));
+    let mut members = crate::engine::request::Members::default();
+    let scanned = crate::engine::prompt::scan_body(
+        format,
+        body,
+        &mut |text, _at| {
+            if hit.is_some() || !scanning {
                 return;
             }
-        }
-        if let Some(set) = &project.block_patterns {
-            if set.is_match(text) {
-                hit = Some(GatewayError::PolicyBlocked(
-                    PolicyCode::PatternBlocked,
-                    format!("The prompt matches a pattern project {} blocks", project.id),
-                ));
+            if project.block_secrets {
+                if let Some(kind) = crate::engine::secrets::find_secret(text) {
+                    hit = Some(GatewayError::PolicyBlocked(
+                        PolicyCode::SecretDetected,
+                        format!(
+                            "The prompt contains {}; project {} blocks credentials in prompts",
+                            kind.description(),
+                            project.id
+                        ),
+                    ));
+                    return;
+                }
             }
-        }
-    });
-    hit.map_or(Ok(bound), Err)
+            if let Some(set) = &project.block_patterns {
+                if set.is_match(text) {
+                    hit = Some(GatewayError::PolicyBlocked(
+                        PolicyCode::PatternBlocked,
+                        format!("The prompt matches a pattern project {} blocks", project.id),
+                    ));
+                }
+            }
+        },
+        &mut |key, value| members.see(key, value),
+    );
+    PromptScan {
+        verdict: hit.map_or(Ok(scanned.bound), Err),
+        facts: scanned.whole.then(|| members.facts(body)).flatten(),
+    }
 }
 
 /// When nothing bounds a request's output (no `max_tokens` from the client, no project cap,

@@ -6,18 +6,27 @@
 //! prompts, tool call arguments, tool results, tool descriptions, legacy prompts and embedding
 //! inputs. Budget reservations use [`prompt_tokens_upper_bound`], which walks the same way.
 //!
-//! Pure: this module must not import pingora or tokio, nor do I/O. It walks the body once with
-//! serde_json's streaming deserializer and a small schema per format (`Node`); strings without
-//! escapes are borrowed from the body and escaped ones are unescaped into serde_json's scratch
-//! buffer, so visiting allocates nothing per text. Anything else is skipped with `IgnoredAny`.
+//! Pure: this module must not import pingora or tokio, nor do I/O. It walks the body once, with
+//! a small schema per format (`Node`) saying what each value is. Two walkers share that schema
+//! and the counting (`Acc`): [`fast`], a single pass over the bytes of a body already known to
+//! be UTF-8, and the reference, serde_json's streaming deserializer (`Walk`). Every entry point
+//! runs the fast walk first; it declines whatever the reference might read differently
+//! (malformed JSON, deep nesting, numbers past f64, lone surrogates), and the reference then
+//! walks the body instead, without passing again the texts the fast walk already passed. In
+//! both, strings without escapes are borrowed from the body and escaped ones are unescaped
+//! into one reused buffer, so visiting allocates nothing per text.
 //!
 //! Bodies of an unexpected shape never fail: a field of the wrong type is skipped, and a body
-//! that stops parsing half way keeps what was visited before the error. The gateway has already
-//! checked that the body is a JSON object with a model.
+//! that stops parsing half way keeps what was visited before the error. The gateway checks on
+//! its own (`request::parse`) that the body is a JSON object with a model; [`scan_body`] hands
+//! it the body's top-level members, so a valid body is read only once.
+
+mod fast;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 /// The request formats whose prompts Tollgate reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,8 +83,9 @@ pub const AUDIO_BASE64_BYTES_PER_TOKEN: u64 = 100;
 /// Bodies that are not the expected shape: visit what can be found, never fail (the gateway has
 /// already validated that the body is a JSON object with a model).
 pub fn for_each_text(format: Format, body: &[u8], f: &mut dyn FnMut(&str)) -> usize {
-    let mut acc = Acc::new(Some(f));
-    walk(format, body, &mut acc);
+    let mut f = |t: &str, _: Option<usize>| f(t);
+    let mut acc = Acc::new(Some(&mut f));
+    walk(format, body, &mut acc, &mut |_, _| {});
     acc.text_bytes
 }
 
@@ -100,20 +110,49 @@ pub fn for_each_text(format: Format, body: &[u8], f: &mut dyn FnMut(&str)) -> us
 ///   search) whose results become input tokens.
 pub fn prompt_tokens_upper_bound(format: Format, body: &[u8]) -> u64 {
     let mut acc = Acc::new(None);
-    walk(format, body, &mut acc);
+    walk(format, body, &mut acc, &mut |_, _| {});
     acc.bound()
 }
 
-/// [`for_each_text`] and [`prompt_tokens_upper_bound`] in one walk of the body: calls `f`
-/// with each text and returns the bound. The gateway needs both for every request, and the
-/// walk is most of the cost of either.
-pub fn scan(format: Format, body: &[u8], f: &mut dyn FnMut(&str)) -> u64 {
+/// What [`scan_body`] found besides the texts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scanned {
+    /// [`prompt_tokens_upper_bound`].
+    pub bound: u64,
+    /// The body is one valid JSON object (whitespace around it aside), and the member callback
+    /// was called once for each of its members, in order. When false, what the member callback
+    /// was given is not to be relied on.
+    pub whole: bool,
+}
+
+/// [`for_each_text`] and [`prompt_tokens_upper_bound`] in one walk of the body, telling more.
+/// The gateway needs both for every request, and the walk is most of the cost of either.
+/// `f` gets each text and, when the text is the body's own bytes (it had no escapes), its byte
+/// offset in `body`, so a caller can relate it to a search made over the whole body; `member`
+/// gets the (unescaped) key of each top-level member of the body and the byte range of its
+/// value.
+pub fn scan_body(
+    format: Format,
+    body: &[u8],
+    f: &mut dyn FnMut(&str, Option<usize>),
+    member: &mut dyn FnMut(&str, Range<usize>),
+) -> Scanned {
     let mut acc = Acc::new(Some(f));
-    walk(format, body, &mut acc);
-    acc.bound()
+    let whole = walk(format, body, &mut acc, member);
+    Scanned {
+        bound: acc.bound(),
+        whole,
+    }
 }
 
-fn walk(format: Format, body: &[u8], acc: &mut Acc<'_>) {
+/// The walk: the fast one, else the reference for what the fast one declined. True when the
+/// fast walk read the whole body.
+fn walk(
+    format: Format,
+    body: &[u8],
+    acc: &mut Acc<'_>,
+    member: &mut dyn FnMut(&str, Range<usize>),
+) -> bool {
     let node = match format {
         Format::Chat => Node::ChatBody,
         Format::Completions => Node::CompletionsBody,
@@ -121,6 +160,34 @@ fn walk(format: Format, body: &[u8], acc: &mut Acc<'_>) {
         Format::Responses => Node::ResponsesBody,
         Format::Messages => Node::MessagesBody,
     };
+    let mut passed = 0;
+    if let Ok(text) = std::str::from_utf8(body) {
+        if fast::walk(node, text, acc, member).is_ok() {
+            return true;
+        }
+        passed = acc.texts;
+    }
+    // The fast walk is at least as strict as serde_json at every point, so the texts it
+    // passed before it declined are the reference walk's first texts: they are counted again
+    // (the reference starts from zero) but not passed to `f` twice.
+    let mut f = acc.f.take();
+    let mut skip = |t: &str, _: Option<usize>| {
+        if passed > 0 {
+            passed -= 1;
+        } else if let Some(f) = f.as_mut() {
+            f(t, None);
+        }
+    };
+    let mut reference = Acc::new(Some(&mut skip));
+    walk_serde(node, body, &mut reference);
+    acc.counts_from(&reference);
+    drop(reference);
+    acc.f = f;
+    false
+}
+
+/// The reference walk, serde_json's.
+fn walk_serde(node: Node, body: &[u8], acc: &mut Acc<'_>) {
     let mut de = serde_json::Deserializer::from_slice(body);
     // An error (truncated body, nesting past serde_json's depth limit) ends the walk; what
     // was visited before it stays visited.
@@ -129,7 +196,9 @@ fn walk(format: Format, body: &[u8], acc: &mut Acc<'_>) {
 
 /// What the walk has seen so far.
 struct Acc<'f> {
-    f: Option<&'f mut dyn FnMut(&str)>,
+    f: Option<&'f mut dyn FnMut(&str, Option<usize>)>,
+    /// Texts visited.
+    texts: usize,
     text_bytes: usize,
     /// Bytes the model reads that policy does not scan.
     extra_bytes: u64,
@@ -141,9 +210,10 @@ struct Acc<'f> {
 }
 
 impl<'f> Acc<'f> {
-    fn new(f: Option<&'f mut dyn FnMut(&str)>) -> Self {
+    fn new(f: Option<&'f mut dyn FnMut(&str, Option<usize>)>) -> Self {
         Acc {
             f,
+            texts: 0,
             text_bytes: 0,
             extra_bytes: 0,
             tokens: 0,
@@ -153,11 +223,24 @@ impl<'f> Acc<'f> {
         }
     }
 
-    fn text(&mut self, s: &str) {
+    /// A text; `at` is its offset in the body when it is the body's own bytes.
+    fn text(&mut self, s: &str, at: Option<usize>) {
+        self.texts += 1;
         self.text_bytes = self.text_bytes.saturating_add(s.len());
         if let Some(f) = self.f.as_mut() {
-            f(s);
+            f(s, at);
         }
+    }
+
+    /// Everything `other` counted, in place of what this one did.
+    fn counts_from(&mut self, other: &Acc<'_>) {
+        self.texts = other.texts;
+        self.text_bytes = other.text_bytes;
+        self.extra_bytes = other.extra_bytes;
+        self.tokens = other.tokens;
+        self.images = other.images;
+        self.messages = other.messages;
+        self.tools = other.tools;
     }
 
     fn extra(&mut self, n: usize) {
@@ -386,21 +469,22 @@ impl Node {
         )
     }
 
-    fn string(self, s: &str, acc: &mut Acc<'_>) {
+    /// A string value; `at` is its offset in the body when it had no escapes.
+    fn string(self, s: &str, at: Option<usize>, acc: &mut Acc<'_>) {
         match self {
             Node::Text
             | Node::Prompt
             | Node::ChatContent
             | Node::ResponsesItem
             | Node::ResponsesContent
-            | Node::AnthropicContent => acc.text(s),
+            | Node::AnthropicContent => acc.text(s, at),
             // `"input": "..."` is one user message.
             Node::ResponsesInput => {
-                acc.text(s);
+                acc.text(s, at);
                 acc.messages += 1;
             }
             Node::Json | Node::SchemaDescription => {
-                acc.text(s);
+                acc.text(s, at);
                 acc.extra(2);
             }
             Node::Schema => acc.extra(s.len().saturating_add(2)),
@@ -572,12 +656,34 @@ enum Tag {
     Other,
 }
 
+impl Tag {
+    fn of(v: &str) -> Tag {
+        match v {
+            "image" => Tag::Image,
+            "input_image" => Tag::InputImage,
+            "computer_screenshot" => Tag::ComputerScreenshot,
+            "text" => Tag::Text,
+            _ => Tag::Other,
+        }
+    }
+}
+
 /// Whether a `media_type` is an image's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Media {
     Image,
     #[default]
     Other,
+}
+
+impl Media {
+    fn of(v: &str) -> Media {
+        if v.starts_with("image/") {
+            Media::Image
+        } else {
+            Media::Other
+        }
+    }
 }
 
 /// A string value kept until its object ends, borrowed when it has no escapes.
@@ -623,13 +729,7 @@ impl<'de> de::Deserialize<'de> for Tag {
                 f.write_str("a type")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Tag, E> {
-                Ok(match v {
-                    "image" => Tag::Image,
-                    "input_image" => Tag::InputImage,
-                    "computer_screenshot" => Tag::ComputerScreenshot,
-                    "text" => Tag::Text,
-                    _ => Tag::Other,
-                })
+                Ok(Tag::of(v))
             }
             skip_non_strings!();
         }
@@ -646,11 +746,7 @@ impl<'de> de::Deserialize<'de> for Media {
                 f.write_str("a media type")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Media, E> {
-                Ok(if v.starts_with("image/") {
-                    Media::Image
-                } else {
-                    Media::Other
-                })
+                Ok(Media::of(v))
             }
             skip_non_strings!();
         }
@@ -731,7 +827,7 @@ impl<'de> Visitor<'de> for Walk<'_, '_> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.node.string(v, self.acc);
+        self.node.string(v, None, self.acc);
         Ok(())
     }
 
@@ -822,7 +918,7 @@ fn anthropic_source<'de, A: MapAccess<'de>>(acc: &mut Acc<'_>, mut map: A) -> Re
     }
     if let Some(data) = data.0 {
         if tag == Tag::Text {
-            acc.text(&data);
+            acc.text(&data, None);
         } else if media != Media::Image {
             acc.extra(data.len());
         }
@@ -1286,7 +1382,7 @@ mod proptests {
                 let mut apart = Vec::new();
                 for_each_text(format, &body, &mut |t| apart.push(t.to_string()));
                 let mut together = Vec::new();
-                let bound = scan(format, &body, &mut |t| together.push(t.to_string()));
+                let bound = scan_body(format, &body, &mut |t, _| together.push(t.to_string()), &mut |_, _| {}).bound;
                 prop_assert_eq!(&apart, &together);
                 prop_assert_eq!(bound, prompt_tokens_upper_bound(format, &body));
             }

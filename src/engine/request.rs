@@ -136,6 +136,10 @@ pub fn parse(body: &[u8]) -> Result<RequestFacts, GatewayError> {
     }
     let peek: Peek = serde_json::from_slice(body)
         .map_err(|e| GatewayError::InvalidRequest(format!("The request body is not valid: {e}")))?;
+    facts_of(peek)
+}
+
+fn facts_of(peek: Peek<'_>) -> Result<RequestFacts, GatewayError> {
     let model = match peek.model {
         Some(m) if !m.trim().is_empty() => m.into_owned(),
         Some(_) => {
@@ -163,6 +167,182 @@ pub fn parse(body: &[u8]) -> Result<RequestFacts, GatewayError> {
             .or(peek.metadata.and_then(|m| m.user_id))
             .map(Cow::into_owned),
     })
+}
+
+/// The top-level members [`parse`] reads, as a full walk of a valid body found them
+/// (`prompt::scan_body`), so that a body the prompt walk has read is not parsed a second time.
+#[derive(Clone, Debug, Default)]
+pub struct Members {
+    model: Slot,
+    stream: Slot,
+    max_tokens: Slot,
+    max_completion_tokens: Slot,
+    max_output_tokens: Slot,
+    stream_options: Slot,
+    user: Slot,
+    metadata: Slot,
+}
+
+/// Where a member's value is.
+#[derive(Clone, Debug, Default)]
+enum Slot {
+    #[default]
+    Absent,
+    At(Range<usize>),
+    /// The key came twice (serde refuses that for the fields it knows).
+    Twice,
+}
+
+impl Members {
+    /// One top-level member: its (unescaped) key and its value's range in the body.
+    pub fn see(&mut self, key: &str, value: Range<usize>) {
+        let slot = match key {
+            "model" => &mut self.model,
+            "stream" => &mut self.stream,
+            "max_tokens" => &mut self.max_tokens,
+            "max_completion_tokens" => &mut self.max_completion_tokens,
+            "max_output_tokens" => &mut self.max_output_tokens,
+            "stream_options" => &mut self.stream_options,
+            "user" => &mut self.user,
+            "metadata" => &mut self.metadata,
+            _ => return,
+        };
+        *slot = match slot {
+            Slot::Absent => Slot::At(value),
+            _ => Slot::Twice,
+        };
+    }
+
+    /// What [`parse`] gives for the valid JSON object `body` whose top-level members these
+    /// are, when every field it reads is in its plain form (a string without escapes, `true`,
+    /// a plain integer, `null`, a small object of those). `None` for anything else (an escape,
+    /// a duplicate, a value of another type, a missing or empty model): [`parse`] then decides,
+    /// with its error when there is one. The fast case reads a few bytes per field.
+    pub fn facts(&self, body: &[u8]) -> Option<RequestFacts> {
+        let value = |slot: &Slot| -> Option<Option<&[u8]>> {
+            match slot {
+                Slot::Absent => Some(None),
+                Slot::At(r) => body.get(r.clone()).map(|v| (v != b"null").then_some(v)),
+                Slot::Twice => None,
+            }
+        };
+        let model = match value(&self.model)? {
+            Some(v) => Some(Cow::Borrowed(plain_str(v)?)),
+            None => None,
+        };
+        let flag = |slot: &Slot| -> Option<Option<bool>> {
+            match value(slot)? {
+                None => Some(None),
+                Some(b"true") => Some(Some(true)),
+                Some(b"false") => Some(Some(false)),
+                Some(_) => None,
+            }
+        };
+        let count = |slot: &Slot| -> Option<Option<u64>> {
+            match value(slot)? {
+                None => Some(None),
+                Some(v) if v.first().is_some_and(u8::is_ascii_digit) => {
+                    std::str::from_utf8(v).ok()?.parse().ok().map(Some)
+                }
+                Some(_) => None,
+            }
+        };
+        let stream_options = match value(&self.stream_options)? {
+            None => None,
+            Some(v) => {
+                let mut include_usage = Slot::Absent;
+                each_plain_member(body, self.stream_options.start()?, v, |key, r| {
+                    if key == b"include_usage" {
+                        include_usage.see_again(r);
+                    }
+                })?;
+                Some(StreamOptions {
+                    include_usage: flag(&include_usage)?,
+                })
+            }
+        };
+        let metadata = match value(&self.metadata)? {
+            None => None,
+            Some(v) => {
+                let mut user_id = Slot::Absent;
+                each_plain_member(body, self.metadata.start()?, v, |key, r| {
+                    if key == b"user_id" {
+                        user_id.see_again(r);
+                    }
+                })?;
+                Some(Metadata {
+                    user_id: string_or_none(value(&user_id)?)?,
+                })
+            }
+        };
+        let peek = Peek {
+            model,
+            stream: flag(&self.stream)?,
+            max_tokens: count(&self.max_tokens)?,
+            max_completion_tokens: count(&self.max_completion_tokens)?,
+            max_output_tokens: count(&self.max_output_tokens)?,
+            stream_options,
+            user: string_or_none(value(&self.user)?)?,
+            metadata,
+        };
+        facts_of(peek).ok()
+    }
+}
+
+impl Slot {
+    fn start(&self) -> Option<usize> {
+        match self {
+            Slot::At(r) => Some(r.start),
+            _ => None,
+        }
+    }
+
+    fn see_again(&mut self, value: Range<usize>) {
+        *self = match self {
+            Slot::Absent => Slot::At(value),
+            _ => Slot::Twice,
+        };
+    }
+}
+
+/// The text of a JSON string value without escapes; `None` for anything else.
+fn plain_str(v: &[u8]) -> Option<&str> {
+    let inner = v.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if inner.contains(&b'\\') {
+        return None;
+    }
+    std::str::from_utf8(inner).ok()
+}
+
+/// `string_or_ignore`'s reading of a value: a plain string, or nothing for a value that is not
+/// a string; `None` (not sure) for a string with escapes.
+fn string_or_none(v: Option<&[u8]>) -> Option<Option<Cow<'_, str>>> {
+    match v {
+        Some(v) if v.first() == Some(&b'"') => plain_str(v).map(|s| Some(Cow::Borrowed(s))),
+        _ => Some(None),
+    }
+}
+
+/// Calls `f` with each member of the object `v` (at `start` in `body`); `None` when `v` is not
+/// an object or a key has an escape (its unescaped form is not at hand).
+fn each_plain_member(
+    body: &[u8],
+    start: usize,
+    v: &[u8],
+    mut f: impl FnMut(&[u8], Range<usize>),
+) -> Option<()> {
+    if v.first() != Some(&b'{') {
+        return None;
+    }
+    let (members, _) = object_members(body, start)?;
+    for m in members {
+        let key = body.get(m.key.clone())?;
+        if key.contains(&b'\\') {
+            return None;
+        }
+        f(key, m.value);
+    }
+    Some(())
 }
 
 /// One `"key": value` member of a JSON object, as byte ranges of the body.
@@ -495,5 +675,195 @@ mod tests {
         f.stream = false;
         f.include_usage = None;
         assert_eq!(usage_injection(Endpoint::Completions, &f), (false, false));
+    }
+
+    /// The facts as the gateway gets them from the prompt walk, when it can.
+    fn walked(body: &[u8]) -> Option<RequestFacts> {
+        let mut m = Members::default();
+        let scanned = crate::engine::prompt::scan_body(
+            crate::engine::prompt::Format::Chat,
+            body,
+            &mut |_, _| {},
+            &mut |k, r| m.see(k, r),
+        );
+        scanned.whole.then(|| m.facts(body)).flatten()
+    }
+
+    #[test]
+    fn a_walked_body_gives_the_facts_parse_gives() {
+        for body in [
+            &br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"stream":true,"max_completion_tokens":50,"stream_options":{"include_usage":false,"x":[1]}}"#[..],
+            br#"{"model":"claude-sonnet-4","max_tokens":32000,"stream":true,"metadata":{"user_id":"user_1","other":{}},"system":"s"}"#,
+            br#"{"model":"m","user":"alice","metadata":{"user_id":"bob"}}"#,
+            br#"{"model":"m","user":42,"metadata":{"user_id":"bob"}}"#,
+            br#"{"model":"m","user":null,"metadata":{"user_id":[1,2]}}"#,
+            br#"{"model":"m","max_tokens":null,"stream":null,"stream_options":null,"metadata":null}"#,
+            br#"{"model":"m","max_tokens":7,"max_output_tokens":9,"max_completion_tokens":0}"#,
+            br#"{"model":"m","stream_options":{"include_usage":true}}"#,
+            br#"{"model":"m","stream_options":{}}"#,
+            b" \n{ \"model\" : \"m\" , \"stream\" : false }\n ",
+            "{\"model\":\"mod\u{e8}le-\u{1F600}\"}".as_bytes(),
+            // Top-level keys are unescaped by the walk, as serde unescapes them.
+            br#"{"mod\u0065l":"gpt-4o"}"#,
+        ] {
+            let parsed = parse(body).unwrap();
+            assert_eq!(
+                walked(body),
+                Some(parsed),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn forms_the_walk_does_not_read_are_left_to_parse() {
+        for body in [
+            // Valid, but not in plain form: parse reads them.
+            &br#"{"model":"gpt-\u0034o"}"#[..],
+            br#"{"model":"m","user":"a\"b"}"#,
+            br#"{"model":"m","metadata":{"user_\u0069d":"x"}}"#,
+            br#"{"model":"m","stream_options":{"include_usage":true},"stream_options":null}"#,
+            br#"{"model":"m","user":"a","user":"b"}"#,
+            // Invalid: parse gives the error.
+            br#"{"model":"m","max_tokens":1.0}"#,
+            br#"{"model":"m","max_tokens":1e3}"#,
+            br#"{"model":"m","max_tokens":-1}"#,
+            br#"{"model":"m","max_tokens":18446744073709551616}"#,
+            br#"{"model":"m","stream":"yes"}"#,
+            br#"{"model":"m","stream":1}"#,
+            br#"{"model":"m","stream_options":[true]}"#,
+            br#"{"model":"m","stream_options":{"include_usage":1}}"#,
+            br#"{"model":"m","stream_options":{"include_usage":true,"include_usage":true}}"#,
+            br#"{"model":"m","metadata":"x"}"#,
+            br#"{"model":"m","metadata":{"user_id":"a","user_id":"b"}}"#,
+            br#"{"model":42}"#,
+            br#"{"model":null}"#,
+            br#"{"model":"  "}"#,
+            br#"{"messages":[]}"#,
+            br#"{"model":"a","model":"b"}"#,
+            br#"{"model":"m"} x"#,
+        ] {
+            assert_eq!(walked(body), None, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn no_body_parse_refuses_is_accepted_by_the_walk() {
+        for body in [
+            &b""[..],
+            b"not json",
+            b"[1,2]",
+            br#"{"messages":[]}"#,
+            br#"{"model":""}"#,
+            br#"{"model":42}"#,
+            br#"{"model":"m","max_tokens":-1}"#,
+            br#"{"model":"m","stream":"yes"}"#,
+            br#"{"model":"m""#,
+            br#"{"model":"a","model":"b"}"#,
+        ] {
+            assert!(parse(body).is_err());
+            assert_eq!(walked(body), None, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    mod walked_proptests {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A JSON value as text, of the types and forms the fields come in.
+        fn value() -> impl Strategy<Value = String> {
+            let leaf = prop_oneof![
+                Just("null".to_string()),
+                Just("true".to_string()),
+                Just("false".to_string()),
+                Just("0".to_string()),
+                Just("-0".to_string()),
+                Just("1.5".to_string()),
+                Just("2e2".to_string()),
+                Just("18446744073709551615".to_string()),
+                Just("18446744073709551616".to_string()),
+                any::<u32>().prop_map(|n| n.to_string()),
+                any::<i64>().prop_map(|n| n.to_string()),
+                Just(r#""gpt-4o""#.to_string()),
+                Just(r#""""#.to_string()),
+                Just(r#"" ""#.to_string()),
+                Just(r#""\u0067pt""#.to_string()),
+                Just(r#""a\"b""#.to_string()),
+                "[a-z0-9 -]{0,8}".prop_map(|s| format!("\"{s}\"")),
+                any::<String>().prop_map(|s| serde_json::to_string(&s).unwrap_or_default()),
+            ];
+            leaf.prop_recursive(2, 12, 4, |inner| {
+                let key = prop_oneof![
+                    Just("include_usage".to_string()),
+                    Just("user_id".to_string()),
+                    Just(r"user_\u0069d".to_string()),
+                    "[a-z]{1,3}",
+                ];
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..3)
+                        .prop_map(|v| format!("[{}]", v.join(","))),
+                    prop::collection::vec((key, inner), 0..3).prop_map(|kv| {
+                        let members: Vec<String> = kv
+                            .into_iter()
+                            .map(|(k, v)| format!("\"{k}\":{v}"))
+                            .collect();
+                        format!("{{{}}}", members.join(","))
+                    }),
+                ]
+            })
+        }
+
+        fn body() -> impl Strategy<Value = String> {
+            let key = prop_oneof![
+                Just("model".to_string()),
+                Just("model".to_string()),
+                Just("stream".to_string()),
+                Just("max_tokens".to_string()),
+                Just("max_completion_tokens".to_string()),
+                Just("max_output_tokens".to_string()),
+                Just("stream_options".to_string()),
+                Just("user".to_string()),
+                Just("metadata".to_string()),
+                Just(r"mod\u0065l".to_string()),
+                Just("messages".to_string()),
+                "[a-z_]{1,6}",
+            ];
+            prop::collection::vec((key, value()), 0..7).prop_map(|kv| {
+                let members: Vec<String> = kv
+                    .into_iter()
+                    .map(|(k, v)| format!("\"{k}\":{v}"))
+                    .collect();
+                format!("{{{}}}", members.join(","))
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn the_walk_gives_what_parse_gives_or_leaves_it_to_parse(body in body()) {
+                if let Some(facts) = walked(body.as_bytes()) {
+                    prop_assert_eq!(Some(facts), parse(body.as_bytes()).ok());
+                }
+            }
+
+            #[test]
+            fn plain_bodies_are_read_by_the_walk(
+                model in "[a-z0-9.-]{1,12}",
+                stream in any::<Option<bool>>(),
+                max in any::<Option<u64>>(),
+                include in any::<Option<Option<bool>>>(),
+                user in any::<Option<String>>(),
+            ) {
+                let mut v = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+                if let Some(s) = stream { v["stream"] = s.into(); }
+                if let Some(m) = max { v["max_tokens"] = m.into(); }
+                if let Some(i) = include { v["stream_options"] = serde_json::json!({"include_usage": i}); }
+                if let Some(u) = user.filter(|u| !u.contains(['"', '\\']) && !u.chars().any(char::is_control)) {
+                    v["metadata"] = serde_json::json!({"user_id": u});
+                }
+                let body = serde_json::to_vec(&v).unwrap_or_default();
+                prop_assert_eq!(walked(&body), parse(&body).ok());
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use pingora::proxy::Session;
 
-use super::{Ctx, Gateway};
+use super::{Ctx, Gateway, RETRY_BUFFER_LIMIT};
 use crate::engine::admission::{self, Facts, Head, Next};
 use crate::engine::auth;
 use crate::engine::error::{ErrorShape, GatewayError};
@@ -19,8 +19,11 @@ use crate::health::{self, HEALTH};
 pub enum Admit {
     /// Answer locally with this status and JSON body.
     Local { status: u16, body: Bytes },
-    /// Forward upstream with this body.
-    Forward(Bytes),
+    /// Forward upstream with this body. `buffered`: Pingora's retry buffer was on while the
+    /// client's body was read (it is off for a body declared larger than it can hold), so
+    /// Pingora can replay a body of up to its size; otherwise the body goes through
+    /// `body_replay`.
+    Forward { body: Bytes, buffered: bool },
     /// Answer with a stored response (a cache hit): nothing is reserved or sent upstream.
     Cached(std::sync::Arc<crate::cache::Entry>),
 }
@@ -101,7 +104,7 @@ impl Gateway {
                 ))
             })?;
         }
-        let body = read_body(session, declared, cfg.server.max_body_bytes).await?;
+        let (body, buffered) = read_body(session, declared, cfg.server.max_body_bytes).await?;
         ctx.admitted.request_bytes = body.len();
         let now = health::now_ms();
         let circuit = cfg.server.circuit;
@@ -250,30 +253,51 @@ impl Gateway {
         attempts.deadline = ctx.started.checked_add(a.deadline);
         attempts.provider = a.attempts.first().copied();
         attempts.plan = crate::engine::route::Plan::new(a.attempts);
-        Ok(Admit::Forward(Bytes::from(a.rewritten.unwrap_or(body))))
+        Ok(Admit::Forward {
+            body: a.rewritten.map_or(body, Bytes::from),
+            buffered,
+        })
     }
 }
 
-/// The whole request body, refused past `max` bytes without reading further.
+/// The whole request body, refused past `max` bytes without reading further, and whether
+/// Pingora's retry buffer was on while it was read.
 async fn read_body(
     session: &mut Session,
     declared: Option<u64>,
     max: usize,
-) -> Result<Vec<u8>, GatewayError> {
+) -> Result<(Bytes, bool), GatewayError> {
     // Pingora replays a consumed body only from its retry buffer: it must be on before the
-    // first read (see body_replay.rs for bodies over its 64 KiB).
-    session.enable_retry_buffering();
+    // first read, and it keeps at most RETRY_BUFFER_LIMIT bytes. A body declared larger goes
+    // through body_replay.rs anyway, so Pingora is not asked to copy the first 64 KiB of it
+    // into that buffer for nothing.
+    let buffered = declared.is_none_or(|n| n <= RETRY_BUFFER_LIMIT as u64);
+    if buffered {
+        session.enable_retry_buffering();
+    }
     let capacity = declared.map_or(4096, |n| usize::try_from(n).unwrap_or(max).min(max));
-    let mut buf: Vec<u8> = Vec::with_capacity(capacity);
+    // A body that arrives in one read is kept as Pingora handed it over, without a copy; the
+    // second read starts one buffer of the declared size.
+    let mut first: Option<Bytes> = None;
+    let mut buf: Vec<u8> = Vec::new();
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
-                if buf.len() + chunk.len() > max {
+                let held = first.as_ref().map_or(buf.len(), Bytes::len);
+                if held + chunk.len() > max {
                     return Err(admission::too_large(max));
                 }
-                buf.extend_from_slice(&chunk);
+                match first.take() {
+                    Some(one) => {
+                        buf = Vec::with_capacity(capacity.max(one.len() + chunk.len()));
+                        buf.extend_from_slice(&one);
+                        buf.extend_from_slice(&chunk);
+                    }
+                    None if buf.is_empty() => first = Some(chunk),
+                    None => buf.extend_from_slice(&chunk),
+                }
             }
-            Ok(None) => return Ok(buf),
+            Ok(None) => return Ok((first.unwrap_or_else(|| Bytes::from(buf)), buffered)),
             Err(e) => {
                 return Err(GatewayError::InvalidRequest(format!(
                     "Could not read the request body: {}",

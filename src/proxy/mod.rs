@@ -145,8 +145,9 @@ impl ProxyHttp for Gateway {
                 respond::cached(session, ctx, &entry).await?;
                 Ok(true)
             }
-            Ok(Admit::Forward(body)) => {
-                if body.len() > RETRY_BUFFER_LIMIT || session.retry_buffer_truncated() {
+            Ok(Admit::Forward { body, buffered }) => {
+                if !buffered || body.len() > RETRY_BUFFER_LIMIT || session.retry_buffer_truncated()
+                {
                     body_replay::install(&mut session.downstream_session, body.clone())?;
                 }
                 ctx.admitted.body = Some(body);

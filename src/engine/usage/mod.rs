@@ -462,7 +462,7 @@ impl Extract {
                 return false;
             }
         }
-        let Ok(ev) = serde_json::from_slice::<ResponsesEvent>(data) else {
+        let Some(ev) = ResponsesEvent::read(data) else {
             return false;
         };
         let kind = ev.kind();
@@ -502,7 +502,7 @@ impl Extract {
             }
             _ => {}
         }
-        let Ok(ev) = serde_json::from_slice::<AnthropicEvent>(data) else {
+        let Some(ev) = AnthropicEvent::read(data) else {
             return false;
         };
         match ev.kind() {

@@ -10,6 +10,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::{Usage, WireFormat};
+use crate::engine::cursor::{Bail, Cursor, Str as CStr};
 
 /// Longest error text kept for logging.
 const ERROR_MAX: usize = 1024;
@@ -385,5 +386,429 @@ pub(crate) struct AnthropicDelta {
 impl Text for AnthropicDelta {
     fn text_bytes(&self) -> u64 {
         self.text.0 + self.partial_json.0 + self.thinking.0
+    }
+}
+
+// ---- Reading the stream events without serde ----
+//
+// A streamed reply is mostly small delta events, and each went through a serde parse of its
+// struct (some 3,500 instructions for a 100-byte event); a Responses stream also repeats the
+// whole request's `instructions` in `response.completed`. The readers below get the same
+// structs from `engine::cursor`, handing serde only the small values that hold usage or an
+// error. Whatever they are not sure of (the cursor's rules; a field serde would refuse as
+// duplicated; an event that is not an object) is read by serde, exactly as before.
+
+impl<'a> ResponsesEvent<'a> {
+    /// The event as serde reads it; `None` when serde refuses it (the event is then skipped).
+    pub(crate) fn read(data: &'a [u8]) -> Option<ResponsesEvent<'a>> {
+        if let Some(ev) = std::str::from_utf8(data)
+            .ok()
+            .and_then(|s| fast_responses(s).ok())
+        {
+            return Some(ev);
+        }
+        serde_json::from_slice(data).ok()
+    }
+}
+
+impl<'a> AnthropicEvent<'a> {
+    /// The event as serde reads it; `None` when serde refuses it (the event is then skipped).
+    pub(crate) fn read(data: &'a [u8]) -> Option<AnthropicEvent<'a>> {
+        if let Some(ev) = std::str::from_utf8(data)
+            .ok()
+            .and_then(|s| fast_anthropic(s).ok())
+        {
+            return Some(ev);
+        }
+        serde_json::from_slice(data).ok()
+    }
+}
+
+/// The members of the object at the cursor (which must be at `{`), each key given to `f`
+/// (unescaped) with the cursor at its value, which `f` must consume. A key of `fields` that
+/// comes twice declines, as serde refuses a duplicated field.
+fn members<'a>(
+    c: &mut Cursor<'a>,
+    fields: &[&str],
+    mut f: impl FnMut(&mut Cursor<'a>, Option<usize>) -> Result<(), Bail>,
+) -> Result<(), Bail> {
+    let mut seen = 0u32;
+    if c.open(b'}')? {
+        loop {
+            c.ws();
+            if c.peek() != Some(b'"') {
+                return Err(Bail);
+            }
+            let key = c.string(true)?;
+            let field = fields.iter().position(|&k| k == c.text(&key));
+            c.eat(b':')?;
+            if let Some(n) = field {
+                if seen & (1 << n) != 0 {
+                    return Err(Bail);
+                }
+                seen |= 1 << n;
+            }
+            f(c, field)?;
+            if !c.more(b'}')? {
+                break;
+            }
+        }
+        c.close();
+    }
+    Ok(())
+}
+
+/// A whole document that is one object, read by `members`.
+fn document<'a>(
+    s: &'a str,
+    fields: &[&str],
+    f: impl FnMut(&mut Cursor<'a>, Option<usize>) -> Result<(), Bail>,
+) -> Result<(), Bail> {
+    let mut c = Cursor::new(s);
+    c.ws();
+    if c.peek() != Some(b'{') {
+        return Err(Bail);
+    }
+    members(&mut c, fields, f)?;
+    if c.at_end() {
+        Ok(())
+    } else {
+        Err(Bail)
+    }
+}
+
+/// [`Str`]'s reading of the value at the cursor.
+fn str_at<'a>(c: &mut Cursor<'a>) -> Result<Str<'a>, Bail> {
+    let whole: &'a str = c.s;
+    Ok(match c.string_value()? {
+        Some(CStr::Raw(r)) => Str(whole.get(r).map(Cow::Borrowed)),
+        Some(CStr::Scratch) => Str(Some(Cow::Owned(c.scratch.clone()))),
+        None => Str(None),
+    })
+}
+
+/// [`TextLen`]'s reading of the value at the cursor.
+fn text_len_at(c: &mut Cursor<'_>) -> Result<TextLen, Bail> {
+    Ok(TextLen(match c.string_value()? {
+        Some(s) => c.text(&s).len() as u64,
+        None => 0,
+    }))
+}
+
+/// [`Obj`]'s reading of the value at the cursor, the object itself read by `read`.
+fn obj_at<'a, T>(
+    c: &mut Cursor<'a>,
+    read: impl FnOnce(&mut Cursor<'a>) -> Result<T, Bail>,
+) -> Result<Obj<T>, Bail> {
+    c.ws();
+    if c.peek() == Some(b'{') {
+        read(c).map(|t| Obj(Some(t)))
+    } else {
+        c.skip().map(|()| Obj(None))
+    }
+}
+
+/// The value at the cursor read by serde on its own (a small one: a usage or an error object).
+/// A value serde refuses declines: in the whole event it would fail the event.
+fn serde_at<'a, T: Deserialize<'a>>(c: &mut Cursor<'a>) -> Result<T, Bail> {
+    let whole: &'a str = c.s;
+    c.ws();
+    let start = c.i;
+    c.skip()?;
+    let value = whole.get(start..c.i).ok_or(Bail)?;
+    serde_json::from_str(value).map_err(|_| Bail)
+}
+
+fn fast_responses(s: &str) -> Result<ResponsesEvent<'_>, Bail> {
+    let mut ev = ResponsesEvent::default();
+    document(
+        s,
+        &["type", "delta", "response", "code", "message", "error"],
+        |c, field| {
+            match field {
+                Some(0) => ev.kind = str_at(c)?,
+                Some(1) => ev.delta = text_len_at(c)?,
+                Some(2) => {
+                    ev.response = obj_at(c, |c| {
+                        let mut body = ResponseBody::default();
+                        members(c, &["usage", "error"], |c, field| {
+                            match field {
+                                Some(0) => body.usage = serde_at(c)?,
+                                Some(1) => body.error = serde_at(c)?,
+                                _ => c.skip()?,
+                            }
+                            Ok(())
+                        })?;
+                        Ok(body)
+                    })?
+                }
+                Some(3) => ev.code = str_at(c)?,
+                Some(4) => ev.message = str_at(c)?,
+                Some(5) => ev.error = serde_at(c)?,
+                _ => c.skip()?,
+            }
+            Ok(())
+        },
+    )?;
+    Ok(ev)
+}
+
+fn fast_anthropic(s: &str) -> Result<AnthropicEvent<'_>, Bail> {
+    let mut ev = AnthropicEvent::default();
+    document(
+        s,
+        &["type", "message", "usage", "delta", "error"],
+        |c, field| {
+            match field {
+                Some(0) => ev.kind = str_at(c)?,
+                Some(1) => {
+                    ev.message = obj_at(c, |c| {
+                        let mut m = AnthropicMessage::default();
+                        members(c, &["usage"], |c, field| {
+                            match field {
+                                Some(0) => m.usage = serde_at(c)?,
+                                _ => c.skip()?,
+                            }
+                            Ok(())
+                        })?;
+                        Ok(m)
+                    })?
+                }
+                Some(2) => ev.usage = serde_at(c)?,
+                Some(3) => {
+                    ev.delta = obj_at(c, |c| {
+                        let mut d = AnthropicDelta::default();
+                        members(c, &["text", "partial_json", "thinking"], |c, field| {
+                            match field {
+                                Some(0) => d.text = text_len_at(c)?,
+                                Some(1) => d.partial_json = text_len_at(c)?,
+                                Some(2) => d.thinking = text_len_at(c)?,
+                                _ => c.skip()?,
+                            }
+                            Ok(())
+                        })?;
+                        Ok(d)
+                    })?
+                }
+                Some(4) => ev.error = serde_at(c)?,
+                _ => c.skip()?,
+            }
+            Ok(())
+        },
+    )?;
+    Ok(ev)
+}
+
+#[cfg(test)]
+mod fast_tests {
+    //! The cursor readers against serde: the same event, field by field, for every event; and
+    //! the common events read without serde.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn usage(u: &Obj<WireUsage>) -> Option<Vec<(Usage, Option<u64>)>> {
+        u.0.as_ref().map(|u| {
+            [
+                WireFormat::OpenAiChat,
+                WireFormat::OpenAiResponses,
+                WireFormat::AnthropicMessages,
+            ]
+            .into_iter()
+            .map(|f| u.to_usage(f))
+            .collect()
+        })
+    }
+
+    fn error(e: &Obj<WireError>) -> Option<String> {
+        e.0.as_ref().map(WireError::describe)
+    }
+
+    fn responses(ev: Option<ResponsesEvent>) -> String {
+        match ev {
+            None => "refused".into(),
+            Some(ev) => format!(
+                "{:?} {} {:?} {:?} {:?} {:?}",
+                ev.kind.0,
+                ev.delta.0,
+                ev.response
+                    .0
+                    .as_ref()
+                    .map(|r| (usage(&r.usage), error(&r.error))),
+                ev.code.0,
+                ev.message.0,
+                error(&ev.error),
+            ),
+        }
+    }
+
+    fn anthropic(ev: Option<AnthropicEvent>) -> String {
+        match ev {
+            None => "refused".into(),
+            Some(ev) => format!(
+                "{:?} {:?} {:?} {:?} {:?}",
+                ev.kind.0,
+                ev.message.0.as_ref().map(|m| usage(&m.usage)),
+                usage(&ev.usage),
+                ev.delta
+                    .0
+                    .as_ref()
+                    .map(|d| (d.text.0, d.partial_json.0, d.thinking.0)),
+                error(&ev.error),
+            ),
+        }
+    }
+
+    /// `read` gives what serde gives.
+    fn assert_same(data: &str) {
+        let b = data.as_bytes();
+        assert_eq!(
+            responses(ResponsesEvent::read(b)),
+            responses(serde_json::from_slice(b).ok()),
+            "responses: {data}"
+        );
+        assert_eq!(
+            anthropic(AnthropicEvent::read(b)),
+            anthropic(serde_json::from_slice(b).ok()),
+            "anthropic: {data}"
+        );
+    }
+
+    const COMMON_RESPONSES: &[&str] = &[
+        r#"{"type":"response.output_text.delta","sequence_number":5,"item_id":"msg_1","output_index":0,"content_index":0,"delta":"Hello","logprobs":[]}"#,
+        r#"{"type":"response.output_text.delta","sequence_number":6,"item_id":"msg_1","output_index":0,"content_index":0,"delta":"line\nnext \"q\" \u00e9\ud83d\ude00","logprobs":[]}"#,
+        r#"{"type":"response.function_call_arguments.delta","item_id":"fc_1","output_index":1,"delta":"{\"cmd\":"}"#,
+        r#"{"type":"response.completed","sequence_number":24,"response":{"id":"resp_1","object":"response","status":"completed","error":null,"instructions":"You are Codex. \n Be brief.","output":[{"type":"message","content":[{"type":"output_text","text":"hi","annotations":[]}]}],"tools":[],"temperature":1.0,"usage":{"input_tokens":9000,"input_tokens_details":{"cached_tokens":4096},"output_tokens":16,"output_tokens_details":{"reasoning_tokens":8},"total_tokens":9016},"metadata":{}}}"#,
+        r#"{"type":"response.failed","sequence_number":3,"response":{"id":"resp_1","status":"failed","error":{"code":"server_error","message":"The model failed."},"usage":{"input_tokens":10,"output_tokens":0}}}"#,
+        r#"{"type":"error","sequence_number":2,"code":"rate_limit_exceeded","message":"Slow down","param":null}"#,
+        r#"  {"type":"response.incomplete","response":{"usage":null,"incomplete_details":{"reason":"max_output_tokens"}}}  "#,
+    ];
+
+    const COMMON_ANTHROPIC: &[&str] = &[
+        r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"cache_creation_input_tokens":100,"cache_read_input_tokens":2000,"output_tokens":1,"service_tier":"standard"}}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a\tb\\c \u4e2d"}}"#,
+        r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"path\": \"src"}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me see"}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQBCgIYAhIM"}}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":16}}"#,
+        r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+    ];
+
+    #[test]
+    fn common_events_are_read_without_serde_and_as_serde_reads_them() {
+        for data in COMMON_RESPONSES {
+            assert!(fast_responses(data).is_ok(), "{data}");
+            assert_same(data);
+        }
+        for data in COMMON_ANTHROPIC {
+            assert!(fast_anthropic(data).is_ok(), "{data}");
+            assert_same(data);
+        }
+    }
+
+    #[test]
+    fn unusual_events_are_read_as_serde_reads_them() {
+        for data in [
+            // serde refuses a duplicated field: the event is skipped.
+            r#"{"type":"a","type":"b"}"#,
+            r#"{"type":"response.completed","response":{"usage":{"input_tokens":1},"usage":{"input_tokens":2}}}"#,
+            r#"{"type":"message_delta","usage":{"output_tokens":1,"output_tokens":2}}"#,
+            r#"{"type":"content_block_delta","delta":{"text":"a","text":"b"}}"#,
+            // Lenient types.
+            r#"{"type":7,"delta":{"x":1},"response":"none","error":[1],"message":{"type":"x"}}"#,
+            r#"{"type":null,"delta":null,"response":null,"usage":[],"message":5}"#,
+            r#"{"type":"response.completed","response":{"usage":{"input_tokens":-1,"output_tokens":2.0,"input_tokens_details":7}}}"#,
+            r#"{"type":"message_delta","usage":{"output_tokens":1e3}}"#,
+            // Escaped keys are the same keys.
+            r#"{"typ\u0065":"response.output_text.delta","d\u0065lta":"x"}"#,
+            // What the cursor declines.
+            r#"{"type":"a","pad":1e999}"#,
+            r#"{"type":"a","pad":"\ud800"}"#,
+            r#"{"type":"\ud800"}"#,
+            r#"{"type":"a"} trailing"#,
+            r#"{"type":"a",}"#,
+            r#"["type","a"]"#,
+            r#""just a string""#,
+            r#"{"type":"content_block_delta","delta":{"text":"unterminated"#,
+            "",
+        ] {
+            assert_same(data);
+        }
+        let deep = format!(
+            r#"{{"type":"a","pad":{}1{}}}"#,
+            "[".repeat(150),
+            "]".repeat(150)
+        );
+        assert_same(&deep);
+        let mut bytes = br#"{"type":"content_block_delta","delta":{"text":"caf"#.to_vec();
+        bytes.extend_from_slice(b"\xe9\"}}");
+        assert_eq!(
+            anthropic(AnthropicEvent::read(&bytes)),
+            anthropic(serde_json::from_slice(&bytes).ok())
+        );
+    }
+
+    fn fragment() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("type"),
+            Just("delta"),
+            Just("response"),
+            Just("usage"),
+            Just("message"),
+            Just("error"),
+            Just("code"),
+            Just("text"),
+            Just("partial_json"),
+            Just("thinking"),
+            Just("input_tokens"),
+            Just("output_tokens"),
+            Just("input_tokens_details"),
+            Just("cached_tokens"),
+            Just("other"),
+        ];
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("7".to_string()),
+            Just("-3".to_string()),
+            Just("2.5".to_string()),
+            Just("1e400".to_string()),
+            Just(r#""content_block_delta""#.to_string()),
+            Just(r#""response.output_text.delta""#.to_string()),
+            Just(r#""a\nb""#.to_string()),
+            Just(r#""\ud83d\ude00""#.to_string()),
+            Just(r#""\udc00""#.to_string()),
+            any::<String>().prop_map(|s| serde_json::to_string(&s).unwrap_or_default()),
+        ];
+        leaf.prop_recursive(3, 24, 5, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec((key.clone(), inner), 0..5).prop_map(|kv| {
+                    let members: Vec<String> = kv
+                        .into_iter()
+                        .map(|(k, v)| format!(r#""{k}":{v}"#))
+                        .collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_event_is_read_as_serde_reads_it(data in fragment(), cut in any::<prop::sample::Index>(), damage in any::<bool>()) {
+            let data = if damage {
+                let mut end = cut.index(data.len() + 1);
+                while !data.is_char_boundary(end) {
+                    end -= 1;
+                }
+                data[..end].to_string()
+            } else {
+                data
+            };
+            assert_same(&data);
+        }
     }
 }
