@@ -181,7 +181,6 @@ fn walk(
     let mut reference = Acc::new(Some(&mut skip));
     walk_serde(node, body, &mut reference);
     acc.counts_from(&reference);
-    drop(reference);
     acc.f = f;
     false
 }
@@ -194,9 +193,12 @@ fn walk_serde(node: Node, body: &[u8], acc: &mut Acc<'_>) {
     let _ = Walk { node, acc }.deserialize(&mut de);
 }
 
+/// Told each prompt text and, for a text that is a slice of the body, its offset there.
+type TextFn<'f> = &'f mut dyn FnMut(&str, Option<usize>);
+
 /// What the walk has seen so far.
 struct Acc<'f> {
-    f: Option<&'f mut dyn FnMut(&str, Option<usize>)>,
+    f: Option<TextFn<'f>>,
     /// Texts visited.
     texts: usize,
     text_bytes: usize,
@@ -210,7 +212,7 @@ struct Acc<'f> {
 }
 
 impl<'f> Acc<'f> {
-    fn new(f: Option<&'f mut dyn FnMut(&str, Option<usize>)>) -> Self {
+    fn new(f: Option<TextFn<'f>>) -> Self {
         Acc {
             f,
             texts: 0,

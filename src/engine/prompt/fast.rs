@@ -24,6 +24,9 @@ use crate::engine::cursor::{Cursor, Str};
 
 use super::{Acc, Media, Node, Tag, K};
 
+/// Told each top-level member of the body: its name and the byte range of its value.
+type MemberFn<'a> = &'a mut dyn FnMut(&str, Range<usize>);
+
 /// Walk `body`, which must be one JSON object of format `node`, calling `member` with each
 /// top-level member's key and value range.
 pub(super) fn walk(
@@ -96,7 +99,7 @@ impl<'b> Cursor<'b> {
         &mut self,
         node: Node,
         acc: &mut Acc<'_>,
-        mut member: Option<&mut dyn FnMut(&str, Range<usize>)>,
+        mut member: Option<MemberFn<'_>>,
     ) -> Result<(), Bail> {
         if node == Node::AnthropicSource {
             return self.anthropic_source(acc);
