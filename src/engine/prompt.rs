@@ -181,7 +181,6 @@ fn walk(
     let mut reference = Acc::new(Some(&mut skip));
     walk_serde(node, body, &mut reference);
     acc.counts_from(&reference);
-    drop(reference);
     acc.f = f;
     false
 }
@@ -194,9 +193,16 @@ fn walk_serde(node: Node, body: &[u8], acc: &mut Acc<'_>) {
     let _ = Walk { node, acc }.deserialize(&mut de);
 }
 
+/// The callback a text is passed to: the text, and its offset in the body when it is the
+/// body's own bytes.
+type TextFn<'f> = &'f mut dyn FnMut(&str, Option<usize>);
+
+/// The callback a top-level member is passed to: its (unescaped) key and its value's range.
+type MemberFn<'m> = &'m mut dyn FnMut(&str, Range<usize>);
+
 /// What the walk has seen so far.
 struct Acc<'f> {
-    f: Option<&'f mut dyn FnMut(&str, Option<usize>)>,
+    f: Option<TextFn<'f>>,
     /// Texts visited.
     texts: usize,
     text_bytes: usize,
@@ -210,7 +216,7 @@ struct Acc<'f> {
 }
 
 impl<'f> Acc<'f> {
-    fn new(f: Option<&'f mut dyn FnMut(&str, Option<usize>)>) -> Self {
+    fn new(f: Option<TextFn<'f>>) -> Self {
         Acc {
             f,
             texts: 0,

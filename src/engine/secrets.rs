@@ -950,12 +950,12 @@ mod proptests {
         for from in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
             let want = regex_next(text, from);
             assert_eq!(
-                next_anchor_in(&teddy, text.as_bytes(), from),
+                next_anchor_in(teddy, text.as_bytes(), from),
                 want,
                 "{text:?} from {from}"
             );
             assert_eq!(
-                next_anchor_in(&automaton, text.as_bytes(), from),
+                next_anchor_in(automaton, text.as_bytes(), from),
                 want,
                 "{text:?} from {from}"
             );

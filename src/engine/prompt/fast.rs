@@ -22,7 +22,7 @@ use std::ops::Range;
 pub(super) use crate::engine::cursor::Bail;
 use crate::engine::cursor::{Cursor, Str};
 
-use super::{Acc, Media, Node, Tag, K};
+use super::{Acc, Media, MemberFn, Node, Tag, K};
 
 /// Walk `body`, which must be one JSON object of format `node`, calling `member` with each
 /// top-level member's key and value range.
@@ -96,7 +96,7 @@ impl<'b> Cursor<'b> {
         &mut self,
         node: Node,
         acc: &mut Acc<'_>,
-        mut member: Option<&mut dyn FnMut(&str, Range<usize>)>,
+        mut member: Option<MemberFn<'_>>,
     ) -> Result<(), Bail> {
         if node == Node::AnthropicSource {
             return self.anthropic_source(acc);

@@ -34,7 +34,6 @@ fn reference(format: Format, body: &[u8]) -> (Vec<String>, u64) {
     let mut acc = Acc::new(Some(&mut f));
     walk_serde(node(format), body, &mut acc);
     let bound = acc.bound();
-    drop(acc);
     (texts, bound)
 }
 
@@ -57,7 +56,6 @@ fn fast(format: Format, body: &str) -> Fast {
         Err(Bail) => false,
     };
     let bound = acc.bound();
-    drop(acc);
     Fast {
         texts,
         members,
