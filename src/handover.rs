@@ -445,6 +445,22 @@ pub struct Successor {
 
 static SUCCESSOR: OnceLock<Arc<Successor>> = OnceLock::new();
 
+/// Set when an upgrade begins (SIGQUIT, or SIGUSR2 once the successor waits), before the
+/// sockets go: from then on every response closes its connection (`Connection: close`), so
+/// clients move to the successor between requests. Pingora drops the connections still idle
+/// when its graceful shutdown starts (5 s later); without this a busy keep-alive client could
+/// send its next request just as its connection is dropped.
+static UPGRADING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_upgrading() {
+    UPGRADING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether this process is handing over to a successor (see [`set_upgrading`]).
+pub fn upgrading() -> bool {
+    UPGRADING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The successor this process handed its ledger to, if it did.
 pub fn successor() -> Option<&'static Arc<Successor>> {
     SUCCESSOR.get()

@@ -12,8 +12,9 @@
 //! - `engine::{auth, request, provider, route, policy, pricing, budget, circuit, time}`: keys,
 //!   request fields and rewrites, wire formats, routes and attempt plans, model rules, prices,
 //!   budget arithmetic, the circuit breaker's state machine, the civil calendar.
-//! - `engine::{usage, prompt, secrets}`: the response usage scanner, the prompt walk and its
-//!   token bound, the credential detectors.
+//! - `engine::{usage, prompt, secrets}`: the response usage scanner (and the cost members a
+//!   project's `report_cost` adds to the usage), the prompt walk and its token bound, the
+//!   credential detectors.
 //! - `engine::error`: `GatewayError`, everything Tollgate answers itself, in both SDK shapes.
 //!
 //! The shell — Pingora glue, shared state, the process:

@@ -125,6 +125,7 @@ mod tests {
             block_patterns: None,
             unpriced: Unpriced::Block,
             cache_ttl: None,
+            report_cost: false,
         }
     }
 

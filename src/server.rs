@@ -527,6 +527,7 @@ impl ShutdownSignalWatch for EarlySignals {
             _ = int.recv() => ShutdownSignal::FastShutdown,
         };
         if matches!(signal, ShutdownSignal::GracefulUpgrade) {
+            crate::handover::set_upgrading();
             // The ledger goes to the successor before the sockets do (crate::handover).
             if let Some(hook) = self.on_upgrade.get() {
                 hook().await;

@@ -442,6 +442,54 @@ fn run_load(url: String, stop: Arc<AtomicBool>, out: Arc<LoadResults>) {
     }
 }
 
+/// One request on a raw keep-alive connection; returns the response's head (lower-cased) and,
+/// with `wait_close`, whether the server closed the connection after it.
+fn raw_chat(conn: &mut std::net::TcpStream, key: &str, wait_close: bool) -> (String, bool) {
+    use std::io::Write as _;
+    let body = chat("gpt-4o-mini", 2);
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head, length) = loop {
+        let n = conn.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "closed before a response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no content-length: {head}"));
+            break (head, end + 4 + length);
+        }
+    };
+    while buf.len() < length {
+        let n = conn.read(&mut chunk).unwrap();
+        assert!(n > 0, "body cut short");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(buf.len(), length, "one response");
+    if !wait_close {
+        return (head, false);
+    }
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let closed = matches!(conn.read(&mut chunk), Ok(0));
+    (head, closed)
+}
+
 #[test]
 fn a_binary_upgrade_hands_the_sockets_over_without_a_failed_request() {
     let mock = Mock::start();
@@ -477,10 +525,24 @@ fn a_binary_upgrade_hands_the_sockets_over_without_a_failed_request() {
     eventually("successor waiting for the sockets", || {
         upgrade_sock.exists()
     });
+    // A keep-alive connection to the old process, kept open across the hand-over.
+    let mut kept = std::net::TcpStream::connect(old.addr).unwrap();
+    let (head, _) = raw_chat(&mut kept, KEY, false);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
     // ...which the old process sends on SIGQUIT, then it drains and exits.
     old.signal("QUIT");
     let ready = notify.expect("READY from the successor", Duration::from_secs(15));
     assert_eq!(ready, format!("READY=1\nMAINPID={}", new.pid()));
+    // From the hand-over on, the old process closes each connection after its answer, so
+    // clients move to the successor between requests rather than having an idle connection
+    // dropped under their next one when the old process's graceful shutdown starts.
+    let (head, closed) = raw_chat(&mut kept, KEY, true);
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(
+        closed,
+        "the old process closes the connection after its answer"
+    );
     // The config says port 0: the successor reports the socket it took over, not a new one.
     new.wait_listening();
     assert_eq!(

@@ -3,11 +3,12 @@
 # need (apt: cmake for pingora's zlib-ng, redis-server for the fleet store's tests and fleet.py,
 # sqlite3 for looking into the store,
 # openssl for the TLS tests, systemd for `systemd-analyze`, prometheus for `promtool`,
-# python3-venv for the SDK tests, nodejs and npm for the Node SDK tests,
+# python3-venv for the SDK tests, nodejs and npm for the Node SDK tests, chromium and
+# chromium-driver for the console's browser test,
 # wrk and nginx-light for the load-test smoke run; PyPI: the official openai and anthropic
-# SDKs; npm: the official openai and @anthropic-ai/sdk packages, pinned by
+# SDKs and selenium; npm: the official openai and @anthropic-ai/sdk packages, pinned by
 # tests/node/package-lock.json), then runs the Rust unit and integration tests, the SDK
-# end-to-end tests (Python, then Node) and a few seconds of the load-test harnesses, fleet mode on
+# end-to-end tests (Python, then Node), the console in headless chromium and a few seconds of the load-test harnesses, fleet mode on
 # Redis included (so they cannot rot; no timing is asserted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,8 @@ command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   echo "== installing with apt: ${need_apt[*]}"
@@ -41,7 +44,8 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt
+.venv/bin/python -m pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt \
+  -r tests/console/requirements.txt
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== cargo test"
@@ -63,6 +67,15 @@ echo "== SDK end-to-end tests (official openai and anthropic Python SDKs)"
 
 echo "== SDK end-to-end tests (official openai and @anthropic-ai/sdk npm packages, node --test)"
 (cd tests/node && node --test *.test.mjs)
+
+echo "== the console in a real browser (headless Debian chromium + chromedriver, Selenium)"
+for exe in /usr/bin/chromium /usr/bin/chromedriver; do
+  if [ ! -x "$exe" ]; then
+    echo "$exe is missing: the console test needs Debian's chromium and chromium-driver" >&2
+    exit 1
+  fi
+done
+.venv/bin/python -m pytest -q tests/console
 
 echo "== real clients: Claude Code, Codex CLI and the Node and Python SDKs through Tollgate (pinned in tests/agents)"
 tests/agents/run.sh

@@ -446,7 +446,8 @@ impl Store {
         }
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| format!("ledger store: {shown}: set synchronous: {e}"))?;
-        migrate(&mut conn).map_err(|e| format!("ledger store: {shown}: {e}"))?;
+        migrate(&mut conn, PROGRESS_EVERY, still_starting)
+            .map_err(|e| format!("ledger store: {shown}: {e}"))?;
 
         let read_conn = open_connection(path)?;
         // A guard, not a permission: the Reader must never be able to write.
@@ -568,7 +569,19 @@ CREATE TABLE IF NOT EXISTS fleet_settles(
 );
 ";
 
-fn migrate(conn: &mut Connection) -> Result<(), String> {
+/// How often a long migration tells the service manager it is still starting.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// A long migration's heartbeat: under systemd (`Type=notify`), `EXTEND_TIMEOUT_USEC` gives
+/// the start 30 s more from now, so `TimeoutStartSec` does not kill a start that is busy
+/// building rollups of a big store (and roll the migration back, and start over).
+fn still_starting() {
+    crate::notify::notify("EXTEND_TIMEOUT_USEC=30000000");
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`] in one transaction. While a step that reads every
+/// record runs (v7's rollups), `progress` is called every `every`.
+fn migrate(conn: &mut Connection, every: Duration, progress: fn()) -> Result<(), String> {
     // IMMEDIATE: two processes opening a fresh file at once must not both
     // decide to create the schema from the same old version.
     let tx = conn
@@ -607,6 +620,28 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
             .map_err(|e| format!("migrate schema to v6: {e}"))?;
     }
     if version < 7 {
+        let records: i64 = tx
+            .query_row("SELECT coalesce(max(rowid), 0) FROM decisions", [], |r| {
+                r.get(0)
+            })
+            .unwrap_or(0);
+        if records > 100_000 {
+            log::warn!(
+                "schema v7: building the report rollups from about {records} decision records \
+                 (once; roughly 10 s per million records)"
+            );
+        }
+        let mut last = Instant::now();
+        tx.progress_handler(
+            100_000,
+            Some(move || {
+                if last.elapsed() >= every {
+                    progress();
+                    last = Instant::now();
+                }
+                false
+            }),
+        );
         tx.execute_batch(&super::rollups::create_v7())
             .map_err(|e| format!("migrate schema to v7: {e}"))?;
         if let Err(e) = tx.execute_batch(&super::rollups::fill_v7(false)) {
@@ -614,6 +649,7 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
             tx.execute_batch(&super::rollups::fill_v7(true))
                 .map_err(|e| format!("migrate schema to v7 (build the rollups): {e}"))?;
         }
+        tx.progress_handler(0, None::<fn() -> bool>);
     }
     // Later versions: `if version < 8 { ... }`.
     if version != SCHEMA_VERSION {
@@ -1474,6 +1510,45 @@ mod tests {
             ]
         );
         h.shutdown().unwrap();
+    }
+
+    /// Building the rollups of a big v6 store keeps telling systemd the start goes on.
+    #[test]
+    fn a_long_migration_sends_heartbeats_while_it_builds_the_rollups() {
+        static BEATS: AtomicU64 = AtomicU64::new(0);
+        fn beat() {
+            BEATS.fetch_add(1, Ordering::Relaxed);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let (h, r) = open(&path, LONG);
+        h.shutdown().unwrap();
+        drop(r);
+        let mut c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+             INSERT INTO decisions(id, time_ms, time, project, decision, reason, status,
+                                   usage_source, stream, cost_nanos)
+             SELECT 'r' || i, i * 60000, '', 'p' || (i % 7), 'allow', 'ok', 200, 'reported', 0, i
+             FROM n;
+             DROP TABLE rollups; DROP TABLE rollups_day; DROP TABLE rollups_coarse;
+             DROP TABLE rollups_coarse_day; PRAGMA user_version = 6;",
+        )
+        .unwrap();
+        migrate(&mut c, Duration::ZERO, beat).unwrap();
+        assert!(BEATS.load(Ordering::Relaxed) > 0, "no heartbeat");
+        let (requests, nanos): (i64, i64) = c
+            .query_row(
+                "SELECT sum(requests), sum(cost_nanos) FROM rollups_coarse_day",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((requests, nanos), (20001, 20000 * 20001 / 2));
+        // A file already at this version runs no migration step: no heartbeat.
+        BEATS.store(0, Ordering::Relaxed);
+        migrate(&mut c, Duration::ZERO, beat).unwrap();
+        assert_eq!(BEATS.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -87,6 +87,7 @@ impl Gateway {
             return Err(GatewayError::Internal("admission lost its facts".into()));
         };
         let project = &cfg.projects[project_idx];
+        ctx.admitted.report_cost = project.report_cost;
         if self.fleet.is_none() && !self.ledger.is_handed_over() {
             // In fleet mode the limits are counted by Redis, with the reservation; after an
             // upgrade's hand-over, by the successor.

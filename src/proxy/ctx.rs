@@ -39,6 +39,9 @@ pub struct Ctx {
     pub upstream: Upstream,
     /// What Tollgate answered itself (a block or an upstream failure), for the record.
     pub error: Option<GatewayError>,
+    /// What a cache hit's answer told the client (`report_cost`); a provider's answer keeps
+    /// its own in its scanner.
+    pub reported: Option<crate::engine::usage::Reported>,
     _in_flight: InFlight,
 }
 
@@ -60,6 +63,7 @@ impl Ctx {
             attempts: Attempts::default(),
             upstream: Upstream::default(),
             error: None,
+            reported: None,
             _in_flight: InFlight::new(),
         }
     }
@@ -105,6 +109,8 @@ pub struct Admitted {
     /// The body's size as the client sent it (bounds the prompt when no usage is reported).
     pub request_bytes: usize,
     pub strip_usage_chunk: bool,
+    /// The project's `report_cost`: the response's usage gets the cost and the duration.
+    pub report_cost: bool,
     /// Remaining budget after this request's reservation, for the response header.
     pub remaining: Option<Nanos>,
 }

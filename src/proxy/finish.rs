@@ -28,6 +28,8 @@ struct Ending {
     cost: Option<Nanos>,
     /// What the provider reported beyond the reserved worst case (charged all the same).
     overrun: Nanos,
+    /// The record's latency: the `duration_ms` the client was told, else the time until now.
+    latency_ms: f64,
 }
 
 impl Gateway {
@@ -103,8 +105,20 @@ impl Gateway {
             ctx.upstream.status.is_none() && ctx.error.as_ref().is_some_and(|e| e.is_block());
         let reached =
             ctx.upstream.status.is_some() || ctx.error.as_ref().is_some_and(|e| !e.is_block());
-        let (mut usage, source) =
-            final_usage(ctx.upstream.scanner.as_ref(), ctx.admitted.request_bytes);
+        let hit = ctx.cache.as_ref().is_some_and(|c| c.result == "hit");
+        // `report_cost`: what the response told the client it cost.
+        let reported = ctx
+            .upstream
+            .scanner
+            .as_ref()
+            .and_then(|s| s.cost_report())
+            .or(ctx.reported);
+        let (mut usage, source) = match reported.filter(|_| !hit) {
+            // The client was told the cost of this usage: it is charged exactly that, with the
+            // same price below, even if the stream breaks between its usage event and its end.
+            Some(r) => (r.usage, r.source),
+            None => final_usage(ctx.upstream.scanner.as_ref(), ctx.admitted.request_bytes),
+        };
         let format = ctx.seen.endpoint.and_then(|e| e.wire_format());
         let mut cost = match (&ctx.admitted.price, format) {
             (Some(p), Some(f)) => Some(p.cost(&usage, f)),
@@ -114,7 +128,6 @@ impl Gateway {
             // Token counting is free: nothing to charge, whatever the provider answered.
             cost = Some(Nanos::ZERO);
         }
-        let hit = ctx.cache.as_ref().is_some_and(|c| c.result == "hit");
         if blocked || hit {
             // Nothing reached a provider, so nothing is unknown: the record says 0, not null.
             usage.prompt_tokens = Some(0);
@@ -164,6 +177,10 @@ impl Gateway {
             source,
             cost,
             overrun,
+            latency_ms: reported.map_or_else(
+                || ctx.started.elapsed().as_secs_f64() * 1000.0,
+                |r| r.duration_ms,
+            ),
         };
         if overrun > Nanos::ZERO {
             log::warn!(
@@ -304,7 +321,7 @@ fn record(ctx: &Ctx, end: &Ending) -> DecisionRecord {
             .then(|| crate::engine::accounts::tags_json(&ctx.seen.tags)),
         cache: ctx.cache.as_ref().map(|c| c.result.to_string()),
         saved_nanos: ctx.cache.as_ref().map_or(0, |c| c.saved.0),
-        latency_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+        latency_ms: end.latency_ms,
         stream: ctx.seen.stream,
         attempts: ctx.attempts.count(),
         providers_tried: (!ctx.attempts.tried.is_empty()).then(|| {

@@ -10,7 +10,7 @@
 //! | `upstream_response_filter` | [`attempts`]: a 5xx or 429 with tries left is not forwarded: it becomes a retry |
 //! | `fail_to_connect`, `error_while_proxy` | [`attempts`]: record the try's outcome; retry while nothing reached the client and the deadline allows |
 //! | `response_filter` | request id and provider headers; pick the usage scanner |
-//! | `response_body_filter` | feed the scanner; bytes pass untouched unless the injected usage chunk must go |
+//! | `response_body_filter` | feed the scanner; bytes pass untouched unless the injected usage chunk must go, or the project's `report_cost` adds the cost to the usage |
 //! | `fail_to_proxy` | the one place an upstream failure becomes a response (the last provider answer, or a SPEC error) |
 //! | `logging` | [`finish`]: always runs once: usage → cost → settle → record → metrics → access log |
 //!
@@ -39,7 +39,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::engine::auth;
 use crate::engine::error::GatewayError;
-use crate::engine::usage::{Feed, UsageScanner};
+use crate::engine::usage::{Charge, Feed, UsageScanner};
 use crate::ledger::fleet::Fleet;
 use crate::ledger::Ledger;
 use crate::ratelimit::RateLimiter;
@@ -131,6 +131,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
+        if crate::handover::upgrading() {
+            // The successor has (or is about to get) the sockets: this answer closes the
+            // connection, so the client's next request opens one to the successor.
+            session.set_keepalive(None);
+        }
         match self.admit(session, ctx).await {
             Ok(Admit::Local { status, body }) => {
                 respond::json(session, &ctx.request_id, status, body, None).await?;
@@ -344,11 +349,20 @@ impl ProxyHttp for Gateway {
                 .get("content-type")
                 .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
             let strip = sse && ctx.admitted.strip_usage_chunk;
-            if strip {
-                // The body shrinks by the usage chunk; let pingora frame it.
+            let mut scanner = UsageScanner::new(format, sse, strip);
+            if ctx.admitted.report_cost {
+                let charge = match &ctx.admitted.price {
+                    Some(p) => Charge::Priced(p.clone()),
+                    None => Charge::Unpriced,
+                };
+                scanner = scanner.with_report(charge, ctx.admitted.request_bytes);
+            }
+            if strip || scanner.edits_body() {
+                // The body shrinks by the usage chunk, or grows by the cost; let pingora
+                // frame it.
                 resp.remove_header("content-length");
             }
-            ctx.upstream.scanner = Some(UsageScanner::new(format, sse, strip));
+            ctx.upstream.scanner = Some(scanner);
         }
         Ok(())
     }
@@ -380,6 +394,9 @@ impl ProxyHttp for Gateway {
             }
             return Ok(None);
         };
+        if ctx.admitted.report_cost {
+            scanner.set_elapsed_ms(ctx.started.elapsed().as_secs_f64() * 1000.0);
+        }
         if let Some(chunk) = body.as_ref() {
             if let Feed::Replace(b) = scanner.feed_bytes(chunk) {
                 *body = Some(b);

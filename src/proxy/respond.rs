@@ -47,19 +47,32 @@ pub async fn json(
 }
 
 /// Answer a cache hit: the stored status, content type and body; a stream as a stream, with
-/// the usage chunk taken out when this client did not ask for it (as for a live call).
-pub async fn cached(session: &mut Session, ctx: &Ctx, entry: &crate::cache::Entry) -> Result<()> {
+/// the usage chunk taken out when this client did not ask for it (as for a live call). With
+/// `report_cost` the usage says what the hit cost (0) and its own duration; the entry keeps
+/// the provider's bytes.
+pub async fn cached(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    entry: &crate::cache::Entry,
+) -> Result<()> {
+    use crate::engine::usage::{Charge, Feed, UsageScanner};
     let format = ctx.seen.endpoint.and_then(|e| e.wire_format());
+    let strip = entry.sse && ctx.admitted.strip_usage_chunk;
     let body = match format {
-        Some(f) if entry.sse && ctx.admitted.strip_usage_chunk => {
-            let mut scanner = crate::engine::usage::UsageScanner::new(f, true, true);
+        Some(f) if strip || ctx.admitted.report_cost => {
+            let mut scanner = UsageScanner::new(f, entry.sse, strip);
+            if ctx.admitted.report_cost {
+                scanner = scanner.with_report(Charge::Free, ctx.admitted.request_bytes);
+                scanner.set_elapsed_ms(ctx.started.elapsed().as_secs_f64() * 1000.0);
+            }
             let mut out = match scanner.feed_bytes(&entry.body) {
-                crate::engine::usage::Feed::Pass => entry.body.to_vec(),
-                crate::engine::usage::Feed::Replace(b) => b.to_vec(),
+                Feed::Pass => entry.body.to_vec(),
+                Feed::Replace(b) => b.to_vec(),
             };
             if let Some(rest) = scanner.finish() {
                 out.extend_from_slice(&rest);
             }
+            ctx.reported = scanner.cost_report();
             Bytes::from(out)
         }
         _ => entry.body.clone(),

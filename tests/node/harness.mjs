@@ -21,6 +21,7 @@ export const KEY = 'tg_node_test_key_sdk_000001';
 export const KEY_LIMITED = 'tg_node_test_key_limited_02'; // allow_models matches nothing priced: 403
 export const KEY_BROKE = 'tg_node_test_key_broke_0003'; // a budget of $0.000001: 402
 export const KEY_SLOW = 'tg_node_test_key_slow_00004'; // rpm = 1: the second request is 429
+export const KEY_COSTLY = 'tg_node_test_key_costly_005'; // report_cost = true: usage.cost, usage.duration_ms
 export const WRONG_KEY = 'tg_node_test_key_unknown_99';
 export const ADMIN_TOKEN = 'node-admin-token-for-tests';
 
@@ -134,6 +135,11 @@ budget = { limit_usd = 0.000001, period = "total" }
 id = "slow"
 keys = ["${KEY_SLOW}"]
 rate_limit = { rpm = 1 }
+[[projects]]
+id = "costly"
+keys = ["${KEY_COSTLY}"]
+report_cost = true
+unpriced = "allow"
 `;
 }
 

@@ -233,6 +233,9 @@ pub struct FileProject {
     pub unpriced: Option<Spanned<String>>,
     /// Opt in to the response cache.
     pub cache: Option<Spanned<FileProjectCache>>,
+    /// Tell the client what each call cost (`usage.cost`, `usage.duration_ms`).
+    #[serde(default)]
+    pub report_cost: bool,
 }
 
 #[derive(Debug, Deserialize)]

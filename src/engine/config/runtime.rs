@@ -242,6 +242,10 @@ pub struct Project {
     pub unpriced: Unpriced,
     /// The response cache: how long an answer is served again (`None`: no cache).
     pub cache_ttl: Option<Duration>,
+    /// Responses carry what the call cost and how long it took, in their usage object
+    /// (SPEC "Console and reports"). Off by default: the provider's bytes are forwarded as
+    /// they came.
+    pub report_cost: bool,
 }
 
 impl Project {

@@ -1148,3 +1148,20 @@ budgets = [{ limit_usd = 5.0, period = "day" }]
 "#
     );
 }
+
+/// Issue 16: `report_cost` is an opt-in boolean of a project; anything but a boolean is an
+/// error at its place.
+#[test]
+fn report_cost_is_off_unless_a_project_turns_it_on_and_must_be_a_boolean() {
+    let two = "[[projects]]\nid = \"a\"\nkeys = [\"tg_key_a_0123456789\"]\nreport_cost = true\n\
+               [[projects]]\nid = \"b\"\nkeys = [\"tg_key_b_0123456789\"]\n";
+    let cfg = parse(two, "t.toml", &env_all).expect("valid");
+    assert!(cfg.projects[0].report_cost, "turned on");
+    assert!(!cfg.projects[1].report_cost, "off by default");
+    let errs = errors_of(
+        "[[projects]]\nid = \"a\"\nkeys = [\"tg_key_a_0123456789\"]\nreport_cost = \"yes\"\n",
+    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].line, Some(4), "{errs:?}");
+    assert!(errs[0].message.contains("bool"), "{errs:?}");
+}

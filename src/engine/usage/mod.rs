@@ -6,8 +6,9 @@
 //! `response_body_filter` hands it over, and extracts the token usage the provider reported
 //! ([`Usage`]), the volume of output text actually delivered (for an estimate when usage is
 //! missing or the stream was cut), and any error event. It passes the bytes through untouched;
-//! the one exception is removing the OpenAI usage-only chunk that the gateway itself asked for
-//! (see [`UsageScanner::new`]).
+//! the exceptions are removing the OpenAI usage-only chunk that the gateway itself asked for
+//! (see [`UsageScanner::new`]) and, for a project with `report_cost`, adding the call's cost and
+//! duration to the usage object (see [`UsageScanner::with_report`] and `report.rs`).
 //!
 //! This is core code: it must not import pingora or tokio, do I/O, read a clock, or panic on
 //! any input. Every function here is pure state-machine work over byte slices, which is what
@@ -40,9 +41,12 @@
 //!
 //! Memory per scanner is bounded: the SSE event buffer (≤ 16 MiB, released after an event that
 //! grew it past 64 KiB), the JSON capture (≤ 64 KiB), the strip hold-back (≤ 64 KiB) and at
-//! most 1 KiB of error text. The stream itself is never stored.
+//! most 1 KiB of error text. The stream itself is never stored, except under cost reporting
+//! ([`UsageScanner::with_report`], a project's `report_cost`): then an incomplete event is held
+//! back until it completes, and a JSON body until its end, each up to 16 MiB.
 
 mod json;
+mod report;
 mod sse;
 mod wire;
 
@@ -52,6 +56,7 @@ mod tests;
 use bytes::Bytes;
 
 use json::JsonScanner;
+pub use report::{annotate_event, insert_members, Charge, Reported};
 use sse::{Dispatch, SseParser};
 use wire::{AnthropicEvent, ResponsesEvent, WireError, WireUsage};
 
@@ -239,11 +244,17 @@ pub fn final_usage(scanner: Option<&UsageScanner>, request_bytes: usize) -> (Usa
     let Some(scanner) = scanner else {
         return (Usage::default(), Source::None);
     };
-    if scanner.reported() {
-        let mut u = scanner.usage();
-        let estimate = scanner.estimated_completion_tokens();
+    charged_usage(&scanner.ex, request_bytes, scanner.ex.complete)
+}
+
+/// [`final_usage`] of what the scanner found so far, with `complete` saying whether the body
+/// ended the way a finished response ends.
+fn charged_usage(ex: &Extract, request_bytes: usize, complete: bool) -> (Usage, Source) {
+    if !ex.usage.is_empty() {
+        let mut u = ex.usage;
+        let estimate = ex.estimated_completion_tokens();
         if u.completion_tokens.is_none() {
-            if scanner.format() == WireFormat::OpenAiEmbeddings {
+            if ex.format == WireFormat::OpenAiEmbeddings {
                 // Embeddings produce no output tokens; the provider reports only the input.
                 u.completion_tokens = Some(0);
                 return (u, Source::Reported);
@@ -251,7 +262,7 @@ pub fn final_usage(scanner: Option<&UsageScanner>, request_bytes: usize) -> (Usa
             u.completion_tokens = Some(estimate);
             return (u, Source::Estimated);
         }
-        if !scanner.stream_complete() {
+        if !complete {
             // Cut off before the final count (Anthropic's message_start says output_tokens: 1):
             // charge what was visibly delivered if that is more.
             let reported = u.completion_tokens.unwrap_or(0);
@@ -266,7 +277,7 @@ pub fn final_usage(scanner: Option<&UsageScanner>, request_bytes: usize) -> (Usa
         // An upper bound: no tokenizer turns fewer than 4 bytes of JSON into more than 1 token
         // often enough to matter, and the body includes every prompt byte.
         prompt_tokens: Some(request_bytes.div_ceil(4) as u64),
-        completion_tokens: Some(scanner.estimated_completion_tokens()),
+        completion_tokens: Some(ex.estimated_completion_tokens()),
         ..Usage::default()
     };
     (u, Source::Estimated)
@@ -305,7 +316,23 @@ struct Extract {
     dropped: u64,
 }
 
+/// What one SSE event was, for the hold-back modes.
+#[derive(Clone, Copy, Default)]
+struct Kind {
+    /// An OpenAI usage-only chunk (the one strip mode removes).
+    usage_only: bool,
+    /// The event whose usage object gets the cost members: an OpenAI chunk with a `usage`
+    /// object, a Responses event with `response.usage`, an Anthropic `message_delta` with
+    /// `usage`.
+    usage: bool,
+}
+
 impl Extract {
+    /// See [`UsageScanner::estimated_completion_tokens`].
+    fn estimated_completion_tokens(&self) -> u64 {
+        self.text_bytes.div_ceil(4).max(self.events)
+    }
+
     fn merge(&mut self, u: &WireUsage) {
         let (usage, reasoning) = u.to_usage(self.format);
         self.usage.merge_max(&usage);
@@ -346,35 +373,35 @@ impl Extract {
         }
     }
 
-    /// Reads one SSE event; true when it is an OpenAI usage-only chunk.
-    fn on_sse(&mut self, d: &Dispatch<'_>) -> bool {
+    /// Reads one SSE event and says what it was.
+    fn on_sse(&mut self, d: &Dispatch<'_>) -> Kind {
         match *d {
-            Dispatch::Empty => false,
+            Dispatch::Empty => Kind::default(),
             Dispatch::Overflow => {
                 self.dropped += 1;
-                false
+                Kind::default()
             }
             Dispatch::Event { name, data } => match self.format {
                 WireFormat::OpenAiChat
                 | WireFormat::OpenAiCompletions
                 | WireFormat::OpenAiEmbeddings => self.openai_chunk(data),
-                WireFormat::OpenAiResponses => {
-                    self.responses_event(name, data);
-                    false
-                }
-                WireFormat::AnthropicMessages => {
-                    self.anthropic_event(name, data);
-                    false
-                }
+                WireFormat::OpenAiResponses => Kind {
+                    usage_only: false,
+                    usage: self.responses_event(name, data),
+                },
+                WireFormat::AnthropicMessages => Kind {
+                    usage_only: false,
+                    usage: self.anthropic_event(name, data),
+                },
             },
         }
     }
 
-    fn openai_chunk(&mut self, data: &[u8]) -> bool {
+    fn openai_chunk(&mut self, data: &[u8]) -> Kind {
         let data = data.trim_ascii();
         if data == b"[DONE]" {
             self.complete = true;
-            return false;
+            return Kind::default();
         }
         // The chunk is read by the same tokenizer as a whole JSON body: a serde parse of every
         // chunk cost about three times as much, and only `usage` and `error` need one.
@@ -420,19 +447,23 @@ impl Extract {
         self.complete = complete_before;
         self.delta(text);
         // `"choices":[]` plus usage: the chunk include_usage adds, and nothing else.
-        let usage_only = js.usage_found && js.choices_empty == Some(true);
+        let kind = Kind {
+            usage_only: js.usage_found && js.choices_empty == Some(true),
+            usage: js.usage_found,
+        };
         self.chunk = Some(js);
-        usage_only
+        kind
     }
 
-    fn responses_event(&mut self, name: Option<&[u8]>, data: &[u8]) {
+    /// True when the event carries `response.usage` (an object).
+    fn responses_event(&mut self, name: Option<&[u8]>, data: &[u8]) -> bool {
         if let Some(name) = name {
             if !responses_event_matters(name) {
-                return;
+                return false;
             }
         }
         let Some(ev) = ResponsesEvent::read(data) else {
-            return;
+            return false;
         };
         let kind = ev.kind();
         if is_text_delta(kind.as_bytes()) {
@@ -448,27 +479,31 @@ impl Extract {
         if let Some(e) = &ev.error.0 {
             self.set_error(|| e.describe());
         }
+        let mut usage = false;
         if let Some(r) = &ev.response.0 {
             if let Some(u) = &r.usage.0 {
                 self.merge(u);
+                usage = true;
             }
             if let Some(e) = &r.error.0 {
                 self.set_error(|| e.describe());
             }
         }
+        usage
     }
 
-    fn anthropic_event(&mut self, name: Option<&[u8]>, data: &[u8]) {
+    /// True when the event is a `message_delta` with a `usage` object.
+    fn anthropic_event(&mut self, name: Option<&[u8]>, data: &[u8]) -> bool {
         match name {
-            Some(b"ping" | b"content_block_start" | b"content_block_stop") => return,
+            Some(b"ping" | b"content_block_start" | b"content_block_stop") => return false,
             Some(b"message_stop") => {
                 self.complete = true;
-                return;
+                return false;
             }
             _ => {}
         }
         let Some(ev) = AnthropicEvent::read(data) else {
-            return;
+            return false;
         };
         match ev.kind() {
             "content_block_delta" => {
@@ -484,12 +519,15 @@ impl Extract {
                 self.merge(u);
             }
         }
+        let mut usage = false;
         if let Some(u) = &ev.usage.0 {
             self.merge(u);
+            usage = ev.kind() == "message_delta";
         }
         if let Some(e) = &ev.error.0 {
             self.set_error(|| e.describe());
         }
+        usage
     }
 }
 
@@ -557,14 +595,91 @@ enum Emit {
     Owned(Vec<u8>),
 }
 
-/// Hold-back state for removing the usage-only chunk.
-struct Strip {
+/// Hold-back state of a stream whose events may be removed (the usage-only chunk) or edited
+/// (cost reporting): an incomplete event is kept until it completes, so it is handled whole.
+struct Hold {
     /// Raw bytes of the current, still incomplete event.
     held: Vec<u8>,
     /// The current event outgrew the hold-back and is being forwarded as it arrives.
     passthrough: bool,
     /// The last complete event was removed: a `\n` completing its `\r\n` goes with it.
     last_dropped: bool,
+    /// An incomplete event is held back only while it is at most this big.
+    cap: usize,
+    /// Remove the usage-only chunk.
+    strip: bool,
+}
+
+/// A JSON body in cost reporting: held whole, because its usage (and so its cost) is known only
+/// once it has been read, and the usage object can come before the end.
+enum JsonHold {
+    /// A stream: events are edited as they pass, nothing is held here.
+    Off,
+    Holding(Vec<u8>),
+    /// Outgrew [`DEFAULT_MAX_EVENT_BYTES`] (or was delivered): passed on unedited.
+    Passed,
+}
+
+/// Cost reporting (see [`UsageScanner::with_report`]).
+struct Reporting {
+    charge: Charge,
+    request_bytes: usize,
+    /// The call's duration so far, as the caller last said (see `set_elapsed_ms`).
+    elapsed_ms: f64,
+    /// What the client was last told.
+    last: Option<Reported>,
+    json: JsonHold,
+}
+
+impl Reporting {
+    /// The report as of now. The event (or body) being edited carries the provider's final
+    /// count, so the usage is charged as a finished response's would be.
+    fn report(&self, ex: &Extract) -> Reported {
+        let (usage, source) = charged_usage(ex, self.request_bytes, true);
+        Reported {
+            usage,
+            source,
+            cost: self.charge.cost(&usage, ex.format),
+            duration_ms: self.elapsed_ms,
+        }
+    }
+
+    /// The raw event `held` + `tail` with the members in its usage object; `None` (and nothing
+    /// reported) when it cannot be edited.
+    fn edit_event(&mut self, ex: &Extract, held: &[u8], tail: &[u8]) -> Option<Vec<u8>> {
+        let joined;
+        let raw = if held.is_empty() {
+            tail
+        } else {
+            let mut v = Vec::with_capacity(held.len() + tail.len());
+            v.extend_from_slice(held);
+            v.extend_from_slice(tail);
+            joined = v;
+            &joined[..]
+        };
+        let path = match ex.format {
+            WireFormat::OpenAiResponses => report::RESPONSE_USAGE,
+            _ => report::TOP_USAGE,
+        };
+        let r = self.report(ex);
+        let edited = annotate_event(raw, path, &r.members())?;
+        self.last = Some(r);
+        Some(edited)
+    }
+
+    /// A chunk of a JSON body: held (nothing goes out yet) until the cap, then passed on.
+    fn hold_json(&mut self, chunk: &[u8]) -> Emit {
+        let JsonHold::Holding(buf) = &mut self.json else {
+            return Emit::Pass;
+        };
+        if extend_capped(buf, chunk, DEFAULT_MAX_EVENT_BYTES) {
+            return Emit::Owned(Vec::new());
+        }
+        let mut v = std::mem::take(buf);
+        v.extend_from_slice(chunk);
+        self.json = JsonHold::Passed;
+        Emit::Owned(v)
+    }
 }
 
 enum Mode {
@@ -575,7 +690,8 @@ enum Mode {
 /// Incremental usage extraction for one response body. See the module doc.
 pub struct UsageScanner {
     mode: Mode,
-    strip: Option<Strip>,
+    hold: Option<Hold>,
+    report: Option<Reporting>,
     ex: Extract,
 }
 
@@ -599,11 +715,14 @@ impl UsageScanner {
         );
         UsageScanner {
             mode,
-            strip: (sse && strip_usage_chunk && strippable).then(|| Strip {
+            hold: (sse && strip_usage_chunk && strippable).then(|| Hold {
                 held: Vec::new(),
                 passthrough: false,
                 last_dropped: false,
+                cap: STRIP_HOLD_MAX,
+                strip: true,
             }),
+            report: None,
             ex: Extract {
                 chunk: None,
                 prefix: None,
@@ -619,6 +738,69 @@ impl UsageScanner {
         }
     }
 
+    /// Cost reporting (a project's `report_cost`, SPEC "Console and reports"): the response's
+    /// usage object gets `"cost"` (what `charge` makes of the usage, in USD) and
+    /// `"duration_ms"` (the last [`set_elapsed_ms`](Self::set_elapsed_ms)), inserted after its
+    /// last member; every other byte is left as it came.
+    ///
+    /// * A JSON body (chat, completions, Responses, Anthropic) is held whole and handed over by
+    ///   [`finish`](Self::finish), edited in its top-level `usage`; one over
+    ///   [`DEFAULT_MAX_EVENT_BYTES`] is passed on unedited.
+    /// * A stream's usage event is edited as it passes: the OpenAI chunk with a `usage` object,
+    ///   the Responses event with `response.usage` (`response.completed`), the Anthropic
+    ///   `message_delta`. Incomplete events are held back until they complete (up to the same
+    ///   cap), as in strip mode.
+    ///
+    /// Ignored for embeddings, and for a stream whose usage chunk is being stripped (the client
+    /// did not ask for usage). `request_bytes` is what [`final_usage`] is given.
+    pub fn with_report(mut self, charge: Charge, request_bytes: usize) -> Self {
+        let sse = matches!(self.mode, Mode::Sse(_));
+        let stripping = self.hold.is_some();
+        if self.ex.format == WireFormat::OpenAiEmbeddings || stripping {
+            return self;
+        }
+        if sse {
+            self.hold = Some(Hold {
+                held: Vec::new(),
+                passthrough: false,
+                last_dropped: false,
+                cap: DEFAULT_MAX_EVENT_BYTES,
+                strip: false,
+            });
+        }
+        self.report = Some(Reporting {
+            charge,
+            request_bytes,
+            elapsed_ms: 0.0,
+            last: None,
+            json: if sse {
+                JsonHold::Off
+            } else {
+                JsonHold::Holding(Vec::new())
+            },
+        });
+        self
+    }
+
+    /// Cost reporting is on: the bytes handed out may differ from the provider's (a
+    /// `Content-Length` no longer holds).
+    pub fn edits_body(&self) -> bool {
+        self.report.is_some()
+    }
+
+    /// The call's duration so far, for the next edit (cost reporting only).
+    pub fn set_elapsed_ms(&mut self, ms: f64) {
+        if let Some(r) = &mut self.report {
+            r.elapsed_ms = ms;
+        }
+    }
+
+    /// What the client was last told (cost reporting): the usage, cost and duration written
+    /// into its response. `None` when nothing was edited (yet).
+    pub fn cost_report(&self) -> Option<Reported> {
+        self.report.as_ref().and_then(|r| r.last)
+    }
+
     #[cfg(test)]
     /// Changes the per-event cap of an SSE stream ([`DEFAULT_MAX_EVENT_BYTES`] by default).
     pub fn with_max_event_bytes(mut self, max: usize) -> Self {
@@ -629,11 +811,12 @@ impl UsageScanner {
     }
 
     #[cfg(test)]
-    /// Feeds the next chunk of the body. Without stripping this always returns
-    /// [`Feed::Pass`] and never copies. With stripping, an incomplete trailing event is held
-    /// back (a client cannot use half an event anyway) and `Replace` carries the complete
+    /// Feeds the next chunk of the body. Without stripping or cost reporting this always
+    /// returns [`Feed::Pass`] and never copies. With stripping, an incomplete trailing event is
+    /// held back (a client cannot use half an event anyway) and `Replace` carries the complete
     /// events of (held-back + chunk) minus the usage-only one; `Pass` when nothing changed and
-    /// nothing is held back, which is the common case.
+    /// nothing is held back, which is the common case. Cost reporting holds back the same way
+    /// and edits the usage event instead (a JSON body: everything is held until `finish`).
     pub fn feed(&mut self, chunk: &[u8]) -> Feed {
         match self.feed_inner(chunk) {
             Emit::Pass => Feed::Pass,
@@ -656,12 +839,16 @@ impl UsageScanner {
         let parser = match &mut self.mode {
             Mode::Json(j) => {
                 j.feed(chunk, &mut self.ex);
-                return Emit::Pass;
+                return match &mut self.report {
+                    None => Emit::Pass,
+                    Some(r) => r.hold_json(chunk),
+                };
             }
             Mode::Sse(p) => p,
         };
         let ex = &mut self.ex;
-        let Some(strip) = &mut self.strip else {
+        let report = &mut self.report;
+        let Some(hold) = &mut self.hold else {
             parser.feed(chunk, |d, _| {
                 ex.on_sse(&d);
             });
@@ -672,75 +859,114 @@ impl UsageScanner {
         // Start of the current event's bytes in this chunk.
         let mut seg = 0;
         if parser.pending_cr()
-            && strip.held.is_empty()
-            && !strip.passthrough
+            && hold.held.is_empty()
+            && !hold.passthrough
             && chunk.first() == Some(&b'\n')
         {
             // The `\n` of a `\r\n` that ended the previous event in the previous chunk: it
             // shares that event's fate, not the next one's.
-            if !strip.last_dropped {
+            if !hold.last_dropped {
                 out.push_range(chunk, 0, 1);
             }
             seg = 1;
         }
         parser.feed(chunk, |d, end| {
-            let drop = ex.on_sse(&d) && !strip.passthrough;
+            let kind = ex.on_sse(&d);
+            let whole = !hold.passthrough;
+            let drop = hold.strip && kind.usage_only && whole;
             if !drop {
-                out.push_bytes(chunk, &strip.held);
-                out.push_range(chunk, seg, end);
+                let edited = match report.as_mut() {
+                    Some(r) if kind.usage && whole => {
+                        r.edit_event(ex, &hold.held, &chunk[seg..end])
+                    }
+                    _ => None,
+                };
+                match edited {
+                    Some(v) => out.push_bytes(chunk, &v),
+                    None => {
+                        out.push_bytes(chunk, &hold.held);
+                        out.push_range(chunk, seg, end);
+                    }
+                }
             }
-            strip.last_dropped = drop;
-            strip.held.clear();
-            strip.passthrough = false;
+            hold.last_dropped = drop;
+            hold.held.clear();
+            hold.passthrough = false;
             seg = end;
         });
-        if strip.passthrough {
+        if hold.passthrough {
             out.push_range(chunk, seg, n);
-        } else if seg < n && !extend_capped(&mut strip.held, &chunk[seg..], STRIP_HOLD_MAX) {
-            out.push_bytes(chunk, &strip.held);
-            strip.held = Vec::new();
+        } else if seg < n && !extend_capped(&mut hold.held, &chunk[seg..], hold.cap) {
+            out.push_bytes(chunk, &hold.held);
+            hold.held = Vec::new();
             out.push_range(chunk, seg, n);
-            strip.passthrough = true;
+            hold.passthrough = true;
         }
         match out {
-            Out::Range(0, e) if e == n && strip.held.is_empty() => Emit::Pass,
+            Out::Range(0, e) if e == n && hold.held.is_empty() => Emit::Pass,
             Out::Range(a, b) => Emit::Range(a, b),
             Out::Owned(v) => Emit::Owned(v),
         }
     }
 
-    /// End of body. Returns held-back bytes that must still be delivered (strip mode only),
-    /// e.g. a final event without its trailing blank line. An unterminated last event is still
-    /// read for usage, though the SSE spec would not dispatch it. Idempotent.
+    /// End of body. Returns held-back bytes that must still be delivered (strip mode and cost
+    /// reporting only), e.g. a final event without its trailing blank line, or a whole JSON
+    /// body with its cost. An unterminated last event is still read for usage, though the SSE
+    /// spec would not dispatch it. Idempotent.
     pub fn finish(&mut self) -> Option<Bytes> {
         let ex = &mut self.ex;
         match &mut self.mode {
             Mode::Json(j) => {
                 j.finish(ex);
-                None
+                let r = self.report.as_mut()?;
+                let JsonHold::Holding(buf) = &mut r.json else {
+                    return None;
+                };
+                let body = std::mem::take(buf);
+                r.json = JsonHold::Passed;
+                if body.is_empty() {
+                    return None;
+                }
+                let rep = r.report(ex);
+                match insert_members(&body, report::TOP_USAGE, &rep.members()) {
+                    Some(v) => {
+                        r.last = Some(rep);
+                        Some(Bytes::from(v))
+                    }
+                    None => Some(Bytes::from(body)),
+                }
             }
             Mode::Sse(p) => {
-                let mut usage_only = false;
-                p.finish(|d, _| usage_only |= ex.on_sse(&d));
-                let strip = self.strip.as_mut()?;
-                let held = std::mem::take(&mut strip.held);
-                let drop = usage_only && !strip.passthrough;
-                strip.passthrough = false;
-                (!held.is_empty() && !drop).then(|| Bytes::from(held))
+                let mut kind = Kind::default();
+                p.finish(|d, _| {
+                    let k = ex.on_sse(&d);
+                    kind.usage_only |= k.usage_only;
+                    kind.usage |= k.usage;
+                });
+                let hold = self.hold.as_mut()?;
+                let held = std::mem::take(&mut hold.held);
+                let whole = !hold.passthrough;
+                let drop = hold.strip && kind.usage_only && whole;
+                hold.passthrough = false;
+                if held.is_empty() || drop {
+                    return None;
+                }
+                let edited = match self.report.as_mut() {
+                    Some(r) if kind.usage && whole => r.edit_event(ex, &[], &held),
+                    _ => None,
+                };
+                Some(Bytes::from(edited.unwrap_or(held)))
             }
         }
     }
 
-    /// The format this scanner was made for.
-    pub fn format(&self) -> WireFormat {
-        self.ex.format
-    }
-
+    #[cfg(test)]
     /// Reported usage so far, merged by maximum.
     pub fn usage(&self) -> Usage {
         self.ex.usage
     }
 
+    #[cfg(test)]
     /// Any usage field was reported.
     pub fn reported(&self) -> bool {
         !self.ex.usage.is_empty()
@@ -767,6 +993,7 @@ impl UsageScanner {
         self.ex.events
     }
 
+    #[cfg(test)]
     /// An estimate of completion tokens for when none was reported (or the stream was cut):
     /// `max(ceil(output_text_bytes / 4), output_events)`.
     ///
@@ -776,7 +1003,7 @@ impl UsageScanner {
     /// number of content-bearing events is a floor that catches that case. Hidden reasoning
     /// tokens (OpenAI o-series) are never streamed, so this can only undercount them.
     pub fn estimated_completion_tokens(&self) -> u64 {
-        self.ex.text_bytes.div_ceil(4).max(self.ex.events)
+        self.ex.estimated_completion_tokens()
     }
 
     #[cfg(test)]
@@ -787,6 +1014,7 @@ impl UsageScanner {
         self.ex.error.as_deref()
     }
 
+    #[cfg(test)]
     /// The body ended the way the provider ends a finished response: `data: [DONE]` (OpenAI),
     /// `message_stop` (Anthropic), a terminal `response.*` event (Responses), or the closing
     /// brace of a JSON body. False for a stream cut short, where reported usage (Anthropic's
@@ -808,6 +1036,10 @@ impl UsageScanner {
             Mode::Sse(p) => p.buffered_bytes(),
             Mode::Json(j) => j.buffered_bytes(),
         };
-        mode + self.strip.as_ref().map_or(0, |s| s.held.capacity())
+        let json = match self.report.as_ref().map(|r| &r.json) {
+            Some(JsonHold::Holding(b)) => b.capacity(),
+            _ => 0,
+        };
+        mode + self.hold.as_ref().map_or(0, |s| s.held.capacity()) + json
     }
 }

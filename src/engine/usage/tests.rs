@@ -1,6 +1,7 @@
 use super::*;
 use proptest::prelude::*;
 
+use crate::engine::pricing::Nanos;
 use WireFormat::*;
 
 struct Fixture {
@@ -1080,4 +1081,197 @@ fn nothing_scanned_is_usage_source_none_and_an_unreported_body_is_estimated() {
         "100 request bytes bound the prompt"
     );
     assert!(u.completion_tokens.is_some_and(|n| n > 0));
+}
+
+// ---- cost reporting (`report_cost`, issue 16) ----
+
+fn test_price() -> crate::engine::pricing::Price {
+    crate::engine::pricing::Price {
+        input: 150_000,
+        output: 600_000,
+        cache_read: 75_000,
+        cache_write: 187_500,
+        max_output_tokens: None,
+    }
+}
+
+/// Feeds `chunks` to a reporting scanner (elapsed 12.25 ms) and collects what the client gets.
+fn run_report(f: &Fixture, charge: Charge, chunks: &[&[u8]]) -> (Vec<u8>, Option<Reported>) {
+    let mut s = UsageScanner::new(f.format, f.sse, false).with_report(charge, 100);
+    s.set_elapsed_ms(12.25);
+    let mut out = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        let fed = if i % 2 == 0 {
+            s.feed(c)
+        } else {
+            s.feed_bytes(&Bytes::copy_from_slice(c))
+        };
+        match fed {
+            Feed::Pass => out.extend_from_slice(c),
+            Feed::Replace(b) => out.extend_from_slice(&b),
+        }
+    }
+    if let Some(b) = s.finish() {
+        out.extend_from_slice(&b);
+    }
+    assert_eq!(s.finish(), None, "{}: finish is idempotent", f.name);
+    (out, s.cost_report())
+}
+
+/// The fixtures whose usage object gets the members: every JSON body but embeddings, and the
+/// streams that carry a final usage event.
+fn reported_fixture(f: &Fixture) -> bool {
+    f.format != OpenAiEmbeddings
+        && !f.usage.is_empty()
+        && f.complete
+        && (!f.sse || f.usage.completion_tokens.is_some())
+}
+
+/// The JSON value holding the members in `out`: the body itself, or the data of the event
+/// that has them.
+fn edited_json(f: &Fixture, out: &[u8], members: &str) -> serde_json::Value {
+    let doc: &[u8] = if f.sse {
+        let k = memchr::memmem::find(out, members.as_bytes()).unwrap_or(0);
+        let start = out[..k]
+            .windows(5)
+            .rposition(|w| w == b"data:")
+            .map_or(0, |p| p + 5);
+        let end = k + memchr::memchr2(b'\r', b'\n', &out[k..]).unwrap_or(out.len() - k);
+        &out[start..end]
+    } else {
+        out
+    };
+    serde_json::from_slice(doc).unwrap_or_else(|e| panic!("{}: not JSON ({e})", f.name))
+}
+
+#[test]
+fn report_mode_adds_cost_and_duration_to_exactly_the_usage_object_and_changes_nothing_else() {
+    let mut edited = 0;
+    for f in FIXTURES {
+        let plain = {
+            let mut s = UsageScanner::new(f.format, f.sse, false);
+            s.feed(f.body);
+            s.finish();
+            s
+        };
+        let (usage, source) = final_usage(Some(&plain), 100);
+        let cost = test_price().cost(&usage, f.format);
+        let (out, report) = run_report(f, Charge::Priced(test_price()), &[f.body]);
+        if !reported_fixture(f) {
+            assert_eq!(out, f.body, "{}: no usage object, no edit", f.name);
+            assert_eq!(report, None, "{}", f.name);
+            continue;
+        }
+        edited += 1;
+        let want = Reported {
+            usage,
+            source,
+            cost: Some(cost),
+            duration_ms: 12.25,
+        };
+        assert_eq!(report, Some(want), "{}: what the client was told", f.name);
+        let members = want.members();
+        assert!(members.contains(&format!("\"cost\":{}", cost.usd_exact())));
+        // Exactly once, after a comma, and taking it out gives the provider's bytes back.
+        let at = memchr::memmem::find_iter(&out, members.as_bytes()).collect::<Vec<_>>();
+        assert_eq!(at.len(), 1, "{}: {}", f.name, String::from_utf8_lossy(&out));
+        let k = at[0];
+        assert_eq!(out[k - 1], b',', "{}", f.name);
+        let mut back = out[..k - 1].to_vec();
+        back.extend_from_slice(&out[k + members.len()..]);
+        assert_eq!(back, f.body, "{}: every other byte is untouched", f.name);
+        let v = edited_json(f, &out, &members);
+        let u = if f.format == OpenAiResponses && f.sse {
+            &v["response"]["usage"]
+        } else {
+            &v["usage"]
+        };
+        assert_eq!(u["cost"].as_f64(), Some(cost.as_usd()), "{}", f.name);
+        assert_eq!(u["duration_ms"].as_f64(), Some(12.25), "{}", f.name);
+    }
+    assert_eq!(
+        edited, 9,
+        "4 JSON bodies and 5 streams carry a usage object"
+    );
+}
+
+#[test]
+fn report_mode_split_at_every_offset_and_with_any_line_ends_gives_the_same_output() {
+    for f in FIXTURES.iter().filter(|f| reported_fixture(f)) {
+        let variants = if f.sse {
+            vec![f.body.to_vec(), crlf(f.body), cr_only(f.body)]
+        } else {
+            vec![f.body.to_vec()]
+        };
+        for body in &variants {
+            let want = run_report(f, Charge::Priced(test_price()), &[body]);
+            assert!(want.1.is_some(), "{}: edited", f.name);
+            assert_eq!(
+                want.0.len(),
+                body.len() + want.1.map_or(0, |r| r.members().len() + 1)
+            );
+            for k in 0..=body.len() {
+                let (a, b) = body.split_at(k);
+                let got = run_report(f, Charge::Priced(test_price()), &[a, b]);
+                assert_eq!(got, want, "{} split at {k}", f.name);
+            }
+            let bytes: Vec<&[u8]> = body.chunks(1).collect();
+            assert_eq!(run_report(f, Charge::Priced(test_price()), &bytes), want);
+        }
+    }
+}
+
+#[test]
+fn an_unpriced_model_reports_a_null_cost_and_a_free_answer_zero() {
+    for f in FIXTURES.iter().filter(|f| reported_fixture(f)) {
+        let (out, r) = run_report(f, Charge::Unpriced, &[f.body]);
+        assert_eq!(r.map(|r| r.cost), Some(None), "{}", f.name);
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.contains(r#""cost":null,"duration_ms":12.250"#),
+            "{}",
+            f.name
+        );
+        let (out, r) = run_report(f, Charge::Free, &[f.body]);
+        assert_eq!(r.map(|r| r.cost), Some(Some(Nanos::ZERO)), "{}", f.name);
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.contains(r#""cost":0.0,"duration_ms":12.250"#),
+            "{}",
+            f.name
+        );
+    }
+}
+
+#[test]
+fn report_mode_leaves_embeddings_and_stripped_streams_alone() {
+    for f in FIXTURES {
+        let strip = f.sse && matches!(f.format, OpenAiChat | OpenAiCompletions);
+        let s = UsageScanner::new(f.format, f.sse, strip).with_report(Charge::Free, 0);
+        let untouched = f.format == OpenAiEmbeddings || strip;
+        assert_eq!(s.edits_body(), !untouched, "{}", f.name);
+        if strip {
+            // The client did not ask for usage: it gets no usage chunk, so no cost either.
+            let mut s = s;
+            let mut out = match s.feed(f.body) {
+                Feed::Pass => f.body.to_vec(),
+                Feed::Replace(b) => b.to_vec(),
+            };
+            out.extend_from_slice(&s.finish().unwrap_or_default());
+            assert_eq!(out, expected_stripped(f.body, b"\n\n"), "{}", f.name);
+            assert_eq!(s.cost_report(), None, "{}", f.name);
+        }
+    }
+}
+
+#[test]
+fn a_json_body_too_big_to_hold_is_passed_on_unedited() {
+    let f = &FIXTURES[0];
+    let mut body = br#"{"pad":""#.to_vec();
+    body.resize(DEFAULT_MAX_EVENT_BYTES + 10, b'x');
+    body.extend_from_slice(br#"","usage":{"prompt_tokens":1,"completion_tokens":2}}"#);
+    let chunks: Vec<&[u8]> = body.chunks(1 << 20).collect();
+    let (out, r) = run_report(f, Charge::Free, &chunks);
+    assert_eq!(out, body);
+    assert_eq!(r, None, "nothing was edited, nothing reported");
 }

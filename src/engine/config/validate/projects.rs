@@ -125,6 +125,7 @@ impl Validator<'_> {
                     )
                     .map(std::time::Duration::from_secs)
                 }),
+                report_cost: p.report_cost,
             });
         }
         (
