@@ -193,8 +193,12 @@ fn walk_serde(node: Node, body: &[u8], acc: &mut Acc<'_>) {
     let _ = Walk { node, acc }.deserialize(&mut de);
 }
 
-/// Told each prompt text and, for a text that is a slice of the body, its offset there.
+/// The callback a text is passed to: the text, and its offset in the body when it is the
+/// body's own bytes.
 type TextFn<'f> = &'f mut dyn FnMut(&str, Option<usize>);
+
+/// The callback a top-level member is passed to: its (unescaped) key and its value's range.
+type MemberFn<'m> = &'m mut dyn FnMut(&str, Range<usize>);
 
 /// What the walk has seen so far.
 struct Acc<'f> {

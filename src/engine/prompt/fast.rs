@@ -22,10 +22,7 @@ use std::ops::Range;
 pub(super) use crate::engine::cursor::Bail;
 use crate::engine::cursor::{Cursor, Str};
 
-use super::{Acc, Media, Node, Tag, K};
-
-/// Told each top-level member of the body: its name and the byte range of its value.
-type MemberFn<'a> = &'a mut dyn FnMut(&str, Range<usize>);
+use super::{Acc, Media, MemberFn, Node, Tag, K};
 
 /// Walk `body`, which must be one JSON object of format `node`, calling `member` with each
 /// top-level member's key and value range.

@@ -424,13 +424,13 @@ impl<'a> AnthropicEvent<'a> {
     }
 }
 
-/// The members of the object at the cursor (which must be at `{`), each key given to `f`
-/// (unescaped) with the cursor at its value, which `f` must consume. A key of `fields` that
-/// comes twice declines, as serde refuses a duplicated field.
+/// The members of the object at the cursor (which must be at `{`): `field` names the key
+/// (unescaped) of each, and `f` is called with that name and the cursor at the value, which it
+/// must consume. A field that comes twice declines, as serde refuses a duplicated field.
 fn members<'a>(
     c: &mut Cursor<'a>,
-    fields: &[&str],
-    mut f: impl FnMut(&mut Cursor<'a>, Option<usize>) -> Result<(), Bail>,
+    field: fn(&str) -> Option<u32>,
+    mut f: impl FnMut(&mut Cursor<'a>, Option<u32>) -> Result<(), Bail>,
 ) -> Result<(), Bail> {
     let mut seen = 0u32;
     if c.open(b'}')? {
@@ -440,7 +440,7 @@ fn members<'a>(
                 return Err(Bail);
             }
             let key = c.string(true)?;
-            let field = fields.iter().position(|&k| k == c.text(&key));
+            let field = field(c.text(&key));
             c.eat(b':')?;
             if let Some(n) = field {
                 if seen & (1 << n) != 0 {
@@ -461,15 +461,15 @@ fn members<'a>(
 /// A whole document that is one object, read by `members`.
 fn document<'a>(
     s: &'a str,
-    fields: &[&str],
-    f: impl FnMut(&mut Cursor<'a>, Option<usize>) -> Result<(), Bail>,
+    field: fn(&str) -> Option<u32>,
+    f: impl FnMut(&mut Cursor<'a>, Option<u32>) -> Result<(), Bail>,
 ) -> Result<(), Bail> {
     let mut c = Cursor::new(s);
     c.ws();
     if c.peek() != Some(b'{') {
         return Err(Bail);
     }
-    members(&mut c, fields, f)?;
+    members(&mut c, field, f)?;
     if c.at_end() {
         Ok(())
     } else {
@@ -523,7 +523,15 @@ fn fast_responses(s: &str) -> Result<ResponsesEvent<'_>, Bail> {
     let mut ev = ResponsesEvent::default();
     document(
         s,
-        &["type", "delta", "response", "code", "message", "error"],
+        |k| match k {
+            "type" => Some(0),
+            "delta" => Some(1),
+            "response" => Some(2),
+            "code" => Some(3),
+            "message" => Some(4),
+            "error" => Some(5),
+            _ => None,
+        },
         |c, field| {
             match field {
                 Some(0) => ev.kind = str_at(c)?,
@@ -531,7 +539,12 @@ fn fast_responses(s: &str) -> Result<ResponsesEvent<'_>, Bail> {
                 Some(2) => {
                     ev.response = obj_at(c, |c| {
                         let mut body = ResponseBody::default();
-                        members(c, &["usage", "error"], |c, field| {
+                        let names = |k: &str| match k {
+                            "usage" => Some(0),
+                            "error" => Some(1),
+                            _ => None,
+                        };
+                        members(c, names, |c, field| {
                             match field {
                                 Some(0) => body.usage = serde_at(c)?,
                                 Some(1) => body.error = serde_at(c)?,
@@ -557,14 +570,22 @@ fn fast_anthropic(s: &str) -> Result<AnthropicEvent<'_>, Bail> {
     let mut ev = AnthropicEvent::default();
     document(
         s,
-        &["type", "message", "usage", "delta", "error"],
+        |k| match k {
+            "type" => Some(0),
+            "message" => Some(1),
+            "usage" => Some(2),
+            "delta" => Some(3),
+            "error" => Some(4),
+            _ => None,
+        },
         |c, field| {
             match field {
                 Some(0) => ev.kind = str_at(c)?,
                 Some(1) => {
                     ev.message = obj_at(c, |c| {
                         let mut m = AnthropicMessage::default();
-                        members(c, &["usage"], |c, field| {
+                        let names = |k: &str| (k == "usage").then_some(0);
+                        members(c, names, |c, field| {
                             match field {
                                 Some(0) => m.usage = serde_at(c)?,
                                 _ => c.skip()?,
@@ -578,7 +599,13 @@ fn fast_anthropic(s: &str) -> Result<AnthropicEvent<'_>, Bail> {
                 Some(3) => {
                     ev.delta = obj_at(c, |c| {
                         let mut d = AnthropicDelta::default();
-                        members(c, &["text", "partial_json", "thinking"], |c, field| {
+                        let names = |k: &str| match k {
+                            "text" => Some(0),
+                            "partial_json" => Some(1),
+                            "thinking" => Some(2),
+                            _ => None,
+                        };
+                        members(c, names, |c, field| {
                             match field {
                                 Some(0) => d.text = text_len_at(c)?,
                                 Some(1) => d.partial_json = text_len_at(c)?,
