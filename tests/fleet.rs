@@ -614,6 +614,8 @@ fn shared_limit(leases: bool) {
         "every admitted request reached the provider once, no refused one did"
     );
 
+    // Settles run in `logging`, after the client has its response: wait for them to land.
+    eventually("every hold settled", || balance(&fleet.redis, &key).1 == 0);
     let (committed, _) = balance(&fleet.redis, &key);
     assert!(committed <= limit, "spent {committed} > limit {limit}");
     let served = mock_cost(&fleet.mock);
@@ -693,6 +695,9 @@ fn every_instance_sees_the_fleet_and_redis() {
         seen.len() == 3
     });
     assert_eq!(seen, want.iter().map(|s| s.to_string()).collect());
+    eventually("every hold settled", || {
+        balance(&fleet.redis, &total_key("p1")).1 == 0
+    });
     let committed = balance(&fleet.redis, &total_key("p1")).0;
     assert!(committed > 0);
     assert_eq!(committed, mock_cost(&fleet.mock));
@@ -2460,8 +2465,11 @@ fn a_team_budget_holds_across_projects_and_instances() {
         ok as u64,
         "no refused request reached the provider"
     );
-    let (committed, held) = balance(&fleet.redis, &team_key);
-    assert_eq!(held, 0, "every hold settled");
+    // Settles run in `logging`, after the client has its response: wait for them to land.
+    eventually("every hold settled", || {
+        balance(&fleet.redis, &team_key).1 == 0
+    });
+    let (committed, _) = balance(&fleet.redis, &team_key);
     assert!(committed <= limit);
     assert_eq!(
         committed,
@@ -2529,8 +2537,11 @@ fn end_user_budgets_hold_across_instances() {
             .filter(|(x, s)| *x == u && s.status == 200)
             .count();
         assert!((1..=2).contains(&ok), "user {u}: {ok} admitted");
-        let (committed, held) = balance(&fleet.redis, key);
-        assert_eq!(held, 0);
+        // Settles run in `logging`, after the client has its response: wait for them to land.
+        eventually(&format!("user {u}: every hold settled"), || {
+            balance(&fleet.redis, key).1 == 0
+        });
+        let (committed, _) = balance(&fleet.redis, key);
         assert!(committed <= limit, "user {u}: {committed} > {limit}");
     }
     for (_, s) in &shots {
