@@ -3,7 +3,7 @@
 //!
 //! Every figure is checked three ways that do not depend on each other: Redis's own counters
 //! (read over raw RESP), each instance's decision records, and the mock's record of what it
-//! served (its usage is deterministic: prompt tokens `ceil(body_len / 4)`, completion tokens
+//! served (its usage is deterministic: prompt tokens as `GET /_mock/requests` reports them, completion tokens
 //! `x-mock-tokens` capped by `max_tokens`). Loopback only; every process is killed on drop.
 //!
 //! Fleet mode off is the rest of the suite: every other test file runs without `[fleet]`.
@@ -410,7 +410,7 @@ fn mock_cost_where(mock: &Mock, pick: impl Fn(&Value) -> bool) -> i64 {
         .map(|r| {
             assert_eq!(r["path"], "/v1/messages", "only Messages in these tests");
             let body: Value = serde_json::from_str(r["body"].as_str().unwrap_or("")).expect("body");
-            let prompt = r["body_len"].as_u64().expect("body_len").div_ceil(4);
+            let prompt = r["prompt_tokens"].as_u64().expect("prompt_tokens");
             let completion = asked_tokens(r)
                 .min(body["max_tokens"].as_u64().unwrap_or(u64::MAX))
                 .min(4096);
@@ -1766,12 +1766,12 @@ fn tpm_counts_tokens_across_the_fleet() {
         }
         assert_eq!(s.status, 200, "{s:?}\n{}", fleet.tail(s.gw));
         admitted += 1;
-        // The mock's usage for what it served: prompt ceil(body_len / 4), completion 2.
+        // The mock's usage for what it served: prompt as it reported, completion 2.
         let used: i64 = fleet
             .mock
             .requests()
             .iter()
-            .map(|r| r["body_len"].as_u64().expect("body_len").div_ceil(4) as i64 + 2)
+            .map(|r| r["prompt_tokens"].as_u64().expect("prompt_tokens") as i64 + 2)
             .sum();
         // Wait for the settle to count the tokens before the next admission.
         eventually_eq("the fleet's tpm window counts what was served", || {
@@ -1784,7 +1784,7 @@ fn tpm_counts_tokens_across_the_fleet() {
         .mock
         .requests()
         .iter()
-        .map(|r| r["body_len"].as_u64().expect("body_len").div_ceil(4) as i64 + 2)
+        .map(|r| r["prompt_tokens"].as_u64().expect("prompt_tokens") as i64 + 2)
         .collect();
     // Admitted while the count was below tpm: exactly until the running total reached it.
     let mut total = 0;

@@ -627,7 +627,7 @@ fn served_cost(mock: &Mock) -> i64 {
         .iter()
         .map(|r| {
             let body: Value = serde_json::from_str(r["body"].as_str().unwrap_or("")).expect("body");
-            let prompt = r["body_len"].as_u64().expect("body_len").div_ceil(4);
+            let prompt = r["prompt_tokens"].as_u64().expect("prompt_tokens");
             let asked = req_header(r, "x-mock-tokens")
                 .and_then(|t| t.parse::<u64>().ok())
                 .unwrap_or(8);

@@ -239,9 +239,15 @@ fn the_alert_rules_use_only_metrics_the_gateway_exports() {
         &format!("[[projects]]\nid = \"p1\"\nkeys = [\"{KEY}\"]\nbudget = {{ limit_usd = 0.001, period = \"day\" }}\n"),
     );
     let (gw, admin) = start_admin(&body);
-    // An allowed request, a budget refusal, an upstream failure and a rejected reload: every
-    // family the rules use gets a series.
-    assert_eq!(chat_as(&gw, KEY, "gpt-4o-mini", 2).status, 200);
+    // An allowed request that overruns its reservation (the provider reports more prompt
+    // tokens than any tokenizer could count), a budget refusal, an upstream failure and a
+    // rejected reload: every family the rules use gets a series.
+    let r = post(
+        &gw.url("/v1/chat/completions"),
+        &[("x-api-key", KEY), ("x-mock-prompt-tokens", "5000")],
+        &chat("gpt-4o-mini", 2),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(chat_as(&gw, KEY, "gpt-4o-mini", 16000).status, 402);
     let r = post(
         &gw.url("/v1/chat/completions"),

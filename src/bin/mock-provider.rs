@@ -55,7 +55,9 @@
 //! Responses) and by 4096. A limit is a ceiling, as for a real model, never a
 //! length to fill: Claude Code's `max_tokens: 32000` still gets 8 words, and a
 //! test that needs N output tokens sends `x-mock-tokens: N` (or starts the mock
-//! with `--tokens N`). Input tokens are `ceil(request_body_len / 4)`. Usage is
+//! with `--tokens N`). Input tokens are counted from the text, as a tokenizer counts
+//! them, not from the JSON around it: `ceil(bytes of every string value / 4)` plus 3 per
+//! message (or Responses input item) plus 3 per request (`input_tokens`). Usage is
 //! the same in JSON and stream replies. OpenAI chat and completions streams
 //! carry usage only when the request asked for
 //! `"stream_options":{"include_usage":true}`. The mock stops naturally (`stop` /
@@ -112,7 +114,7 @@
 //! * `x-mock-chunk-delay-ms: N`: wait N ms between stream events.
 //! * `x-mock-tokens: N`: number of output tokens (overrides `--tokens`; still capped by
 //!   the request's `max_tokens` / `max_output_tokens` and by 4096).
-//! * `x-mock-prompt-tokens: N`: report N input tokens instead of `ceil(body_len / 4)` (a
+//! * `x-mock-prompt-tokens: N`: report N input tokens instead of the text's count (a
 //!   provider whose count exceeds any bound, for overrun tests).
 //! * `x-mock-cached-tokens: N`: OpenAI reports N of its prompt tokens as cached (a subset
 //!   of the prompt tokens, as OpenAI counts, so capped at them): chat
@@ -149,7 +151,8 @@
 //!
 //! ## Introspection (never needs auth, never recorded)
 //!
-//! * `GET /_mock/requests` returns `{"requests":[{"method","path","headers":[[name,value],...],"body","body_len"}]}`.
+//! * `GET /_mock/requests` returns `{"requests":[{"method","path","headers":[[name,value],...],"body","body_len","prompt_tokens"}]}`
+//!   (`prompt_tokens`: the input tokens the mock reported for it).
 //!   It holds the last 10,000 requests, with at most 256 MiB of bodies.
 //!   Header names are lowercased, `path` is the request target as sent, and
 //!   `body` is lossy UTF-8.
@@ -1596,9 +1599,7 @@ async fn handle(st: &State, sock: &mut dyn Io, req: Arc<Request>) -> Flow {
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let prompt = ctl
-        .prompt_tokens
-        .unwrap_or((req.body.len() as u64).div_ceil(4));
+    let prompt = ctl.prompt_tokens.unwrap_or_else(|| input_tokens(&body));
     let job = Job {
         req: &req,
         ctl,
@@ -1685,7 +1686,20 @@ async fn admin(st: &State, sock: &mut dyn Io, req: &Request) -> Flow {
                 }
                 out.push_str(r#"],"body":"#);
                 json_str(&mut out, &String::from_utf8_lossy(&r.body));
-                let _ = write!(out, r#","body_len":{}}}"#, r.body.len());
+                let prompt = r
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("x-mock-prompt-tokens"))
+                    .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+                    .unwrap_or_else(|| {
+                        serde_json::from_slice::<Value>(&r.body)
+                            .map_or(0, |b| input_tokens(&b))
+                    });
+                let _ = write!(
+                    out,
+                    r#","body_len":{},"prompt_tokens":{prompt}}}"#,
+                    r.body.len()
+                );
             }
             out.push_str("]}");
             (200, out)
@@ -1715,6 +1729,27 @@ async fn admin(st: &State, sock: &mut dyn Io, req: &Request) -> Flow {
 // ---------------------------------------------------------------------------
 // OpenAI: chat completions
 // ---------------------------------------------------------------------------
+
+/// The input tokens the mock reports for a request, counted as a provider's tokenizer counts
+/// them: the text, not the JSON around it. Every string value in the body (keys and JSON syntax
+/// excluded), four bytes a token, rounded up, plus 3 tokens per message or input item and 3 for
+/// the request (OpenAI's documented per-message overhead). Deterministic, so tests recompute it
+/// from the recorded body; `GET /_mock/requests` reports it as `prompt_tokens`.
+fn input_tokens(body: &Value) -> u64 {
+    fn text_bytes(v: &Value) -> u64 {
+        match v {
+            Value::String(s) => s.len() as u64,
+            Value::Array(a) => a.iter().map(text_bytes).sum(),
+            Value::Object(o) => o.values().map(text_bytes).sum(),
+            _ => 0,
+        }
+    }
+    let items = ["messages", "input"]
+        .iter()
+        .find_map(|k| body.get(*k).and_then(Value::as_array))
+        .map_or(1, |a| a.len() as u64);
+    text_bytes(body).div_ceil(4) + 3 * items + 3
+}
 
 fn chat_usage(prompt: u64, out: usize, cached: u64) -> String {
     format!(
@@ -3284,7 +3319,6 @@ mod tests {
     async fn count_tokens_answers_like_anthropic() {
         let body = serde_json::json!({"model": "claude-sonnet-4", "messages": [{"role": "user", "content": "hi"}]})
             .to_string();
-        let len = body.len() as u64;
         let mut raw = request("POST", "/v1/messages/count_tokens", &ANTHROPIC, &body);
         raw.extend(request(
             "POST",
@@ -3308,7 +3342,8 @@ mod tests {
         assert_eq!(r[0].status, 200);
         assert_eq!(
             r[0].json(),
-            serde_json::json!({"input_tokens": len.div_ceil(4)})
+            // "claude-sonnet-4", "user", "hi": 21 bytes of text → 6, one message 3, the request 3.
+            serde_json::json!({"input_tokens": 12})
         );
         assert!(r[0].header("request-id").is_some());
         assert_eq!(
