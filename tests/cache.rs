@@ -200,6 +200,13 @@ fn projects_never_share_entries_and_skip_refresh_and_ttl_behave() {
         "refresh does not read"
     );
     assert_eq!(mock.count(), 4);
+    for r in mock.requests() {
+        assert_eq!(
+            req_header(&r, "x-tollgate-cache"),
+            None,
+            "Tollgate's cache directive is Tollgate's, never the provider's"
+        );
+    }
     let h = send(&gw, KEY, "/v1/chat/completions", &body, &[]);
     assert_eq!(h.header("x-tollgate-cache"), Some("hit"));
     assert_eq!(h.body, r.body, "refresh stored the new answer");

@@ -58,6 +58,25 @@ const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
 /// connection the provider is closing.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(30);
 
+/// Request headers that never reach a provider: the client's key (the provider gets its own
+/// credential), Tollgate's own (the end user, tags, the cache directive: the body's `user`, if
+/// any, is the client's to send), `accept-encoding` (usage is read from the response bytes, so
+/// they must arrive uncompressed), `expect` (Tollgate holds the whole body by then and
+/// answered the client's Expect itself) and, when Tollgate sends a body it prepared,
+/// `transfer-encoding` (that body goes with a content-length).
+const NEVER_FORWARDED: [&str; 9] = [
+    auth::KEY_HEADERS[0],
+    auth::KEY_HEADERS[1],
+    auth::KEY_HEADERS[2],
+    "x-tollgate-user",
+    "x-tollgate-tags",
+    "x-tollgate-cache",
+    "accept-encoding",
+    "expect",
+    "transfer-encoding",
+];
+const TRANSFER_ENCODING: usize = 8;
+
 pub struct Gateway {
     pub config: Arc<ArcSwap<Config>>,
     pub resolver: Arc<Resolver>,
@@ -234,13 +253,23 @@ impl ProxyHttp for Gateway {
         }
         let wire = &provider.wire;
         req.insert_header(http::header::HOST, wire.host.clone())?;
-        for h in auth::KEY_HEADERS {
-            req.remove_header(h);
+        // One pass over the client's headers finds which of those never forwarded are there;
+        // only those are removed (a removal parses and hashes its name in two maps).
+        let mut present = 0u32;
+        for name in req.headers.keys() {
+            if let Some(i) = NEVER_FORWARDED.iter().position(|n| *n == name.as_str()) {
+                present |= 1 << i;
+            }
         }
-        // Tollgate's own request headers are for Tollgate; the body's `user` (if any) is the
-        // client's to send.
-        req.remove_header("x-tollgate-user");
-        req.remove_header("x-tollgate-tags");
+        if ctx.admitted.body.is_none() {
+            // The body goes as the client framed it.
+            present &= !(1 << TRANSFER_ENCODING);
+        }
+        for (i, name) in NEVER_FORWARDED.iter().enumerate() {
+            if present & (1 << i) != 0 {
+                req.remove_header(*name);
+            }
+        }
         if let Some((name, value)) = &wire.credential {
             req.insert_header(name, value.clone())?;
         }
@@ -249,13 +278,8 @@ impl ProxyHttp for Gateway {
                 req.insert_header("anthropic-version", v.clone())?;
             }
         }
-        // Usage is read from the response bytes, so they must arrive uncompressed.
-        req.remove_header("accept-encoding");
-        // Tollgate holds the whole body by now (and answered the client's Expect itself).
-        req.remove_header(&http::header::EXPECT);
         req.insert_header("x-tollgate-request-id", ctx.request_id_value.clone())?;
         if let Some(b) = &ctx.admitted.body {
-            req.remove_header("transfer-encoding");
             req.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from(b.len()))?;
         }
         Ok(())
