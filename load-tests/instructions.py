@@ -16,7 +16,10 @@ agents.py, and breaks Tollgate's `request_filter` down into the parts an agent's
 the body read, the field parse, the prompt walk, the secret detectors, the pattern, the
 rewrite and the >64 KiB replay.
 
-Usage: load-tests/instructions.py [--requests N] [--mode chat|stream|both|agents] [--keep DIR]
+`--mode cache` profiles bench.py's cache targets: the uncached gateway, a miss stored again
+(`x-tollgate-cache: refresh`) and a hit, with the same parts.
+
+Usage: load-tests/instructions.py [--requests N] [--mode chat|stream|both|agents|cache] [--keep DIR]
 Needs valgrind (apt-get install valgrind), nginx, and the release binaries
 (cargo build --release --bins --example bare_pingora). Takes about a minute per target and mode.
 """
@@ -48,16 +51,16 @@ PARTS = [
 ]
 
 
-def request(port, key, stream):
+def request(port, key, stream, extra=""):
     body = dict(BODY, stream=True) if stream else BODY
     raw = json.dumps(body).encode()
     return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nauthorization: Bearer {key}\r\n"
-            f"content-type: application/json\r\ncontent-length: {len(raw)}\r\n\r\n").encode() + raw
+            f"content-type: application/json\r\n{extra}content-length: {len(raw)}\r\n\r\n").encode() + raw
 
 
-def drive(port, key, n, stream):
+def drive(port, key, n, stream, extra=""):
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
-    req = request(port, key, stream)
+    req = request(port, key, stream, extra)
     bad = 0
     for i in range(n):
         s = socks[i % 4]
@@ -91,6 +94,36 @@ def measure(name, argv, port, key, n, stream, tmp, env=None):
     [(total, parts, bad)] = profile(label, argv, port, lambda: drive(port, key, 200, stream),
                                     [lambda: drive(port, key, n, stream)], tmp, env)
     return total / n, {k: v / n for k, v in parts.items()}, bad
+
+
+def cache_mode(a, tmp, mock_addr):
+    """bench.py's cache targets under callgrind: the uncached gateway, then the cached one with
+    every request a miss that is stored again (`x-tollgate-cache: refresh`) and every one a hit."""
+    env = dict(os.environ, BENCH_PROVIDER_KEY="sk-bench", RUST_LOG="warn")
+    rows = []
+    for name, cache, extra in [("tollgate", False, ""), ("cache-miss (refresh)", True, "x-tollgate-cache: refresh\r\n"),
+                               ("cache-hit", True, "")]:
+        port = free_port()
+        d = os.path.join(tmp, f"tollgate-{'cache' if cache else 'plain'}-{len(rows)}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "t.toml"), "w") as f:
+            f.write(tollgate_toml(port, mock_addr, os.path.join(d, "ledger.db"), cache=cache))
+        argv = [os.path.join(REL, "tollgate"), "serve", "--config", os.path.join(d, "t.toml")]
+        label = f"{'cache' if cache else 'plain'}-{len(rows)}"
+        [(total, parts, bad)] = profile(label, argv, port, lambda: drive(port, KEY, 200, False, extra),
+                                        [lambda: drive(port, KEY, a.requests, False, extra)], tmp, env)
+        rows.append((name, total / a.requests, {k: v / a.requests for k, v in parts.items()}, bad))
+    print(f"user-space instructions per request (callgrind), chat, {a.requests} sequential requests per target\n")
+    print("| target | instructions/request | × uncached | errors |")
+    print("|---|---|---|---|")
+    for name, total, _, bad in rows:
+        print(f"| {name} | {total:,.0f} | {total / rows[0][1]:.3f} | {bad} |")
+    print("\nTollgate's own parts (inclusive instructions per request)\n")
+    print("| part | " + " | ".join(r[0] for r in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    for label, _ in PARTS:
+        print(f"| {label} | " + " | ".join(f"{r[2].get(label, 0):,.0f}" for r in rows) + " |")
+    return 1 if any(r[3] for r in rows) else 0
 
 
 def profile(label, argv, port, warm, runs, tmp, env=None, parts=None):
@@ -284,7 +317,7 @@ def agents_mode(a, tmp, mock_addr):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, help="per target (and body); default 2000, agents 200")
-    ap.add_argument("--mode", choices=["chat", "stream", "both", "agents"], default="both")
+    ap.add_argument("--mode", choices=["chat", "stream", "both", "agents", "cache"], default="both")
     ap.add_argument("--keep", help="keep the callgrind files in this directory")
     a = ap.parse_args()
     if a.requests is None:
@@ -300,6 +333,8 @@ def main():
     try:
         if a.mode == "agents":
             return agents_mode(a, tmp, mock_addr)
+        if a.mode == "cache":
+            return cache_mode(a, tmp, mock_addr)
         rows = []
         for stream in ([False, True] if a.mode == "both" else [a.mode == "stream"]):
             mode = "stream" if stream else "chat"

@@ -123,6 +123,17 @@ impl<'b> Cursor<'b> {
         self.depth -= 1;
     }
 
+    /// Where the cursor is, for [`Cursor::back_to`].
+    pub(crate) fn mark(&self) -> (usize, u32) {
+        (self.i, self.depth)
+    }
+
+    /// Back to a [`Cursor::mark`], to read the same value another way.
+    pub(crate) fn back_to(&mut self, (i, depth): (usize, u32)) {
+        self.i = i;
+        self.depth = depth;
+    }
+
     pub(crate) fn text(&self, s: &Str) -> &str {
         match s {
             Str::Raw(r) => self.s.get(r.clone()).unwrap_or_default(),

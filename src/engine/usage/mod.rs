@@ -358,7 +358,7 @@ impl Extract {
         if value.trim_ascii() == b"null" {
             return false;
         }
-        match serde_json::from_slice::<Option<WireUsage>>(value) {
+        match WireUsage::read(value) {
             Ok(Some(u)) => {
                 self.merge(&u);
                 true

@@ -1275,3 +1275,109 @@ fn a_json_body_too_big_to_hold_is_passed_on_unedited() {
     assert_eq!(out, body);
     assert_eq!(r, None, "nothing was edited, nothing reported");
 }
+
+/// The cursor's reading of a usage object equals serde's, for every shape a provider (or a
+/// broken one) could send: known and unknown keys, duplicates, every JSON value type in every
+/// place, counts past `u64`, floats, negatives, nested details, whitespace.
+mod usage_reader {
+    use super::*;
+    use crate::engine::usage::wire::WireUsage;
+
+    const KEYS: &[&str] = &[
+        "prompt_tokens",
+        "completion_tokens",
+        "prompt_tokens_details",
+        "completion_tokens_details",
+        "input_tokens",
+        "output_tokens",
+        "input_tokens_details",
+        "output_tokens_details",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+        "cached_tokens",
+        "reasoning_tokens",
+        "total_tokens",
+        "prompt\\u005ftokens",
+    ];
+
+    fn scalar() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u64..100_000).prop_map(|n| n.to_string()),
+            Just(u64::MAX.to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("-3".to_string()),
+            Just("7.0".to_string()),
+            Just("7.5".to_string()),
+            Just("1e2".to_string()),
+            Just("012".to_string()),
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("\"12\"".to_string()),
+            Just("[1,2]".to_string()),
+            Just("{}".to_string()),
+        ]
+    }
+
+    fn object(depth: u32) -> BoxedStrategy<String> {
+        let value = if depth == 0 {
+            scalar().boxed()
+        } else {
+            prop_oneof![3 => scalar(), 1 => object(depth - 1)].boxed()
+        };
+        (
+            prop::collection::vec((prop::sample::select(KEYS), value), 0..6),
+            prop::sample::select(&["", " ", "\n  "][..]),
+        )
+            .prop_map(|(members, ws)| {
+                let inner: Vec<String> = members
+                    .iter()
+                    .map(|(k, v)| format!("{ws}\"{k}\"{ws}:{ws}{v}"))
+                    .collect();
+                format!("{{{}{ws}}}", inner.join(","))
+            })
+            .boxed()
+    }
+
+    fn seen(r: &Result<Option<WireUsage>, ()>) -> Option<Option<Vec<(Usage, Option<u64>)>>> {
+        r.as_ref().ok().map(|u| {
+            u.as_ref().map(|u| {
+                [OpenAiChat, OpenAiResponses, AnthropicMessages]
+                    .iter()
+                    .map(|f| u.to_usage(*f))
+                    .collect()
+            })
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn reads_every_usage_object_as_serde_does(doc in prop_oneof![
+            4 => object(2),
+            1 => scalar(),
+            1 => object(1).prop_map(|o| format!("{o} x")),
+            1 => object(1).prop_map(|o| o[..o.len() / 2].to_string()),
+        ]) {
+            let fast = WireUsage::read(doc.as_bytes());
+            let serde = serde_json::from_slice::<Option<WireUsage>>(doc.as_bytes()).map_err(drop);
+            prop_assert_eq!(seen(&fast), seen(&serde), "{}", doc);
+        }
+    }
+
+    #[test]
+    fn the_common_shapes_are_read() {
+        let chat = br#"{"prompt_tokens":29,"completion_tokens":16,"total_tokens":45,"prompt_tokens_details":{"cached_tokens":3,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":2,"audio_tokens":0}}"#;
+        let w = WireUsage::read(chat).unwrap().unwrap();
+        assert_eq!(
+            w.to_usage(OpenAiChat),
+            (u(Some(29), Some(16), Some(3), None), Some(2))
+        );
+        let anthropic = br#"{"input_tokens":10,"cache_creation_input_tokens":4,"cache_read_input_tokens":5,"output_tokens":7}"#;
+        let w = WireUsage::read(anthropic).unwrap().unwrap();
+        assert_eq!(
+            w.to_usage(AnthropicMessages),
+            (u(Some(10), Some(7), Some(5), Some(4)), None)
+        );
+        assert!(WireUsage::read(b"null").unwrap().is_none());
+        assert!(WireUsage::read(br#"{"prompt_tokens":1,"prompt_tokens":2}"#).is_err());
+    }
+}

@@ -519,6 +519,128 @@ fn serde_at<'a, T: Deserialize<'a>>(c: &mut Cursor<'a>) -> Result<T, Bail> {
     serde_json::from_str(value).map_err(|_| Bail)
 }
 
+impl WireUsage {
+    /// A captured `usage` value as serde reads it (`Option<WireUsage>`: `null` is `None`);
+    /// `Err` where serde refuses it. The cursor reads the common shape (an object of token
+    /// counts that are plain integers or `null`, and `*_details` objects of the same), serde
+    /// everything else.
+    pub(crate) fn read(value: &[u8]) -> Result<Option<WireUsage>, ()> {
+        if let Some(u) = std::str::from_utf8(value).ok().and_then(|s| {
+            let mut c = Cursor::new(s);
+            let u = fast_usage(&mut c).ok()?;
+            c.at_end().then_some(u.0)
+        }) {
+            return Ok(u);
+        }
+        serde_json::from_slice::<Option<WireUsage>>(value).map_err(drop)
+    }
+}
+
+/// [`Obj<WireUsage>`]'s reading of the value at the cursor: the cursor's when it can, serde's
+/// (of the same bytes) when it declines.
+fn usage_at(c: &mut Cursor<'_>) -> Result<Obj<WireUsage>, Bail> {
+    c.ws();
+    let mark = c.mark();
+    match fast_usage(c) {
+        Ok(u) => Ok(u),
+        Err(Bail) => {
+            c.back_to(mark);
+            serde_at(c)
+        }
+    }
+}
+
+/// A usage object whose counts are plain integers or `null` (declines anything else, for
+/// serde to read: a float, a negative number, a string, a count past `u64`).
+fn fast_usage(c: &mut Cursor<'_>) -> Result<Obj<WireUsage>, Bail> {
+    c.ws();
+    match c.peek() {
+        Some(b'{') => {}
+        Some(b'n') => return c.literal(b"null").map(|()| Obj(None)),
+        _ => return Err(Bail),
+    }
+    let mut u = WireUsage::default();
+    let names = |k: &str| match k {
+        "prompt_tokens" => Some(0),
+        "completion_tokens" => Some(1),
+        "prompt_tokens_details" => Some(2),
+        "completion_tokens_details" => Some(3),
+        "input_tokens" => Some(4),
+        "output_tokens" => Some(5),
+        "input_tokens_details" => Some(6),
+        "output_tokens_details" => Some(7),
+        "cache_creation_input_tokens" => Some(8),
+        "cache_read_input_tokens" => Some(9),
+        _ => None,
+    };
+    members(c, names, |c, field| {
+        match field {
+            Some(0) => u.prompt_tokens = tok_at(c)?,
+            Some(1) => u.completion_tokens = tok_at(c)?,
+            Some(2) => u.prompt_tokens_details = details_at(c)?,
+            Some(3) => u.completion_tokens_details = details_at(c)?,
+            Some(4) => u.input_tokens = tok_at(c)?,
+            Some(5) => u.output_tokens = tok_at(c)?,
+            Some(6) => u.input_tokens_details = details_at(c)?,
+            Some(7) => u.output_tokens_details = details_at(c)?,
+            Some(8) => u.cache_creation_input_tokens = tok_at(c)?,
+            Some(9) => u.cache_read_input_tokens = tok_at(c)?,
+            _ => c.skip()?,
+        }
+        Ok(())
+    })?;
+    Ok(Obj(Some(u)))
+}
+
+fn details_at(c: &mut Cursor<'_>) -> Result<Obj<Details>, Bail> {
+    c.ws();
+    match c.peek() {
+        Some(b'{') => {}
+        Some(b'n') => return c.literal(b"null").map(|()| Obj(None)),
+        _ => return Err(Bail),
+    }
+    let mut d = Details::default();
+    let names = |k: &str| match k {
+        "cached_tokens" => Some(0),
+        "reasoning_tokens" => Some(1),
+        _ => None,
+    };
+    members(c, names, |c, field| {
+        match field {
+            Some(0) => d.cached_tokens = tok_at(c)?,
+            Some(1) => d.reasoning_tokens = tok_at(c)?,
+            _ => c.skip()?,
+        }
+        Ok(())
+    })?;
+    Ok(Obj(Some(d)))
+}
+
+/// [`Tok`]'s reading of a plain integer or `null`; declines any other value.
+fn tok_at(c: &mut Cursor<'_>) -> Result<Tok, Bail> {
+    c.ws();
+    match c.peek() {
+        Some(b'0'..=b'9') => {
+            let start = c.i;
+            c.number()?;
+            let lit = c.b.get(start..c.i).ok_or(Bail)?;
+            if !lit.iter().all(u8::is_ascii_digit) {
+                return Err(Bail);
+            }
+            let mut v = 0u64;
+            for &d in lit {
+                v = v
+                    .checked_mul(10)
+                    .and_then(|v| v.checked_add(u64::from(d - b'0')))
+                    .ok_or(Bail)?;
+            }
+            Ok(Tok(Some(v)))
+        }
+        Some(b'n') => c.literal(b"null").map(|()| Tok(None)),
+        _ => Err(Bail),
+    }
+}
+
 fn fast_responses(s: &str) -> Result<ResponsesEvent<'_>, Bail> {
     let mut ev = ResponsesEvent::default();
     document(
@@ -546,7 +668,7 @@ fn fast_responses(s: &str) -> Result<ResponsesEvent<'_>, Bail> {
                         };
                         members(c, names, |c, field| {
                             match field {
-                                Some(0) => body.usage = serde_at(c)?,
+                                Some(0) => body.usage = usage_at(c)?,
                                 Some(1) => body.error = serde_at(c)?,
                                 _ => c.skip()?,
                             }
@@ -587,7 +709,7 @@ fn fast_anthropic(s: &str) -> Result<AnthropicEvent<'_>, Bail> {
                         let names = |k: &str| (k == "usage").then_some(0);
                         members(c, names, |c, field| {
                             match field {
-                                Some(0) => m.usage = serde_at(c)?,
+                                Some(0) => m.usage = usage_at(c)?,
                                 _ => c.skip()?,
                             }
                             Ok(())
@@ -595,7 +717,7 @@ fn fast_anthropic(s: &str) -> Result<AnthropicEvent<'_>, Bail> {
                         Ok(m)
                     })?
                 }
-                Some(2) => ev.usage = serde_at(c)?,
+                Some(2) => ev.usage = usage_at(c)?,
                 Some(3) => {
                     ev.delta = obj_at(c, |c| {
                         let mut d = AnthropicDelta::default();
