@@ -1692,8 +1692,7 @@ async fn admin(st: &State, sock: &mut dyn Io, req: &Request) -> Flow {
                     .find(|(n, _)| n.eq_ignore_ascii_case("x-mock-prompt-tokens"))
                     .and_then(|(_, v)| v.trim().parse::<u64>().ok())
                     .unwrap_or_else(|| {
-                        serde_json::from_slice::<Value>(&r.body)
-                            .map_or(0, |b| input_tokens(&b))
+                        serde_json::from_slice::<Value>(&r.body).map_or(0, |b| input_tokens(&b))
                     });
                 let _ = write!(
                     out,
