@@ -1338,7 +1338,10 @@ mod usage_reader {
             .boxed()
     }
 
-    fn seen(r: &Result<Option<WireUsage>, ()>) -> Option<Option<Vec<(Usage, Option<u64>)>>> {
+    /// What a reading means for each format: the usage and the reasoning tokens.
+    type Meaning = Vec<(Usage, Option<u64>)>;
+
+    fn seen(r: &Result<Option<WireUsage>, ()>) -> Option<Option<Meaning>> {
         r.as_ref().ok().map(|u| {
             u.as_ref().map(|u| {
                 [OpenAiChat, OpenAiResponses, AnthropicMessages]
