@@ -19,7 +19,7 @@ use crate::engine::admission::percent_decode;
 use crate::engine::budget::Period;
 use crate::engine::config::Config;
 use crate::engine::error::{json_string, push_json_string, ErrorShape, GatewayError};
-use crate::engine::pricing::Nanos;
+use crate::engine::pricing::{push_u64, Nanos};
 use crate::ledger::fleet::Fleet;
 use crate::ledger::{DecisionFilter, DecisionRecord, Ledger, ProjectStatus, WindowStatus};
 use crate::reload::Reloader;
@@ -133,9 +133,7 @@ pub fn decision_json_of(d: &DecisionRecord, instance: Option<&str>) -> String {
         None => o.push_str("null"),
     };
     let opt_n = |o: &mut String, v: Option<u64>| match v {
-        Some(n) => {
-            let _ = write!(o, "{n}");
-        }
+        Some(n) => push_u64(o, n),
         None => o.push_str("null"),
     };
     o.push_str(r#"{"id":"#);
@@ -164,7 +162,9 @@ pub fn decision_json_of(d: &DecisionRecord, instance: Option<&str>) -> String {
     s(&mut o, &d.decision);
     o.push_str(r#","reason":"#);
     s(&mut o, &d.reason);
-    let _ = write!(o, r#","status":{},"prompt_tokens":"#, d.status);
+    o.push_str(r#","status":"#);
+    push_u64(&mut o, u64::from(d.status));
+    o.push_str(r#","prompt_tokens":"#);
     opt_n(&mut o, d.prompt_tokens);
     o.push_str(r#","completion_tokens":"#);
     opt_n(&mut o, d.completion_tokens);
@@ -172,22 +172,24 @@ pub fn decision_json_of(d: &DecisionRecord, instance: Option<&str>) -> String {
     s(&mut o, &d.usage_source);
     o.push_str(r#","cost_usd":"#);
     match d.cost_nanos {
-        Some(c) => o.push_str(&usd(Nanos(c))),
+        Some(c) => Nanos(c).push_usd_exact(&mut o),
         None => o.push_str("null"),
     }
     o.push_str(r#","overrun_usd":"#);
-    o.push_str(&usd(Nanos(d.overrun_nanos)));
+    Nanos(d.overrun_nanos).push_usd_exact(&mut o);
     o.push_str(r#","latency_ms":"#);
     if d.latency_ms.is_finite() {
         let _ = write!(o, "{:.3}", d.latency_ms);
     } else {
         o.push_str("null");
     }
-    let _ = write!(
-        o,
-        r#","stream":{},"attempts":{},"providers_tried":"#,
-        d.stream, d.attempts
-    );
+    o.push_str(if d.stream {
+        r#","stream":true,"attempts":"#
+    } else {
+        r#","stream":false,"attempts":"#
+    });
+    push_u64(&mut o, u64::from(d.attempts));
+    o.push_str(r#","providers_tried":"#);
     opt_s(&mut o, &d.providers_tried);
     o.push_str(r#","team":"#);
     opt_s(&mut o, &d.team);
@@ -198,7 +200,7 @@ pub fn decision_json_of(d: &DecisionRecord, instance: Option<&str>) -> String {
     o.push_str(r#","cache":"#);
     opt_s(&mut o, &d.cache);
     o.push_str(r#","saved_usd":"#);
-    o.push_str(&usd(Nanos(d.saved_nanos)));
+    Nanos(d.saved_nanos).push_usd_exact(&mut o);
     o.push_str(r#","tags":"#);
     // Written by Tollgate as a JSON object; anything else (a hand-edited row) reads `{}`.
     match d.tags.as_deref() {

@@ -40,10 +40,34 @@ impl Nanos {
     /// up to nine decimals with trailing zeros trimmed but at least one kept, so the text is a
     /// JSON number that reads back to exactly this amount. Integer arithmetic only.
     pub fn usd_exact(self) -> String {
-        let (whole, frac) = (self.0 / 1_000_000_000, self.0 % 1_000_000_000);
-        let digits = format!("{frac:09}");
-        let kept = digits.trim_end_matches('0');
-        format!("{whole}.{}", if kept.is_empty() { "0" } else { kept })
+        let mut s = String::with_capacity(24);
+        self.push_usd_exact(&mut s);
+        s
+    }
+
+    /// [`Nanos::usd_exact`] appended to `out`, without the formatting machinery (the fleet's
+    /// decision record writes three of these on every request).
+    pub fn push_usd_exact(self, out: &mut String) {
+        let (whole, mut frac) = (self.0 / 1_000_000_000, self.0 % 1_000_000_000);
+        push_u64(out, whole);
+        out.push('.');
+        if frac == 0 {
+            out.push('0');
+            return;
+        }
+        let mut width = 9;
+        while frac % 10 == 0 {
+            frac /= 10;
+            width -= 1;
+        }
+        let mut digits = [b'0'; 9];
+        for d in digits[..width].iter_mut().rev() {
+            *d = b'0' + (frac % 10) as u8;
+            frac /= 10;
+        }
+        for &d in &digits[..width] {
+            out.push(char::from(d));
+        }
     }
 
     pub fn saturating_add(self, o: Nanos) -> Nanos {
@@ -52,6 +76,24 @@ impl Nanos {
 
     pub fn saturating_sub(self, o: Nanos) -> Nanos {
         Nanos(self.0.saturating_sub(o.0))
+    }
+}
+
+/// `n` in decimal appended to `out`, as `write!(out, "{n}")` writes it, without the formatting
+/// machinery.
+pub fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
     }
 }
 
@@ -242,6 +284,33 @@ mod tests {
             (u64::MAX, "18446744073.709551615"),
         ] {
             assert_eq!(Nanos(n).usd_exact(), want, "{n} nanos");
+        }
+    }
+
+    /// The reference: what `usd_exact` wrote with `format!` before it wrote digits itself.
+    fn usd_exact_by_format(n: u64) -> String {
+        let (whole, frac) = (n / 1_000_000_000, n % 1_000_000_000);
+        let digits = format!("{frac:09}");
+        let kept = digits.trim_end_matches('0');
+        format!("{whole}.{}", if kept.is_empty() { "0" } else { kept })
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #[test]
+        fn exact_dollars_and_integers_are_written_as_format_writes_them(
+            n in proptest::prop_oneof![
+                0u64..2_000_000_000,
+                proptest::prelude::any::<u64>(),
+                (0u32..20).prop_map(|e| 10u64.pow(e)),
+                (0u32..20).prop_map(|e| 10u64.pow(e) - 1),
+            ]
+        ) {
+            proptest::prop_assert_eq!(Nanos(n).usd_exact(), usd_exact_by_format(n));
+            let mut s = String::from("x");
+            push_u64(&mut s, n);
+            proptest::prop_assert_eq!(s, format!("x{n}"));
         }
     }
 
