@@ -203,19 +203,28 @@ pub fn json_string(s: &str) -> String {
 /// Append `s` to `out` as a JSON string literal (with its quotes).
 pub fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    // Every byte that needs an escape is ASCII, so the runs between them are whole characters
+    // and go in with one copy each.
+    let mut clean = 0;
+    for (i, &c) in s.as_bytes().iter().enumerate() {
+        let escape = match c {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            c if c < 0x20 => "",
+            _ => continue,
+        };
+        out.push_str(&s[clean..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{:04x}", c);
+        } else {
+            out.push_str(escape);
         }
+        clean = i + 1;
     }
+    out.push_str(&s[clean..]);
     out.push('"');
 }
 
@@ -223,6 +232,17 @@ pub fn push_json_string(out: &mut String, s: &str) {
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    proptest::proptest! {
+        #[test]
+        fn json_strings_read_back_as_the_text(s in "(?s).{0,40}|[\\x00-\\x1f\"\\\\a-zé€😀]{0,40}") {
+            let mut out = String::from("x");
+            push_json_string(&mut out, &s);
+            proptest::prop_assert_eq!(&out[..1], "x");
+            let back: String = serde_json::from_str(&out[1..]).expect("a JSON string");
+            proptest::prop_assert_eq!(back, s);
+        }
+    }
 
     #[test]
     fn budget_error_in_openai_shape_matches_the_spec_example() {
