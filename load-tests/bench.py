@@ -28,7 +28,8 @@ Usage: load-tests/bench.py [--seconds S] [--rounds R] [--connections C] [--peers
                            [--streams N] [--soak-seconds T] [--smoke] [--no-write] [--bin-dir DIR]
 Needs: release binaries (cargo build --release --bins --example bare_pingora), wrk and nginx
 (apt-get install wrk nginx-light); peers are installed on first use into load-tests/.peers/.
-Writes load-tests/RESULTS.md (unless --smoke or --no-write) and prints the same tables.
+Writes load-tests/RESULTS.md (unless --smoke or --no-write, or --peers none without
+--write-without-peers, which would drop the peers' rows) and prints the same tables.
 Exit status 1 when any request failed.
 """
 import argparse
@@ -446,6 +447,8 @@ def main():
     ap.add_argument("--smoke", action="store_true",
                     help="a few seconds of everything, no peers, nothing written (CI keeps the harness alive)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    ap.add_argument("--write-without-peers", action="store_true",
+                    help="with --peers none, replace RESULTS.md anyway (by default such a run prints only)")
     ap.add_argument("--bin-dir", help="where tollgate, mock-provider and examples/bare_pingora are "
                                       "(default: target/release)")
     a = ap.parse_args()
@@ -650,7 +653,12 @@ def main():
             text = ("**Smoke run**: checks that every part of the harness works end to end; its one-second "
                     "figures are not measurements.\n\n" + text)
         print(text)
-        if not a.smoke and not a.no_write:
+        if not a.smoke and not a.no_write and a.peers == "none" and not a.write_without_peers:
+            # RESULTS.md is the comparison with the peers: a run without them would drop their
+            # rows (and fleet.py's section) for good.
+            print("RESULTS.md left alone: this run measured no peer (--write-without-peers to "
+                  "replace it anyway)", file=sys.stderr)
+        elif not a.smoke and not a.no_write:
             with open(os.path.join(ROOT, "load-tests", "RESULTS.md"), "w") as f:
                 f.write("# Load test results\n\nProduced by `load-tests/bench.py` in one run on one machine; "
                         "ratios are against nginx measured in the same run, rounds interleaved. "
