@@ -29,10 +29,19 @@ impl Nanos {
     /// Dollars with six decimals, rounded half up (`12.345679`): integer arithmetic, no float
     /// formatting on the request path.
     pub fn usd_6dp(self) -> String {
-        use std::fmt::Write;
         let micros = self.0 / 1000 + u64::from(self.0 % 1000 >= 500);
         let mut s = String::with_capacity(24);
-        let _ = write!(s, "{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+        push_u64(&mut s, micros / 1_000_000);
+        s.push('.');
+        let mut frac = micros % 1_000_000;
+        let mut digits = [b'0'; 6];
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (frac % 10) as u8;
+            frac /= 10;
+        }
+        for d in digits {
+            s.push(char::from(d));
+        }
         s
     }
 
@@ -308,6 +317,11 @@ mod tests {
             ]
         ) {
             proptest::prop_assert_eq!(Nanos(n).usd_exact(), usd_exact_by_format(n));
+            let micros = n / 1000 + u64::from(n % 1000 >= 500);
+            proptest::prop_assert_eq!(
+                Nanos(n).usd_6dp(),
+                format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+            );
             let mut s = String::from("x");
             push_u64(&mut s, n);
             proptest::prop_assert_eq!(s, format!("x{n}"));
