@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 
 import pytest
 
@@ -106,10 +107,30 @@ def http(method, url, headers=None, body=None, timeout=30):
 class Stack:
     """The running gateway: its proxy and admin addresses, and helpers that talk to them."""
 
-    def __init__(self, base, admin, log):
+    def __init__(self, base, admin, log, config_path):
         self.base = base
         self.admin = admin
         self.log = log
+        self.config_path = config_path
+
+    @contextmanager
+    def config_changed(self, old, new):
+        """The config file with `old` replaced by `new`, reloaded; the original back, reloaded again,
+        when the block ends (the other tests share this gateway)."""
+        with open(self.config_path) as f:
+            original = f.read()
+        assert original.count(old) == 1, old
+        try:
+            with open(self.config_path, "w") as f:
+                f.write(original.replace(old, new))
+            r = self.admin_post("/admin/reload")
+            assert r.status == 200, r.body
+            yield
+        finally:
+            with open(self.config_path, "w") as f:
+                f.write(original)
+            r = self.admin_post("/admin/reload")
+            assert r.status == 200, r.body
 
     def chat(self, key, model="gpt-4o-mini", user=None, tags=None, tokens=7, content="hello"):
         h = {"content-type": "application/json", "x-api-key": key, "x-mock-tokens": str(tokens)}
@@ -182,7 +203,7 @@ def stack(mock):
     p = subprocess.Popen([TOLLGATE, "serve", "--config", path], env=env, stderr=log, stdout=subprocess.PIPE,
                          text=True)
     addrs = _read_listeners(p, log_path, ["LISTENING", "ADMIN_LISTENING"])
-    s = Stack(addrs["LISTENING"], addrs["ADMIN_LISTENING"], log_path)
+    s = Stack(addrs["LISTENING"], addrs["ADMIN_LISTENING"], log_path, path)
     assert http("GET", s.base + "/healthz").status == 200
     yield s
     p.kill()

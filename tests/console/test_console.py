@@ -159,7 +159,7 @@ def usd_full(v):
     return ("-$" if v < 0 else "$") + s
 
 
-def test_projects_show_each_budget_window_the_projection_and_the_frozen_state(admin, stack):
+def test_projects_show_each_budget_window_the_projection_and_the_frozen_state(admin, stack, traffic):
     d = admin.d
     goto(d, "#projects")
     api = {p["id"]: p for p in stack.admin_get("/admin/projects").json()["projects"]}
@@ -179,17 +179,35 @@ def test_projects_show_each_budget_window_the_projection_and_the_frozen_state(ad
         # The projection moves with the clock (the pace since the month began): near the API's.
         shown = float(proj.get_attribute("title").lstrip("$"))
         assert abs(shown - p["projection_usd"]) <= 0.01 * p["projection_usd"] + 1e-9, (shown, p)
+        # "over budget" exactly when the API's projection passes the month's limit (which of the
+        # two it is depends on the day of the month: the pace since it began).
+        month = next((w for w in p["budgets"] if w["period"] == "month"), None)
+        over = month is not None and p["projection_usd"] > month["limit_usd"]
+        assert ("over budget" in card.find_element(By.CSS_SELECTOR, ".projection").text) == over, (pid, p)
+        assert bool(card.find_elements(By.CSS_SELECTOR, ".bar[data-period=month] .marker.over")) == over, (pid, p)
         assert card.get_attribute("data-frozen") == "false"
         btn = card.find_element(By.CSS_SELECTOR, "button[data-action=freeze]")
         assert btn.is_enabled()
     batch = d.find_element(By.CSS_SELECTOR, "article.project[data-project='batch']")
     assert "No budget" in batch.text
-    # checkout-bot's month-end projection is past its $0.05 month: said so.
-    checkout = d.find_element(By.CSS_SELECTOR, "article.project[data-project='checkout-bot']")
-    assert api["checkout-bot"]["projection_usd"] > 0.05
-    assert "over budget" in checkout.find_element(By.CSS_SELECTOR, ".projection").text
-    assert checkout.find_elements(By.CSS_SELECTOR, ".bar[data-period=month] .marker.over")
-    screenshot(d, "projects")
+    # An operator lowers checkout-bot's month below half of what it spent this month: the
+    # projection is past the limit on any day of the month, and the console says so.
+    spent = next(w for w in api["checkout-bot"]["budgets"] if w["period"] == "month")["spent_usd"]
+    assert spent > 0, api["checkout-bot"]
+    lowered = f"{spent / 2:.9f}"
+    with stack.config_changed('{ limit_usd = 0.05, period = "month" }', '{ limit_usd = %s, period = "month" }' % lowered):
+        goto(d, "#overview")
+        goto(d, "#projects")
+        p = next(p for p in stack.admin_get("/admin/projects").json()["projects"] if p["id"] == "checkout-bot")
+        month = next(w for w in p["budgets"] if w["period"] == "month")
+        assert month["limit_usd"] == float(lowered) and p["projection_usd"] > month["limit_usd"], p
+        checkout = d.find_element(By.CSS_SELECTOR, "article.project[data-project='checkout-bot']")
+        assert "over budget" in checkout.find_element(By.CSS_SELECTOR, ".projection").text
+        assert checkout.find_elements(By.CSS_SELECTOR, ".bar[data-period=month] .marker.over")
+        bar = checkout.find_element(By.CSS_SELECTOR, ".bar[data-period=month]")
+        share = float(bar.find_element(By.CSS_SELECTOR, ".spent").value_of_css_property("width").rstrip("px")) / bar.size["width"]
+        assert abs(share - 1.0) < 0.02, share
+        screenshot(d, "projects")
     admin.assert_clean()
 
 
