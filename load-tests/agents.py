@@ -9,12 +9,13 @@ prompt text once for the secret detectors, a block pattern and the prompt-token 
 the worst case and scans the streamed reply for usage.
 
 The bodies are built here, deterministically, in those shapes and sizes. One client on raw
-sockets alternates direct (the mock) and Tollgate, request by request, so both see the same
-machine state; the added latency is the gateway's median (and p99) minus direct's, per round,
-and the median over rounds is reported. Bodies over 64 KiB make Tollgate close the client
-connection after the answer (see src/proxy/body_replay.rs), so every request here opens a new
-connection, on both sides alike. The reply is 16 streamed tokens (`x-mock-tokens`), so the
-figure is Tollgate's own work, not the mock's.
+sockets alternates direct (the mock), bare Pingora (load-tests/bare_pingora.rs, the framework's
+floor) and Tollgate, request by request, so all three see the same machine state; the added
+latency is a side's median (and p99) minus direct's, per round, and the median over rounds is
+reported. Bodies over 64 KiB make Tollgate close the client connection after the answer (see
+src/proxy/body_replay.rs), so every request here opens a new connection, on every side alike.
+The reply is 16 streamed tokens (`x-mock-tokens`), so the figure is the proxy's own work, not
+the mock's.
 
     python3 load-tests/agents.py [--rounds 7] [--requests 30] [--bin-dir target/release]
 """
@@ -109,25 +110,30 @@ def once(port, req):
     return status, total * 1000
 
 
-def measure(direct_port, gw_port, path, body, auth, rounds, per_round):
+def measure(ports, path, body, auth, rounds, per_round):
+    """Alternates the sides request by request; per round, each side's median (and p99) minus
+    direct's. Returns, per side other than direct, the median over rounds of those, their p50
+    range and the errors."""
     upstream = {"x-api-key": "sk-bench", "authorization": "Bearer sk-bench",
                 "anthropic-version": "2023-06-01"}
-    reqs = {"direct": request(direct_port, path, body, upstream),
-            "gw": request(gw_port, path, body, auth)}
-    p50, p99, errors = [], [], 0
+    reqs = {side: request(port, path, body, auth if side == "gw" else upstream)
+            for side, port in ports.items()}
+    added = {side: ([], []) for side in ports if side != "direct"}
+    errors = 0
     for r in range(rounds + 1):  # round 0 warms up
-        lat = {"direct": [], "gw": []}
+        lat = {side: [] for side in ports}
         for _ in range(per_round):
-            for side in ("direct", "gw"):
-                port = direct_port if side == "direct" else gw_port
+            for side, port in ports.items():
                 status, ms = once(port, reqs[side])
                 errors += status != 200
                 lat[side].append(ms)
         if r == 0:
             continue
-        p50.append(statistics.median(lat["gw"]) - statistics.median(lat["direct"]))
-        p99.append(bench.pct(lat["gw"], 99) - bench.pct(lat["direct"], 99))
-    return statistics.median(p50), statistics.median(p99), min(p50), max(p50), errors
+        for side, (p50, p99) in added.items():
+            p50.append(statistics.median(lat[side]) - statistics.median(lat["direct"]))
+            p99.append(bench.pct(lat[side], 99) - bench.pct(lat["direct"], 99))
+    return {side: (statistics.median(p50), statistics.median(p99), min(p50), max(p50))
+            for side, (p50, p99) in added.items()}, errors
 
 
 def main():
@@ -141,9 +147,10 @@ def main():
         bench.REL = os.path.abspath(a.bin_dir)
     if a.smoke:
         a.rounds, a.requests = 1, 3
-    for b in ("tollgate", "mock-provider"):
+    for b in ("tollgate", "mock-provider", os.path.join("examples", "bare_pingora")):
         if not os.path.exists(os.path.join(bench.REL, b)):
-            sys.exit(f"{os.path.join(bench.REL, b)} is missing: cargo build --release --bins")
+            sys.exit(f"{os.path.join(bench.REL, b)} is missing: "
+                     "cargo build --release --bins --example bare_pingora")
     cases = [("Claude Code, /v1/messages", "/v1/messages", claude_code_body(),
               {"x-api-key": AGENT_KEY, "anthropic-version": "2023-06-01",
                "anthropic-beta": "interleaved-thinking-2025-05-14"}),
@@ -155,13 +162,18 @@ def main():
         _mock, upstream = bench.start_mock(procs)
         direct_port = int(upstream.rsplit(":", 1)[1])
         _gw, gw_port, _admin = bench.start_tollgate(procs, tmp, upstream)
-        print(f"{'request':<28} {'body':>8} {'added p50':>10} {'added p99':>10} "
-              f"{'p50 range':>16} {'errors':>6}")
+        _bare, bare_port = bench.start_pingora(procs, upstream)
+        ports = {"direct": direct_port, "pingora": bare_port, "gw": gw_port}
+        print(f"{'request':<28} {'body':>8} {'through':<9} {'added p50':>10} {'added p99':>10} "
+              f"{'p50 range':>16}")
         for name, path, body, auth in cases:
-            p50, p99, lo, hi, errors = measure(direct_port, gw_port, path, body, auth,
-                                               a.rounds, a.requests)
-            print(f"{name:<28} {len(body) / 1000:>6.1f}KB {p50:>8.3f}ms {p99:>8.3f}ms "
-                  f"{lo:>7.3f}–{hi:.3f}ms {errors:>6}")
+            added, errors = measure(ports, path, body, auth, a.rounds, a.requests)
+            for side, label in (("gw", "tollgate"), ("pingora", "pingora")):
+                p50, p99, lo, hi = added[side]
+                print(f"{name:<28} {len(body) / 1000:>6.1f}KB {label:<9} {p50:>8.3f}ms {p99:>8.3f}ms "
+                      f"{lo:>7.3f}–{hi:.3f}ms")
+            print(f"{name:<28} {'':>8} {'tollgate − pingora':<20} {added['gw'][0] - added['pingora'][0]:>7.3f}ms"
+                  f"   errors {errors}")
             if errors:
                 sys.exit(f"{name}: {errors} requests failed")
     finally:
