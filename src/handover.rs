@@ -152,8 +152,8 @@ fn kind_of(s: &str) -> Option<AccountKind> {
 fn to_wire(a: &AccountRef) -> WireAccount {
     WireAccount {
         kind: a.kind.as_str().to_string(),
-        id: a.id.clone(),
-        name: a.name.clone(),
+        id: a.id.to_string(),
+        name: a.name.to_string(),
         limit: a.window.map(|w| w.limit.0),
         period: a.period().as_str().to_string(),
     }
@@ -163,8 +163,8 @@ fn from_wire(a: &WireAccount) -> Option<AccountRef> {
     let period = Period::parse(&a.period)?;
     Some(AccountRef {
         kind: kind_of(&a.kind)?,
-        id: a.id.clone(),
-        name: a.name.clone(),
+        id: a.id.as_str().into(),
+        name: a.name.as_str().into(),
         window: a.limit.map(|l| Budget {
             limit: Nanos(l),
             period,

@@ -8,6 +8,8 @@
 //!
 //! Engine module: no pingora, no tokio, no I/O, no clock.
 
+use std::sync::Arc;
+
 use crate::engine::budget::{Budget, Period, Refusal};
 use crate::engine::config::{Config, ProjectIdx};
 use crate::engine::error::GatewayError;
@@ -47,9 +49,9 @@ impl AccountKind {
 pub struct AccountRef {
     pub kind: AccountKind,
     /// The owner's id: the project id, team id, key name or end user.
-    pub id: String,
+    pub id: Arc<str>,
     /// The name the ledger keeps the account's spend under ([`ledger_name`]).
-    pub name: String,
+    pub name: Arc<str>,
     /// The limit and its period; `None`: no limit.
     pub window: Option<Budget>,
 }
@@ -79,6 +81,9 @@ pub fn ledger_name(kind: AccountKind, project: &str, id: &str) -> String {
 /// windows, the team's windows, the key, the user. A project without a window still has its
 /// own account (spend is recorded per month); a team, key or user without a budget has one
 /// with no window (its spend is recorded for reports, nothing is checked).
+///
+/// All but the user's come from [`Charged`], built once per config: a request clones
+/// reference counts, it does not build names.
 pub fn accounts(
     cfg: &Config,
     project: ProjectIdx,
@@ -86,34 +91,75 @@ pub fn accounts(
     user: Option<&str>,
 ) -> Vec<AccountRef> {
     let p = &cfg.projects[project];
-    let mut out = windows(AccountKind::Project, &p.id, &p.id, &p.budgets);
-    if let Some(t) = p.team.and_then(|t| cfg.teams.get(t)) {
-        out.extend(windows(AccountKind::Team, &p.id, &t.id, &t.budgets));
-    }
-    let mut push = |kind: AccountKind, id: &str, window: Option<Budget>| {
-        out.push(AccountRef {
-            kind,
-            id: id.to_string(),
-            name: ledger_name(kind, &p.id, id),
-            window,
-        });
+    let Some(charged) = cfg.charged(project) else {
+        return Charged::of(cfg, project).all(key, user, &p.id, p.user_budget);
     };
-    if let Some(k) = key.and_then(|k| p.keys.get(k)) {
-        push(AccountKind::Key, &k.name, k.budget);
+    charged.all(key, user, &p.id, p.user_budget)
+}
+
+/// The accounts of one project that do not depend on the request's end user: the project's
+/// and its team's windows, and each key's account, in [`accounts`]' order.
+#[derive(Clone, Debug, Default)]
+pub struct Charged {
+    own: Vec<AccountRef>,
+    /// One per key, in the project's `keys` order.
+    keys: Vec<AccountRef>,
+}
+
+impl Charged {
+    /// Built from the config (at load, for every project).
+    pub fn of(cfg: &Config, project: ProjectIdx) -> Charged {
+        let p = &cfg.projects[project];
+        let mut own = windows(AccountKind::Project, &p.id, &p.id, &p.budgets);
+        if let Some(t) = p.team.and_then(|t| cfg.teams.get(t)) {
+            own.extend(windows(AccountKind::Team, &p.id, &t.id, &t.budgets));
+        }
+        let keys = p
+            .keys
+            .iter()
+            .map(|k| AccountRef {
+                kind: AccountKind::Key,
+                id: Arc::from(k.name.as_str()),
+                name: Arc::from(ledger_name(AccountKind::Key, &p.id, &k.name)),
+                window: k.budget,
+            })
+            .collect();
+        Charged { own, keys }
     }
-    if let Some(u) = user {
-        push(AccountKind::User, u, p.user_budget);
+
+    fn all(
+        &self,
+        key: Option<usize>,
+        user: Option<&str>,
+        project: &str,
+        user_budget: Option<Budget>,
+    ) -> Vec<AccountRef> {
+        let mut out = Vec::with_capacity(self.own.len() + 2);
+        out.extend(self.own.iter().cloned());
+        if let Some(k) = key.and_then(|k| self.keys.get(k)) {
+            out.push(k.clone());
+        }
+        if let Some(u) = user {
+            out.push(AccountRef {
+                kind: AccountKind::User,
+                id: Arc::from(u),
+                name: Arc::from(ledger_name(AccountKind::User, project, u)),
+                window: user_budget,
+            });
+        }
+        out
     }
-    out
 }
 
 /// One account (of project `project`) in each of `budgets`, or in none (no limit: its spend
 /// is recorded per month) when there are none.
 pub fn windows(kind: AccountKind, project: &str, id: &str, budgets: &[Budget]) -> Vec<AccountRef> {
+    let id: Arc<str> = Arc::from(id);
+    let name: Arc<str> = Arc::from(ledger_name(kind, project, &id));
     let one = |window: Option<Budget>| AccountRef {
         kind,
-        id: id.to_string(),
-        name: ledger_name(kind, project, id),
+        id: id.clone(),
+        name: name.clone(),
         window,
     };
     if budgets.is_empty() {
@@ -318,6 +364,103 @@ mod tests {
             .unwrap_err()
             .message()
             .contains("x-tollgate-user"));
+    }
+
+    #[test]
+    fn a_request_is_charged_to_its_project_team_key_and_user_in_that_order() {
+        let text = r#"
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "http://127.0.0.1:9"
+api_key_env = "K"
+[[routes]]
+prefix = "gpt-"
+provider = "openai"
+[[teams]]
+id = "pay"
+budgets = [{ limit_usd = 5, period = "month" }, { limit_usd = 1, period = "day" }]
+[[projects]]
+id = "bot"
+team = "pay"
+budget = { limit_usd = 2, period = "month" }
+user_budget = { limit_usd = 0.5, period = "day" }
+keys = [{ key = "tg_accounts_test_key_00001", name = "ci", budget = { limit_usd = 0.25, period = "week" } },
+        { key = "tg_accounts_test_key_00002", name = "prod" }]
+[[projects]]
+id = "free"
+keys = ["tg_accounts_test_key_00003"]
+"#;
+        let cfg = crate::engine::config::parse(text, "t.toml", &|_| Some("x".into())).unwrap();
+        type Row = (AccountKind, String, String, Option<(u64, Period)>);
+        let list = |p, k, u| -> Vec<Row> {
+            accounts(&cfg, p, k, u)
+                .into_iter()
+                .map(|a| {
+                    let w = a.window.map(|w| (w.limit.0, w.period));
+                    (a.kind, a.id.to_string(), a.name.to_string(), w)
+                })
+                .collect()
+        };
+        let usd = |d: f64| (d * 1e9) as u64;
+        use AccountKind::*;
+        let own = vec![
+            (
+                Project,
+                "bot".into(),
+                "bot".into(),
+                Some((usd(2.0), Period::Month)),
+            ),
+            (
+                Team,
+                "pay".into(),
+                "team:pay".into(),
+                Some((usd(5.0), Period::Month)),
+            ),
+            (
+                Team,
+                "pay".into(),
+                "team:pay".into(),
+                Some((usd(1.0), Period::Day)),
+            ),
+        ];
+        let mut want = own.clone();
+        want.push((
+            Key,
+            "ci".into(),
+            "key:bot/ci".into(),
+            Some((usd(0.25), Period::Week)),
+        ));
+        want.push((
+            User,
+            "al/ice".into(),
+            "user:bot/al/ice".into(),
+            Some((usd(0.5), Period::Day)),
+        ));
+        assert_eq!(list(0, Some(0), Some("al/ice")), want);
+        let mut want = own.clone();
+        want.push((Key, "prod".into(), "key:bot/prod".into(), None));
+        assert_eq!(list(0, Some(1), None), want);
+        assert_eq!(list(0, None, None), own);
+        assert_eq!(
+            list(0, Some(7), None),
+            own,
+            "a key index the project lacks adds nothing"
+        );
+        let free = list(1, Some(0), None);
+        assert_eq!(free[0], (Project, "free".into(), "free".into(), None));
+        assert_eq!(free[1].0, Key);
+        assert_eq!(free.len(), 2);
+        // Built once with the config: what a request gets is what the config's tables say.
+        for p in 0..2 {
+            let fresh = Charged::of(&cfg, p).all(
+                Some(0),
+                Some("u"),
+                &cfg.projects[p].id,
+                cfg.projects[p].user_budget,
+            );
+            assert_eq!(accounts(&cfg, p, Some(0), Some("u")), fresh);
+        }
     }
 
     #[test]

@@ -56,7 +56,7 @@ type Cell = Arc<Slot>;
 type Clock = fn() -> i64;
 
 /// Where an account is kept in memory: its ledger name and window period.
-type SlotKey = (String, Period);
+type SlotKey = (Arc<str>, Period);
 
 /// End users' accounts, sharded so that the first request of a new user locks one shard,
 /// never all of them.
@@ -424,7 +424,7 @@ impl Ledger {
         if let (Some(r), false) = (&self.reader, missing.is_empty()) {
             let keys: Vec<(String, String)> = missing
                 .iter()
-                .map(|(name, period)| (name.clone(), period.key(now)))
+                .map(|(name, period)| (name.to_string(), period.key(now)))
                 .collect();
             stored = r.all_spend_for(&keys)?.into_iter().collect();
         }
@@ -438,7 +438,7 @@ impl Ledger {
             for (name, period) in missing {
                 let key = period.key(now);
                 let spent = stored
-                    .get(&(name.clone(), key.clone()))
+                    .get(&(name.to_string(), key.clone()))
                     .copied()
                     .unwrap_or(0);
                 map.insert(
@@ -471,9 +471,10 @@ impl Ledger {
             });
             let now_map = self.accounts.load();
             for k in kept {
-                let (Some(c), Some(n)) =
-                    (now_map.get(&k), stored.get(&(k.0.clone(), k.1.key(now))))
-                else {
+                let (Some(c), Some(n)) = (
+                    now_map.get(&k),
+                    stored.get(&(k.0.to_string(), k.1.key(now))),
+                ) else {
                     continue;
                 };
                 let mut a = lock(c);
@@ -498,7 +499,12 @@ impl Ledger {
     /// A configured account's cell. One the last load did not see (only possible between a
     /// reload's swap and its load) starts empty rather than block on disk here.
     fn cell(&self, name: &str, period: Period) -> Cell {
-        let key = (name.to_string(), period);
+        self.cell_of(&Arc::from(name), period)
+    }
+
+    /// [`Ledger::cell`] for a name already shared (a request's accounts): no allocation.
+    fn cell_of(&self, name: &Arc<str>, period: Period) -> Cell {
+        let key = (name.clone(), period);
         if let Some(c) = self.accounts.load().get(&key) {
             return c.clone();
         }
@@ -541,7 +547,7 @@ impl Ledger {
         let now = (self.clock)();
         let wanted: Vec<(String, String)> = keys
             .iter()
-            .map(|(name, period)| (name.clone(), period.key(now)))
+            .map(|(name, period)| (name.to_string(), period.key(now)))
             .collect();
         let stored: HashMap<(String, String), u64> = match &self.reader {
             Some(r) => r.all_spend_for(&wanted)?.into_iter().collect(),
@@ -675,15 +681,16 @@ impl Ledger {
     /// A configured account's cell, or an end user's (made if missing, empty: the successor's
     /// hand-over gives its numbers).
     fn any_cell(&self, name: &str, period: Period) -> Cell {
+        let name: Arc<str> = Arc::from(name);
         if !name.starts_with("user:") {
-            return self.cell(name, period);
+            return self.cell_of(&name, period);
         }
-        let key = (name.to_string(), period);
+        let key = (name.clone(), period);
         let mut shard = lock_shard(self.shard(&key));
         shard
             .map
             .entry(key)
-            .or_insert_with(|| slot(name, period, Account::default()))
+            .or_insert_with(|| slot(&name, period, Account::default()))
             .clone()
     }
 
@@ -811,7 +818,7 @@ impl Ledger {
                         }
                     }
                 }
-                _ => Some(self.cell(&a.name, period)),
+                _ => Some(self.cell_of(&a.name, period)),
             };
             match cell {
                 Some(cell) => {
@@ -830,7 +837,7 @@ impl Ledger {
                 }
                 None => {
                     if !owners.iter().any(|o| **o == *a.name) {
-                        owners.push(Arc::from(a.name.as_str()));
+                        owners.push(a.name.clone());
                     }
                 }
             }
@@ -1018,7 +1025,7 @@ impl Ledger {
     /// (spent, reserved); `None`: not in memory (the store has the spend).
     #[cfg(test)]
     pub fn user_in_memory(&self, name: &str, period: Period) -> Option<(Nanos, Nanos)> {
-        let cell = self.user_cell(&(name.to_string(), period))?;
+        let cell = self.user_cell(&(Arc::from(name), period))?;
         let mut a = lock(&cell);
         a.roll_at(period, (self.clock)());
         Some((a.spent, a.reserved))
@@ -1457,7 +1464,7 @@ mod tests {
         AccountRef {
             kind,
             id: id.into(),
-            name: accounts::ledger_name(kind, "p", id),
+            name: accounts::ledger_name(kind, "p", id).into(),
             window: Some(Budget {
                 limit: Nanos(limit),
                 period,
@@ -1687,7 +1694,7 @@ mod tests {
         let free = |kind, id: &str| AccountRef {
             kind,
             id: id.into(),
-            name: accounts::ledger_name(kind, "p", id),
+            name: accounts::ledger_name(kind, "p", id).into(),
             window: None,
         };
         let set = vec![

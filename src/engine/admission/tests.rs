@@ -621,7 +621,7 @@ fn the_end_user_comes_from_the_header_else_the_body_and_is_charged() {
         .find(|x| x.kind == crate::engine::accounts::AccountKind::User)
         .expect("the user is charged");
     assert_eq!(
-        (u.name.as_str(), u.window.map(|w| w.period)),
+        (&*u.name, u.window.map(|w| w.period)),
         ("user:p/bob", Some(crate::engine::budget::Period::Day))
     );
     let (_, user) = run(Some(b"carol"), body_user, Endpoint::ChatCompletions);

@@ -276,6 +276,9 @@ pub struct Config {
     pub teams: Vec<Team>,
     /// Each key's digest → its project and its place in the project's `keys`.
     pub(super) keys: HashMap<KeyDigest, (ProjectIdx, usize)>,
+    /// Each project's accounts but the end user's, by project index (built with the config,
+    /// so a request does not build account names).
+    pub(super) charged: Vec<crate::engine::accounts::Charged>,
 }
 
 impl Config {
@@ -295,6 +298,19 @@ impl Config {
     #[cfg(test)]
     pub fn provider_index(&self, name: &str) -> Option<usize> {
         self.providers.iter().position(|p| p.name == name)
+    }
+
+    /// The accounts of `project` that [`crate::engine::accounts::accounts`] starts from.
+    pub fn charged(&self, project: ProjectIdx) -> Option<&crate::engine::accounts::Charged> {
+        self.charged.get(project)
+    }
+
+    /// Builds [`Config::charged`]: once, when the config is made.
+    pub(super) fn with_charged(mut self) -> Config {
+        self.charged = (0..self.projects.len())
+            .map(|i| crate::engine::accounts::Charged::of(&self, i))
+            .collect();
+        self
     }
 
     pub fn key_count(&self) -> usize {

@@ -114,8 +114,8 @@ fn join_accounts(p: &Project) -> Vec<AccountRef> {
         if let Some(w) = k.budget {
             out.push(AccountRef {
                 kind: AccountKind::Key,
-                id: k.name.clone(),
-                name: crate::engine::accounts::ledger_name(AccountKind::Key, &p.id, &k.name),
+                id: k.name.as_str().into(),
+                name: crate::engine::accounts::ledger_name(AccountKind::Key, &p.id, &k.name).into(),
                 window: Some(w),
             });
         }

@@ -191,20 +191,24 @@ impl<'t> Validator<'t> {
             .map(|t| t.get_ref().id.get_ref().as_str())
             .collect();
         let (projects, keys) = self.projects(&raw.projects, &team_ids);
-        Some(Config {
-            server: server?,
-            store: store?,
-            fleet: match fleet {
-                Some(f) => Some(f?),
-                None => None,
-            },
-            cache: cache?,
-            providers,
-            routes: RouteTable::new(routes),
-            prices: PriceTable::new(prices),
-            projects,
-            teams,
-            keys,
-        })
+        Some(
+            Config {
+                server: server?,
+                store: store?,
+                fleet: match fleet {
+                    Some(f) => Some(f?),
+                    None => None,
+                },
+                cache: cache?,
+                providers,
+                routes: RouteTable::new(routes),
+                prices: PriceTable::new(prices),
+                projects,
+                teams,
+                keys,
+                charged: Vec::new(),
+            }
+            .with_charged(),
+        )
     }
 }
