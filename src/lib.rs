@@ -32,6 +32,7 @@
 //! Modules are private: the binaries, tests and benches use only what is re-exported below,
 //! so rustc reports dead code anywhere else.
 
+mod access_log;
 mod admin;
 mod cache;
 mod clock;

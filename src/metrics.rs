@@ -36,6 +36,7 @@ pub struct Metrics {
     pub store_flush_lag: Gauge,
     pub store_flush_errors: IntCounter,
     pub store_lost_writes: IntCounter,
+    pub access_log_dropped: IntCounter,
     pub upstream_attempts: IntCounterVec,
     pub provider_up: IntGaugeVec,
     pub reservation_overruns: IntCounterVec,
@@ -183,6 +184,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
     store_lost_writes: register_int_counter!(
         "tollgate_store_lost_writes_total",
         "Ledger writes that never reached the store (writer gone, or discarded after failures)"
+    )?,
+    access_log_dropped: register_int_counter!(
+        "tollgate_access_log_dropped_total",
+        "Access-log lines dropped because stderr could not keep up (the queue was full); the decision records are not affected"
     )?,
     upstream_attempts: register_int_counter_vec!(
         "tollgate_upstream_attempts_total",

@@ -260,9 +260,11 @@ pub fn run(loaded: Loaded, opts: RunOptions) -> i32 {
     }
 
     log::info!("tollgate {} starting", env!("CARGO_PKG_VERSION"));
+    crate::access_log::start();
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
     });
+    crate::access_log::flush(Duration::from_secs(2));
     // Requests in flight have finished (or the grace period ran out): commit what they charged.
     let code = match store.shutdown() {
         Ok(()) => 0,
@@ -707,6 +709,7 @@ impl Control {
             if crate::proxy::in_flight() == 0 {
                 idle_checks += 1;
                 if idle_checks >= 2 {
+                    crate::access_log::flush(Duration::from_secs(2));
                     let code = match self.store.shutdown() {
                         Ok(()) => 0,
                         Err(e) => {

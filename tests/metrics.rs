@@ -227,6 +227,7 @@ fn every_spec_metric_is_exposed_with_its_labels_after_real_traffic() {
     // The store's health, for alerting.
     assert_eq!(v("tollgate_store_flush_errors_total", &[]), 0.0);
     assert_eq!(v("tollgate_store_lost_writes_total", &[]), 0.0);
+    assert_eq!(v("tollgate_access_log_dropped_total", &[]), 0.0);
     assert!(value(&m, "tollgate_store_queued_writes", &[]).is_some());
     assert!(value(&m, "tollgate_store_flush_lag_seconds", &[]).is_some());
 }
@@ -377,4 +378,68 @@ fn random_model_names_and_keys_cannot_create_metric_series() {
         4,
         "one series per (project, priced model or other, status): {keys:?}"
     );
+}
+
+/// Stderr that nobody reads (a stuck journald, a full pipe) never stalls a request: the access
+/// lines wait in a queue of their own, and come out, all of them and in order, once stderr
+/// moves again.
+#[test]
+fn a_stuck_stderr_never_stalls_a_request_and_the_access_lines_come_out_later_in_order() {
+    use std::io::BufRead;
+    let mock = Mock::start();
+    let (gw, stderr) =
+        Gateway::start_with_stderr_pipe(&standard_config(&mock), ADMIN_EXTRA, &env_with_admin());
+    // A pipe holds 64 KiB; 600 access lines are about 150 KB. Before the queue, the pingora
+    // threads blocked writing to the full pipe and the next requests waited for ever.
+    let quick = ureq::AgentBuilder::new()
+        .timeout(std::time::Duration::from_secs(5))
+        .build();
+    let auth = bearer(KEY);
+    let mut ids = Vec::new();
+    for i in 0..600 {
+        let r = try_request_with(
+            &quick,
+            "POST",
+            &gw.url("/v1/chat/completions"),
+            &[("content-type", "application/json"), (auth.0, &auth.1)],
+            Some(chat("gpt-4o-mini", 5).as_bytes()),
+        )
+        .unwrap_or_else(|e| panic!("request {i} with stderr unread: {e}"));
+        assert_eq!(r.status, 200, "{}", r.body);
+        ids.push(r.request_id());
+    }
+    assert_eq!(
+        metric(gw.admin_port(), "tollgate_access_log_dropped_total", &[]),
+        0.0,
+        "600 lines fit the queue"
+    );
+    // Now read stderr: every request's line, in the order the requests were made.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut next = 0;
+    while next < ids.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("access line {next} of {} never came", ids.len()));
+        // The harness's readiness probe and the scrape have lines of their own.
+        if !line.contains("tollgate::access") || !line.contains("endpoint=chat_completions") {
+            continue;
+        }
+        assert!(
+            line.contains(&format!("id={} ", ids[next])),
+            "line {next} is not request {}'s: {line}",
+            ids[next]
+        );
+        assert!(line.contains(" status=200 "), "{line}");
+        next += 1;
+    }
 }

@@ -337,36 +337,61 @@ fn record(ctx: &Ctx, end: &Ending) -> DecisionRecord {
 }
 
 fn access_log(ctx: &Ctx, e: Option<&Error>, end: &Ending, project: &str, path: Option<&str>) {
+    use std::fmt::Write;
+    if !crate::access_log::enabled() {
+        return;
+    }
     let provider = ctx
         .cfg
         .as_deref()
         .zip(ctx.attempts.provider)
         .filter(|_| end.reached)
         .map_or("-", |(c, p)| c.providers[p].name.as_str());
-    let n = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
-    log::info!(
-        target: "tollgate::access",
-        "id={} project={} endpoint={}{} model={} provider={} attempts={} status={} reason={} stream={} prompt_tokens={} completion_tokens={} usage={} cost_usd={} latency_ms={:.1}{}",
+    let mut line = String::with_capacity(320);
+    let _ = write!(
+        line,
+        "id={} project={} endpoint={}",
         ctx.request_id,
         project,
         ctx.seen.endpoint.map_or("-", |e| e.as_str()),
-        path.map_or(String::new(), |p| format!(" path={}", truncate(p, 100))),
+    );
+    if let Some(p) = path {
+        let _ = write!(line, " path={}", truncate(p, 100));
+    }
+    let _ = write!(
+        line,
+        " model={} provider={} attempts={} status={} reason={} stream={} prompt_tokens=",
         ctx.seen.model.as_deref().map_or("-", |m| truncate(m, 100)),
         provider,
         ctx.attempts.count(),
         end.status,
         ctx.error.as_ref().map_or("-", |e| e.code()),
         ctx.seen.stream,
-        n(end.usage.prompt_tokens),
-        n(end.usage.completion_tokens),
-        end.source.as_str(),
-        end.cost.map_or("-".to_string(), |c| c.usd_exact()),
-        ctx.started.elapsed().as_secs_f64() * 1000.0,
-        match e {
-            Some(e) if ctx.error.is_none() => format!(" error={}", e.etype().as_str()),
-            _ => String::new(),
-        }
     );
+    let n = |line: &mut String, v: Option<u64>| match v {
+        Some(v) => crate::engine::pricing::push_u64(line, v),
+        None => line.push('-'),
+    };
+    n(&mut line, end.usage.prompt_tokens);
+    line.push_str(" completion_tokens=");
+    n(&mut line, end.usage.completion_tokens);
+    line.push_str(" usage=");
+    line.push_str(end.source.as_str());
+    line.push_str(" cost_usd=");
+    match end.cost {
+        Some(c) => c.push_usd_exact(&mut line),
+        None => line.push('-'),
+    }
+    let _ = write!(
+        line,
+        " latency_ms={:.1}",
+        ctx.started.elapsed().as_secs_f64() * 1000.0
+    );
+    if let Some(e) = e.filter(|_| ctx.error.is_none()) {
+        line.push_str(" error=");
+        line.push_str(e.etype().as_str());
+    }
+    crate::access_log::emit(line);
 }
 
 /// A pingora error (connect, timeout, broken stream) as the SPEC error the client gets.

@@ -375,13 +375,39 @@ impl Gateway {
     ) -> Gateway {
         let log_path = dir.path().join("tollgate.log");
         let log = std::fs::File::create(&log_path).expect("log file");
+        Gateway::spawn_with_stderr(dir, config_path, extra_args, env, log.into())
+    }
+
+    /// [`Gateway::start_with`], with the process's stderr a pipe the caller holds (and may
+    /// leave unread): [`Gateway::log`] is then empty.
+    pub fn start_with_stderr_pipe(
+        body: &str,
+        server_extra: &str,
+        env: &[(&str, &str)],
+    ) -> (Gateway, std::process::ChildStderr) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = write_config(dir.path(), server_extra, body);
+        let mut gw = Gateway::spawn_with_stderr(dir, &config_path, &[], env, Stdio::piped());
+        let stderr = gw.child.stderr.take().expect("tollgate stderr");
+        gw.wait_ready();
+        (gw, stderr)
+    }
+
+    fn spawn_with_stderr(
+        dir: tempfile::TempDir,
+        config_path: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Gateway {
+        let log_path = dir.path().join("tollgate.log");
         let mut cmd = Command::new(bin());
         cmd.args(["serve", "--config"])
             .arg(config_path)
             .args(extra_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(log);
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }
