@@ -930,58 +930,111 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> rusqlite::Result<()> {
                 };
             }
         }
-        let mut decision = tx.prepare_cached(
-            "INSERT INTO decisions(id, time_ms, time, project, key_id, endpoint, model, provider,
-               decision, reason, status, prompt_tokens, completion_tokens, usage_source,
-               cost_nanos, cost_usd, latency_ms, stream, attempts, providers_tried, overrun_nanos,
-               team, key_name, user, tags, cache, saved_nanos)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
-               ?22, ?23, ?24, ?25, ?26, ?27)",
-        )?;
+        // Rows go in INSERT_ROWS at a time: one statement run per 8 records, not per record
+        // (its start, its cursors on the table and both indexes, its halt), the rest one by one.
         let mut time_buf = [0u8; 24];
-        for d in &batch.decisions {
-            let time_owned;
-            let time = match crate::engine::time::rfc3339_millis_into(d.time_ms, &mut time_buf) {
-                Some(t) => t,
-                None => {
-                    time_owned = crate::engine::time::rfc3339_millis(d.time_ms);
-                    &time_owned
+        let mut chunks = batch.decisions.chunks_exact(INSERT_ROWS);
+        if chunks.len() > 0 {
+            let mut many = tx.prepare_cached(&DECISION_INSERT_MANY)?;
+            for chunk in &mut chunks {
+                for (i, d) in chunk.iter().enumerate() {
+                    bind_decision(&mut many, i * DECISION_PARAMS, d, &mut time_buf)?;
                 }
-            };
-            decision.execute(params![
-                d.id,
-                d.time_ms,
-                time,
-                d.project,
-                d.key_id,
-                d.endpoint,
-                d.model,
-                d.provider,
-                d.decision,
-                d.reason,
-                d.status,
-                d.prompt_tokens.map(clamp_i64),
-                d.completion_tokens.map(clamp_i64),
-                d.usage_source,
-                d.cost_nanos.map(clamp_i64),
-                d.cost_nanos.map(|n| n as f64 / 1e9),
-                // SQLite stores NaN as NULL; read back as NaN.
-                d.latency_ms,
-                d.stream,
-                d.attempts,
-                d.providers_tried,
-                clamp_i64(d.overrun_nanos),
-                d.team,
-                d.key_name,
-                d.user,
-                d.tags,
-                d.cache,
-                clamp_i64(d.saved_nanos),
-            ])?;
+                many.raw_execute()?;
+            }
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut one = tx.prepare_cached(&DECISION_INSERT_ONE)?;
+            for d in rest {
+                bind_decision(&mut one, 0, d, &mut time_buf)?;
+                one.raw_execute()?;
+            }
         }
     }
     super::rollups::write(&tx, &batch.decisions)?;
     tx.commit()
+}
+
+/// Records per multi-row INSERT.
+const INSERT_ROWS: usize = 8;
+/// Columns (parameters) of one decision row.
+const DECISION_PARAMS: usize = 27;
+
+fn decision_insert(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO decisions(id, time_ms, time, project, key_id, endpoint, model, provider,
+           decision, reason, status, prompt_tokens, completion_tokens, usage_source,
+           cost_nanos, cost_usd, latency_ms, stream, attempts, providers_tried, overrun_nanos,
+           team, key_name, user, tags, cache, saved_nanos) VALUES ",
+    );
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..DECISION_PARAMS {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('?');
+            sql.push_str(&(r * DECISION_PARAMS + c + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+static DECISION_INSERT_ONE: once_cell::sync::Lazy<String> =
+    once_cell::sync::Lazy::new(|| decision_insert(1));
+static DECISION_INSERT_MANY: once_cell::sync::Lazy<String> =
+    once_cell::sync::Lazy::new(|| decision_insert(INSERT_ROWS));
+
+/// Bind `d` as the row whose first parameter follows `base` (SQLite copies each value).
+fn bind_decision(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    base: usize,
+    d: &DecisionRecord,
+    time_buf: &mut [u8; 24],
+) -> rusqlite::Result<()> {
+    let time_owned;
+    let time = match crate::engine::time::rfc3339_millis_into(d.time_ms, time_buf) {
+        Some(t) => t,
+        None => {
+            time_owned = crate::engine::time::rfc3339_millis(d.time_ms);
+            &time_owned
+        }
+    };
+    let mut at = base;
+    let mut bind = |v: &dyn rusqlite::ToSql| {
+        at += 1;
+        stmt.raw_bind_parameter(at, v)
+    };
+    bind(&d.id)?;
+    bind(&d.time_ms)?;
+    bind(&time)?;
+    bind(&d.project)?;
+    bind(&d.key_id)?;
+    bind(&d.endpoint)?;
+    bind(&d.model)?;
+    bind(&d.provider)?;
+    bind(&d.decision)?;
+    bind(&d.reason)?;
+    bind(&d.status)?;
+    bind(&d.prompt_tokens.map(clamp_i64))?;
+    bind(&d.completion_tokens.map(clamp_i64))?;
+    bind(&d.usage_source)?;
+    bind(&d.cost_nanos.map(clamp_i64))?;
+    bind(&d.cost_nanos.map(|n| n as f64 / 1e9))?;
+    // SQLite stores NaN as NULL; read back as NaN.
+    bind(&d.latency_ms)?;
+    bind(&d.stream)?;
+    bind(&d.attempts)?;
+    bind(&d.providers_tried)?;
+    bind(&clamp_i64(d.overrun_nanos))?;
+    bind(&d.team)?;
+    bind(&d.key_name)?;
+    bind(&d.user)?;
+    bind(&d.tags)?;
+    bind(&d.cache)?;
+    bind(&clamp_i64(d.saved_nanos))
 }
 
 /// SQLite integers are i64; a u64 above i64::MAX (≈ $9.2 billion in
@@ -1838,8 +1891,40 @@ mod tests {
         h.send(decision(empty.clone()));
         h.shutdown().unwrap();
         drop(r);
+        let (h, r) = open(&path, LONG);
+        assert_eq!(
+            r.decisions(None, 10, None).unwrap(),
+            vec![full.clone(), empty.clone()]
+        );
+
+        // A batch of 19 goes in as two 8-row INSERTs and three single ones: every field of
+        // every row lands in its own row, whichever statement carried it.
+        let batch: Vec<DecisionRecord> = (0..19)
+            .map(|i| {
+                let mut d = if i % 3 == 0 {
+                    empty.clone()
+                } else {
+                    full.clone()
+                };
+                d.id = format!("req-batch-{i:02}");
+                d.time_ms = 1_795_341_700_000 + i;
+                d.status = 200 + i as u16;
+                d.user = (i % 2 == 0).then(|| format!("user-{i}"));
+                d.cost_nanos = (i % 4 != 1).then_some(1_000 * i as u64);
+                d
+            })
+            .collect();
+        for d in &batch {
+            h.send(decision(d.clone()));
+        }
+        h.shutdown().unwrap();
+        drop(r);
         let (_h, r) = open(&path, LONG);
-        assert_eq!(r.decisions(None, 10, None).unwrap(), vec![full, empty]);
+        let newest_first: Vec<DecisionRecord> = batch.iter().rev().cloned().collect();
+        assert_eq!(r.decisions(None, 19, None).unwrap(), newest_first);
+        let mut all = newest_first;
+        all.extend([full.clone(), empty.clone()]);
+        assert_eq!(r.decisions(None, 100, None).unwrap(), all);
 
         // The human-facing columns are derived correctly.
         let c = Connection::open(&path).unwrap();
