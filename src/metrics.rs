@@ -300,6 +300,222 @@ pub fn observe_store(stats: &StoreStats, lag: &mut FlushLag, now_ms: i64) {
     );
 }
 
+/// The series every finished request of one project and model touches, resolved once per
+/// worker thread and config: `with_label_values` hashes its labels and takes the family's
+/// read lock (shared by every thread) each time; a request finds these in its thread's own
+/// table instead. Each is the same series `with_label_values` gives (a handle to it).
+pub struct PairHandles {
+    /// `tollgate_requests_total` by status label.
+    requests: Vec<(&'static str, IntCounter)>,
+    /// `tollgate_decisions_total{decision="allow",reason="ok"}`.
+    allowed: Option<IntCounter>,
+    /// `tollgate_usage_source_total` by source.
+    sources: Vec<(&'static str, IntCounter)>,
+    prompt_tokens: Option<IntCounter>,
+    completion_tokens: Option<IntCounter>,
+    spend: Option<prometheus::Counter>,
+    project: Box<str>,
+    model: Box<str>,
+}
+
+/// A series is made when it is first counted, as `with_label_values` makes it: a pair's
+/// handles never add a series at zero that the request would not have added.
+impl PairHandles {
+    fn new(project: &str, model: &str) -> PairHandles {
+        PairHandles {
+            requests: Vec::new(),
+            allowed: None,
+            sources: Vec::new(),
+            prompt_tokens: None,
+            completion_tokens: None,
+            spend: None,
+            project: project.into(),
+            model: model.into(),
+        }
+    }
+
+    /// `tollgate_requests_total{status}` of this pair.
+    pub fn requests(&mut self, m: &Metrics, status: &'static str) -> &IntCounter {
+        let at = match self.requests.iter().position(|(s, _)| *s == status) {
+            Some(at) => at,
+            None => {
+                let c = m
+                    .requests
+                    .with_label_values(&[&self.project, &self.model, status]);
+                self.requests.push((status, c));
+                self.requests.len() - 1
+            }
+        };
+        &self.requests[at].1
+    }
+
+    /// `tollgate_usage_source_total{source}` of this pair's project.
+    pub fn source(&mut self, m: &Metrics, source: &'static str) -> &IntCounter {
+        let at = match self.sources.iter().position(|(s, _)| *s == source) {
+            Some(at) => at,
+            None => {
+                let c = m.usage_source.with_label_values(&[&self.project, source]);
+                self.sources.push((source, c));
+                self.sources.len() - 1
+            }
+        };
+        &self.sources[at].1
+    }
+
+    pub fn allowed(&mut self, m: &Metrics) -> &IntCounter {
+        let project = &self.project;
+        self.allowed
+            .get_or_insert_with(|| m.decisions.with_label_values(&[project, "allow", "ok"]))
+    }
+
+    pub fn prompt_tokens(&mut self, m: &Metrics) -> &IntCounter {
+        let (project, model) = (&self.project, &self.model);
+        self.prompt_tokens
+            .get_or_insert_with(|| m.tokens.with_label_values(&[project, model, "prompt"]))
+    }
+
+    pub fn completion_tokens(&mut self, m: &Metrics) -> &IntCounter {
+        let (project, model) = (&self.project, &self.model);
+        self.completion_tokens
+            .get_or_insert_with(|| m.tokens.with_label_values(&[project, model, "completion"]))
+    }
+
+    pub fn spend(&mut self, m: &Metrics) -> &prometheus::Counter {
+        let (project, model) = (&self.project, &self.model);
+        self.spend
+            .get_or_insert_with(|| m.spend.with_label_values(&[project, model]))
+    }
+}
+
+/// The series of one provider that requests touch, made on first use like the pair's.
+pub struct ProviderHandles {
+    name: Box<str>,
+    duration: Option<prometheus::Histogram>,
+    first_byte: Option<prometheus::Histogram>,
+    /// `tollgate_upstream_attempts_total` by outcome.
+    attempts: Vec<(&'static str, IntCounter)>,
+}
+
+impl ProviderHandles {
+    pub fn duration(&mut self, m: &Metrics) -> &prometheus::Histogram {
+        let name = &self.name;
+        self.duration
+            .get_or_insert_with(|| m.request_duration.with_label_values(&[name]))
+    }
+
+    pub fn first_byte(&mut self, m: &Metrics) -> &prometheus::Histogram {
+        let name = &self.name;
+        self.first_byte
+            .get_or_insert_with(|| m.first_byte.with_label_values(&[name]))
+    }
+
+    pub fn attempts(&mut self, m: &Metrics, outcome: &'static str) -> &IntCounter {
+        let at = match self.attempts.iter().position(|(o, _)| *o == outcome) {
+            Some(at) => at,
+            None => {
+                let c = m
+                    .upstream_attempts
+                    .with_label_values(&[&self.name, outcome]);
+                self.attempts.push((outcome, c));
+                self.attempts.len() - 1
+            }
+        };
+        &self.attempts[at].1
+    }
+}
+
+/// Pairs kept per thread before the table is emptied (and refilled as requests come): the
+/// table never grows past this, whatever the config.
+const MAX_PAIRS: usize = 4096;
+
+#[derive(Default)]
+struct HotTable {
+    /// The config the handles were made for, kept so that its address is not reused by
+    /// another while the table holds it: a reload gives a new table.
+    cfg: Option<std::sync::Arc<crate::engine::config::Config>>,
+    /// By project index (the last one: requests of no project), then model label.
+    pairs: Vec<std::collections::HashMap<Box<str>, PairHandles>>,
+    count: usize,
+    providers: Vec<Option<ProviderHandles>>,
+}
+
+impl HotTable {
+    fn for_config(&mut self, cfg: &std::sync::Arc<crate::engine::config::Config>) {
+        if !self
+            .cfg
+            .as_ref()
+            .is_some_and(|c| std::sync::Arc::ptr_eq(c, cfg))
+        {
+            *self = HotTable {
+                cfg: Some(cfg.clone()),
+                pairs: (0..=cfg.projects.len())
+                    .map(|_| Default::default())
+                    .collect(),
+                count: 0,
+                providers: (0..cfg.providers.len()).map(|_| None).collect(),
+            };
+        }
+    }
+}
+
+thread_local! {
+    static HOT: std::cell::RefCell<HotTable> = std::cell::RefCell::new(HotTable::default());
+}
+
+/// Run `f` with the handles of (`project`, `model`) under `cfg` (`project` is an index into
+/// `cfg.projects`, `None` for a request of no project, labelled `project_label`).
+pub fn with_pair<R>(
+    cfg: &std::sync::Arc<crate::engine::config::Config>,
+    project: Option<usize>,
+    project_label: &str,
+    model: &str,
+    f: impl FnOnce(&Metrics, &mut PairHandles) -> R,
+) -> Option<R> {
+    let m = get()?;
+    HOT.try_with(|t| {
+        let mut t = t.try_borrow_mut().ok()?;
+        t.for_config(cfg);
+        let slot = project.unwrap_or(cfg.projects.len());
+        if t.count >= MAX_PAIRS {
+            t.pairs.iter_mut().for_each(|p| p.clear());
+            t.count = 0;
+        }
+        let t = &mut *t;
+        let pairs = t.pairs.get_mut(slot)?;
+        if !pairs.contains_key(model) {
+            pairs.insert(model.into(), PairHandles::new(project_label, model));
+            t.count += 1;
+        }
+        pairs.get_mut(model).map(|h| f(m, h))
+    })
+    .ok()
+    .flatten()
+}
+
+/// Run `f` with the handles of provider `p` (its index in `cfg.providers`).
+pub fn with_provider<R>(
+    cfg: &std::sync::Arc<crate::engine::config::Config>,
+    p: usize,
+    f: impl FnOnce(&Metrics, &mut ProviderHandles) -> R,
+) -> Option<R> {
+    let m = get()?;
+    HOT.try_with(|t| {
+        let mut t = t.try_borrow_mut().ok()?;
+        t.for_config(cfg);
+        let name = cfg.providers.get(p)?.name.as_str();
+        let slot = t.providers.get_mut(p)?;
+        let h = slot.get_or_insert_with(|| ProviderHandles {
+            name: name.into(),
+            duration: None,
+            first_byte: None,
+            attempts: Vec::new(),
+        });
+        Some(f(m, h))
+    })
+    .ok()
+    .flatten()
+}
+
 /// A status code as a label: the code itself (a bounded set by construction).
 pub fn status_label(status: u16) -> &'static str {
     const CODES: [(u16, &str); 24] = [
@@ -352,6 +568,122 @@ pub fn render() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hot_config() -> std::sync::Arc<crate::engine::config::Config> {
+        let text = r#"
+[[providers]]
+name = "hot-openai"
+kind = "openai"
+base_url = "http://127.0.0.1:9"
+api_key_env = "K"
+[[routes]]
+prefix = "gpt-"
+provider = "hot-openai"
+[[projects]]
+id = "hot-p"
+keys = ["tg_hot_handles_test_key_0001"]
+"#;
+        std::sync::Arc::new(
+            crate::engine::config::parse(text, "t.toml", &|_| Some("x".into())).unwrap(),
+        )
+    }
+
+    fn has_series(family: &str, labels: &[(&str, &str)]) -> bool {
+        prometheus::gather()
+            .iter()
+            .filter(|f| f.name() == family)
+            .flat_map(|f| f.get_metric().iter())
+            .any(|m| {
+                labels.iter().all(|(k, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == *k && l.value() == *v)
+                })
+            })
+    }
+
+    #[test]
+    fn a_threads_handles_count_into_the_series_the_labels_name_and_make_none_early() {
+        let m = get().unwrap();
+        let cfg = hot_config();
+        let requests = || {
+            m.requests
+                .with_label_values(&["hot-p", "hot-model", "200"])
+                .get()
+        };
+        let before = requests();
+        let pair = |cfg: &std::sync::Arc<crate::engine::config::Config>| {
+            with_pair(cfg, Some(0), "hot-p", "hot-model", |m, h| {
+                h.requests(m, "200").inc();
+                h.completion_tokens(m).inc_by(7);
+            })
+            .unwrap()
+        };
+        pair(&cfg);
+        pair(&cfg);
+        assert_eq!(requests(), before + 2);
+        let completion = m
+            .tokens
+            .with_label_values(&["hot-p", "hot-model", "completion"])
+            .get();
+        assert_eq!(completion, 14);
+        // Only what was counted exists: no spend, no prompt tokens, no allow decision.
+        let pm = [("project", "hot-p"), ("model", "hot-model")];
+        assert!(has_series(
+            "tollgate_tokens_total",
+            &[pm[0], pm[1], ("kind", "completion")]
+        ));
+        assert!(!has_series("tollgate_spend_usd_total", &pm));
+        assert!(!has_series(
+            "tollgate_tokens_total",
+            &[pm[0], pm[1], ("kind", "prompt")]
+        ));
+        assert!(!has_series("tollgate_decisions_total", &[pm[0]]));
+        // A reload is a new config: new handles, the same series.
+        let reloaded = hot_config();
+        pair(&reloaded);
+        assert_eq!(requests(), before + 3);
+        // Requests of no project have their own slot.
+        with_pair(&reloaded, None, "other", "hot-model", |m, h| {
+            h.requests(m, "404").inc()
+        });
+        assert_eq!(
+            m.requests
+                .with_label_values(&["other", "hot-model", "404"])
+                .get(),
+            1
+        );
+        // The provider's.
+        let attempts = || {
+            m.upstream_attempts
+                .with_label_values(&["hot-openai", "ok"])
+                .get()
+        };
+        let before = attempts();
+        with_provider(&reloaded, 0, |m, h| h.attempts(m, "ok").inc()).unwrap();
+        assert_eq!(attempts(), before + 1);
+        assert!(
+            with_provider(&reloaded, 9, |_, _| ()).is_none(),
+            "no such provider"
+        );
+        assert!(!has_series(
+            "tollgate_upstream_first_byte_seconds",
+            &[("provider", "hot-openai")]
+        ));
+    }
+
+    #[test]
+    fn a_threads_table_stays_bounded_whatever_the_pairs() {
+        let cfg = hot_config();
+        for i in 0..(MAX_PAIRS + 10) {
+            with_pair(&cfg, Some(0), "hot-p", &format!("hot-bound-{i}"), |_, _| ()).unwrap();
+        }
+        let (count, held) = HOT.with(|t| {
+            let t = t.borrow();
+            (t.count, t.pairs.iter().map(|p| p.len()).sum::<usize>())
+        });
+        assert!(count <= MAX_PAIRS && held == count, "{count} {held}");
+    }
 
     #[test]
     fn unknown_status_codes_fold_into_classes() {

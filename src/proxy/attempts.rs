@@ -113,7 +113,10 @@ impl Gateway {
             return;
         };
         let name = cfg.providers[p].name.as_str();
-        if let Some(m) = crate::metrics::get() {
+        let counted = ctx.cfg.as_ref().and_then(|cfg| {
+            crate::metrics::with_provider(cfg, p, |m, h| h.attempts(m, outcome.as_str()).inc())
+        });
+        if let (None, Some(m)) = (counted, crate::metrics::get()) {
             m.upstream_attempts
                 .with_label_values(&[name, outcome.as_str()])
                 .inc();

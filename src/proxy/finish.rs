@@ -233,52 +233,60 @@ impl Gateway {
         let provider = cfg
             .zip(ctx.attempts.provider)
             .map_or("other", |(c, p)| c.providers[p].name.as_str());
-        m.requests
-            .with_label_values(&[project, model, crate::metrics::status_label(end.status)])
-            .inc();
         let format = ctx.seen.endpoint.and_then(|e| e.wire_format());
-        if ctx.seen.endpoint.is_some_and(|e| e.is_recorded()) {
-            let reason = match &ctx.error {
-                Some(e) if end.blocked => e.code(),
-                _ => "ok",
-            };
-            let decision = if end.blocked { "block" } else { "allow" };
-            m.decisions
-                .with_label_values(&[project, decision, reason])
-                .inc();
-            m.usage_source
-                .with_label_values(&[project, end.source.as_str()])
-                .inc();
-            if let Some(n) = format
-                .and_then(|f| end.usage.input_tokens(f))
-                .filter(|_| !end.blocked)
-            {
-                m.tokens
-                    .with_label_values(&[project, model, "prompt"])
-                    .inc_by(n);
+        let recorded = ctx.seen.endpoint.is_some_and(|e| e.is_recorded());
+        // An allowed request counts through its thread's handles of the series (the same
+        // series; see `metrics::PairHandles`); a blocked one, rare, through the families.
+        let fast = match ctx.cfg.as_ref() {
+            Some(cfg) if !end.blocked => {
+                crate::metrics::with_pair(cfg, ctx.seen.project, project, model, |m, h| {
+                    h.requests(m, crate::metrics::status_label(end.status))
+                        .inc();
+                    if recorded {
+                        h.allowed(m).inc();
+                        h.source(m, end.source.as_str()).inc();
+                        if let Some(n) = format.and_then(|f| end.usage.input_tokens(f)) {
+                            h.prompt_tokens(m).inc_by(n);
+                        }
+                    }
+                    if let Some(n) = end.usage.completion_tokens {
+                        h.completion_tokens(m).inc_by(n);
+                    }
+                    if let Some(c) = end.cost.filter(|c| c.0 > 0) {
+                        h.spend(m).inc_by(c.as_usd());
+                    }
+                })
+                .is_some()
             }
-        }
-        if let Some(n) = end.usage.completion_tokens.filter(|_| !end.blocked) {
-            m.tokens
-                .with_label_values(&[project, model, "completion"])
-                .inc_by(n);
-        }
-        if let Some(c) = end.cost.filter(|c| c.0 > 0) {
-            m.spend
-                .with_label_values(&[project, model])
-                .inc_by(c.as_usd());
+            _ => false,
+        };
+        if !fast {
+            observe_by_labels(ctx, end, m, project, model);
         }
         if end.overrun > Nanos::ZERO {
             m.reservation_overruns.with_label_values(&[project]).inc();
         }
-        if ctx.attempts.provider.is_some() && end.reached {
-            m.request_duration
-                .with_label_values(&[provider])
-                .observe(ctx.started.elapsed().as_secs_f64());
-            if let Some(fb) = ctx.upstream.first_byte {
-                m.first_byte
+        if let (Some(p), true) = (ctx.attempts.provider, end.reached) {
+            let took = ctx.started.elapsed().as_secs_f64();
+            let first_byte = ctx
+                .upstream
+                .first_byte
+                .map(|fb| (fb - ctx.started).as_secs_f64());
+            let fast = ctx.cfg.as_ref().and_then(|cfg| {
+                crate::metrics::with_provider(cfg, p, |m, h| {
+                    h.duration(m).observe(took);
+                    if let Some(fb) = first_byte {
+                        h.first_byte(m).observe(fb);
+                    }
+                })
+            });
+            if fast.is_none() {
+                m.request_duration
                     .with_label_values(&[provider])
-                    .observe((fb - ctx.started).as_secs_f64());
+                    .observe(took);
+                if let Some(fb) = first_byte {
+                    m.first_byte.with_label_values(&[provider]).observe(fb);
+                }
             }
             if let Some(e) = ctx.error.as_ref().filter(|e| !e.is_block()) {
                 m.upstream_errors
@@ -286,6 +294,51 @@ impl Gateway {
                     .inc();
             }
         }
+    }
+}
+
+/// [`Gateway::observe`]'s request series, each found by its labels.
+fn observe_by_labels(
+    ctx: &Ctx,
+    end: &Ending,
+    m: &crate::metrics::Metrics,
+    project: &str,
+    model: &str,
+) {
+    m.requests
+        .with_label_values(&[project, model, crate::metrics::status_label(end.status)])
+        .inc();
+    let format = ctx.seen.endpoint.and_then(|e| e.wire_format());
+    if ctx.seen.endpoint.is_some_and(|e| e.is_recorded()) {
+        let reason = match &ctx.error {
+            Some(e) if end.blocked => e.code(),
+            _ => "ok",
+        };
+        let decision = if end.blocked { "block" } else { "allow" };
+        m.decisions
+            .with_label_values(&[project, decision, reason])
+            .inc();
+        m.usage_source
+            .with_label_values(&[project, end.source.as_str()])
+            .inc();
+        if let Some(n) = format
+            .and_then(|f| end.usage.input_tokens(f))
+            .filter(|_| !end.blocked)
+        {
+            m.tokens
+                .with_label_values(&[project, model, "prompt"])
+                .inc_by(n);
+        }
+    }
+    if let Some(n) = end.usage.completion_tokens.filter(|_| !end.blocked) {
+        m.tokens
+            .with_label_values(&[project, model, "completion"])
+            .inc_by(n);
+    }
+    if let Some(c) = end.cost.filter(|c| c.0 > 0) {
+        m.spend
+            .with_label_values(&[project, model])
+            .inc_by(c.as_usd());
     }
 }
 
