@@ -320,13 +320,18 @@ fn a_stream_cut_by_the_provider_is_estimated() {
     let id = match &r {
         Ok(resp) => resp.request_id(),
         Err(_) => {
-            let log = gw.log();
-            let line = log
-                .lines()
-                .rev()
-                .find(|l| l.contains("endpoint=messages"))
-                .unwrap()
-                .to_string();
+            // The access line is written after the request ends, by the access-log thread.
+            let mut line = None;
+            eventually("the request's access line", || {
+                line = gw
+                    .log()
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains("tollgate::access") && l.contains("endpoint=messages"))
+                    .map(str::to_string);
+                line.is_some()
+            });
+            let line = line.unwrap_or_default();
             field(&line, "id").to_string()
         }
     };
