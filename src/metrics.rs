@@ -336,30 +336,18 @@ impl PairHandles {
 
     /// `tollgate_requests_total{status}` of this pair.
     pub fn requests(&mut self, m: &Metrics, status: &'static str) -> &IntCounter {
-        let at = match self.requests.iter().position(|(s, _)| *s == status) {
-            Some(at) => at,
-            None => {
-                let c = m
-                    .requests
-                    .with_label_values(&[&self.project, &self.model, status]);
-                self.requests.push((status, c));
-                self.requests.len() - 1
-            }
-        };
-        &self.requests[at].1
+        let (project, model) = (&self.project, &self.model);
+        labelled(&mut self.requests, status, || {
+            m.requests.with_label_values(&[project, model, status])
+        })
     }
 
     /// `tollgate_usage_source_total{source}` of this pair's project.
     pub fn source(&mut self, m: &Metrics, source: &'static str) -> &IntCounter {
-        let at = match self.sources.iter().position(|(s, _)| *s == source) {
-            Some(at) => at,
-            None => {
-                let c = m.usage_source.with_label_values(&[&self.project, source]);
-                self.sources.push((source, c));
-                self.sources.len() - 1
-            }
-        };
-        &self.sources[at].1
+        let project = &self.project;
+        labelled(&mut self.sources, source, || {
+            m.usage_source.with_label_values(&[project, source])
+        })
     }
 
     pub fn allowed(&mut self, m: &Metrics) -> &IntCounter {
@@ -387,6 +375,22 @@ impl PairHandles {
     }
 }
 
+/// The counter kept under `label` in a handle's short list, made by `make` the first time.
+fn labelled<'a>(
+    list: &'a mut Vec<(&'static str, IntCounter)>,
+    label: &'static str,
+    make: impl FnOnce() -> IntCounter,
+) -> &'a IntCounter {
+    let at = match list.iter().position(|(l, _)| *l == label) {
+        Some(at) => at,
+        None => {
+            list.push((label, make()));
+            list.len() - 1
+        }
+    };
+    &list[at].1
+}
+
 /// The series of one provider that requests touch, made on first use like the pair's.
 pub struct ProviderHandles {
     name: Box<str>,
@@ -410,17 +414,10 @@ impl ProviderHandles {
     }
 
     pub fn attempts(&mut self, m: &Metrics, outcome: &'static str) -> &IntCounter {
-        let at = match self.attempts.iter().position(|(o, _)| *o == outcome) {
-            Some(at) => at,
-            None => {
-                let c = m
-                    .upstream_attempts
-                    .with_label_values(&[&self.name, outcome]);
-                self.attempts.push((outcome, c));
-                self.attempts.len() - 1
-            }
-        };
-        &self.attempts[at].1
+        let name = &self.name;
+        labelled(&mut self.attempts, outcome, || {
+            m.upstream_attempts.with_label_values(&[name, outcome])
+        })
     }
 }
 
@@ -482,11 +479,15 @@ pub fn with_pair<R>(
         }
         let t = &mut *t;
         let pairs = t.pairs.get_mut(slot)?;
-        if !pairs.contains_key(model) {
-            pairs.insert(model.into(), PairHandles::new(project_label, model));
-            t.count += 1;
+        // One lookup for a pair already there (every request but its first).
+        if let Some(h) = pairs.get_mut(model) {
+            return Some(f(m, h));
         }
-        pairs.get_mut(model).map(|h| f(m, h))
+        let h = pairs
+            .entry(model.into())
+            .or_insert_with(|| PairHandles::new(project_label, model));
+        t.count += 1;
+        Some(f(m, h))
     })
     .ok()
     .flatten()
