@@ -16,8 +16,9 @@ agents.py, and breaks Tollgate's `request_filter` down into the parts an agent's
 the body read, the field parse, the prompt walk, the secret detectors, the pattern, the
 rewrite and the >64 KiB replay.
 
-`--mode cache` profiles bench.py's cache targets: the uncached gateway, a miss stored again
-(`x-tollgate-cache: refresh`) and a hit, with the same parts.
+`--mode cache` profiles bench.py's cache targets: the uncached gateway and a real miss (each
+request a body of its own, of one length), a miss stored again (`x-tollgate-cache: refresh`) and a
+hit, with the same parts.
 
 Usage: load-tests/instructions.py [--requests N] [--mode chat|stream|both|agents|cache] [--keep DIR]
 Needs valgrind (apt-get install valgrind), nginx, and the release binaries
@@ -49,36 +50,47 @@ PARTS = [
     ("logging (settle, metrics, record)", "ProxyHttp>::logging::{{closure}} ["),
     ("ledger writer thread (SQLite)", "tollgate::ledger::store::Writer::commit ["),
 ]
+# The cache's own parts (in request_filter and response_body_filter above).
+CACHE_PARTS = PARTS + [
+    ("cache key (SHA-256 of the body)", "tollgate::engine::cache::key ["),
+    ("cache lookup", "tollgate::cache::ResponseCache::get ["),
+    ("cache store (entry, insert)", "tollgate::proxy::finish::<impl tollgate::proxy::Gateway>::store_cached ["),
+]
 
 
-def request(port, key, stream, extra=""):
+def request(port, key, stream, extra="", n=None):
     body = dict(BODY, stream=True) if stream else BODY
+    if n is not None:
+        # A body of its own (same length for every n): a cache miss that is a real miss.
+        body = dict(body, messages=[{"role": "user", "content": f"{BODY['messages'][0]['content']} {n:08d}"}])
     raw = json.dumps(body).encode()
     return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nauthorization: Bearer {key}\r\n"
             f"content-type: application/json\r\n{extra}content-length: {len(raw)}\r\n\r\n").encode() + raw
 
 
-def drive(port, key, n, stream, extra=""):
+def drive(port, key, n, stream, extra="", fresh_from=None):
+    """`n` requests on 4 connections; with `fresh_from`, each has a body of its own (numbered
+    from it), else all are the same."""
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
     req = request(port, key, stream, extra)
     bad = 0
     for i in range(n):
         s = socks[i % 4]
-        s.sendall(req)
+        s.sendall(req if fresh_from is None else request(port, key, stream, extra, fresh_from + i))
         bad += read_response(s, time.perf_counter())[0] != 200
     for s in socks:
         s.close()
     return bad
 
 
-def annotate(path):
+def annotate(path, wanted=PARTS):
     # From "/", so every file name comes out absolute (under the repository, callgrind_annotate
     # shortens them and splits functions differently).
     out = subprocess.run(["callgrind_annotate", "--inclusive=yes", os.path.abspath(path)], capture_output=True,
                          text=True, cwd="/").stdout
     total = int(re.search(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", out).group(1).replace(",", ""))
     parts = {}
-    for label, needle in PARTS:
+    for label, needle in wanted:
         for line in out.splitlines():
             # The function's own entry is named after the file that defines it; entries named
             # after other files are only the share of it inlined from there.
@@ -98,11 +110,14 @@ def measure(name, argv, port, key, n, stream, tmp, env=None):
 
 def cache_mode(a, tmp, mock_addr):
     """bench.py's cache targets under callgrind: the uncached gateway, then the cached one with
-    every request a miss that is stored again (`x-tollgate-cache: refresh`) and every one a hit."""
+    every request a miss (a new body), a miss stored again (`x-tollgate-cache: refresh`) or a hit."""
     env = dict(os.environ, BENCH_PROVIDER_KEY="sk-bench", RUST_LOG="warn")
     rows = []
-    for name, cache, extra in [("tollgate", False, ""), ("cache-miss (refresh)", True, "x-tollgate-cache: refresh\r\n"),
-                               ("cache-hit", True, "")]:
+    # The uncached gateway and a real miss send a body of their own each time (same length);
+    # `refresh` and the hit send one body over and over.
+    for name, cache, extra, fresh in [("tollgate", False, "", True), ("cache-miss (new body)", True, "", True),
+                                      ("cache-miss (refresh)", True, "x-tollgate-cache: refresh\r\n", False),
+                                      ("cache-hit", True, "", False)]:
         port = free_port()
         d = os.path.join(tmp, f"tollgate-{'cache' if cache else 'plain'}-{len(rows)}")
         os.makedirs(d, exist_ok=True)
@@ -110,8 +125,10 @@ def cache_mode(a, tmp, mock_addr):
             f.write(tollgate_toml(port, mock_addr, os.path.join(d, "ledger.db"), cache=cache))
         argv = [os.path.join(REL, "tollgate"), "serve", "--config", os.path.join(d, "t.toml")]
         label = f"{'cache' if cache else 'plain'}-{len(rows)}"
-        [(total, parts, bad)] = profile(label, argv, port, lambda: drive(port, KEY, 200, False, extra),
-                                        [lambda: drive(port, KEY, a.requests, False, extra)], tmp, env)
+        [(total, parts, bad)] = profile(label, argv, port,
+                                        lambda: drive(port, KEY, 200, False, extra, 0 if fresh else None),
+                                        [lambda: drive(port, KEY, a.requests, False, extra, 200 if fresh else None)],
+                                        tmp, env, wanted=CACHE_PARTS)
         rows.append((name, total / a.requests, {k: v / a.requests for k, v in parts.items()}, bad))
     print(f"user-space instructions per request (callgrind), chat, {a.requests} sequential requests per target\n")
     print("| target | instructions/request | × uncached | errors |")
@@ -121,12 +138,12 @@ def cache_mode(a, tmp, mock_addr):
     print("\nTollgate's own parts (inclusive instructions per request)\n")
     print("| part | " + " | ".join(r[0] for r in rows) + " |")
     print("|---|" + "---|" * len(rows))
-    for label, _ in PARTS:
+    for label, _ in CACHE_PARTS:
         print(f"| {label} | " + " | ".join(f"{r[2].get(label, 0):,.0f}" for r in rows) + " |")
     return 1 if any(r[3] for r in rows) else 0
 
 
-def profile(label, argv, port, warm, runs, tmp, env=None, parts=None):
+def profile(label, argv, port, warm, runs, tmp, env=None, parts=None, wanted=PARTS):
     """Start `argv` under callgrind, call `warm()` uninstrumented, then each of `runs` with
     instrumentation on, dumping the counts after each. Returns, per run, (total instructions,
     {part: inclusive instructions}, failed requests)."""
@@ -154,7 +171,7 @@ def profile(label, argv, port, warm, runs, tmp, env=None, parts=None):
     results = []
     for f, bad in zip(dumps, bads):
         if parts is None:
-            total, found = annotate(os.path.join(tmp, f))
+            total, found = annotate(os.path.join(tmp, f), wanted)
         else:
             total, found = annotate_parts(os.path.join(tmp, f), parts)
         results.append((total, found, bad))

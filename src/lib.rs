@@ -59,6 +59,14 @@ pub mod scan {
     pub use crate::engine::secrets::find_secret;
 }
 
+/// What `load-tests/cache_bench.rs` measures: the response cache's key and its memory.
+pub mod cache_parts {
+    pub use crate::cache::{Entry, ResponseCache};
+    pub use crate::engine::cache::key;
+    pub use crate::engine::pricing::Nanos;
+    pub use crate::engine::provider::Endpoint;
+}
+
 /// `tollgate check`: the summary line of a valid config, or every error with its place.
 pub fn check(path: &std::path::Path) -> Result<String, String> {
     let c = reload::load_file(path).map_err(|e| e.to_string())?.config;

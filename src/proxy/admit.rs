@@ -177,7 +177,7 @@ impl Gateway {
                     }
                 }
                 state.result = "miss";
-                state.recording = Some(Vec::new());
+                state.recording = Some(Default::default());
             }
             ctx.cache = Some(state);
         }

@@ -80,13 +80,51 @@ pub struct CacheState {
     pub key: crate::engine::cache::Key,
     pub ttl: std::time::Duration,
     /// The provider's body so far, while it may still be stored (a miss or a refresh).
-    pub recording: Option<Vec<u8>>,
+    pub recording: Option<Recording>,
     pub status: u16,
     pub content_type: Option<String>,
     /// The body ran to its end.
     pub complete: bool,
     /// A hit: what the stored answer cost when it was made.
     pub saved: Nanos,
+}
+
+/// The provider's body chunks as received, kept by reference (pingora copies each chunk it
+/// reads into its own exact-size buffer, so holding one pins no larger allocation). A one-chunk
+/// answer is stored as it is; a longer one is joined once, at its end.
+#[derive(Default)]
+pub struct Recording {
+    chunks: Vec<bytes::Bytes>,
+    len: usize,
+}
+
+impl Recording {
+    /// Add a chunk; `false` (and nothing added) if the body would pass `limit` bytes.
+    pub fn push(&mut self, chunk: &bytes::Bytes, limit: usize) -> bool {
+        if self.len + chunk.len() > limit {
+            return false;
+        }
+        if !chunk.is_empty() {
+            self.len += chunk.len();
+            self.chunks.push(chunk.clone());
+        }
+        true
+    }
+
+    /// The whole body.
+    pub fn into_bytes(mut self) -> bytes::Bytes {
+        match self.chunks.len() {
+            0 => bytes::Bytes::new(),
+            1 => self.chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut out = Vec::with_capacity(self.len);
+                for c in &self.chunks {
+                    out.extend_from_slice(c);
+                }
+                bytes::Bytes::from(out)
+            }
+        }
+    }
 }
 
 /// What an admitted request holds until it finishes.
@@ -189,5 +227,32 @@ impl Drop for InFlight {
         if let Some(m) = crate::metrics::get() {
             m.in_flight.dec();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Recording;
+    use bytes::Bytes;
+
+    #[test]
+    fn a_recording_keeps_one_chunk_as_it_is_and_joins_several_within_the_limit() {
+        let one = Bytes::from_static(b"{\"id\":1}");
+        let mut r = Recording::default();
+        assert!(r.push(&one, 100));
+        let body = r.into_bytes();
+        assert_eq!(body, one);
+        assert_eq!(body.as_ptr(), one.as_ptr(), "one chunk is not copied");
+
+        let mut r = Recording::default();
+        for part in [&b"data: a\n\n"[..], b"", b"data: b\n\n"] {
+            assert!(r.push(&Bytes::copy_from_slice(part), 18));
+        }
+        assert!(!r.push(&Bytes::from_static(b"x"), 18), "past the limit");
+        assert_eq!(
+            r.into_bytes(),
+            Bytes::from_static(b"data: a\n\ndata: b\n\n")
+        );
+        assert_eq!(Recording::default().into_bytes(), Bytes::new());
     }
 }

@@ -64,7 +64,7 @@ impl Gateway {
         let entry = std::sync::Arc::new(crate::cache::Entry {
             status: c.status,
             content_type: c.content_type.clone(),
-            body: bytes::Bytes::from(buf),
+            body: buf.into_bytes(),
             sse,
             cost,
             expires: std::time::Instant::now() + c.ttl,

@@ -418,10 +418,8 @@ impl ProxyHttp for Gateway {
             // The body as the provider sent it (before the usage chunk is taken out for the
             // client), up to the entry limit.
             if let (Some(buf), Some(chunk)) = (c.recording.as_mut(), body.as_ref()) {
-                if buf.len() + chunk.len() > crate::engine::cache::MAX_ENTRY_BYTES {
+                if !buf.push(chunk, crate::engine::cache::MAX_ENTRY_BYTES) {
                     c.recording = None;
-                } else {
-                    buf.extend_from_slice(chunk);
                 }
             }
             if end_of_stream {
