@@ -6,7 +6,7 @@
 //! await). [`HEALTH`] is the registry the proxy and the admin listener share; its clock is
 //! [`now_ms`].
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 

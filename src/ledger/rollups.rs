@@ -24,7 +24,7 @@
 //! tag value on every request makes one rollup row per request: still correct, only as slow
 //! as the records themselves.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Transaction};

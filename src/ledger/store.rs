@@ -97,7 +97,7 @@
 //! A file whose `user_version` is newer than this build is refused rather than
 //! written with an old idea of the schema.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::path::Path;
 use std::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};

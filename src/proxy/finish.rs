@@ -41,7 +41,12 @@ impl Gateway {
         if ctx.cache.as_ref().is_none_or(|c| c.recording.is_none()) {
             return;
         }
-        let project = self.project_of(ctx).map(str::to_string);
+        // The project's id, for the fleet's Redis key only.
+        let project = self
+            .fleet
+            .as_ref()
+            .and(self.project_of(ctx))
+            .map(str::to_string);
         let Some(c) = ctx.cache.as_mut() else {
             return;
         };

@@ -367,7 +367,7 @@ impl ProxyHttp for Gateway {
             resp.insert_header("x-tollgate-budget-remaining-usd", rem.usd_6dp())?;
         }
         if let Some(c) = ctx.cache.as_mut() {
-            resp.insert_header("x-tollgate-cache", c.result)?;
+            resp.insert_header("x-tollgate-cache", HeaderValue::from_static(c.result))?;
             if c.recording.is_some() {
                 if (200..300).contains(&status) {
                     c.status = status;

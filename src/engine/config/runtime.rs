@@ -5,7 +5,7 @@
 //! from here and holds no literals of its own.
 
 use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 

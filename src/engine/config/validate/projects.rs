@@ -52,7 +52,10 @@ impl Validator<'_> {
         &mut self,
         list: &[Spanned<FileProject>],
         teams: &[&str],
-    ) -> (Vec<Project>, HashMap<KeyDigest, (ProjectIdx, usize)>) {
+    ) -> (
+        Vec<Project>,
+        foldhash::HashMap<KeyDigest, (ProjectIdx, usize)>,
+    ) {
         let mut out = Vec::new();
         // Each digest with the field that first listed it, for the duplicate message.
         let mut keys: HashMap<KeyDigest, ((ProjectIdx, usize), String)> = HashMap::new();
