@@ -51,12 +51,16 @@
 //! alerted on; at a few hundred bytes a write, a minute of backlog at 1k req/s
 //! is tens of MB.
 //!
-//! # Schema (`PRAGMA user_version` = 7)
+//! # Schema (`PRAGMA user_version` = 8)
 //! v2 added `decisions.attempts` and `providers_tried`; v3 added `decisions.overrun_nanos`;
 //! v4 added `fleet_settles`, fleet mode's queue of settlements not yet applied in Redis;
 //! v5 added `decisions.team`, `key_name`, `user` and `tags`; v6 added `decisions.cache` and
 //! `saved_nanos` (the response cache); v7 added `rollups`, the hourly sums the reports read
-//! (`super::rollups`, which holds its schema), written in the same transaction as the records.
+//! (`super::rollups`, which holds its schema), written in the same transaction as the records;
+//! v8 rebuilt the two `decisions` indexes in ascending order (they were `DESC`): new records
+//! have the largest times, so each insert now appends at the right edge of both B-trees, where
+//! SQLite splits a full page cheaply, instead of at the left edge, where every split
+//! rebalances three pages. Queries newest first walk them backwards, as fast.
 //! `spend.project` is an account's ledger name: a project's id, `team:ID`, `key:PROJECT/NAME`
 //! or `user:PROJECT/USER`; every charge is added to the day, week, month and total rows of
 //! each account it applies to, so a window added later starts from the truth.
@@ -84,8 +88,8 @@
 //!   tags TEXT,                                    -- v5: x-tollgate-tags as a JSON object
 //!   cache TEXT,                                   -- v6: hit / miss / skip, NULL: no cache
 //!   saved_nanos INTEGER NOT NULL DEFAULT 0);      -- v6: what a hit saved
-//! CREATE INDEX decisions_time ON decisions(time_ms DESC, id DESC);
-//! CREATE INDEX decisions_project_time ON decisions(project, time_ms DESC, id DESC);
+//! CREATE INDEX decisions_time ON decisions(time_ms, id);                  -- v8: ascending
+//! CREATE INDEX decisions_project_time ON decisions(project, time_ms, id);
 //! CREATE TABLE fleet_settles(                     -- v4: written before a settle is sent to Redis,
 //!   hold_id TEXT PRIMARY KEY,                     -- deleted once Redis applied it; what is left
 //!   body TEXT NOT NULL,                           -- is replayed (idempotent by hold id), also
@@ -109,7 +113,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// A batch this large is committed without waiting for the timer, so a burst
 /// becomes several medium transactions instead of one huge one.
@@ -560,6 +564,15 @@ ALTER TABLE decisions ADD COLUMN cache TEXT;
 ALTER TABLE decisions ADD COLUMN saved_nanos INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// v8: both indexes ascending (see the module's schema notes). One sort of the table each; the
+/// names stay, so nothing that names them changes.
+const MIGRATE_TO_V8: &str = "
+DROP INDEX IF EXISTS decisions_time;
+DROP INDEX IF EXISTS decisions_project_time;
+CREATE INDEX decisions_time ON decisions(time_ms, id);
+CREATE INDEX decisions_project_time ON decisions(project, time_ms, id);
+";
+
 /// v4: fleet mode's settle queue.
 const MIGRATE_TO_V4: &str = "
 CREATE TABLE IF NOT EXISTS fleet_settles(
@@ -651,7 +664,34 @@ fn migrate(conn: &mut Connection, every: Duration, progress: fn()) -> Result<(),
         }
         tx.progress_handler(0, None::<fn() -> bool>);
     }
-    // Later versions: `if version < 8 { ... }`.
+    if version < 8 {
+        let records: i64 = tx
+            .query_row("SELECT coalesce(max(rowid), 0) FROM decisions", [], |r| {
+                r.get(0)
+            })
+            .unwrap_or(0);
+        if records > 1_000_000 {
+            log::warn!(
+                "schema v8: rebuilding the two decision indexes over about {records} records \
+                 (once; a few seconds per million records)"
+            );
+        }
+        let mut last = Instant::now();
+        tx.progress_handler(
+            100_000,
+            Some(move || {
+                if last.elapsed() >= every {
+                    progress();
+                    last = Instant::now();
+                }
+                false
+            }),
+        );
+        tx.execute_batch(MIGRATE_TO_V8)
+            .map_err(|e| format!("migrate schema to v8: {e}"))?;
+        tx.progress_handler(0, None::<fn() -> bool>);
+    }
+    // Later versions: `if version < 9 { ... }`.
     if version != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| format!("set user_version: {e}"))?;
@@ -2300,6 +2340,89 @@ mod tests {
     }
 
     #[test]
+    fn v8_rebuilds_the_decision_indexes_ascending_and_newest_first_needs_no_sort() {
+        // A v7 file: the indexes as they were (descending), three records, two in one ms.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v7.db");
+        {
+            let (h, _r) = Store::open(&path, Duration::from_millis(50)).unwrap();
+            h.shutdown().unwrap();
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "DROP INDEX decisions_time; DROP INDEX decisions_project_time;
+                 CREATE INDEX decisions_time ON decisions(time_ms DESC, id DESC);
+                 CREATE INDEX decisions_project_time ON decisions(project, time_ms DESC, id DESC);
+                 PRAGMA user_version = 7;",
+            )
+            .unwrap();
+            for (id, t, p) in [("a", 5, "p"), ("b", 7, "q"), ("c", 7, "p")] {
+                c.execute(
+                    "INSERT INTO decisions(id, time_ms, time, project, decision, reason, status,
+                       usage_source, stream) VALUES (?1, ?2, 't', ?3, 'allow', 'ok', 200, 'reported', 0)",
+                    params![id, t, p],
+                )
+                .unwrap();
+            }
+        }
+        let (h, reader) = Store::open(&path, Duration::from_millis(50)).unwrap();
+        let ids = |f: &DecisionFilter, before: Option<(i64, String)>| {
+            reader
+                .decisions_where(f, 10, before)
+                .unwrap()
+                .into_iter()
+                .map(|d| d.id)
+                .collect::<Vec<_>>()
+        };
+        let all = DecisionFilter::default();
+        let p = DecisionFilter {
+            project: Some("p".into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(&all, None), ["c", "b", "a"], "newest first, ties by id");
+        assert_eq!(ids(&all, Some((7, "c".into()))), ["b", "a"]);
+        assert_eq!(ids(&p, None), ["c", "a"]);
+        h.shutdown().unwrap();
+
+        let c = Connection::open(&path).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let sql: Vec<String> = c
+            .prepare("SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'decisions' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            sql,
+            [
+                "CREATE INDEX decisions_project_time ON decisions(project, time_ms, id)",
+                "CREATE INDEX decisions_time ON decisions(time_ms, id)"
+            ]
+        );
+        // Newest first walks an index backwards: no sort of the rows, with or without a project.
+        for (q, index) in [
+            ("", "decisions_time"),
+            ("WHERE project = 'p'", "decisions_project_time"),
+        ] {
+            let plan: Vec<String> = c
+                .prepare(&format!(
+                    "EXPLAIN QUERY PLAN SELECT id FROM decisions {q} ORDER BY time_ms DESC, id DESC LIMIT 10"
+                ))
+                .unwrap()
+                .query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("; ");
+            assert!(plan.contains(index), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        }
+    }
+
+    #[test]
     fn a_version_2_file_is_migrated_in_place_and_its_old_records_read_no_overrun() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v2.db");
@@ -2352,7 +2475,7 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION, "the file is now the current version");
-        assert_eq!(SCHEMA_VERSION, 7);
+        assert_eq!(SCHEMA_VERSION, 8);
         let fleet: i64 = c
             .query_row("SELECT COUNT(*) FROM fleet_settles", [], |r| r.get(0))
             .unwrap();
