@@ -592,6 +592,38 @@ fn still_starting() {
     crate::notify::notify("EXTEND_TIMEOUT_USEC=30000000");
 }
 
+/// About how many decision records the store holds (the largest rowid), for a migration's
+/// warning.
+fn record_count(conn: &Connection) -> i64 {
+    conn.query_row("SELECT coalesce(max(rowid), 0) FROM decisions", [], |r| {
+        r.get(0)
+    })
+    .unwrap_or(0)
+}
+
+/// Runs `step` (a long migration step) with `progress` called every `every` while SQLite works.
+fn with_heartbeat(
+    conn: &Connection,
+    every: Duration,
+    progress: fn(),
+    step: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    let mut last = Instant::now();
+    conn.progress_handler(
+        100_000,
+        Some(move || {
+            if last.elapsed() >= every {
+                progress();
+                last = Instant::now();
+            }
+            false
+        }),
+    );
+    let done = step();
+    conn.progress_handler(0, None::<fn() -> bool>);
+    done
+}
+
 /// Brings the schema to [`SCHEMA_VERSION`] in one transaction. While a step that reads every
 /// record runs (v7's rollups), `progress` is called every `every`.
 fn migrate(conn: &mut Connection, every: Duration, progress: fn()) -> Result<(), String> {
@@ -633,63 +665,36 @@ fn migrate(conn: &mut Connection, every: Duration, progress: fn()) -> Result<(),
             .map_err(|e| format!("migrate schema to v6: {e}"))?;
     }
     if version < 7 {
-        let records: i64 = tx
-            .query_row("SELECT coalesce(max(rowid), 0) FROM decisions", [], |r| {
-                r.get(0)
-            })
-            .unwrap_or(0);
+        let records = record_count(&tx);
         if records > 100_000 {
             log::warn!(
                 "schema v7: building the report rollups from about {records} decision records \
                  (once; roughly 10 s per million records)"
             );
         }
-        let mut last = Instant::now();
-        tx.progress_handler(
-            100_000,
-            Some(move || {
-                if last.elapsed() >= every {
-                    progress();
-                    last = Instant::now();
-                }
-                false
-            }),
-        );
-        tx.execute_batch(&super::rollups::create_v7())
-            .map_err(|e| format!("migrate schema to v7: {e}"))?;
-        if let Err(e) = tx.execute_batch(&super::rollups::fill_v7(false)) {
-            log::warn!("schema v7: exact rollups of the old records failed ({e}); saturating");
-            tx.execute_batch(&super::rollups::fill_v7(true))
-                .map_err(|e| format!("migrate schema to v7 (build the rollups): {e}"))?;
-        }
-        tx.progress_handler(0, None::<fn() -> bool>);
+        with_heartbeat(&tx, every, progress, || {
+            tx.execute_batch(&super::rollups::create_v7())
+                .map_err(|e| format!("migrate schema to v7: {e}"))?;
+            if let Err(e) = tx.execute_batch(&super::rollups::fill_v7(false)) {
+                log::warn!("schema v7: exact rollups of the old records failed ({e}); saturating");
+                tx.execute_batch(&super::rollups::fill_v7(true))
+                    .map_err(|e| format!("migrate schema to v7 (build the rollups): {e}"))?;
+            }
+            Ok(())
+        })?;
     }
     if version < 8 {
-        let records: i64 = tx
-            .query_row("SELECT coalesce(max(rowid), 0) FROM decisions", [], |r| {
-                r.get(0)
-            })
-            .unwrap_or(0);
+        let records = record_count(&tx);
         if records > 1_000_000 {
             log::warn!(
                 "schema v8: rebuilding the two decision indexes over about {records} records \
                  (once; a few seconds per million records)"
             );
         }
-        let mut last = Instant::now();
-        tx.progress_handler(
-            100_000,
-            Some(move || {
-                if last.elapsed() >= every {
-                    progress();
-                    last = Instant::now();
-                }
-                false
-            }),
-        );
-        tx.execute_batch(MIGRATE_TO_V8)
-            .map_err(|e| format!("migrate schema to v8: {e}"))?;
-        tx.progress_handler(0, None::<fn() -> bool>);
+        with_heartbeat(&tx, every, progress, || {
+            tx.execute_batch(MIGRATE_TO_V8)
+                .map_err(|e| format!("migrate schema to v8: {e}"))
+        })?;
     }
     // Later versions: `if version < 9 { ... }`.
     if version != SCHEMA_VERSION {
