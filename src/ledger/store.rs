@@ -2223,9 +2223,7 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
-        let version: i64 = c
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let version = user_version(&c);
         assert_eq!(version, SCHEMA_VERSION);
         assert!(dir.path().join("ledger.db-wal").exists());
     }
@@ -2338,10 +2336,13 @@ mod tests {
         );
         h.shutdown().unwrap();
         let c = Connection::open(&path).unwrap();
-        let v: i64 = c
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let v = user_version(&c);
         assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    fn user_version(c: &Connection) -> i64 {
+        c.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
     }
 
     #[test]
@@ -2389,9 +2390,7 @@ mod tests {
         h.shutdown().unwrap();
 
         let c = Connection::open(&path).unwrap();
-        let v: i64 = c
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let v = user_version(&c);
         assert_eq!(v, SCHEMA_VERSION);
         let sql: Vec<String> = c
             .prepare("SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'decisions' ORDER BY name")
@@ -2476,9 +2475,7 @@ mod tests {
         );
         h.shutdown().unwrap();
         let c = Connection::open(&path).unwrap();
-        let v: i64 = c
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let v = user_version(&c);
         assert_eq!(v, SCHEMA_VERSION, "the file is now the current version");
         assert_eq!(SCHEMA_VERSION, 8);
         let fleet: i64 = c
