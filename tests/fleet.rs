@@ -375,16 +375,38 @@ fn recorded_cost(fleet: &Fleet, project: &str, allowed: &[usize]) -> i64 {
     let mut total = 0;
     for (gw, &n) in allowed.iter().enumerate() {
         let mut own = Vec::new();
-        eventually(
-            &format!("{} recorded its {n} allowed requests", IDS[gw]),
-            || {
-                own = own_records(fleet, gw, project)
-                    .into_iter()
-                    .filter(|r| r["decision"] == "allow")
-                    .collect();
-                own.len() == n
-            },
-        );
+        let deadline = Instant::now() + common::EVENTUALLY;
+        loop {
+            own = own_records(fleet, gw, project)
+                .into_iter()
+                .filter(|r| r["decision"] == "allow")
+                .collect();
+            if own.len() == n {
+                break;
+            }
+            // Say what was there, so a miscount can be told from a record that came late.
+            assert!(
+                Instant::now() < deadline,
+                "{} recorded {} allowed requests, not {n}: {:#?}\nall its records: {:#?}\n{}",
+                IDS[gw],
+                own.len(),
+                own.iter()
+                    .map(|r| (&r["id"], &r["status"], &r["time"]))
+                    .collect::<Vec<_>>(),
+                records(fleet, gw, project)
+                    .iter()
+                    .map(|r| (
+                        &r["id"],
+                        &r["instance"],
+                        &r["decision"],
+                        &r["reason"],
+                        &r["status"]
+                    ))
+                    .collect::<Vec<_>>(),
+                fleet.tail(gw)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         total += own.iter().map(|r| nanos(&r["cost_usd"])).sum::<i64>();
     }
     total
