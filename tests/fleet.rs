@@ -374,15 +374,14 @@ fn admitted(shots: &[Shot], n: usize) -> Vec<usize> {
 fn recorded_cost(fleet: &Fleet, project: &str, allowed: &[usize]) -> i64 {
     let mut total = 0;
     for (gw, &n) in allowed.iter().enumerate() {
-        let mut own = Vec::new();
         let deadline = Instant::now() + common::EVENTUALLY;
-        loop {
-            own = own_records(fleet, gw, project)
+        let own: Vec<Value> = loop {
+            let own: Vec<Value> = own_records(fleet, gw, project)
                 .into_iter()
                 .filter(|r| r["decision"] == "allow")
                 .collect();
             if own.len() == n {
-                break;
+                break own;
             }
             // Say what was there, so a miscount can be told from a record that came late.
             assert!(
@@ -406,7 +405,7 @@ fn recorded_cost(fleet: &Fleet, project: &str, allowed: &[usize]) -> i64 {
                 fleet.tail(gw)
             );
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
         total += own.iter().map(|r| nanos(&r["cost_usd"])).sum::<i64>();
     }
     total
