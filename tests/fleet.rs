@@ -327,7 +327,12 @@ fn mini(urls: &[String], gw: usize) -> Shot {
 
 /// Every decision record of `project` that instance `gw` shows (all pages).
 fn records(fleet: &Fleet, gw: usize, project: &str) -> Vec<Value> {
-    let base = format!("/admin/decisions?project={project}&limit=1000");
+    records_where(fleet, gw, &format!("project={project}"))
+}
+
+/// Every decision record instance `gw` shows for the query `filters` (all pages).
+fn records_where(fleet: &Fleet, gw: usize, filters: &str) -> Vec<Value> {
+    let base = format!("/admin/decisions?{filters}&limit=1000");
     let mut out = Vec::new();
     let mut q = base.clone();
     loop {
@@ -342,12 +347,16 @@ fn records(fleet: &Fleet, gw: usize, project: &str) -> Vec<Value> {
     }
 }
 
-/// The records instance `gw` made itself (its `instance` field), whatever else it shows.
-fn own_records(fleet: &Fleet, gw: usize, project: &str) -> Vec<Value> {
-    records(fleet, gw, project)
-        .into_iter()
-        .filter(|r| r["instance"] == IDS[gw])
-        .collect()
+/// The allowed records instance `gw` made itself, from its own store: a filter besides the
+/// project reads the instance's SQLite, which keeps every record, where the project alone
+/// reads the fleet's stream in Redis, which can miss a record made while Redis was away.
+fn own_allowed_records(fleet: &Fleet, gw: usize, project: &str) -> Vec<Value> {
+    let own = records_where(fleet, gw, &format!("project={project}&decision=allow"));
+    for r in &own {
+        assert_eq!(r["instance"], IDS[gw], "{r}");
+        assert_eq!(r["decision"], "allow", "{r}");
+    }
+    own
 }
 
 fn nanos(usd: &Value) -> i64 {
@@ -369,17 +378,14 @@ fn admitted(shots: &[Shot], n: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Σ `cost_usd` of the allowed records each instance made itself, once instance `i` shows
-/// `allowed[i]` of them.
+/// Σ `cost_usd` of the allowed records each instance made itself (from its own store), once
+/// instance `i` shows `allowed[i]` of them.
 fn recorded_cost(fleet: &Fleet, project: &str, allowed: &[usize]) -> i64 {
     let mut total = 0;
     for (gw, &n) in allowed.iter().enumerate() {
         let deadline = Instant::now() + common::EVENTUALLY;
         let own: Vec<Value> = loop {
-            let own: Vec<Value> = own_records(fleet, gw, project)
-                .into_iter()
-                .filter(|r| r["decision"] == "allow")
-                .collect();
+            let own = own_allowed_records(fleet, gw, project);
             if own.len() == n {
                 break own;
             }
