@@ -392,7 +392,7 @@ fn recorded_cost(fleet: &Fleet, project: &str, allowed: &[usize]) -> i64 {
             // Say what was there, so a miscount can be told from a record that came late.
             assert!(
                 Instant::now() < deadline,
-                "{} recorded {} allowed requests, not {n}: {:#?}\nall its records: {:#?}\n{}",
+                "{} recorded {} allowed requests, not {n}: {:#?}\nthe fleet view's records: {:#?}\n{}",
                 IDS[gw],
                 own.len(),
                 own.iter()

@@ -112,17 +112,10 @@ impl Recording {
     }
 
     /// The whole body.
-    pub fn into_bytes(mut self) -> bytes::Bytes {
-        match self.chunks.len() {
-            0 => bytes::Bytes::new(),
-            1 => self.chunks.pop().unwrap_or_default(),
-            _ => {
-                let mut out = Vec::with_capacity(self.len);
-                for c in &self.chunks {
-                    out.extend_from_slice(c);
-                }
-                bytes::Bytes::from(out)
-            }
+    pub fn into_bytes(self) -> bytes::Bytes {
+        match self.chunks.as_slice() {
+            [one] => one.clone(),
+            all => all.concat().into(),
         }
     }
 }
