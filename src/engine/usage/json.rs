@@ -12,9 +12,10 @@
 //! levels are treated as arrays (no key is recognised there); the text length counts an escape
 //! such as `\n` as one byte and `\u00e9` as five, so it is an estimate.
 
-use memchr::memchr2;
+use memchr::{memchr, memchr2};
 
 use super::{extend_capped, Extract};
+use crate::engine::cursor::{Bail, Cursor, Str};
 
 /// Bytes of the `usage` (or `error`) value kept: real ones are a few hundred bytes.
 pub(crate) const CAPTURE_MAX: usize = 64 * 1024;
@@ -277,6 +278,50 @@ impl JsonScanner {
         }
     }
 
+    /// [`feed`](Self::feed) for a body (not a stream's event): when `chunk` is the whole
+    /// document, it is read with the cursor ([`Cursor`]), which skips what does not matter in
+    /// whole strings and values instead of byte by byte; anything else is fed to the tokenizer.
+    /// Both read a document the same way (the usage and error values, the output text's bytes
+    /// counted as the tokenizer counts them, completeness); the cursor declines whatever it
+    /// does not read exactly so (malformed or deeply nested JSON, a repeated `usage` or `error`,
+    /// a chunk that is only part of the document), and the tokenizer reads that.
+    pub(crate) fn feed_document(&mut self, chunk: &[u8], ex: &mut Extract) {
+        if !(self.at_start() && self.read_whole(chunk, ex)) {
+            self.feed(chunk, ex);
+        }
+    }
+
+    /// Nothing read so far changes how the next byte is read (at most whitespace or stray
+    /// bytes outside any container).
+    fn at_start(&self) -> bool {
+        self.depth == 0 && !self.seen_object && !self.in_string
+    }
+
+    /// `chunk` as a whole document; false (and nothing recorded) if the cursor declines it.
+    fn read_whole(&mut self, chunk: &[u8], ex: &mut Extract) -> bool {
+        // Cheap refusals first: a chunk that does not end an object is not a whole document.
+        if chunk.trim_ascii_end().last() != Some(&b'}') {
+            return false;
+        }
+        let Ok(s) = std::str::from_utf8(chunk) else {
+            return false;
+        };
+        let mut c = Cursor::new(s);
+        let Ok(found) = whole_document(&mut c, self.text_keys) else {
+            return false;
+        };
+        ex.text_bytes = ex.text_bytes.saturating_add(found.text_bytes);
+        if let Some(r) = found.usage {
+            self.usage_found |= ex.json_usage(&chunk[r]);
+        }
+        if let Some(r) = found.error {
+            ex.json_error(&chunk[r]);
+        }
+        self.seen_object = true;
+        ex.complete = true;
+        true
+    }
+
     /// End of body: a value cut off by the end is still tried (it will rarely parse).
     pub(crate) fn finish(&mut self, ex: &mut Extract) {
         if self.capture.is_some() {
@@ -377,5 +422,337 @@ impl JsonScanner {
         }
         self.buf.clear();
         self.buf_overflow = false;
+    }
+}
+
+/// What [`whole_document`] found.
+struct Whole {
+    text_bytes: u64,
+    usage: Option<std::ops::Range<usize>>,
+    error: Option<std::ops::Range<usize>>,
+}
+
+/// A top-level object and nothing after it but whitespace: the ranges of its `usage` and
+/// `error` values and the bytes of its output text, counted as [`JsonScanner`] counts them.
+fn whole_document(c: &mut Cursor<'_>, keys: &[&[u8]]) -> Result<Whole, Bail> {
+    let mut w = Whole {
+        text_bytes: 0,
+        usage: None,
+        error: None,
+    };
+    c.ws();
+    if c.peek() != Some(b'{') {
+        return Err(Bail);
+    }
+    if c.open(b'}')? {
+        loop {
+            c.ws();
+            if c.peek() != Some(b'"') {
+                return Err(Bail);
+            }
+            let key = c.string(false)?;
+            let slot = match key {
+                Str::Raw(r) => match &c.b[r] {
+                    b"usage" => Some(&mut w.usage),
+                    b"error" => Some(&mut w.error),
+                    _ => None,
+                },
+                // An escaped key is never one of ours (nor, for the tokenizer, a text key).
+                Str::Scratch => None,
+            };
+            c.eat(b':')?;
+            c.ws();
+            let start = c.i;
+            // The tokenizer counts text keys inside these values too.
+            value(c, false, keys, &mut w.text_bytes)?;
+            if let Some(slot) = slot {
+                if slot.is_some() {
+                    // The tokenizer reads each; leave a repeated key to it.
+                    return Err(Bail);
+                }
+                *slot = Some(start..c.i);
+            }
+            if !c.more(b'}')? {
+                break;
+            }
+        }
+        c.close();
+    }
+    if !c.at_end() {
+        return Err(Bail);
+    }
+    Ok(w)
+}
+
+/// One value inside the top-level object; `text`: it is the value of a text key, so if it is a
+/// string its bytes are output text.
+fn value(c: &mut Cursor<'_>, text: bool, keys: &[&[u8]], n: &mut u64) -> Result<(), Bail> {
+    c.ws();
+    match c.peek() {
+        Some(b'"') => {
+            let start = c.i + 1;
+            let s = c.string(false)?;
+            if text {
+                let bytes = match s {
+                    Str::Raw(r) => r.len(),
+                    // The tokenizer counts an escape as the byte after its backslash.
+                    Str::Scratch => {
+                        let raw = c.b.get(start..c.i - 1).ok_or(Bail)?;
+                        raw.len() - escapes(raw)
+                    }
+                };
+                *n = n.saturating_add(bytes as u64);
+            }
+            Ok(())
+        }
+        Some(b'{') => {
+            if c.open(b'}')? {
+                loop {
+                    c.ws();
+                    if c.peek() != Some(b'"') {
+                        return Err(Bail);
+                    }
+                    // Every key below the top level may be a text key.
+                    let is_text = match c.string(false)? {
+                        Str::Raw(r) => keys.contains(&&c.b[r]),
+                        Str::Scratch => false,
+                    };
+                    c.eat(b':')?;
+                    value(c, is_text, keys, n)?;
+                    if !c.more(b'}')? {
+                        break;
+                    }
+                }
+                c.close();
+            }
+            Ok(())
+        }
+        Some(b'[') => {
+            if c.open(b']')? {
+                loop {
+                    value(c, false, keys, n)?;
+                    if !c.more(b']')? {
+                        break;
+                    }
+                }
+                c.close();
+            }
+            Ok(())
+        }
+        _ => c.skip(),
+    }
+}
+
+/// The escapes in a string's raw bytes (each backslash that starts one).
+fn escapes(raw: &[u8]) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while let Some(k) = raw.get(i..).and_then(|r| memchr(b'\\', r)) {
+        n += 1;
+        i += k + 2;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::usage::{UsageScanner, WireFormat};
+    use proptest::prelude::*;
+
+    /// What a read left behind, to compare the cursor's with the tokenizer's.
+    #[derive(Debug, PartialEq)]
+    struct Seen {
+        usage: crate::engine::usage::Usage,
+        reasoning: Option<u64>,
+        text: u64,
+        error: Option<String>,
+        complete: bool,
+        usage_found: bool,
+    }
+
+    fn seen(j: &JsonScanner, ex: &Extract) -> Seen {
+        Seen {
+            usage: ex.usage,
+            reasoning: ex.reasoning_tokens,
+            text: ex.text_bytes,
+            error: ex.error.clone(),
+            complete: ex.complete,
+            usage_found: j.usage_found,
+        }
+    }
+
+    /// (read by the cursor, what it saw, what the tokenizer alone sees)
+    fn both(format: WireFormat, doc: &[u8]) -> (bool, Seen, Seen) {
+        let mut ex = UsageScanner::new(format, false, false).ex;
+        let mut j = JsonScanner::new(format.json_text_keys());
+        let fast = j.read_whole(doc, &mut ex);
+        if !fast {
+            j.feed(doc, &mut ex);
+        }
+        j.finish(&mut ex);
+        let a = seen(&j, &ex);
+        let mut ex = UsageScanner::new(format, false, false).ex;
+        let mut j = JsonScanner::new(format.json_text_keys());
+        j.feed(doc, &mut ex);
+        j.finish(&mut ex);
+        (fast, a, seen(&j, &ex))
+    }
+
+    #[test]
+    fn every_json_fixture_is_read_by_the_cursor_as_the_tokenizer_reads_it() {
+        let fixtures: [(WireFormat, &[u8]); 5] = [
+            (
+                WireFormat::OpenAiChat,
+                include_bytes!("fixtures/openai_chat_json.txt"),
+            ),
+            (
+                WireFormat::OpenAiCompletions,
+                include_bytes!("fixtures/openai_completions_json.txt"),
+            ),
+            (
+                WireFormat::OpenAiEmbeddings,
+                include_bytes!("fixtures/openai_embeddings_json.txt"),
+            ),
+            (
+                WireFormat::OpenAiResponses,
+                include_bytes!("fixtures/openai_responses_json.txt"),
+            ),
+            (
+                WireFormat::AnthropicMessages,
+                include_bytes!("fixtures/anthropic_messages_json.txt"),
+            ),
+        ];
+        for (format, doc) in fixtures {
+            let (fast, a, b) = both(format, doc);
+            assert!(fast, "{format:?}: the cursor declined a provider's body");
+            assert!(a.usage_found && a.complete, "{format:?}: {a:?}");
+            assert_eq!(a, b, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn the_cursor_declines_what_it_must_leave_to_the_tokenizer() {
+        let f = WireFormat::OpenAiChat;
+        for doc in [
+            &br#"{"usage":{"prompt_tokens":1},"usage":{"completion_tokens":2}}"#[..],
+            br#"{"error":{"message":"a"},"error":{"message":"b"}}"#,
+            br#"{"id":"x","choices":[{"message":{"content":"hi"}}]"#,
+            br#"{"id":"x"} {"usage":{"prompt_tokens":1}}"#,
+            br#"[{"usage":{"prompt_tokens":1}}]"#,
+            br#"{"a":tru}"#,
+        ] {
+            let (fast, a, b) = both(f, doc);
+            assert!(!fast, "{}", String::from_utf8_lossy(doc));
+            assert_eq!(a, b);
+        }
+        // Part of a document: the tokenizer reads it, and the rest after it.
+        let mut ex = UsageScanner::new(f, false, false).ex;
+        let mut j = JsonScanner::new(f.json_text_keys());
+        j.feed_document(br#"{"choices":[{"message":{"content":"hi"}}],"#, &mut ex);
+        j.feed_document(
+            br#""usage":{"prompt_tokens":3,"completion_tokens":1}}"#,
+            &mut ex,
+        );
+        j.finish(&mut ex);
+        assert_eq!(
+            (ex.text_bytes, ex.usage.prompt_tokens, ex.complete),
+            (2, Some(3), true)
+        );
+    }
+
+    fn string() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop::sample::select(
+                &[
+                    "a",
+                    "é",
+                    " ",
+                    "\\n",
+                    "\\\"",
+                    "\\\\",
+                    "\\u00e9",
+                    "\\ud83d\\ude00",
+                    "\\/",
+                ][..],
+            ),
+            0..6,
+        )
+        .prop_map(|parts| format!("\"{}\"", parts.concat()))
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop::sample::select(
+            &[
+                "content",
+                "text",
+                "refusal",
+                "arguments",
+                "thinking",
+                "usage",
+                "error",
+                "choices",
+                "message",
+                "id",
+                "cont\\u0065nt",
+                "us\\u0061ge",
+                "prompt_tokens",
+                "completion_tokens",
+            ][..],
+        )
+        .prop_map(|k| format!("\"{k}\""))
+    }
+
+    fn json(depth: u32) -> BoxedStrategy<String> {
+        let leaf = prop_oneof![
+            string(),
+            (0u64..1000).prop_map(|n| n.to_string()),
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("-1.5e3".to_string()),
+        ];
+        if depth == 0 {
+            return leaf.boxed();
+        }
+        let ws = prop::sample::select(&["", " ", "\n  "][..]);
+        prop_oneof![
+            2 => leaf,
+            1 => (prop::collection::vec((key(), json(depth - 1)), 0..5), ws.clone())
+                .prop_map(|(m, ws)| {
+                    let inner: Vec<String> = m.iter().map(|(k, v)| format!("{ws}{k}{ws}:{ws}{v}")).collect();
+                    format!("{{{}{ws}}}", inner.join(","))
+                }),
+            1 => (prop::collection::vec(json(depth - 1), 0..4), ws)
+                .prop_map(|(v, ws)| format!("[{ws}{}{ws}]", v.join(","))),
+        ]
+        .boxed()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn a_whole_document_is_read_by_the_cursor_as_the_tokenizer_reads_it(
+            members in prop::collection::vec((key(), json(3)), 0..6),
+            fi in 0..5usize,
+            trailing in prop::sample::select(&["", "\n", " \r\n"][..]),
+        ) {
+            let format = [
+                WireFormat::OpenAiChat,
+                WireFormat::OpenAiCompletions,
+                WireFormat::OpenAiEmbeddings,
+                WireFormat::OpenAiResponses,
+                WireFormat::AnthropicMessages,
+            ][fi];
+            let inner: Vec<String> = members.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+            let doc = format!("{{{}}}{trailing}", inner.join(","));
+            let (fast, a, b) = both(format, doc.as_bytes());
+            prop_assert_eq!(&a, &b, "{}", doc);
+            // Valid JSON is declined only for a repeated usage or error key.
+            let repeats = ["\"usage\"", "\"error\""]
+                .iter()
+                .any(|k| members.iter().filter(|(m, _)| m == k).count() > 1);
+            prop_assert_eq!(fast, !repeats, "{}", doc);
+        }
     }
 }

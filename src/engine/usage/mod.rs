@@ -838,7 +838,7 @@ impl UsageScanner {
     fn feed_inner(&mut self, chunk: &[u8]) -> Emit {
         let parser = match &mut self.mode {
             Mode::Json(j) => {
-                j.feed(chunk, &mut self.ex);
+                j.feed_document(chunk, &mut self.ex);
                 return match &mut self.report {
                     None => Emit::Pass,
                     Some(r) => r.hold_json(chunk),
