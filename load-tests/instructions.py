@@ -92,12 +92,13 @@ def annotate(path, wanted=PARTS):
     parts = {}
     for label, needle in wanted:
         for line in out.splitlines():
-            # The function's own entry is named after the file that defines it; entries named
-            # after other files are only the share of it inlined from there.
+            # The function's own entry is the one with its object file in brackets (the
+            # needle ends in " ["); it is usually named after the file that defines it, but
+            # with link-time optimisation after whichever file its first instruction was
+            # inlined from. The entries without the object are only shares of it.
             m = re.match(r"\s*([\d,]+) \([ \d.]+%\)\s+(\S+?):", line)
-            if m and needle in line and m.group(2).startswith(os.path.join(ROOT, "src")):
-                parts[label] = int(m.group(1).replace(",", ""))
-                break
+            if m and needle in line:
+                parts[label] = max(parts.get(label, 0), int(m.group(1).replace(",", "")))
     return total, parts
 
 
