@@ -72,6 +72,8 @@ fn traffic(gw: &Gateway) -> Vec<String> {
         (KEY, Some("bob,\"the\" builder"), Some("env=dev"), false),
         (KEY, None, None, false),
         (KEY3, Some("ci-runner"), Some("env=ci"), false),
+        // A spreadsheet formula: its CSV cell gets a leading quote.
+        (KEY3, Some("=2+3"), Some("env=ci"), false),
     ] {
         let r = chat(key, user, tags, stream);
         assert_eq!(r.status, 200, "{}", r.body);
@@ -181,6 +183,9 @@ fn every_grouping_and_bucket_adds_up_to_the_ledger_and_the_records_to_the_nano_d
                 for (name, cell) in header.iter().zip(line) {
                     match &row[name.as_str()] {
                         Value::Null => assert_eq!(cell, "", "{q}: CSV {name}"),
+                        Value::String(s) if s.starts_with('=') => {
+                            assert_eq!(*cell, format!("'{s}"), "{q}: CSV {name}")
+                        }
                         Value::String(s) => assert_eq!(cell, s, "{q}: CSV {name}"),
                         n => assert_eq!(cell.parse::<f64>().ok(), n.as_f64(), "{q}: CSV {name}"),
                     }

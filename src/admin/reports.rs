@@ -324,10 +324,17 @@ pub fn spend_json(q: &SpendQuery, rows: &[ReportRow]) -> String {
     o
 }
 
-/// A CSV cell (RFC 4180): quoted when it holds a comma, a quote or a line break.
+/// A CSV cell (RFC 4180): quoted when it holds a comma, a quote or a line break. A value a
+/// spreadsheet would run as a formula (it starts with `=`, `+`, `-`, `@`, a tab or a carriage
+/// return; user and tag values come from clients) gets a leading `'` and quotes, as OWASP
+/// advises against CSV injection, so opening the file runs nothing.
 fn cell(o: &mut String, v: &str) {
-    if v.contains([',', '"', '\n', '\r']) {
+    let formula = v.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    if formula || v.contains([',', '"', '\n', '\r']) {
         o.push('"');
+        if formula {
+            o.push('\'');
+        }
         o.push_str(&v.replace('"', "\"\""));
         o.push('"');
     } else {
@@ -832,6 +839,48 @@ mod tests {
             "project,user,bucket,requests,allowed,blocked,errors,prompt_tokens,completion_tokens,cost_usd,saved_usd\r\n\
              a,\"x,\"\"y\"\"\",2026-11-22T00:00:00Z,3,2,1,0,0,0,0.0001645,0.0\r\n"
         );
+    }
+
+    #[test]
+    fn a_csv_cell_a_spreadsheet_would_run_as_a_formula_is_escaped_and_json_keeps_it() {
+        let q = parse_spend_query(Some("group_by=user"), NOW).unwrap();
+        let users = [
+            "=HYPERLINK(\"http://x\",\"y\")",
+            "+1",
+            "-2",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+            "a=b",
+            "plain",
+        ];
+        let rows: Vec<ReportRow> = users
+            .iter()
+            .map(|u| (vec![Some(u.to_string())], None, Sums::default()))
+            .collect();
+        let csv = spend_csv(&q, &rows);
+        let cells: Vec<&str> = csv
+            .split("\r\n")
+            .skip(1)
+            .filter(|l| !l.is_empty())
+            .map(|l| l.rsplitn(9, ',').last().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\"",
+                "\"'+1\"",
+                "\"'-2\"",
+                "\"'@SUM(A1)\"",
+                "\"'\tx\"",
+                "\"'\rx\"",
+                "a=b",
+                "plain",
+            ]
+        );
+        let j: serde_json::Value = serde_json::from_str(&spend_json(&q, &rows)).unwrap();
+        assert_eq!(j["rows"][0]["user"], users[0]);
+        assert_eq!(j["rows"][2]["user"], "-2");
     }
 
     #[test]
