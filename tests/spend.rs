@@ -512,3 +512,71 @@ fn an_idle_gateway_stops_promptly_on_sigterm_and_keeps_what_it_charged() {
         .unwrap();
     assert_eq!(n, 1, "the decision record was flushed before exit");
 }
+
+#[test]
+fn a_client_that_goes_away_is_recorded_as_client_closed_not_as_a_block() {
+    use std::io::{Read, Write};
+    let mock = Mock::start();
+    let (gw, admin) = start(
+        &mock,
+        &format!("[[projects]]\nid = \"p1\"\nkeys = [\"{KEY}\"]\nbudget = {{ limit_usd = 100.0, period = \"month\" }}\n"),
+    );
+    let send = |extra: &str, body: &str| {
+        let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+        write!(
+            s,
+            "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n{extra}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        s
+    };
+    let newest = || {
+        let v = admin_get(admin, "/admin/decisions?project=p1&limit=1").json();
+        v["decisions"][0].clone()
+    };
+    // Before the answer: the provider takes 600 ms, the client leaves after 150 (an SDK
+    // timeout, a cancelled agent turn). The request did reach the provider.
+    let s = send("x-mock-latency-ms: 600\r\n", &chat("claude-sonnet-4", 20));
+    std::thread::sleep(Duration::from_millis(150));
+    drop(s);
+    eventually("the record of the client that left early", || {
+        newest()["reason"] == "client_closed"
+    });
+    let r = newest();
+    assert_eq!(r["decision"], "allow", "{r}");
+    assert_eq!(r["status"], 499, "{r}");
+    assert_eq!(r["stream"], false, "{r}");
+    assert_ne!(r["provider"], Value::Null, "{r}");
+    // No answer, so no usage: charged nothing, as for a provider that went silent.
+    assert_eq!(r["usage_source"], "none", "{r}");
+    assert_eq!(r["cost_usd"], 0.0, "{r}");
+    eventually("released", || project(admin, "p1")["reserved_usd"] == 0.0);
+    assert_eq!(project(admin, "p1")["spent_usd"], 0.0);
+
+    // Mid-stream: the provider's 200 was sent, so the record keeps it.
+    let stream =
+        json!({"model": "claude-sonnet-4", "max_tokens": 50, "stream": true, "messages": []})
+            .to_string();
+    let mut s = send(
+        "x-mock-chunk-delay-ms: 50\r\nx-mock-tokens: 50\r\n",
+        &stream,
+    );
+    let mut buf = [0u8; 2048];
+    let n = s.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    let id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-tollgate-request-id: "))
+        .map(|v| v.trim().to_string())
+        .expect("the answer's request id");
+    std::thread::sleep(Duration::from_millis(200));
+    drop(s);
+    let r = decision(admin, &id);
+    assert_eq!(r["reason"], "client_closed", "{r}");
+    assert_eq!(r["decision"], "allow", "{r}");
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(r["stream"], true, "{r}");
+    // What was streamed before the client left is charged.
+    assert!(r["cost_usd"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+}

@@ -74,6 +74,11 @@ pub enum GatewayError {
     },
     /// A fault of Tollgate itself; the message is generic on purpose (details go to the log).
     Internal(String),
+    /// The client went away (closed the connection, or stopped reading or sending) before the
+    /// answer was through: not a block, since the request may have reached a provider. Never
+    /// sent (nobody is there to read it); the record's status is 499, nginx's "client closed
+    /// request", unless the provider's status was already sent.
+    ClientClosed(String),
 }
 
 impl GatewayError {
@@ -93,6 +98,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => 504,
             GatewayError::UpstreamStatus { status, .. } => *status,
             GatewayError::Internal(_) => 500,
+            GatewayError::ClientClosed(_) => 499,
         }
     }
 
@@ -113,6 +119,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::UpstreamStatus { .. } => "upstream_error",
             GatewayError::Internal(_) => "internal_error",
+            GatewayError::ClientClosed(_) => "client_closed",
         }
     }
 
@@ -141,7 +148,8 @@ impl GatewayError {
             | GatewayError::LedgerUnavailable(m)
             | GatewayError::UpstreamUnavailable(m)
             | GatewayError::UpstreamTimeout(m)
-            | GatewayError::Internal(m) => m,
+            | GatewayError::Internal(m)
+            | GatewayError::ClientClosed(m) => m,
             GatewayError::RateLimited { message, .. }
             | GatewayError::UpstreamStatus { message, .. } => message,
         }
@@ -155,6 +163,7 @@ impl GatewayError {
                 | GatewayError::UpstreamTimeout(_)
                 | GatewayError::UpstreamStatus { .. }
                 | GatewayError::Internal(_)
+                | GatewayError::ClientClosed(_)
         )
     }
 
@@ -365,5 +374,13 @@ mod tests {
         for (e, status, ty) in rows {
             assert_eq!((e.status(), e.error_type(), e.code()), (status, ty, ty));
         }
+    }
+
+    #[test]
+    fn a_client_that_went_away_is_499_client_closed_and_no_block() {
+        let e = GatewayError::ClientClosed("gone".into());
+        assert_eq!((e.status(), e.code()), (499, "client_closed"));
+        assert!(!e.is_block(), "the request may have reached a provider");
+        assert!(GatewayError::InvalidRequest(String::new()).is_block());
     }
 }

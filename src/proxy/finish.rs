@@ -469,6 +469,19 @@ pub(super) fn classify(e: &Error, ctx: &Ctx) -> GatewayError {
         String::new()
     };
     use ErrorType::*;
+    if e.esource() == &ErrorSource::Downstream {
+        return match e.etype() {
+            // The client hung up (a cancelled call, a closed tab) or stopped reading or
+            // sending: the request may well have reached the provider, so it is no block.
+            ConnectionClosed | ReadError | WriteError | ReadTimedout | WriteTimedout => {
+                GatewayError::ClientClosed(format!(
+                    "The client went away before the answer was through ({})",
+                    e.etype().as_str()
+                ))
+            }
+            _ => GatewayError::InvalidRequest(format!("Bad request: {}", e.etype().as_str())),
+        };
+    }
     match e.etype() {
         ReadTimedout | WriteTimedout => {
             GatewayError::UpstreamTimeout(format!("Timed out waiting for {provider}{after}"))
@@ -491,9 +504,6 @@ pub(super) fn classify(e: &Error, ctx: &Ctx) -> GatewayError {
         _ if e.esource() == &ErrorSource::Upstream => GatewayError::UpstreamUnavailable(format!(
             "The connection to {provider} broke off{after}"
         )),
-        _ if e.esource() == &ErrorSource::Downstream => {
-            GatewayError::InvalidRequest(format!("Bad request: {}", e.etype().as_str()))
-        }
         _ => GatewayError::Internal("Internal gateway error".into()),
     }
 }
