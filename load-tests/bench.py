@@ -205,7 +205,9 @@ def start_pingora(procs, upstream):
     return p, port
 
 
-def start_tollgate(procs, tmp, upstream, name="tollgate", accounts=1, cache=False):
+def start_tollgate(procs, tmp, upstream, name="tollgate", accounts=1, cache=False, log="warn"):
+    """`log` is Tollgate's RUST_LOG: `warn` leaves the access log out; `info`, the shipped
+    default (the systemd unit's), writes one line per request to stderr (here a file)."""
     port, admin = free_port(), free_port()
     d = os.path.join(tmp, name)
     os.makedirs(d, exist_ok=True)
@@ -213,7 +215,7 @@ def start_tollgate(procs, tmp, upstream, name="tollgate", accounts=1, cache=Fals
     with open(conf, "w") as f:
         f.write(tollgate_toml(port, upstream, os.path.join(d, "ledger.db"), admin, accounts=accounts,
                               cache=cache))
-    env = dict(os.environ, BENCH_PROVIDER_KEY="sk-bench", BENCH_ADMIN_TOKEN=ADMIN_TOKEN, RUST_LOG="warn")
+    env = dict(os.environ, BENCH_PROVIDER_KEY="sk-bench", BENCH_ADMIN_TOKEN=ADMIN_TOKEN, RUST_LOG=log)
     log = open(os.path.join(d, "tollgate.log"), "w")
     p = procs.start([os.path.join(REL, "tollgate"), "serve", "--config", conf], env=env,
                     stdout=subprocess.DEVNULL, stderr=log)
@@ -482,6 +484,7 @@ def main():
         gw, gw_port, _ = start_tollgate(procs, tmp, mock_addr)
         gw4, gw4_port, _ = start_tollgate(procs, tmp, mock_addr, name="tollgate-4acct", accounts=4)
         gwc, gwc_port, _ = start_tollgate(procs, tmp, mock_addr, name="tollgate-cache", cache=True)
+        gwl, gwl_port, _ = start_tollgate(procs, tmp, mock_addr, name="tollgate-logged", log="info")
         provider_auth = {"authorization": "Bearer sk-bench"}
         targets = {  # name: (port, headers, process whose group is measured)
             "direct": (mport, provider_auth, mock),
@@ -490,6 +493,8 @@ def main():
             "tollgate": (gw_port, {"authorization": f"Bearer {KEY}"}, gw),
             # The same, each request reserved on four accounts (two windows, a team, the key).
             "tollgate-4acct": (gw4_port, {"authorization": f"Bearer {KEY}"}, gw4),
+            # The same with the shipped log level (`info`): an access line per request.
+            "tollgate-logged": (gwl_port, {"authorization": f"Bearer {KEY}"}, gwl),
             # The response cache: every request a hit (the same body), or every one a miss
             # that is stored again (`refresh`: the key, the recording and the store, each time).
             "cache-hit": (gwc_port, {"authorization": f"Bearer {KEY}"}, gwc),
@@ -532,7 +537,7 @@ def main():
         # 2. sequential overhead and time to first token
         seq = sequential({n: (port, h) for n, (port, h, _) in targets.items()}, a.seq_rounds, a.seq_requests)
 
-        lines, verdicts = [], []
+        lines, verdicts, log_notes = [], [], []
         lines.append(f"### Throughput: `wrk -t1 -c{a.connections} -d{a.seconds}s`, {a.rounds} rounds interleaved\n")
         lines.append(f"| mode | target | req/s (median) | × nginx | p50 ms | p99 ms | added p50 ms | added p99 ms "
                      f"| CPU µs/req | peak RSS MiB | errors |")
@@ -566,6 +571,9 @@ def main():
             verdicts.append((f"{mode}: the cache's bookkeeping adds ≤ 2% to a miss",
                              f"{miss['rps'] / tg['rps']:.3f}× the uncached gateway's throughput",
                              miss["rps"] >= 0.98 * tg["rps"]))
+            logged = med[(mode, "tollgate-logged")]
+            log_notes.append(f"{mode} {logged['rps'] / tg['rps']:.3f}× ({logged['rps']:.0f} vs {tg['rps']:.0f} req/s, "
+                             f"CPU {logged['cpu_us']:.1f} vs {tg['cpu_us']:.1f} µs/req)")
             four = med[(mode, "tollgate-4acct")]
             verdicts.append((f"{mode}: four accounts cost ≤ {TARGETS['four_accounts_cost']:.0%} throughput",
                              f"{four['rps'] / tg['rps']:.3f}× one account's ({four['rps']:.0f} vs {tg['rps']:.0f} req/s)",
@@ -586,6 +594,8 @@ def main():
                                      f"nginx {ngm['rps'] / med[(mode, peer)]['rps']:.1f}×)",
                                      x >= TARGETS[peer]))
 
+        lines.append("\nThe access log (`tollgate-logged`, the shipped `RUST_LOG=info`) against `tollgate` (`warn`): "
+                     + "; ".join(log_notes) + ".")
         lines.append(f"\n### Sequential: one client, {a.seq_rounds} rounds × {a.seq_requests} requests per target, "
                      "each gateway alternating with direct\n")
         lines.append("Latency is the median of the per-round medians, and what the gateway adds is the median of "
@@ -645,6 +655,8 @@ def main():
             f"- load: wrk {wrk_version()}, keep-alive, loopback; the mock, nginx, pingora and Tollgate each on one "
             f"worker thread; load generator, mock and gateway share the {os.cpu_count()} cores",
             f"- nginx: {nginx_version()}",
+            "- Tollgate's log level: `RUST_LOG=warn` (no access log) for every Tollgate target but "
+            "`tollgate-logged`, which runs the shipped default `info` (one access line per request)",
             "- CPU µs/req: user+system time of the target's processes during its runs ÷ requests served; "
             "peak RSS: VmHWM summed over its processes",
         ] + peer_notes
