@@ -21,6 +21,7 @@ request a body of its own, of one length), a miss stored again (`x-tollgate-cach
 hit, with the same parts.
 
 Usage: load-tests/instructions.py [--requests N] [--mode chat|stream|both|agents|cache] [--keep DIR]
+       [--provider-headers]
 Needs valgrind (apt-get install valgrind), nginx, and the release binaries
 (cargo build --release --bins --example bare_pingora). Takes about a minute per target and mode.
 """
@@ -337,6 +338,9 @@ def main():
     ap.add_argument("--requests", type=int, help="per target (and body); default 2000, agents 200")
     ap.add_argument("--mode", choices=["chat", "stream", "both", "agents", "cache"], default="both")
     ap.add_argument("--keep", help="keep the callgrind files in this directory")
+    ap.add_argument("--provider-headers", action="store_true",
+                    help="the mock answers with a real provider's ~20 headers instead of the 3 or 4 "
+                         "an answer needs (mock-provider --provider-headers)")
     a = ap.parse_args()
     if a.requests is None:
         a.requests = 200 if a.mode == "agents" else 2000
@@ -346,7 +350,8 @@ def main():
     tmp = a.keep or tempfile.mkdtemp(prefix="tollgate-cg-")
     os.makedirs(tmp, exist_ok=True)
     mock = subprocess.Popen([os.path.join(REL, "mock-provider"), "--listen", "127.0.0.1:0", "--threads", "1",
-                             "--no-record", "--tokens", "16"], stdout=subprocess.PIPE, text=True, start_new_session=True)
+                             "--no-record", "--tokens", "16"] + (["--provider-headers"] if a.provider_headers else []),
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
     mock_addr = mock.stdout.readline().split()[1]
     try:
         if a.mode == "agents":

@@ -207,7 +207,36 @@ const CLOSE_MID_STREAM_AFTER: usize = 3;
 
 const USAGE: &str = "usage: mock-provider [--listen ADDR] [--threads N] [--require-key K] \
 [--latency-ms N] [--chunk-delay-ms N] [--tokens N] [--status CODE] [--fault LIST] \
-[--no-record] [--log]";
+[--no-record] [--log] [--provider-headers]";
+
+/// The rest of the headers OpenAI sends with every answer (`--provider-headers`): its rate
+/// limits, processing time, organisation and version, and its CDN's. Without the flag the mock
+/// sends only what the answer needs, so a proxy's header maps are sized for 3 or 4 headers
+/// where a real provider's answer carries about 20.
+const OPENAI_HEADERS: &str = "date: Thu, 03 Dec 2026 18:00:00 GMT\r\n\
+openai-organization: org-mock\r\nopenai-processing-ms: 312\r\nopenai-project: proj_mock\r\n\
+openai-version: 2020-10-01\r\nx-ratelimit-limit-requests: 10000\r\n\
+x-ratelimit-limit-tokens: 30000000\r\nx-ratelimit-remaining-requests: 9999\r\n\
+x-ratelimit-remaining-tokens: 29999980\r\nx-ratelimit-reset-requests: 6ms\r\n\
+x-ratelimit-reset-tokens: 0s\r\n\
+strict-transport-security: max-age=31536000; includeSubDomains; preload\r\n\
+cf-cache-status: DYNAMIC\r\nx-content-type-options: nosniff\r\nserver: cloudflare\r\n\
+cf-ray: 8f0a1b2c3d4e5f60-IAD\r\nalt-svc: h3=\":443\"; ma=86400\r\n\
+access-control-expose-headers: X-Request-ID\r\n";
+
+/// Anthropic's counterpart of [`OPENAI_HEADERS`].
+const ANTHROPIC_HEADERS: &str = "date: Thu, 03 Dec 2026 18:00:00 GMT\r\n\
+anthropic-ratelimit-requests-limit: 4000\r\nanthropic-ratelimit-requests-remaining: 3999\r\n\
+anthropic-ratelimit-requests-reset: 2026-12-03T18:00:01Z\r\n\
+anthropic-ratelimit-input-tokens-limit: 400000\r\n\
+anthropic-ratelimit-input-tokens-remaining: 399000\r\n\
+anthropic-ratelimit-input-tokens-reset: 2026-12-03T18:00:01Z\r\n\
+anthropic-ratelimit-output-tokens-limit: 80000\r\n\
+anthropic-ratelimit-output-tokens-remaining: 79900\r\n\
+anthropic-ratelimit-output-tokens-reset: 2026-12-03T18:00:01Z\r\n\
+anthropic-organization-id: 00000000-0000-4000-8000-000000000000\r\nvia: 1.1 google\r\n\
+cf-cache-status: DYNAMIC\r\nx-robots-tag: none\r\nserver: cloudflare\r\n\
+cf-ray: 8f0a1b2c3d4e5f61-IAD\r\n";
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -258,6 +287,8 @@ struct Config {
     faults: Faults,
     record: bool,
     log: bool,
+    /// Send the rest of a real provider's headers ([`OPENAI_HEADERS`]).
+    provider_headers: bool,
 }
 
 /// Parses a `x-mock-status` / `--status` value; `None` means "no injected error".
@@ -291,6 +322,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Config, String> 
         faults: Faults::default(),
         record: true,
         log: false,
+        provider_headers: false,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -309,6 +341,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Config, String> 
             }
             "--no-record" => cfg.record = false,
             "--log" => cfg.log = true,
+            "--provider-headers" => cfg.provider_headers = true,
             "--listen" | "--threads" | "--require-key" | "--latency-ms" | "--chunk-delay-ms"
             | "--tokens" | "--status" | "--fault" => {
                 let v = match inline {
@@ -1451,10 +1484,16 @@ async fn handle(st: &State, sock: &mut dyn Io, req: Arc<Request>) -> Flow {
         None => Provider::OpenAi,
     };
     let id = st.next_id();
-    let extra = match provider {
+    let mut extra = match provider {
         Provider::OpenAi => format!("x-request-id: req_{id}\r\n"),
         Provider::Anthropic => format!("request-id: req_{id}\r\n"),
     };
+    if st.cfg.provider_headers {
+        extra.push_str(match provider {
+            Provider::OpenAi => OPENAI_HEADERS,
+            Provider::Anthropic => ANTHROPIC_HEADERS,
+        });
+    }
 
     let Some(route) = route else {
         let body = match provider {
@@ -2900,6 +2939,47 @@ mod tests {
     fn responses_body(max: u64, stream: bool) -> Value {
         serde_json::json!({"model": "gpt-4o-mini", "max_output_tokens": max, "stream": stream,
             "input": "hi"})
+    }
+
+    #[tokio::test]
+    async fn provider_headers_add_a_real_providers_header_set_to_every_answer() {
+        for (path, body, n) in [
+            (
+                "/v1/chat/completions",
+                chat_body(4, false),
+                "x-ratelimit-remaining-tokens",
+            ),
+            (
+                "/v1/chat/completions",
+                chat_body(4, true),
+                "openai-processing-ms",
+            ),
+            (
+                "/v1/messages",
+                messages_body(4, false),
+                "anthropic-ratelimit-requests-limit",
+            ),
+        ] {
+            let plain = call(path, &[], body.clone()).await;
+            let real = call_with(&["--provider-headers"], path, &[], body).await;
+            assert_eq!((plain.status, real.status), (200, 200));
+            assert!(plain.headers.iter().all(|(k, _)| k != n), "{path}");
+            assert!(
+                real.headers.iter().any(|(k, _)| k == n),
+                "{path}: {:?}",
+                real.headers
+            );
+            assert!(
+                real.headers.len() >= 18,
+                "{path}: {} headers",
+                real.headers.len()
+            );
+            assert_eq!(
+                plain.body.len(),
+                real.body.len(),
+                "{path}: the body is unchanged"
+            );
+        }
     }
 
     #[test]
