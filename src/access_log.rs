@@ -1,11 +1,13 @@
 //! The access log, off the request path.
 //!
 //! A finished request formats its line (`tollgate::access`, README "Access log") and hands it
-//! to a bounded queue; one thread, `tollgate-access`, writes the lines through `log`
-//! (env_logger, stderr) in the order they came. The request never waits for stderr: when
-//! stderr is slow (a backed-up journald, a full pipe) and the queue is full, the line is
-//! dropped and counted in `tollgate_access_log_dropped_total`, and the request goes on. The
-//! decision record, not the access log, is what must never be lost; it has its own writer.
+//! to a bounded queue; one thread, `tollgate-access`, writes the lines to stderr in the order
+//! they came: in batches, in env_logger's layout, when stderr is not a terminal (one `write`
+//! per batch instead of one per request), else through `log` one by one. The request never
+//! waits for stderr: when stderr is slow (a backed-up journald, a full pipe) and the queue is
+//! full, the line is dropped and counted in `tollgate_access_log_dropped_total`, and the
+//! request goes on. The decision record, not the access log, is what must never be lost; it
+//! has its own writer.
 //!
 //! Before [`start`] (tests, `tollgate check`) or after the thread is gone, a line is written
 //! directly, as before.
@@ -124,9 +126,11 @@ impl Stamp {
             match crate::engine::time::rfc3339_millis_into(ms, &mut buf) {
                 // `YYYY-MM-DDTHH:MM:SS` of `YYYY-MM-DDTHH:MM:SS.mmmZ`, then `Z`.
                 Some(t) => self.text.extend_from_slice(&t.as_bytes()[..19]),
-                None => self
-                    .text
-                    .extend_from_slice(crate::engine::time::rfc3339_millis(ms).as_bytes()),
+                None => {
+                    let t = crate::engine::time::rfc3339_millis(ms);
+                    let t = t.strip_suffix(".000Z").unwrap_or(&t);
+                    self.text.extend_from_slice(t.as_bytes())
+                }
             }
         }
         out.push(b'[');
