@@ -13,14 +13,30 @@ fn start(mock: &Mock, projects: &str) -> (Gateway, u16) {
     start_admin(&body_with_projects(mock, projects))
 }
 
+/// Project `p1` (key `KEY`) with one budget.
+fn p1_with_budget(limit_usd: &str, period: &str) -> String {
+    format!("[[projects]]\nid = \"p1\"\nkeys = [\"{KEY}\"]\nbudget = {{ limit_usd = {limit_usd}, period = \"{period}\" }}\n")
+}
+
+/// A `/v1/messages` POST with `KEY` and the `extra` header lines, on a socket of its own that
+/// the caller reads or drops (a client that goes away).
+fn post_raw(gw: &Gateway, extra: &str, body: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    write!(
+        s,
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n{extra}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    s
+}
+
 #[test]
 fn a_request_the_budget_cannot_cover_gets_402_and_never_reaches_the_provider() {
     let mock = Mock::start();
     // $0.01 limit; claude-sonnet-4 output is $15/M: 1000 output tokens alone is $0.015.
-    let (gw, admin) = start(
-        &mock,
-        &format!("[[projects]]\nid = \"p1\"\nkeys = [\"{KEY}\"]\nbudget = {{ limit_usd = 0.01, period = \"day\" }}\n"),
-    );
+    let (gw, admin) = start(&mock, &p1_with_budget("0.01", "day"));
     let r = post(
         &gw.url("/v1/messages"),
         &[("x-api-key", KEY)],
@@ -199,10 +215,7 @@ fn concurrent_requests_never_push_spend_past_the_limit() {
     // Worst case of one request: prompt bound (~ hundreds of tokens) at $3/M + 1000 output at
     // $15/M ≈ $0.0165. A $0.10 budget fits a handful; 200 requests race for it.
     let limit = 0.10;
-    let (mut gw, admin) = start(
-        &mock,
-        &format!("[[projects]]\nid = \"p1\"\nkeys = [\"{KEY}\"]\nbudget = {{ limit_usd = {limit}, period = \"total\" }}\n"),
-    );
+    let (mut gw, admin) = start(&mock, &p1_with_budget(&limit.to_string(), "total"));
     let url = gw.url("/v1/messages");
     let threads: Vec<_> = (0..200)
         .map(|_| {
@@ -257,10 +270,7 @@ fn concurrent_requests_never_push_spend_past_the_limit() {
 #[test]
 fn every_way_a_request_ends_releases_its_reservation() {
     let mock = Mock::start();
-    let (gw, admin) = start(
-        &mock,
-        &format!("[[projects]]\nid = \"p1\"\nkeys = [\"{KEY}\"]\nbudget = {{ limit_usd = 100.0, period = \"month\" }}\n"),
-    );
+    let (gw, admin) = start(&mock, &p1_with_budget("100.0", "month"));
     let stream =
         json!({"model": "claude-sonnet-4", "max_tokens": 20, "stream": true, "messages": []})
             .to_string();
@@ -299,17 +309,15 @@ fn every_way_a_request_ends_releases_its_reservation() {
     }
     // The client disconnects in the middle of a slow stream.
     {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+        use std::io::Read;
         let body =
             json!({"model": "claude-sonnet-4", "max_tokens": 50, "stream": true, "messages": []})
                 .to_string();
-        write!(
-            s,
-            "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\nx-mock-chunk-delay-ms: 50\r\nx-mock-tokens: 50\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
+        let mut s = post_raw(
+            &gw,
+            "x-mock-chunk-delay-ms: 50\r\nx-mock-tokens: 50\r\n",
+            &body,
+        );
         let mut buf = [0u8; 2048];
         let _ = s.read(&mut buf).unwrap();
         // Not synchronisation but the behaviour under test: a client that reads the first
@@ -515,29 +523,20 @@ fn an_idle_gateway_stops_promptly_on_sigterm_and_keeps_what_it_charged() {
 
 #[test]
 fn a_client_that_goes_away_is_recorded_as_client_closed_not_as_a_block() {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let mock = Mock::start();
-    let (gw, admin) = start(
-        &mock,
-        &format!("[[projects]]\nid = \"p1\"\nkeys = [\"{KEY}\"]\nbudget = {{ limit_usd = 100.0, period = \"month\" }}\n"),
-    );
-    let send = |extra: &str, body: &str| {
-        let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
-        write!(
-            s,
-            "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\n{extra}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        s
-    };
+    let (gw, admin) = start(&mock, &p1_with_budget("100.0", "month"));
     let newest = || {
         let v = admin_get(admin, "/admin/decisions?project=p1&limit=1").json();
         v["decisions"][0].clone()
     };
     // Before the answer: the provider takes 600 ms, the client leaves after 150 (an SDK
     // timeout, a cancelled agent turn). The request did reach the provider.
-    let s = send("x-mock-latency-ms: 600\r\n", &chat("claude-sonnet-4", 20));
+    let s = post_raw(
+        &gw,
+        "x-mock-latency-ms: 600\r\n",
+        &chat("claude-sonnet-4", 20),
+    );
     std::thread::sleep(Duration::from_millis(150));
     drop(s);
     eventually("the record of the client that left early", || {
@@ -558,7 +557,8 @@ fn a_client_that_goes_away_is_recorded_as_client_closed_not_as_a_block() {
     let stream =
         json!({"model": "claude-sonnet-4", "max_tokens": 50, "stream": true, "messages": []})
             .to_string();
-    let mut s = send(
+    let mut s = post_raw(
+        &gw,
         "x-mock-chunk-delay-ms: 50\r\nx-mock-tokens: 50\r\n",
         &stream,
     );
