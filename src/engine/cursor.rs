@@ -151,43 +151,55 @@ impl<'b> Cursor<'b> {
         }
     }
 
+    /// At `{`: each member in turn, `f` called with its key (see [`Cursor::string`] for
+    /// `unescape`) and the cursor at its value, which `f` must consume.
+    pub(crate) fn members(
+        &mut self,
+        unescape: bool,
+        mut f: impl FnMut(&mut Self, Str) -> Result<(), Bail>,
+    ) -> Result<(), Bail> {
+        if self.open(b'}')? {
+            loop {
+                self.ws();
+                if self.peek() != Some(b'"') {
+                    return Err(Bail);
+                }
+                let key = self.string(unescape)?;
+                self.eat(b':')?;
+                f(self, key)?;
+                if !self.more(b'}')? {
+                    break;
+                }
+            }
+            self.close();
+        }
+        Ok(())
+    }
+
+    /// At `[`: `f` called with the cursor at each element, which it must consume.
+    pub(crate) fn elements(
+        &mut self,
+        mut f: impl FnMut(&mut Self) -> Result<(), Bail>,
+    ) -> Result<(), Bail> {
+        if self.open(b']')? {
+            loop {
+                f(self)?;
+                if !self.more(b']')? {
+                    break;
+                }
+            }
+            self.close();
+        }
+        Ok(())
+    }
+
     /// Any value, checked and not looked at.
     pub(crate) fn skip(&mut self) -> Result<(), Bail> {
         self.ws();
         match self.peek() {
             Some(b'"') => self.string(false).map(drop),
-            Some(b'{') => {
-                if !self.open(b'}')? {
-                    return Ok(());
-                }
-                loop {
-                    self.ws();
-                    if self.peek() != Some(b'"') {
-                        return Err(Bail);
-                    }
-                    self.string(false)?;
-                    self.eat(b':')?;
-                    self.skip()?;
-                    if !self.more(b'}')? {
-                        break;
-                    }
-                }
-                self.close();
-                Ok(())
-            }
-            Some(b'[') => {
-                if !self.open(b']')? {
-                    return Ok(());
-                }
-                loop {
-                    self.skip()?;
-                    if !self.more(b']')? {
-                        break;
-                    }
-                }
-                self.close();
-                Ok(())
-            }
+            Some(b'{') => self.members(false, |c, _| c.skip()),
+            Some(b'[') => self.elements(Cursor::skip),
             Some(b't') => self.literal(b"true"),
             Some(b'f') => self.literal(b"false"),
             Some(b'n') => self.literal(b"null"),

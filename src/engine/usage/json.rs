@@ -444,40 +444,29 @@ fn whole_document(c: &mut Cursor<'_>, keys: &[&[u8]]) -> Result<Whole, Bail> {
     if c.peek() != Some(b'{') {
         return Err(Bail);
     }
-    if c.open(b'}')? {
-        loop {
-            c.ws();
-            if c.peek() != Some(b'"') {
+    c.members(false, |c, key| {
+        let slot = match key {
+            Str::Raw(r) => match &c.b[r] {
+                b"usage" => Some(&mut w.usage),
+                b"error" => Some(&mut w.error),
+                _ => None,
+            },
+            // An escaped key is never one of ours (nor, for the tokenizer, a text key).
+            Str::Scratch => None,
+        };
+        c.ws();
+        let start = c.i;
+        // The tokenizer counts text keys inside these values too.
+        value(c, false, keys, &mut w.text_bytes)?;
+        if let Some(slot) = slot {
+            if slot.is_some() {
+                // The tokenizer reads each; leave a repeated key to it.
                 return Err(Bail);
             }
-            let key = c.string(false)?;
-            let slot = match key {
-                Str::Raw(r) => match &c.b[r] {
-                    b"usage" => Some(&mut w.usage),
-                    b"error" => Some(&mut w.error),
-                    _ => None,
-                },
-                // An escaped key is never one of ours (nor, for the tokenizer, a text key).
-                Str::Scratch => None,
-            };
-            c.eat(b':')?;
-            c.ws();
-            let start = c.i;
-            // The tokenizer counts text keys inside these values too.
-            value(c, false, keys, &mut w.text_bytes)?;
-            if let Some(slot) = slot {
-                if slot.is_some() {
-                    // The tokenizer reads each; leave a repeated key to it.
-                    return Err(Bail);
-                }
-                *slot = Some(start..c.i);
-            }
-            if !c.more(b'}')? {
-                break;
-            }
+            *slot = Some(start..c.i);
         }
-        c.close();
-    }
+        Ok(())
+    })?;
     if !c.at_end() {
         return Err(Bail);
     }
@@ -505,40 +494,15 @@ fn value(c: &mut Cursor<'_>, text: bool, keys: &[&[u8]], n: &mut u64) -> Result<
             }
             Ok(())
         }
-        Some(b'{') => {
-            if c.open(b'}')? {
-                loop {
-                    c.ws();
-                    if c.peek() != Some(b'"') {
-                        return Err(Bail);
-                    }
-                    // Every key below the top level may be a text key.
-                    let is_text = match c.string(false)? {
-                        Str::Raw(r) => keys.contains(&&c.b[r]),
-                        Str::Scratch => false,
-                    };
-                    c.eat(b':')?;
-                    value(c, is_text, keys, n)?;
-                    if !c.more(b'}')? {
-                        break;
-                    }
-                }
-                c.close();
-            }
-            Ok(())
-        }
-        Some(b'[') => {
-            if c.open(b']')? {
-                loop {
-                    value(c, false, keys, n)?;
-                    if !c.more(b']')? {
-                        break;
-                    }
-                }
-                c.close();
-            }
-            Ok(())
-        }
+        Some(b'{') => c.members(false, |c, key| {
+            // Every key below the top level may be a text key.
+            let is_text = match key {
+                Str::Raw(r) => keys.contains(&&c.b[r]),
+                Str::Scratch => false,
+            };
+            value(c, is_text, keys, n)
+        }),
+        Some(b'[') => c.elements(|c| value(c, false, keys, n)),
         _ => c.skip(),
     }
 }

@@ -433,29 +433,16 @@ fn members<'a>(
     mut f: impl FnMut(&mut Cursor<'a>, Option<u32>) -> Result<(), Bail>,
 ) -> Result<(), Bail> {
     let mut seen = 0u32;
-    if c.open(b'}')? {
-        loop {
-            c.ws();
-            if c.peek() != Some(b'"') {
+    c.members(true, |c, key| {
+        let field = field(c.text(&key));
+        if let Some(n) = field {
+            if seen & (1 << n) != 0 {
                 return Err(Bail);
             }
-            let key = c.string(true)?;
-            let field = field(c.text(&key));
-            c.eat(b':')?;
-            if let Some(n) = field {
-                if seen & (1 << n) != 0 {
-                    return Err(Bail);
-                }
-                seen |= 1 << n;
-            }
-            f(c, field)?;
-            if !c.more(b'}')? {
-                break;
-            }
+            seen |= 1 << n;
         }
-        c.close();
-    }
-    Ok(())
+        f(c, field)
+    })
 }
 
 /// A whole document that is one object, read by `members`.
